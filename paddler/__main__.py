@@ -1,0 +1,5 @@
+"""Run the command-line interface with ``python -m paddler``."""
+
+from paddler.cli.main import app
+
+app()

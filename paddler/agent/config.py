@@ -1,0 +1,21 @@
+"""Settings of one agent process (filled from the ``paddler agent`` flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything ``paddler agent`` needs to run."""
+
+    model: Path
+    name: str
+    host: str
+    port: int
+    slots: int
+    threads: int
+    context_size: int
+    batch_size: int
+    grace_period_s: float

@@ -1,0 +1,243 @@
+"""The engine: one thread owns the llama context and runs the continuous-batching step loop."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from dataclasses import dataclass
+
+import llama_cpp as llama
+import structlog
+
+from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
+from paddler.agent.llama_model import LlamaModel, ModelLoadError
+from paddler.agent.sampling import SamplerChain
+from paddler.agent.slot import Slot, common_prefix_length
+from paddler.common.errors import InternalError
+from paddler.v1 import generation_pb2
+
+log = structlog.get_logger(__name__)
+FinishReason = generation_pb2.FinishReason
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Sizes of the llama context."""
+
+    slots: int
+    context_size: int
+    batch_size: int
+    threads: int
+
+
+class Engine:
+    """Owns the context, the batch and the slots; the asyncio side only submits and cancels."""
+
+    def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+        params = llama.llama_context_default_params()
+        params.n_seq_max = config.slots
+        params.n_ctx = config.slots * config.context_size
+        params.n_batch = config.batch_size
+        params.n_ubatch = min(config.batch_size, 512)
+        params.n_threads = config.threads
+        params.n_threads_batch = config.threads
+        params.no_perf = True
+        context = llama.llama_init_from_model(model.handle, params)
+        if not context:
+            raise ModelLoadError(f"llama.cpp could not create a context for {model.path}")
+        self.model = model
+        self.config = config
+        self._context = context
+        self._memory = llama.llama_get_memory(context)
+        self.context_per_slot: int = llama.llama_n_ctx_seq(context)
+        self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
+        self._slots = [Slot(seq_id) for seq_id in range(config.slots)]
+        self._pending: collections.deque[GenerationJob] = collections.deque()
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: list[tuple[GenerationJob, Event]] = []
+        self._thread = threading.Thread(target=self._run, name="paddler-engine", daemon=True)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the step loop; events are delivered on ``loop``."""
+        self._loop = loop
+        self._thread.start()
+
+    def submit(self, job: GenerationJob) -> None:
+        """Queue a job; it joins the running batch at the next step with a free slot."""
+        with self._wakeup:
+            self._pending.append(job)
+            self._wakeup.notify()
+
+    def cancel(self, job: GenerationJob) -> None:
+        """Mark a job cancelled; its slot is freed at the next step."""
+        job.cancelled = True
+        with self._wakeup:
+            self._wakeup.notify()
+
+    def stop(self) -> None:
+        """Stop the loop and free llama.cpp's memory."""
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+        for slot in self._slots:
+            slot.release()
+        llama.llama_batch_free(self._batch)
+        llama.llama_free(self._context)
+        self.model.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._stopping and not self._pending and not self._busy():
+                    self._wakeup.wait()
+                if self._stopping:
+                    return
+            try:
+                self._step()
+            except Exception as error:  # a bug must fail the requests, not hang them
+                log.exception("engine step failed")
+                self._fail_all(InternalError(f"engine step failed: {error}"))
+            self._flush_outbox()
+
+    def _busy(self) -> bool:
+        return any(slot.job is not None for slot in self._slots)
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        self._admit()
+        fed = self._fill_batch()
+        if not fed:
+            return
+        status = llama.llama_decode(self._context, self._batch)
+        if status != 0:
+            error = InternalError(f"llama_decode failed with status {status}")
+            for slot, _ in fed:
+                self._fail(slot, error)
+            return
+        for slot, tokens in fed:
+            slot.cached.extend(tokens)
+            if slot.batch_index >= 0:
+                self._sample(slot)
+
+    def _drop_cancelled(self) -> None:
+        for slot in self._slots:
+            if slot.job is not None and slot.job.cancelled:
+                slot.release()
+
+    def _admit(self) -> None:
+        with self._wakeup:
+            while self._pending:
+                job = self._pending[0]
+                if job.cancelled:
+                    self._pending.popleft()
+                    continue
+                free = [slot for slot in self._slots if slot.job is None]
+                if not free:
+                    return
+                self._pending.popleft()
+                self._start(job, free)
+
+    def _start(self, job: GenerationJob, free: list[Slot]) -> None:
+        """Put ``job`` in the free slot whose cache shares the longest prefix with its prompt."""
+        slot = max(free, key=lambda s: common_prefix_length(s.cached, job.prompt_tokens))
+        reused = common_prefix_length(slot.cached, job.prompt_tokens)
+        reused = min(reused, len(job.prompt_tokens) - 1)  # decode at least one token for logits
+        llama.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1)
+        slot.start(job, reused, SamplerChain(job.sampling, self.model.n_vocab))
+
+    def _fill_batch(self) -> list[tuple[Slot, list[int]]]:
+        """Add one token per generating slot, then prompt chunks, up to ``batch_size`` tokens."""
+        batch = self._batch
+        budget = self.config.batch_size
+        count = 0
+        fed: list[tuple[Slot, list[int]]] = []
+        active = [slot for slot in self._slots if slot.job is not None and slot.pending]
+        active.sort(key=lambda slot: len(slot.pending) > 1)  # generating slots first
+        for slot in active:
+            if count >= budget:
+                break
+            chunk = slot.pending[: budget - count]
+            del slot.pending[: len(chunk)]
+            position = len(slot.cached)
+            for offset, token in enumerate(chunk):
+                batch.token[count] = token
+                batch.pos[count] = position + offset
+                batch.n_seq_id[count] = 1
+                batch.seq_id[count][0] = slot.seq_id
+                batch.logits[count] = False
+                count += 1
+            slot.batch_index = -1
+            if not slot.pending:
+                batch.logits[count - 1] = True
+                slot.batch_index = count - 1
+            fed.append((slot, chunk))
+        batch.n_tokens = count
+        return fed
+
+    def _sample(self, slot: Slot) -> None:
+        job, sampler, text = slot.job, slot.sampler, slot.text
+        assert job is not None and sampler is not None and text is not None
+        token = sampler.sample(self._context, slot.batch_index)
+        slot.batch_index = -1
+        slot.completion_tokens += 1
+        if slot.first_token_at is None:
+            slot.first_token_at = time.perf_counter()
+        if self.model.is_end_of_generation(token):
+            self._finish(slot, FinishReason.FINISH_REASON_END_OF_GENERATION)
+            return
+        piece, stopped = text.push(self.model.piece(token))
+        if piece:
+            self._outbox.append((job, piece))
+        if stopped:
+            self._finish(slot, FinishReason.FINISH_REASON_STOP_STRING, flush=False)
+        elif slot.completion_tokens >= job.max_tokens:
+            self._finish(slot, FinishReason.FINISH_REASON_MAX_TOKENS)
+        elif len(slot.cached) >= self.context_per_slot:
+            self._finish(slot, FinishReason.FINISH_REASON_CONTEXT_FULL)
+        else:
+            slot.pending = [token]
+
+    def _finish(self, slot: Slot, reason: FinishReason.ValueType, *, flush: bool = True) -> None:
+        job, text = slot.job, slot.text
+        assert job is not None and text is not None
+        if flush and (tail := text.flush()):
+            self._outbox.append((job, tail))
+        first = slot.first_token_at if slot.first_token_at is not None else time.perf_counter()
+        summary = Finished(
+            finish_reason=reason,
+            prompt_tokens=len(job.prompt_tokens),
+            completion_tokens=slot.completion_tokens,
+            cached_tokens=slot.cached_prompt_tokens,
+            time_to_first_token_s=first - job.created_at,
+        )
+        self._outbox.append((job, summary))
+        slot.release()
+
+    def _fail(self, slot: Slot, error: InternalError) -> None:
+        if slot.job is not None:
+            self._outbox.append((slot.job, Failed(error)))
+        llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+        slot.cached = []
+        slot.release()
+
+    def _fail_all(self, error: InternalError) -> None:
+        for slot in self._slots:
+            if slot.job is not None:
+                self._fail(slot, error)
+
+    def _flush_outbox(self) -> None:
+        if not self._outbox or self._loop is None:
+            return
+        outbox, self._outbox = self._outbox, []
+        self._loop.call_soon_threadsafe(_deliver, outbox)
+
+
+def _deliver(outbox: list[tuple[GenerationJob, Event]]) -> None:
+    for job, event in outbox:
+        job.events.put_nowait(event)

@@ -1,0 +1,46 @@
+"""A validated generation on its way through the engine, and the events it produces."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from paddler.agent.sampling import SamplingSettings
+from paddler.common.errors import PaddlerError
+from paddler.v1 import generation_pb2
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The generation ended normally."""
+
+    finish_reason: generation_pb2.FinishReason.ValueType
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    time_to_first_token_s: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The engine could not finish the generation."""
+
+    error: PaddlerError
+
+
+Event = str | Finished | Failed
+
+
+@dataclass
+class GenerationJob:
+    """Everything the engine needs for one request; events flow back through ``events``."""
+
+    request_id: str
+    prompt_tokens: list[int]
+    max_tokens: int
+    sampling: SamplingSettings
+    stop: tuple[str, ...]
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    created_at: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False

@@ -1,0 +1,76 @@
+"""Turns a GenerateRequest into a validated GenerationJob (prompt rendered and tokenized)."""
+
+from __future__ import annotations
+
+import uuid
+
+from paddler.agent.chat_template import ChatTemplate
+from paddler.agent.generation_job import GenerationJob
+from paddler.agent.llama_model import LlamaModel
+from paddler.agent.sampling import SamplingSettings
+from paddler.common.errors import InvalidArgumentError
+from paddler.v1 import agent_pb2, generation_pb2
+
+
+class JobFactory:
+    """Checks every field of a request against the model and the slot size."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        context_per_slot: int,
+        sampling_defaults: SamplingSettings | None = None,
+    ) -> None:
+        self._model = model
+        self._context_per_slot = context_per_slot
+        self._defaults = sampling_defaults or SamplingSettings()
+        source = model.chat_template
+        self._template = ChatTemplate(source, model.bos_text, model.eos_text) if source else None
+
+    def build(self, request: agent_pb2.GenerateRequest) -> GenerationJob:
+        """Validate ``request``; raise InvalidArgumentError naming the field to fix."""
+        generation = request.input
+        tokens = self._prompt_tokens(generation)
+        limit = self._context_per_slot
+        if len(tokens) >= limit:
+            raise InvalidArgumentError(
+                "input",
+                f"the prompt is {len(tokens)} tokens but a slot's context holds {limit} "
+                f"(prompt plus generated tokens); shorten the prompt to under {limit} tokens "
+                "or start the agent with a larger --context-size",
+            )
+        max_tokens = limit
+        if generation.HasField("max_tokens"):
+            max_tokens = generation.max_tokens
+            if not 1 <= max_tokens <= limit:
+                raise InvalidArgumentError(
+                    "input.max_tokens",
+                    f"must be between 1 and the slot's context size {limit}, got {max_tokens}; "
+                    "leave it unset to generate until the context is full",
+                )
+        return GenerationJob(
+            request_id=request.request_id or uuid.uuid4().hex,
+            prompt_tokens=tokens,
+            max_tokens=max_tokens,
+            sampling=self._defaults.overridden_by(generation.sampling),
+            stop=tuple(generation.stop),
+        )
+
+    def _prompt_tokens(self, generation: generation_pb2.GenerationInput) -> list[int]:
+        source = generation.WhichOneof("source")
+        if source == "prompt":
+            if not generation.prompt:
+                raise InvalidArgumentError("input.prompt", "the prompt is empty")
+            return self._model.tokenize(generation.prompt)
+        if source == "conversation":
+            if self._template is None:
+                raise InvalidArgumentError(
+                    "input.conversation",
+                    f"model {self._model.name} has no chat template; send a raw prompt instead",
+                )
+            messages = [(m.role, m.content) for m in generation.conversation.messages]
+            text = self._template.render(messages)
+            if self._model.add_bos and text.startswith(self._model.bos_text):
+                text = text[len(self._model.bos_text) :]
+            return self._model.tokenize(text)
+        raise InvalidArgumentError("input", "set either input.prompt or input.conversation")

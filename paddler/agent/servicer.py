@@ -1,0 +1,120 @@
+"""The ``paddler.v1.AgentService`` servicer: generations on this agent's slots, and its status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from grpc import aio
+
+from paddler.agent.engine import Engine
+from paddler.agent.generation_job import Failed, Finished, GenerationJob
+from paddler.agent.job_factory import JobFactory
+from paddler.agent.slot_claims import SlotClaims
+from paddler.common.errors import UnavailableError
+from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2, status_pb2
+
+log = structlog.get_logger(__name__)
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """Admits a request only when a slot is free, then streams the engine's events."""
+
+    def __init__(self, name: str, slots: int) -> None:
+        self.name = name
+        self.claims = SlotClaims(slots)
+        self._engine: Engine | None = None
+        self._jobs: JobFactory | None = None
+
+    def attach(self, engine: Engine, jobs: JobFactory) -> None:
+        """Start accepting generations on a running engine."""
+        self._engine = engine
+        self._jobs = jobs
+
+    def status(self) -> status_pb2.AgentStatus:
+        """The slot-aggregated snapshot."""
+        return status_pb2.AgentStatus(
+            name=self.name,
+            slots_total=self.claims.total,
+            slots_processing=self.claims.in_use,
+            model=self._engine.model.name if self._engine else "",
+            ready=self._engine is not None,
+        )
+
+    async def GetStatus(
+        self, request: agent_pb2.GetStatusRequest, context: aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.GetStatusResponse:
+        """Return the current snapshot."""
+        return agent_pb2.GetStatusResponse(status=self.status())
+
+    async def Generate(
+        self, request: agent_pb2.GenerateRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[agent_pb2.GenerateResponse]:
+        """Stream text pieces, then the summary."""
+        engine, jobs = self._engine, self._jobs
+        if engine is None or jobs is None:
+            raise UnavailableError("the agent is still loading its model", reason="NOT_READY")
+        job = jobs.build(request)
+        with self.claims.claim():
+            engine.submit(job)
+            outcome = "cancelled"
+            try:
+                async for response in self._stream(job, engine.model.name):
+                    if response.HasField("summary"):
+                        outcome = "ok"
+                        _log_summary(job, response.summary)
+                    yield response
+            except Exception:
+                outcome = "error"
+                raise
+            finally:
+                if outcome != "ok":
+                    engine.cancel(job)
+                    log.info("request ended", request_id=job.request_id, outcome=outcome)
+
+    async def _stream(
+        self, job: GenerationJob, model: str
+    ) -> AsyncIterator[agent_pb2.GenerateResponse]:
+        while True:
+            event = await job.events.get()
+            if isinstance(event, str):
+                yield agent_pb2.GenerateResponse(text=event)
+            elif isinstance(event, Finished):
+                yield agent_pb2.GenerateResponse(summary=self._summary(event, model))
+                return
+            elif isinstance(event, Failed):
+                raise event.error
+
+    def _summary(self, event: Finished, model: str) -> generation_pb2.GenerationSummary:
+        summary = generation_pb2.GenerationSummary(
+            finish_reason=event.finish_reason,
+            usage=generation_pb2.Usage(
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                cached_tokens=event.cached_tokens,
+            ),
+            model=model,
+            agent_name=self.name,
+        )
+        summary.time_to_first_token.FromNanoseconds(int(event.time_to_first_token_s * 1e9))
+        return summary
+
+
+def _log_summary(job: GenerationJob, summary: generation_pb2.GenerationSummary) -> None:
+    elapsed = time.perf_counter() - job.created_at
+    ttft = summary.time_to_first_token.ToNanoseconds() / 1e9
+    decode_time = elapsed - ttft
+    completion = summary.usage.completion_tokens
+    log.info(
+        "request served",
+        request_id=job.request_id,
+        prompt_tokens=summary.usage.prompt_tokens,
+        cached_tokens=summary.usage.cached_tokens,
+        completion_tokens=completion,
+        finish_reason=generation_pb2.FinishReason.Name(summary.finish_reason),
+        time_to_first_token_ms=round(ttft * 1000, 1),
+        tokens_per_s=round((completion - 1) / decode_time, 1) if completion > 1 else None,
+        duration_ms=round(elapsed * 1000, 1),
+    )

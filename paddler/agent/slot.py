@@ -1,0 +1,55 @@
+"""One parallel sequence of the llama context: its cached tokens and the job it runs."""
+
+from __future__ import annotations
+
+from paddler.agent.generation_job import GenerationJob
+from paddler.agent.sampling import SamplerChain
+from paddler.agent.text_stream import TextStream
+
+
+def common_prefix_length(left: list[int], right: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    length = 0
+    for a, b in zip(left, right, strict=False):
+        if a != b:
+            break
+        length += 1
+    return length
+
+
+class Slot:
+    """A sequence id in the KV cache; ``cached`` mirrors the tokens whose KV it holds."""
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.cached: list[int] = []
+        self.job: GenerationJob | None = None
+        self.sampler: SamplerChain | None = None
+        self.text: TextStream | None = None
+        self.pending: list[int] = []
+        self.cached_prompt_tokens = 0
+        self.completion_tokens = 0
+        self.first_token_at: float | None = None
+        self.batch_index = -1
+
+    def start(self, job: GenerationJob, reused: int, sampler: SamplerChain) -> None:
+        """Take ``job``; the first ``reused`` prompt tokens are already in the cache."""
+        self.job = job
+        self.sampler = sampler
+        self.text = TextStream(job.stop)
+        self.cached = self.cached[:reused]
+        self.pending = job.prompt_tokens[reused:]
+        self.cached_prompt_tokens = reused
+        self.completion_tokens = 0
+        self.first_token_at = None
+        self.batch_index = -1
+
+    def release(self) -> None:
+        """Free the slot; its cache is kept for a later prompt with the same prefix."""
+        if self.sampler is not None:
+            self.sampler.free()
+        self.job = None
+        self.sampler = None
+        self.text = None
+        self.pending = []
+        self.batch_index = -1

@@ -1,0 +1,30 @@
+"""The agent's count of claimed slots; a claim is released however the call ends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from paddler.common.errors import ResourceExhaustedError
+
+
+class SlotClaims:
+    """Counts in-flight generations against the slot total (asyncio side only)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.in_use = 0
+
+    @contextmanager
+    def claim(self) -> Iterator[None]:
+        """Hold one slot for the ``with`` block, or raise RESOURCE_EXHAUSTED if none is free."""
+        if self.in_use >= self.total:
+            raise ResourceExhaustedError(
+                f"all {self.total} slots of this agent are busy; retry later or send the request "
+                "through a balancer, which queues it"
+            )
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1

@@ -1,0 +1,1 @@
+"""The ``paddler`` command line: one module per command group."""

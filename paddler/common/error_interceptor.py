@@ -1,0 +1,75 @@
+"""Server interceptor: any PaddlerError raised by a handler ends the call with its rich status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from paddler.common.errors import PaddlerError
+from paddler.common.rpc_status import to_grpc_status
+
+_Req = TypeVar("_Req")
+_Res = TypeVar("_Res")
+
+
+async def _abort(context: aio.ServicerContext[Any, Any], error: PaddlerError) -> None:
+    status = to_grpc_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _wrap_unary(behavior: Any) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    async def handler(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)  # aio behaviours are coroutines
+        except PaddlerError as error:
+            await _abort(context, error)
+            raise  # unreachable: abort raises
+
+    return handler
+
+
+_Context = aio.ServicerContext[Any, Any]
+
+
+def _wrap_stream(behavior: Any) -> Callable[[Any, _Context], AsyncIterator[Any]]:
+    async def handler(request: Any, context: _Context) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except PaddlerError as error:
+            await _abort(context, error)
+
+    return handler
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    """Maps domain errors to statuses for unary and server-streaming methods."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Res] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Req, _Res] | None:
+        """Wrap the method's behaviour so domain errors become statuses."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        wrapped: grpc.RpcMethodHandler[_Req, _Res] = handler
+        if handler.unary_unary is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.unary_stream is not None:
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return wrapped

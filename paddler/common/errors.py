@@ -1,0 +1,67 @@
+"""Domain errors, each carrying the gRPC status it maps to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad request field: its path (e.g. ``input.sampling.top_p``) and what to fix."""
+
+    field: str
+    description: str
+
+
+class PaddlerError(Exception):
+    """Base of every error a client may see; ``code`` is its gRPC status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgumentError(PaddlerError):
+    """The request is malformed; the message and violations say what to fix."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.violations = (FieldViolation(field, description),)
+
+
+class ResourceExhaustedError(PaddlerError):
+    """No capacity right now; the client may retry after ``retry_after_s``."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "NO_FREE_SLOT"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UnavailableError(PaddlerError):
+    """The server cannot serve now (loading, draining, upstream gone); retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+    def __init__(self, message: str, reason: str = "UNAVAILABLE", retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class InternalError(PaddlerError):
+    """A failure inside the server (for example llama.cpp refused to decode)."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"

@@ -1,0 +1,75 @@
+"""A grpc.aio server with what every Paddler server has: errors mapped, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterable
+
+import structlog
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from paddler.common.error_interceptor import ErrorInterceptor
+
+log = structlog.get_logger(__name__)
+
+SERVER_OPTIONS = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+class ManagedServer:
+    """Owns the aio server and its health servicer; ``service_names`` are reported in health."""
+
+    def __init__(self, service_names: Iterable[str]) -> None:
+        self.server = aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = tuple(service_names)
+        reflection.enable_server_reflection(
+            (
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+
+    async def start(self, address: str) -> str:
+        """Bind ``address`` (port 0 picks a free port), start, and return the bound address."""
+        port = self.server.add_insecure_port(address)
+        host = address.rsplit(":", 1)[0]
+        await self.server.start()
+        await self.set_serving(serving=False)
+        return f"{host}:{port}"
+
+    async def set_serving(self, *, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING, overall and for each service."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def drain(self, grace_s: float) -> None:
+        """Report NOT_SERVING, refuse new calls and give in-flight ones ``grace_s`` to finish."""
+        await self.set_serving(serving=False)
+        await self.server.stop(grace_s)
+
+
+async def wait_for_termination_signal() -> None:
+    """Return on SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, received.set)
+    await received.wait()
+    log.info("termination signal received")

@@ -51,7 +51,8 @@ class Engine:
         self.config = config
         self._context = context
         self._memory = llama.llama_get_memory(context)
-        self.context_per_slot: int = llama.llama_n_ctx_seq(context)
+        # llama.cpp pads the context; the flag's size is the contract.
+        self.context_per_slot = min(config.context_size, llama.llama_n_ctx_seq(context))
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
         self._slots = [Slot(seq_id) for seq_id in range(config.slots)]
         self._pending: collections.deque[GenerationJob] = collections.deque()

@@ -1,0 +1,86 @@
+"""Every bad input gets INVALID_ARGUMENT naming the field; a full agent says RESOURCE_EXHAUSTED."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2
+
+from tests.agent_process import running_agent
+from tests.client import (
+    conversation_request,
+    field_violations,
+    generate,
+    prompt_request,
+    retry_delay_s,
+)
+
+
+def _invalid(stub: agent_pb2_grpc.AgentServiceStub, request: agent_pb2.GenerateRequest) -> str:
+    with pytest.raises(grpc.RpcError) as caught:
+        generate(stub, request)
+    error = caught.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    fields = field_violations(error)
+    assert len(fields) == 1
+    assert fields[0] in (error.details() or "")
+    return fields[0]
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (prompt_request(""), "input.prompt"),
+        (agent_pb2.GenerateRequest(), "input"),
+        (conversation_request([]), "input.conversation.messages"),
+        (
+            conversation_request([("user", "hi"), ("robot", "beep")]),
+            "input.conversation.messages[1].role",
+        ),
+        (prompt_request("Hi", max_tokens=0), "input.max_tokens"),
+        (prompt_request("Hi", max_tokens=-3), "input.max_tokens"),
+        (prompt_request("Hi", max_tokens=513), "input.max_tokens"),
+        (prompt_request("Hi", temperature=-0.5), "input.sampling.temperature"),
+        (prompt_request("Hi", top_p=0.0), "input.sampling.top_p"),
+        (prompt_request("Hi", top_p=1.5), "input.sampling.top_p"),
+        (prompt_request("Hi", min_p=2.0), "input.sampling.min_p"),
+        (prompt_request("Hi", repeat_penalty=0.0), "input.sampling.repeat_penalty"),
+        (prompt_request("Hi", top_k=-1), "input.sampling.top_k"),
+    ],
+)
+def test_bad_input_is_invalid_argument(
+    stub4: agent_pb2_grpc.AgentServiceStub, request_: agent_pb2.GenerateRequest, field: str
+) -> None:
+    assert _invalid(stub4, request_) == field
+
+
+def test_a_prompt_longer_than_a_slot_says_the_limit(stub4: agent_pb2_grpc.AgentServiceStub) -> None:
+    request = prompt_request("word " * 600)
+    assert _invalid(stub4, request) == "input"
+    with pytest.raises(grpc.RpcError) as caught:
+        generate(stub4, request)
+    assert "holds 512" in (caught.value.details() or "")  # type: ignore[attr-defined]
+
+
+def test_all_slots_busy_is_resource_exhausted_with_retry_info() -> None:
+    with running_agent("--slots", "1", "--context-size", "512") as agent:
+        with grpc.insecure_channel(agent.address) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            busy = stub.Generate(prompt_request("Once upon a time", max_tokens=300), timeout=60)
+            assert next(busy).HasField("text")
+            with pytest.raises(grpc.RpcError) as caught:
+                generate(stub, prompt_request("Hello"))
+            error = caught.value
+            assert isinstance(error, grpc.Call)
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "all 1 slots" in (error.details() or "")
+            assert retry_delay_s(error) > 0
+            busy.cancel()
+
+
+def test_unset_sampling_fields_take_the_defaults(stub4: agent_pb2_grpc.AgentServiceStub) -> None:
+    request = agent_pb2.GenerateRequest(
+        input=generation_pb2.GenerationInput(prompt="Hello", max_tokens=3)
+    )
+    assert generate(stub4, request).summary.usage.completion_tokens == 3

@@ -1,0 +1,80 @@
+"""Start-up failures, health and reflection, and the SIGTERM drain."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from paddler.v1 import agent_pb2_grpc
+
+from tests.agent_process import AgentProcess
+from tests.client import generate, prompt_request
+
+
+def _start_fails(model: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "paddler", "agent", "--model", str(model), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_missing_model_file_exits_with_one_line(tmp_path: Path) -> None:
+    result = _start_fails(tmp_path / "nope.gguf")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"paddler: model file {tmp_path}/nope.gguf does not exist"
+    ]
+
+
+def test_a_file_that_is_not_gguf_exits_with_one_line(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"PK\x03\x04 not a model")
+    result = _start_fails(fake)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "is not a GGUF file" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_health_and_reflection(agent4: AgentProcess) -> None:
+    with grpc.insecure_channel(agent4.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "paddler.v1.AgentService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(iter(reflection.ServerReflectionInfo(iter([request]))))
+        names = {s.name for s in reply.list_services_response.service}
+        assert {"paddler.v1.AgentService", "grpc.health.v1.Health"} <= names
+
+
+def test_sigterm_lets_in_flight_streams_finish_and_refuses_new_ones() -> None:
+    agent = AgentProcess(["--slots", "2", "--grace-period", "30"])
+    agent.wait_ready()
+    with grpc.insecure_channel(agent.address) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        stream = stub.Generate(prompt_request("Once upon a time", max_tokens=60), timeout=60)
+        first = next(stream)
+        agent.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        pieces = [first.text] + [r.text for r in stream if r.HasField("text")]
+        assert stream.code() == grpc.StatusCode.OK
+        assert len(pieces) > 1
+        try:
+            generate(stub, prompt_request("Hello"), timeout=5)
+            refused = False
+        except grpc.RpcError:
+            refused = True
+        assert refused
+    assert agent.stop() == 0

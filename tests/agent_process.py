@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from paddler.v1 import agent_pb2_grpc
+
 STARTUP_TIMEOUT_S = 60.0
 
 
@@ -90,3 +92,10 @@ def running_agent(
         yield agent
     finally:
         agent.stop()
+
+
+@contextmanager
+def agent_stub(*args: str) -> Iterator[tuple[AgentProcess, agent_pb2_grpc.AgentServiceStub]]:
+    """Run an agent with ``args`` and give a client stub for it."""
+    with running_agent(*args) as agent, grpc.insecure_channel(agent.address) as channel:
+        yield agent, agent_pb2_grpc.AgentServiceStub(channel)

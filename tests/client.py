@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
 from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2
 
 
@@ -31,12 +32,12 @@ def prompt_request(
     **sampling: float,
 ) -> agent_pb2.GenerateRequest:
     """A raw-prompt request (greedy unless a temperature is given)."""
+    parameters = generation_pb2.SamplingParameters(temperature=temperature)
+    for name, value in sampling.items():
+        setattr(parameters, name, value)
     return agent_pb2.GenerateRequest(
         input=generation_pb2.GenerationInput(
-            prompt=prompt,
-            max_tokens=max_tokens,
-            sampling=generation_pb2.SamplingParameters(temperature=temperature, **sampling),
-            stop=stop,
+            prompt=prompt, max_tokens=max_tokens, sampling=parameters, stop=stop
         )
     )
 
@@ -94,7 +95,7 @@ def retry_delay_s(error: grpc.RpcError) -> float:
     for detail in rich_status(error).details:
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
-            return info.retry_delay.ToNanoseconds() / 1e9
+            return float(info.retry_delay.ToNanoseconds()) / 1e9
     raise AssertionError(f"no RetryInfo on {error}")
 
 

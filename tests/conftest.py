@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from paddler.v1 import agent_pb2_grpc
 
 from paddler.agent.default_model import DefaultModelMissingError, default_model_path
+from paddler.v1 import agent_pb2_grpc
 from tests.agent_process import AgentProcess, running_agent
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2
 
-from tests.agent_process import running_agent
+from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2
+from tests.agent_process import agent_stub
 from tests.client import (
     conversation_request,
     field_violations,
@@ -60,23 +60,22 @@ def test_a_prompt_longer_than_a_slot_says_the_limit(stub4: agent_pb2_grpc.AgentS
     assert _invalid(stub4, request) == "input"
     with pytest.raises(grpc.RpcError) as caught:
         generate(stub4, request)
-    assert "holds 512" in (caught.value.details() or "")  # type: ignore[attr-defined]
+    assert isinstance(caught.value, grpc.Call)
+    assert "holds 512" in (caught.value.details() or "")
 
 
 def test_all_slots_busy_is_resource_exhausted_with_retry_info() -> None:
-    with running_agent("--slots", "1", "--context-size", "512") as agent:
-        with grpc.insecure_channel(agent.address) as channel:
-            stub = agent_pb2_grpc.AgentServiceStub(channel)
-            busy = stub.Generate(prompt_request("Once upon a time", max_tokens=300), timeout=60)
-            assert next(busy).HasField("text")
-            with pytest.raises(grpc.RpcError) as caught:
-                generate(stub, prompt_request("Hello"))
-            error = caught.value
-            assert isinstance(error, grpc.Call)
-            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "all 1 slots" in (error.details() or "")
-            assert retry_delay_s(error) > 0
-            busy.cancel()
+    with agent_stub("--slots", "1", "--context-size", "512") as (_, stub):
+        busy = stub.Generate(prompt_request("Once upon a time", max_tokens=300), timeout=60)
+        assert next(busy).HasField("text")
+        with pytest.raises(grpc.RpcError) as caught:
+            generate(stub, prompt_request("Hello"))
+        error = caught.value
+        assert isinstance(error, grpc.Call)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "all 1 slots" in (error.details() or "")
+        assert retry_delay_s(error) > 0
+        busy.cancel()
 
 
 def test_unset_sampling_fields_take_the_defaults(stub4: agent_pb2_grpc.AgentServiceStub) -> None:

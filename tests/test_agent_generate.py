@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2
-
-from tests.agent_process import AgentProcess, running_agent
+from tests.agent_process import AgentProcess, agent_stub
 from tests.client import (
     conversation_request,
     generate,
@@ -42,16 +40,14 @@ def _wait_idle(stub: agent_pb2_grpc.AgentServiceStub, timeout_s: float = 10) -> 
 
 def test_batched_greedy_output_equals_the_output_served_alone() -> None:
     request = prompt_request(PROMPTS[1], max_tokens=32)
-    with running_agent("--slots", "8", "--context-size", "256") as agent:
-        with grpc.insecure_channel(agent.address) as channel:
-            stub = agent_pb2_grpc.AgentServiceStub(channel)
-            alone = generate(stub, request)
-            others = [prompt_request(p, max_tokens=48) for p in PROMPTS[:7]]
-            with ThreadPoolExecutor(8) as pool:
-                neighbours = [pool.submit(generate, stub, r) for r in others]
-                time.sleep(0.2)  # the neighbours are decoding when ours joins the batch
-                batched = pool.submit(generate, stub, request).result()
-                assert all(f.result().summary.usage.completion_tokens > 0 for f in neighbours)
+    with agent_stub("--slots", "8", "--context-size", "256") as (_, stub):
+        alone = generate(stub, request)
+        others = [prompt_request(p, max_tokens=48) for p in PROMPTS[:7]]
+        with ThreadPoolExecutor(8) as pool:
+            neighbours = [pool.submit(generate, stub, r) for r in others]
+            time.sleep(0.2)  # the neighbours are decoding when ours joins the batch
+            batched = pool.submit(generate, stub, request).result()
+            assert all(f.result().summary.usage.completion_tokens > 0 for f in neighbours)
     assert alone.summary.usage.completion_tokens == 32
     assert batched.text == alone.text
 
@@ -76,17 +72,15 @@ def test_status_snapshot(stub4: agent_pb2_grpc.AgentServiceStub) -> None:
 
 
 def test_cancelling_mid_stream_frees_the_slot() -> None:
-    with running_agent("--slots", "1", "--context-size", "512") as agent:
-        with grpc.insecure_channel(agent.address) as channel:
-            stub = agent_pb2_grpc.AgentServiceStub(channel)
-            call = stub.Generate(prompt_request(PROMPTS[1], max_tokens=400), timeout=60)
-            for _ in range(3):
-                assert next(call).HasField("text")
-            assert _processing(stub) == 1
-            call.cancel()
-            assert _wait_idle(stub) == 0
-            reply = generate(stub, prompt_request(PROMPTS[0], max_tokens=8))
-            assert reply.summary.usage.completion_tokens == 8
+    with agent_stub("--slots", "1", "--context-size", "512") as (agent, stub):
+        call = stub.Generate(prompt_request(PROMPTS[1], max_tokens=400), timeout=60)
+        for _ in range(3):
+            assert next(call).HasField("text")
+        assert _processing(stub) == 1
+        call.cancel()
+        assert _wait_idle(stub) == 0
+        reply = generate(stub, prompt_request(PROMPTS[0], max_tokens=8))
+        assert reply.summary.usage.completion_tokens == 8
         assert [r["outcome"] for r in agent.logs("request ended")] == ["cancelled"]
 
 
@@ -127,10 +121,8 @@ def test_stop_string_ends_the_sequence_before_it(stub4: agent_pb2_grpc.AgentServ
 
 
 def test_a_full_context_ends_the_sequence() -> None:
-    with running_agent("--slots", "1", "--context-size", "40") as agent:
-        with grpc.insecure_channel(agent.address) as channel:
-            stub = agent_pb2_grpc.AgentServiceStub(channel)
-            reply = generate(stub, prompt_request("Count: 1, 2, 3, 4, 5, 6,", max_tokens=None))
+    with agent_stub("--slots", "1", "--context-size", "40") as (_, stub):
+        reply = generate(stub, prompt_request("Count: 1, 2, 3, 4, 5, 6,", max_tokens=None))
     usage = reply.summary.usage
     assert reply.summary.finish_reason == FinishReason.FINISH_REASON_CONTEXT_FULL
     assert usage.prompt_tokens + usage.completion_tokens == 40 + 1  # the last is sent, not fed

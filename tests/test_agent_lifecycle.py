@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from paddler.v1 import agent_pb2_grpc
 
+from paddler.v1 import agent_pb2_grpc
 from tests.agent_process import AgentProcess
 from tests.client import generate, prompt_request
 

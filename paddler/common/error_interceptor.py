@@ -6,26 +6,38 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import structlog
 from grpc import aio
 
 from paddler.common.errors import PaddlerError
 from paddler.common.rpc_status import to_grpc_status
 
+log = structlog.get_logger(__name__)
+
 _Req = TypeVar("_Req")
 _Res = TypeVar("_Res")
 
 
-async def _abort(context: aio.ServicerContext[Any, Any], error: PaddlerError) -> None:
+async def _abort(context: aio.ServicerContext[Any, Any], method: str, error: PaddlerError) -> None:
     status = to_grpc_status(error)
+    log.info(
+        "request rejected",
+        method=method,
+        code=status.code.name,
+        reason=error.reason,
+        message=error.message,
+    )
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-def _wrap_unary(behavior: Any) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+def _wrap_unary(
+    behavior: Any, method: str
+) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await behavior(request, context)  # aio behaviours are coroutines
         except PaddlerError as error:
-            await _abort(context, error)
+            await _abort(context, method, error)
             raise  # unreachable: abort raises
 
     return handler
@@ -34,13 +46,13 @@ def _wrap_unary(behavior: Any) -> Callable[[Any, aio.ServicerContext[Any, Any]],
 _Context = aio.ServicerContext[Any, Any]
 
 
-def _wrap_stream(behavior: Any) -> Callable[[Any, _Context], AsyncIterator[Any]]:
+def _wrap_stream(behavior: Any, method: str) -> Callable[[Any, _Context], AsyncIterator[Any]]:
     async def handler(request: Any, context: _Context) -> AsyncIterator[Any]:
         try:
             async for response in behavior(request, context):
                 yield response
         except PaddlerError as error:
-            await _abort(context, error)
+            await _abort(context, method, error)
 
     return handler
 
@@ -62,13 +74,13 @@ class ErrorInterceptor(aio.ServerInterceptor):
         wrapped: grpc.RpcMethodHandler[_Req, _Res] = handler
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
+                _wrap_unary(handler.unary_unary, handler_call_details.method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
+                _wrap_stream(handler.unary_stream, handler_call_details.method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

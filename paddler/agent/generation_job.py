@@ -6,8 +6,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from paddler.agent.sampling import SamplingSettings
 from paddler.common.errors import PaddlerError
+from paddler.common.generation_input import SamplingSettings
 from paddler.v1 import generation_pb2
 
 

@@ -7,8 +7,8 @@ import uuid
 from paddler.agent.chat_template import ChatTemplate
 from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
-from paddler.agent.sampling import SamplingSettings
 from paddler.common.errors import InvalidArgumentError
+from paddler.common.generation_input import SamplingSettings, check_generation_input
 from paddler.v1 import agent_pb2, generation_pb2
 
 
@@ -30,6 +30,7 @@ class JobFactory:
     def build(self, request: agent_pb2.GenerateRequest) -> GenerationJob:
         """Validate ``request``; raise InvalidArgumentError naming the field to fix."""
         generation = request.input
+        check_generation_input(generation)
         tokens = self._prompt_tokens(generation)
         limit = self._context_per_slot
         if len(tokens) >= limit:
@@ -39,15 +40,13 @@ class JobFactory:
                 f"(prompt plus generated tokens); shorten the prompt to under {limit} tokens "
                 "or start the agent with a larger --context-size",
             )
-        max_tokens = limit
-        if generation.HasField("max_tokens"):
-            max_tokens = generation.max_tokens
-            if not 1 <= max_tokens <= limit:
-                raise InvalidArgumentError(
-                    "input.max_tokens",
-                    f"must be between 1 and the slot's context size {limit}, got {max_tokens}; "
-                    "leave it unset to generate until the context is full",
-                )
+        max_tokens = generation.max_tokens if generation.HasField("max_tokens") else limit
+        if max_tokens > limit:
+            raise InvalidArgumentError(
+                "input.max_tokens",
+                f"must be at most the slot's context size {limit}, got {max_tokens}; "
+                "leave it unset to generate until the context is full",
+            )
         return GenerationJob(
             request_id=request.request_id or uuid.uuid4().hex,
             prompt_tokens=tokens,
@@ -57,20 +56,15 @@ class JobFactory:
         )
 
     def _prompt_tokens(self, generation: generation_pb2.GenerationInput) -> list[int]:
-        source = generation.WhichOneof("source")
-        if source == "prompt":
-            if not generation.prompt:
-                raise InvalidArgumentError("input.prompt", "the prompt is empty")
+        if generation.WhichOneof("source") == "prompt":
             return self._model.tokenize(generation.prompt)
-        if source == "conversation":
-            if self._template is None:
-                raise InvalidArgumentError(
-                    "input.conversation",
-                    f"model {self._model.name} has no chat template; send a raw prompt instead",
-                )
-            messages = [(m.role, m.content) for m in generation.conversation.messages]
-            text = self._template.render(messages)
-            if self._model.add_bos and text.startswith(self._model.bos_text):
-                text = text[len(self._model.bos_text) :]
-            return self._model.tokenize(text)
-        raise InvalidArgumentError("input", "set either input.prompt or input.conversation")
+        if self._template is None:
+            raise InvalidArgumentError(
+                "input.conversation",
+                f"model {self._model.name} has no chat template; send a raw prompt instead",
+            )
+        messages = [(m.role, m.content) for m in generation.conversation.messages]
+        text = self._template.render(messages)
+        if self._model.add_bos and text.startswith(self._model.bos_text):
+            text = text[len(self._model.bos_text) :]
+        return self._model.tokenize(text)

@@ -1,0 +1,78 @@
+"""Model-free checks of a GenerationInput, shared by the balancer and the agent."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from paddler.common.errors import InvalidArgumentError
+from paddler.v1 import generation_pb2
+
+CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
+_FIELD = "input.sampling"
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Resolved sampling parameters (defaults filled in, all validated)."""
+
+    temperature: float = 0.8
+    top_k: int = 80
+    top_p: float = 0.8
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+    def overridden_by(self, message: generation_pb2.SamplingParameters) -> SamplingSettings:
+        """These settings with every field the request sets replaced; validates the result."""
+        changes = {field.name: value for field, value in message.ListFields()}
+        resolved = replace(self, **changes)
+        resolved.validate()
+        return resolved
+
+    def validate(self) -> None:
+        """Raise InvalidArgumentError naming the first out-of-range field."""
+        checks = (
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, ">= 0"),
+            ("top_k", self.top_k >= 0, ">= 0 (0 disables it)"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
+            ("repeat_penalty", self.repeat_penalty > 0, "> 0 (1 disables it)"),
+            ("presence_penalty", math.isfinite(self.presence_penalty), "a finite number"),
+            ("frequency_penalty", math.isfinite(self.frequency_penalty), "a finite number"),
+        )
+        for name, valid, expected in checks:
+            if not valid:
+                raise InvalidArgumentError(
+                    f"{_FIELD}.{name}", f"must be {expected}, got {getattr(self, name)}"
+                )
+
+
+def check_generation_input(generation: generation_pb2.GenerationInput) -> None:
+    """Raise InvalidArgumentError for anything wrong that needs no model to see."""
+    source = generation.WhichOneof("source")
+    if source is None:
+        raise InvalidArgumentError("input", "set either input.prompt or input.conversation")
+    if source == "prompt" and not generation.prompt:
+        raise InvalidArgumentError("input.prompt", "the prompt is empty")
+    if source == "conversation":
+        messages = generation.conversation.messages
+        if not messages:
+            raise InvalidArgumentError(
+                "input.conversation.messages", "the conversation has no messages"
+            )
+        for index, message in enumerate(messages):
+            if message.role not in CHAT_ROLES:
+                raise InvalidArgumentError(
+                    f"input.conversation.messages[{index}].role",
+                    f"unknown role {message.role!r}; use one of {', '.join(sorted(CHAT_ROLES))}",
+                )
+    if generation.HasField("max_tokens") and generation.max_tokens < 1:
+        raise InvalidArgumentError(
+            "input.max_tokens",
+            f"must be at least 1, got {generation.max_tokens}; "
+            "leave it unset to generate until the context is full",
+        )
+    SamplingSettings().overridden_by(generation.sampling)

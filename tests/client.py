@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2
+from paddler.v1 import agent_pb2, generation_pb2
 
 
 @dataclass
@@ -58,10 +59,8 @@ def conversation_request(
     )
 
 
-def generate(
-    stub: agent_pb2_grpc.AgentServiceStub, request: agent_pb2.GenerateRequest, timeout: float = 120
-) -> Reply:
-    """Run one stream to its end."""
+def generate(stub: Any, request: Any, timeout: float = 120) -> Reply:
+    """Run one Generate stream (an agent's or the balancer's) to its end."""
     pieces: list[str] = []
     for response in stub.Generate(request, timeout=timeout):
         if response.HasField("summary"):
@@ -70,7 +69,7 @@ def generate(
     raise AssertionError("the stream ended without a summary")
 
 
-def rich_status(error: grpc.RpcError) -> status_pb2.Status:
+def rich_status(error: grpc.RpcError | grpc.Call) -> status_pb2.Status:
     """The google.rpc.Status carried in the error's trailing metadata."""
     assert isinstance(error, grpc.Call)
     for key, value in error.trailing_metadata() or ():
@@ -80,7 +79,7 @@ def rich_status(error: grpc.RpcError) -> status_pb2.Status:
     raise AssertionError(f"no rich status on {error}")
 
 
-def field_violations(error: grpc.RpcError) -> list[str]:
+def field_violations(error: grpc.RpcError | grpc.Call) -> list[str]:
     """Fields named by the BadRequest detail."""
     fields: list[str] = []
     for detail in rich_status(error).details:
@@ -90,7 +89,7 @@ def field_violations(error: grpc.RpcError) -> list[str]:
     return fields
 
 
-def retry_delay_s(error: grpc.RpcError) -> float:
+def retry_delay_s(error: grpc.RpcError | grpc.Call) -> float:
     """The RetryInfo delay in seconds."""
     for detail in rich_status(error).details:
         info = error_details_pb2.RetryInfo()
@@ -100,7 +99,7 @@ def retry_delay_s(error: grpc.RpcError) -> float:
 
 
 def generate_retrying(
-    stub: agent_pb2_grpc.AgentServiceStub,
+    stub: Any,
     request: agent_pb2.GenerateRequest,
     budget_s: float = 120,
 ) -> tuple[Reply, int]:
@@ -119,3 +118,36 @@ def generate_retrying(
                 raise
             refusals += 1
             time.sleep(retry_delay_s(error))
+
+
+def invalid_field(stub: Any, request: Any) -> str:
+    """Send a request that must fail with INVALID_ARGUMENT; return the one field it names."""
+    try:
+        generate(stub, request)
+    except grpc.RpcError as error:
+        assert isinstance(error, grpc.Call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        fields = field_violations(error)
+        assert len(fields) == 1
+        assert fields[0] in (error.details() or "")
+        return fields[0]
+    raise AssertionError("the request was served")
+
+
+def error_of(stub: Any, request: Any, timeout: float = 120) -> grpc.Call:
+    """Send a request that must fail; return the error."""
+    try:
+        generate(stub, request, timeout=timeout)
+    except grpc.RpcError as error:
+        assert isinstance(error, grpc.Call)
+        return error
+    raise AssertionError("the request was served")
+
+
+def error_reason(error: grpc.RpcError | grpc.Call) -> str:
+    """The ErrorInfo reason."""
+    for detail in rich_status(error).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    raise AssertionError(f"no ErrorInfo on {error}")

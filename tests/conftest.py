@@ -10,7 +10,7 @@ import pytest
 
 from paddler.agent.default_model import DefaultModelMissingError, default_model_path
 from paddler.v1 import agent_pb2_grpc
-from tests.agent_process import AgentProcess, running_agent
+from tests.processes import AgentProcess, running_agent
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -6,58 +6,25 @@ import grpc
 import pytest
 
 from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2
-from tests.agent_process import agent_stub
+from tests.bad_inputs import BAD_INPUTS
 from tests.client import (
-    conversation_request,
-    field_violations,
     generate,
+    invalid_field,
     prompt_request,
     retry_delay_s,
 )
+from tests.processes import agent_stub
 
 
-def _invalid(stub: agent_pb2_grpc.AgentServiceStub, request: agent_pb2.GenerateRequest) -> str:
-    with pytest.raises(grpc.RpcError) as caught:
-        generate(stub, request)
-    error = caught.value
-    assert isinstance(error, grpc.Call)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    fields = field_violations(error)
-    assert len(fields) == 1
-    assert fields[0] in (error.details() or "")
-    return fields[0]
-
-
-@pytest.mark.parametrize(
-    ("request_", "field"),
-    [
-        (prompt_request(""), "input.prompt"),
-        (agent_pb2.GenerateRequest(), "input"),
-        (conversation_request([]), "input.conversation.messages"),
-        (
-            conversation_request([("user", "hi"), ("robot", "beep")]),
-            "input.conversation.messages[1].role",
-        ),
-        (prompt_request("Hi", max_tokens=0), "input.max_tokens"),
-        (prompt_request("Hi", max_tokens=-3), "input.max_tokens"),
-        (prompt_request("Hi", max_tokens=513), "input.max_tokens"),
-        (prompt_request("Hi", temperature=-0.5), "input.sampling.temperature"),
-        (prompt_request("Hi", top_p=0.0), "input.sampling.top_p"),
-        (prompt_request("Hi", top_p=1.5), "input.sampling.top_p"),
-        (prompt_request("Hi", min_p=2.0), "input.sampling.min_p"),
-        (prompt_request("Hi", repeat_penalty=0.0), "input.sampling.repeat_penalty"),
-        (prompt_request("Hi", top_k=-1), "input.sampling.top_k"),
-    ],
-)
+@pytest.mark.parametrize(("request_", "field"), BAD_INPUTS)
 def test_bad_input_is_invalid_argument(
     stub4: agent_pb2_grpc.AgentServiceStub, request_: agent_pb2.GenerateRequest, field: str
 ) -> None:
-    assert _invalid(stub4, request_) == field
+    assert invalid_field(stub4, request_) == field
 
 
 def test_a_prompt_longer_than_a_slot_says_the_limit(stub4: agent_pb2_grpc.AgentServiceStub) -> None:
     request = prompt_request("word " * 600)
-    assert _invalid(stub4, request) == "input"
     with pytest.raises(grpc.RpcError) as caught:
         generate(stub4, request)
     assert isinstance(caught.value, grpc.Call)

@@ -6,13 +6,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2
-from tests.agent_process import AgentProcess, agent_stub
 from tests.client import (
     conversation_request,
     generate,
     generate_retrying,
     prompt_request,
 )
+from tests.processes import AgentProcess, agent_stub
 
 FinishReason = generation_pb2.FinishReason
 PROMPTS = [

@@ -13,13 +13,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from paddler.v1 import agent_pb2_grpc
-from tests.agent_process import AgentProcess
 from tests.client import generate, prompt_request
+from tests.processes import AgentProcess
 
 
 def _start_fails(model: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "paddler", "agent", "--model", str(model), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "paddler",
+            "agent",
+            "--model",
+            str(model),
+            "--port",
+            "0",
+            "--balancer",
+            "",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -60,7 +71,7 @@ def test_health_and_reflection(agent4: AgentProcess) -> None:
 
 
 def test_sigterm_lets_in_flight_streams_finish_and_refuses_new_ones() -> None:
-    agent = AgentProcess(["--slots", "2", "--grace-period", "30"])
+    agent = AgentProcess(["--slots", "2", "--grace-period", "30", "--balancer", ""])
     agent.wait_ready()
     with grpc.insecure_channel(agent.address) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)

@@ -19,3 +19,7 @@ class AgentConfig:
     context_size: int
     batch_size: int
     grace_period_s: float
+    # host:port of the balancer's management server; "" runs the agent on its own.
+    balancer: str
+    # host:port the balancer should dial; "" derives it from POD_IP or --host and the bound port.
+    advertise: str

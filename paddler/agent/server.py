@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 
 import structlog
 
+from paddler.agent.balancer_link import BalancerLink
 from paddler.agent.config import AgentConfig
 from paddler.agent.engine import Engine, EngineConfig
 from paddler.agent.job_factory import JobFactory
@@ -18,6 +21,15 @@ from paddler.v1 import agent_pb2, agent_pb2_grpc
 log = structlog.get_logger(__name__)
 
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+
+
+def advertised_address(host: str, bound: str) -> str:
+    """Where the balancer should dial: ``$POD_IP``, else the listen host, with the bound port."""
+    port = bound.rsplit(":", 1)[1]
+    reachable = os.environ.get("POD_IP") or (
+        "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host  # noqa: S104
+    )
+    return f"{reachable}:{port}"
 
 
 def load_engine(config: AgentConfig) -> tuple[Engine, JobFactory]:
@@ -44,6 +56,10 @@ async def run_agent(config: AgentConfig) -> None:
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, managed.server)
     address = await managed.start(f"{config.host}:{config.port}")
     log.info("agent listening", address=address, name=config.name, slots=config.slots)
+    link = None
+    if config.balancer:
+        advertise = config.advertise or advertised_address(config.host, address)
+        link = asyncio.create_task(BalancerLink(config.balancer, advertise, servicer).run())
     try:
         engine, jobs = await asyncio.to_thread(load_engine, config)
     except BaseException:
@@ -60,6 +76,10 @@ async def run_agent(config: AgentConfig) -> None:
         threads=config.threads,
     )
     await wait_for_termination_signal()
+    if link is not None:  # leave the balancer first so it stops sending new requests here
+        link.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await link
     await managed.drain(config.grace_period_s)
     engine.stop()
     log.info("agent stopped")

@@ -32,6 +32,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         """Start accepting generations on a running engine."""
         self._engine = engine
         self._jobs = jobs
+        self.claims.changed.set()
 
     def status(self) -> status_pb2.AgentStatus:
         """The slot-aggregated snapshot."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -9,11 +10,15 @@ from paddler.common.errors import ResourceExhaustedError
 
 
 class SlotClaims:
-    """Counts in-flight generations against the slot total (asyncio side only)."""
+    """Counts in-flight generations against the slot total (asyncio side only).
+
+    ``changed`` is set on every claim and release, so status snapshots go out at once.
+    """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.in_use = 0
+        self.changed = asyncio.Event()
 
     @contextmanager
     def claim(self) -> Iterator[None]:
@@ -24,7 +29,9 @@ class SlotClaims:
                 "through a balancer, which queues it"
             )
         self.in_use += 1
+        self.changed.set()
         try:
             yield
         finally:
             self.in_use -= 1
+            self.changed.set()

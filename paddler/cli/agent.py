@@ -60,6 +60,20 @@ def agent(
             help="Seconds in-flight requests get to finish after SIGTERM.",
         ),
     ] = 30.0,
+    balancer: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_BALANCER",
+            help="Balancer management address to register with; empty runs the agent alone.",
+        ),
+    ] = "127.0.0.1:50053",
+    advertise: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_ADVERTISE",
+            help="host:port the balancer dials; empty means $POD_IP (or --host) and the port.",
+        ),
+    ] = "",
     log_level: Annotated[
         str, typer.Option(envvar="PADDLER_LOG_LEVEL", help="debug, info, warning or error.")
     ] = "info",
@@ -81,5 +95,7 @@ def agent(
             context_size=context_size,
             batch_size=batch_size,
             grace_period_s=grace_period,
+            balancer=balancer,
+            advertise=advertise,
         )
         asyncio.run(run_agent(config))

@@ -3,6 +3,9 @@
 import typer
 
 from paddler.cli.agent import agent
+from paddler.cli.agents import agents
+from paddler.cli.balancer import balancer
+from paddler.cli.generate import chat, generate
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -12,4 +15,5 @@ def paddler() -> None:
     """Paddler: slot-aware serving of llama.cpp models over gRPC."""
 
 
-app.command()(agent)
+for command in (balancer, agent, generate, chat, agents):
+    app.command()(command)

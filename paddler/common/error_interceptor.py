@@ -58,7 +58,7 @@ def _wrap_stream(behavior: Any, method: str) -> Callable[[Any, _Context], AsyncI
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
-    """Maps domain errors to statuses for unary and server-streaming methods."""
+    """Maps domain errors to statuses for unary and response-streaming methods."""
 
     async def intercept_service(
         self,
@@ -81,6 +81,12 @@ class ErrorInterceptor(aio.ServerInterceptor):
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, handler_call_details.method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.stream_stream is not None:
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, handler_call_details.method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -65,3 +65,21 @@ class InternalError(PaddlerError):
 
     code = grpc.StatusCode.INTERNAL
     reason = "INTERNAL"
+
+
+class DeadlineExceededError(PaddlerError):
+    """The client's deadline passed before the request could be served."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class RelayedError(PaddlerError):
+    """An agent's own error status, passed on to the client unchanged."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, trailing_metadata: tuple[tuple[str, bytes], ...]
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.trailing_metadata = trailing_metadata

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -10,6 +12,7 @@ from grpc_status import rpc_status
 from paddler.common.errors import (
     InvalidArgumentError,
     PaddlerError,
+    RelayedError,
     ResourceExhaustedError,
     UnavailableError,
 )
@@ -23,8 +26,19 @@ def _packed(message: object) -> any_pb2.Any:
     return packed
 
 
-def to_grpc_status(error: PaddlerError) -> grpc.Status:
+@dataclass(frozen=True)
+class AbortStatus:
+    """What a handler aborts with: code, message and the rich-status trailer."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def to_grpc_status(error: PaddlerError) -> AbortStatus:
     """Build the status with ErrorInfo, plus BadRequest or RetryInfo where they apply."""
+    if isinstance(error, RelayedError):
+        return AbortStatus(error.code, error.message, error.trailing_metadata)
     details = [_packed(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))]
     if isinstance(error, InvalidArgumentError):
         violations = [
@@ -38,5 +52,5 @@ def to_grpc_status(error: PaddlerError) -> grpc.Status:
         details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     code_value: int = error.code.value[0]
     status = status_pb2.Status(code=code_value, message=error.message, details=details)
-    result: grpc.Status = rpc_status.to_status(status)
-    return result
+    converted = rpc_status.to_status(status)
+    return AbortStatus(converted.code, converted.details, tuple(converted.trailing_metadata))

@@ -1,0 +1,64 @@
+"""Keeps an agent registered with its balancer: one Connect stream, snapshots, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+from grpc import aio
+
+from paddler.agent.servicer import AgentServicer
+from paddler.common.grpc_server import CHANNEL_OPTIONS
+from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+STATUS_INTERVAL_S = 1.0
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 2.0
+
+
+class BalancerLink:
+    """Dials the balancer, registers, and streams a snapshot on each change and every second."""
+
+    def __init__(self, balancer: str, advertise: str, servicer: AgentServicer) -> None:
+        self._balancer = balancer
+        self._registration = agent_registry_pb2.AgentRegistration(
+            name=servicer.name, address=advertise
+        )
+        self._servicer = servicer
+
+    async def run(self) -> None:
+        """Stay connected until cancelled, retrying with capped exponential backoff."""
+        backoff = BACKOFF_FIRST_S
+        while True:
+            try:
+                async with aio.insecure_channel(self._balancer, options=CHANNEL_OPTIONS) as channel:
+                    stub = agent_registry_pb2_grpc.AgentRegistryServiceStub(channel)
+                    async for response in stub.Connect(self._messages()):
+                        if response.HasField("accepted"):
+                            backoff = BACKOFF_FIRST_S
+                            log.info(
+                                "registered with balancer",
+                                balancer=self._balancer,
+                                agent_id=response.accepted.agent_id,
+                                advertise=self._registration.address,
+                            )
+                log.warning("balancer closed the registration stream", balancer=self._balancer)
+            except grpc.RpcError as error:
+                if backoff == BACKOFF_FIRST_S:  # first failure after a success: say it once
+                    log.warning("balancer unreachable", balancer=self._balancer, error=str(error))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _messages(self) -> AsyncIterator[agent_registry_pb2.ConnectRequest]:
+        yield agent_registry_pb2.ConnectRequest(registration=self._registration)
+        changed = self._servicer.claims.changed
+        while True:
+            changed.clear()
+            yield agent_registry_pb2.ConnectRequest(status=self._servicer.status())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), STATUS_INTERVAL_S)

@@ -1,0 +1,1 @@
+"""The balancer: agents register, requests wait in a FIFO buffer and go to free slots."""

@@ -1,0 +1,125 @@
+"""The agents the balancer knows: their last snapshot, its own claims on them, their channels."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from grpc import aio
+
+from paddler.common.grpc_server import CHANNEL_OPTIONS
+from paddler.v1 import agent_pb2, status_pb2
+
+log = structlog.get_logger(__name__)
+
+GENERATE_METHOD = "/paddler.v1.AgentService/Generate"
+
+
+@dataclass(eq=False)
+class RegisteredAgent:
+    """One connected agent. ``claims`` counts this balancer's streams running on it."""
+
+    agent_id: str
+    name: str
+    address: str
+    channel: aio.Channel
+    connection: asyncio.Task[object] | None
+    slots_total: int = 0
+    slots_processing: int = 0
+    model: str = ""
+    ready: bool = False
+    last_status_at: float = field(default_factory=time.monotonic)
+    claims: int = 0
+
+    @property
+    def busy_slots(self) -> int:
+        """Our claims are exact; the agent's count is higher when others use it too."""
+        return max(self.claims, self.slots_processing)
+
+    @property
+    def free_slots(self) -> int:
+        """Slots a new request may take now."""
+        return max(self.slots_total - self.busy_slots, 0) if self.ready else 0
+
+    @functools.cached_property
+    def _generate(self) -> aio.UnaryStreamMultiCallable[agent_pb2.GenerateRequest, bytes]:
+        return self.channel.unary_stream(
+            GENERATE_METHOD, request_serializer=agent_pb2.GenerateRequest.SerializeToString
+        )
+
+    def generate(
+        self, request: agent_pb2.GenerateRequest, timeout: float | None
+    ) -> aio.UnaryStreamCall[agent_pb2.GenerateRequest, bytes]:
+        """Start a Generate call whose responses arrive as raw bytes, relayed unparsed."""
+        return self._generate(request, timeout=timeout)
+
+
+class AgentRegistry:
+    """Agents by id; every change is announced to the listeners (dispatcher, watchers)."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, RegisteredAgent] = {}
+        self._ids = itertools.count(1)
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after every change; returns the function that stops it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def changed(self) -> None:
+        """Tell the listeners that something changed."""
+        for listener in list(self._listeners):
+            listener()
+
+    def agents(self) -> list[RegisteredAgent]:
+        """The registered agents, in registration order."""
+        return list(self._agents.values())
+
+    def add(
+        self, name: str, address: str, connection: asyncio.Task[object] | None
+    ) -> RegisteredAgent:
+        """Register an agent and open the channel the balancer dials it on."""
+        agent = RegisteredAgent(
+            agent_id=f"agent-{next(self._ids)}",
+            name=name,
+            address=address,
+            channel=aio.insecure_channel(address, options=CHANNEL_OPTIONS),
+            connection=connection,
+        )
+        self._agents[agent.agent_id] = agent
+        log.info("agent registered", agent_id=agent.agent_id, name=name, address=address)
+        self.changed()
+        return agent
+
+    def update(self, agent: RegisteredAgent, status: status_pb2.AgentStatus) -> None:
+        """Apply a status snapshot."""
+        agent.slots_total = status.slots_total
+        agent.slots_processing = status.slots_processing
+        agent.model = status.model
+        agent.ready = status.ready
+        agent.last_status_at = time.monotonic()
+        self.changed()
+
+    async def remove(self, agent: RegisteredAgent, reason: str) -> None:
+        """Forget an agent at once: close its channel (its streams fail) and its connection."""
+        if self._agents.pop(agent.agent_id, None) is None:
+            return
+        log.warning("agent removed", agent_id=agent.agent_id, name=agent.name, reason=reason)
+        self.changed()
+        if agent.connection is not None and agent.connection is not asyncio.current_task():
+            agent.connection.cancel()
+        await agent.channel.close()
+
+    async def remove_stale(self, stale_after_s: float) -> None:
+        """Remove every agent whose last snapshot is older than ``stale_after_s``."""
+        now = time.monotonic()
+        for agent in self.agents():
+            age = now - agent.last_status_at
+            if age > stale_after_s:
+                await self.remove(agent, f"no status for {age:.1f} s")

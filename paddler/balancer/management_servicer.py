@@ -1,0 +1,71 @@
+"""``paddler.v1.ManagementService``: the agents and the buffer, for operators and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+
+from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
+from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.v1 import management_pb2, management_pb2_grpc
+
+
+def _describe(agent: RegisteredAgent, now: float) -> management_pb2.RegisteredAgent:
+    described = management_pb2.RegisteredAgent(
+        agent_id=agent.agent_id,
+        name=agent.name,
+        address=agent.address,
+        slots_total=agent.slots_total,
+        slots_processing=agent.slots_processing,
+        slots_claimed=agent.claims,
+        model=agent.model,
+        ready=agent.ready,
+    )
+    described.last_status_age.FromNanoseconds(int((now - agent.last_status_at) * 1e9))
+    return described
+
+
+class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
+    """Read-only views of the balancer's state."""
+
+    def __init__(self, registry: AgentRegistry, dispatcher: SlotDispatcher) -> None:
+        self._registry = registry
+        self._dispatcher = dispatcher
+
+    def _agents(self) -> list[management_pb2.RegisteredAgent]:
+        now = time.monotonic()
+        return [_describe(agent, now) for agent in self._registry.agents()]
+
+    async def ListAgents(
+        self, request: management_pb2.ListAgentsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> management_pb2.ListAgentsResponse:
+        """Every registered agent."""
+        return management_pb2.ListAgentsResponse(agents=self._agents())
+
+    async def WatchAgents(
+        self, request: management_pb2.WatchAgentsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[management_pb2.WatchAgentsResponse]:
+        """The list now, then after every change."""
+        changed = asyncio.Event()
+        stop_listening = self._registry.listen(changed.set)
+        try:
+            while True:
+                changed.clear()
+                yield management_pb2.WatchAgentsResponse(agents=self._agents())
+                await changed.wait()
+        finally:
+            stop_listening()
+
+    async def GetBufferedRequests(
+        self,
+        request: management_pb2.GetBufferedRequestsRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> management_pb2.GetBufferedRequestsResponse:
+        """How many requests wait for a slot, and how many may."""
+        return management_pb2.GetBufferedRequestsResponse(
+            count=self._dispatcher.buffered, capacity=self._dispatcher.capacity
+        )

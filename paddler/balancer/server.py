@@ -1,0 +1,67 @@
+"""Runs a balancer: an inference server for clients, a management server for agents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from paddler.balancer.agent_registry import AgentRegistry
+from paddler.balancer.config import BalancerConfig
+from paddler.balancer.inference_servicer import SERVICE as INFERENCE_SERVICE
+from paddler.balancer.inference_servicer import InferenceServicer
+from paddler.balancer.management_servicer import ManagementServicer
+from paddler.balancer.registry_servicer import AgentRegistryServicer
+from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
+from paddler.v1 import (
+    agent_registry_pb2,
+    agent_registry_pb2_grpc,
+    management_pb2,
+    management_pb2_grpc,
+)
+
+log = structlog.get_logger(__name__)
+
+REGISTRY_SERVICE = agent_registry_pb2.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name
+MANAGEMENT_SERVICE = management_pb2.DESCRIPTOR.services_by_name["ManagementService"].full_name
+STALE_CHECK_INTERVAL_S = 0.5
+
+
+async def _remove_stale_agents(registry: AgentRegistry, stale_after_s: float) -> None:
+    while True:
+        await asyncio.sleep(STALE_CHECK_INTERVAL_S)
+        await registry.remove_stale(stale_after_s)
+
+
+async def run_balancer(config: BalancerConfig) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight streams within the grace period."""
+    registry = AgentRegistry()
+    dispatcher = SlotDispatcher(
+        registry, config.max_buffered_requests, config.buffered_request_timeout_s
+    )
+    inference = ManagedServer([INFERENCE_SERVICE])
+    inference.server.add_generic_rpc_handlers(
+        (InferenceServicer(dispatcher, config.max_attempts).handler(),)
+    )
+    management = ManagedServer([REGISTRY_SERVICE, MANAGEMENT_SERVICE])
+    agent_registry_pb2_grpc.add_AgentRegistryServiceServicer_to_server(
+        AgentRegistryServicer(registry), management.server
+    )
+    management_pb2_grpc.add_ManagementServiceServicer_to_server(
+        ManagementServicer(registry, dispatcher), management.server
+    )
+    inference_address = await inference.start(config.inference_address)
+    management_address = await management.start(config.management_address)
+    await inference.set_serving(serving=True)
+    await management.set_serving(serving=True)
+    log.info("balancer listening", inference=inference_address, management=management_address)
+    watchdog = asyncio.create_task(_remove_stale_agents(registry, config.agent_stale_after_s))
+    await wait_for_termination_signal()
+    await inference.drain(config.grace_period_s)
+    watchdog.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watchdog
+    await management.drain(0)
+    log.info("balancer stopped")

@@ -1,0 +1,113 @@
+"""Hands out agent slots: at once when one is free, else in arrival order from a bounded buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from dataclasses import dataclass
+
+from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
+from paddler.balancer.router import pick_agent
+from paddler.common.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
+
+
+@dataclass(eq=False)
+class _Waiter:
+    future: asyncio.Future[RegisteredAgent]
+    exclude: frozenset[str]
+
+
+class SlotDispatcher:
+    """Claims a slot for each request; a claim lasts until ``release``, however the call ends.
+
+    Only the head of the FIFO is ever served, so requests get slots in the order they came.
+    """
+
+    def __init__(self, registry: AgentRegistry, capacity: int, timeout_s: float) -> None:
+        self.capacity = capacity
+        self._timeout_s = timeout_s
+        self._registry = registry
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._turns = itertools.count()
+        registry.listen(self.dispatch)
+
+    @property
+    def buffered(self) -> int:
+        """Requests waiting for a slot."""
+        return sum(1 for w in self._waiters if not w.future.done())
+
+    async def acquire(
+        self,
+        time_remaining_s: float | None,
+        exclude: frozenset[str] = frozenset(),
+        *,
+        retry: bool = False,
+    ) -> RegisteredAgent:
+        """Claim a slot, waiting in the buffer if none is free. A retry goes to the front."""
+        if retry or not self._waiters:
+            agent = pick_agent(self._registry.agents(), exclude, next(self._turns))
+            if agent is not None:
+                agent.claims += 1
+                return agent
+        if self.capacity == 0:
+            raise ResourceExhaustedError(
+                "no agent has a free slot and buffering is off (--max-buffered-requests 0)"
+            )
+        if self.buffered >= self.capacity:
+            raise ResourceExhaustedError(
+                f"no agent has a free slot and the buffer is full ({self.capacity} requests "
+                "waiting); retry later"
+            )
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude)
+        if retry:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        wait_s = (
+            self._timeout_s if time_remaining_s is None else min(self._timeout_s, time_remaining_s)
+        )
+        try:
+            return await asyncio.wait_for(waiter.future, wait_s)
+        except BaseException as error:
+            self._forget(waiter)
+            if not isinstance(error, TimeoutError):
+                raise
+        if time_remaining_s is not None and time_remaining_s <= self._timeout_s:
+            raise DeadlineExceededError(
+                "the request's deadline passed while it waited for a free slot"
+            )
+        raise UnavailableError(
+            f"no slot freed within {self._timeout_s:g} s (--buffered-request-timeout); "
+            "the cluster is saturated, retry later",
+            reason="BUFFER_TIMEOUT",
+        )
+
+    def release(self, agent: RegisteredAgent) -> None:
+        """Give a claimed slot back and serve the buffer."""
+        agent.claims -= 1
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Give free slots to waiting requests, oldest first."""
+        while self._waiters:
+            waiter = self._waiters[0]
+            if waiter.future.done():
+                self._waiters.popleft()
+                continue
+            agent = pick_agent(self._registry.agents(), waiter.exclude, next(self._turns))
+            if agent is None:
+                return
+            self._waiters.popleft()
+            agent.claims += 1
+            waiter.future.set_result(agent)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        """Drop a waiter that gave up; a slot it was handed at the last moment goes back."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        future = waiter.future
+        if future.done() and not future.cancelled():
+            self.release(future.result())
+        else:
+            future.cancel()

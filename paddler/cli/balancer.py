@@ -1,0 +1,85 @@
+"""``paddler balancer``: route generations to agents' free slots."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from paddler.balancer.config import BalancerConfig
+from paddler.balancer.server import run_balancer
+from paddler.common.logging import configure_logging
+
+
+def balancer(
+    inference_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_INFERENCE_ADDR",
+            help="Where clients call paddler.v1.InferenceService (port 0 picks one).",
+        ),
+    ] = "0.0.0.0:50051",
+    management_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_MANAGEMENT_ADDR",
+            help="Where agents register and operators call paddler.v1.ManagementService.",
+        ),
+    ] = "0.0.0.0:50053",
+    max_buffered_requests: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            envvar="PADDLER_MAX_BUFFERED_REQUESTS",
+            help="Requests that may wait for a slot; more get RESOURCE_EXHAUSTED (0: none wait).",
+        ),
+    ] = 30,
+    buffered_request_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="PADDLER_BUFFERED_REQUEST_TIMEOUT",
+            help="Seconds a request waits for a slot before UNAVAILABLE.",
+        ),
+    ] = 10.0,
+    agent_stale_after: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            envvar="PADDLER_AGENT_STALE_AFTER",
+            help="Seconds without a status snapshot after which an agent is removed.",
+        ),
+    ] = 5.0,
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="PADDLER_MAX_ATTEMPTS",
+            help="Agents tried per request when one fails before its first piece.",
+        ),
+    ] = 3,
+    grace_period: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="PADDLER_GRACE_PERIOD",
+            help="Seconds in-flight streams get to finish after SIGTERM.",
+        ),
+    ] = 30.0,
+    log_level: Annotated[
+        str, typer.Option(envvar="PADDLER_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Balance generations across agents by their free slots, with a fair bounded buffer."""
+    configure_logging(log_level)
+    config = BalancerConfig(
+        inference_address=inference_addr,
+        management_address=management_addr,
+        max_buffered_requests=max_buffered_requests,
+        buffered_request_timeout_s=buffered_request_timeout,
+        agent_stale_after_s=agent_stale_after,
+        grace_period_s=grace_period,
+        max_attempts=max_attempts,
+    )
+    asyncio.run(run_balancer(config))

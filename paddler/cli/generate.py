@@ -1,0 +1,99 @@
+"""``paddler generate`` and ``paddler chat``: talk to the models behind a balancer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import grpc
+import typer
+
+from paddler.cli.streaming import (
+    DEFAULT_INFERENCE_ADDRESS,
+    INFERENCE_ADDRESS_HELP,
+    describe,
+    stream_reply,
+)
+from paddler.v1 import generation_pb2, inference_pb2_grpc
+
+AddressOption = Annotated[
+    str, typer.Option(envvar="PADDLER_INFERENCE_ADDRESS", help=INFERENCE_ADDRESS_HELP)
+]
+MaxTokensOption = Annotated[
+    int, typer.Option(min=1, envvar="PADDLER_MAX_TOKENS", help="Most tokens to generate.")
+]
+TemperatureOption = Annotated[
+    float | None,
+    typer.Option(min=0, envvar="PADDLER_TEMPERATURE", help="0 is greedy; default: the agent's."),
+]
+TimeoutOption = Annotated[
+    float, typer.Option(min=0.1, envvar="PADDLER_TIMEOUT", help="Seconds for each reply.")
+]
+
+
+def _input(
+    max_tokens: int,
+    temperature: float | None,
+    *,
+    prompt: str = "",
+    messages: list[tuple[str, str]] | None = None,
+) -> generation_pb2.GenerationInput:
+    sampling = generation_pb2.SamplingParameters()
+    if temperature is not None:
+        sampling.temperature = temperature
+    generation = generation_pb2.GenerationInput(max_tokens=max_tokens, sampling=sampling)
+    if messages is None:
+        generation.prompt = prompt
+    else:
+        generation.conversation.messages.extend(
+            generation_pb2.ChatMessage(role=role, content=text) for role, text in messages
+        )
+    return generation
+
+
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    address: AddressOption = DEFAULT_INFERENCE_ADDRESS,
+    raw: Annotated[
+        bool,
+        typer.Option(envvar="PADDLER_RAW", help="Send the prompt as raw text, no chat template."),
+    ] = False,
+    max_tokens: MaxTokensOption = 256,
+    temperature: TemperatureOption = None,
+    timeout: TimeoutOption = 120.0,
+) -> None:
+    """Stream one reply to stdout (the prompt is a user message unless --raw)."""
+    messages = None if raw else [("user", prompt)]
+    generation = _input(max_tokens, temperature, prompt=prompt, messages=messages)
+    with grpc.insecure_channel(address) as channel:
+        _, summary = stream_reply(
+            inference_pb2_grpc.InferenceServiceStub(channel), generation, timeout
+        )
+    typer.echo(describe(summary), err=True)
+
+
+def chat(
+    address: AddressOption = DEFAULT_INFERENCE_ADDRESS,
+    system: Annotated[
+        str, typer.Option(envvar="PADDLER_SYSTEM", help="System message (empty: the model's).")
+    ] = "",
+    max_tokens: MaxTokensOption = 256,
+    temperature: TemperatureOption = None,
+    timeout: TimeoutOption = 120.0,
+) -> None:
+    """Multi-turn chat from the terminal; an empty line or end of input quits."""
+    history: list[tuple[str, str]] = [("system", system)] if system else []
+    with grpc.insecure_channel(address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        while True:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                break
+            if not line:
+                break
+            history.append(("user", line))
+            typer.echo("model> ", nl=False)
+            reply, _ = stream_reply(
+                stub, _input(max_tokens, temperature, messages=history), timeout
+            )
+            history.append(("assistant", reply))

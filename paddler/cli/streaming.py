@@ -1,0 +1,48 @@
+"""Client side of InferenceService for the CLI: stream one reply to the terminal."""
+
+from __future__ import annotations
+
+import sys
+
+import grpc
+import typer
+
+from paddler.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
+
+INFERENCE_ADDRESS_HELP = "Balancer inference address."
+DEFAULT_INFERENCE_ADDRESS = "127.0.0.1:50051"
+
+
+def stream_reply(
+    stub: inference_pb2_grpc.InferenceServiceStub,
+    generation: generation_pb2.GenerationInput,
+    timeout_s: float,
+) -> tuple[str, generation_pb2.GenerationSummary]:
+    """Print the pieces as they come; return the whole text and the summary."""
+    request = inference_pb2.InferenceServiceGenerateRequest(input=generation)
+    pieces: list[str] = []
+    summary = generation_pb2.GenerationSummary()
+    try:
+        for response in stub.Generate(request, timeout=timeout_s):
+            if response.HasField("text"):
+                pieces.append(response.text)
+                sys.stdout.write(response.text)
+                sys.stdout.flush()
+            else:
+                summary = response.summary
+    except grpc.RpcError as error:
+        assert isinstance(error, grpc.Call)
+        typer.echo(f"\npaddler: {error.code().name}: {error.details()}", err=True)
+        raise typer.Exit(1) from None
+    sys.stdout.write("\n")
+    return "".join(pieces), summary
+
+
+def describe(summary: generation_pb2.GenerationSummary) -> str:
+    """One line about how the reply was served."""
+    reason = generation_pb2.FinishReason.Name(summary.finish_reason).removeprefix("FINISH_REASON_")
+    ttft_ms = summary.time_to_first_token.ToNanoseconds() / 1e6
+    return (
+        f"[{summary.agent_name} · {summary.model} · {summary.usage.completion_tokens} tokens · "
+        f"first token {ttft_ms:.0f} ms · {reason.lower()}]"
+    )

@@ -1,0 +1,146 @@
+"""Real ``paddler`` processes on port 0 for the tests: they say where they listen in their logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from paddler.v1 import agent_pb2_grpc
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+class ServerProcess:
+    """A running ``paddler COMMAND``; ``listening`` is its parsed 'listening' log record."""
+
+    def __init__(
+        self, command: str, args: list[str], listening_event: str, env: dict[str, str] | None
+    ) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "paddler", command, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.listening: dict[str, str] = {}
+        self._listening_event = f'"{listening_event}"'
+        self._listening_seen = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if not self.listening and self._listening_event in line:
+                self.listening = json.loads(line)
+                self._listening_seen.set()
+        self._listening_seen.set()
+
+    def logs(self, event: str) -> list[dict[str, object]]:
+        """Parsed log records whose event is ``event``."""
+        records = [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+        return [record for record in records if record.get("event") == event]
+
+    def wait_serving(self, address_key: str) -> None:
+        """Block until the server at ``listening[address_key]`` reports SERVING."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        self._listening_seen.wait(STARTUP_TIMEOUT_S)
+        if not self.listening:
+            raise RuntimeError(f"process did not start:\n{''.join(self.lines)}")
+        with grpc.insecure_channel(self.listening[address_key]) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                time.sleep(0.05)
+        raise RuntimeError(f"never became SERVING:\n{''.join(self.lines)}")
+
+    def stop(self) -> int:
+        """SIGTERM, wait, and return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+
+class AgentProcess(ServerProcess):
+    """``paddler agent`` on 127.0.0.1, port 0."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        super().__init__(
+            "agent", ["--host", "127.0.0.1", "--port", "0", *args], "agent listening", env
+        )
+
+    @property
+    def address(self) -> str:
+        """Where its AgentService listens."""
+        return self.listening["address"]
+
+    def wait_ready(self) -> None:
+        """Block until the model is loaded."""
+        self.wait_serving("address")
+
+
+class BalancerProcess(ServerProcess):
+    """``paddler balancer`` with both servers on 127.0.0.1, port 0 unless given."""
+
+    def __init__(self, args: list[str], management: str = "127.0.0.1:0") -> None:
+        addresses = ["--inference-addr", "127.0.0.1:0", "--management-addr", management]
+        super().__init__("balancer", [*addresses, *args], "balancer listening", None)
+        self.wait_serving("inference")
+
+    @property
+    def inference(self) -> str:
+        """Where clients call InferenceService."""
+        return self.listening["inference"]
+
+    @property
+    def management(self) -> str:
+        """Where agents register and ManagementService listens."""
+        return self.listening["management"]
+
+
+@contextmanager
+def running_agent(
+    *args: str, model: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[AgentProcess]:
+    """Run a standalone agent for the ``with`` block (default model unless ``model`` is given)."""
+    extra = ["--model", str(model)] if model else []
+    agent = AgentProcess(["--name", "test-agent", "--balancer", "", *extra, *args], env=env)
+    try:
+        agent.wait_ready()
+        yield agent
+    finally:
+        agent.stop()
+
+
+@contextmanager
+def agent_stub(*args: str) -> Iterator[tuple[AgentProcess, agent_pb2_grpc.AgentServiceStub]]:
+    """Run a standalone agent with ``args`` and give a client stub for it."""
+    with running_agent(*args) as agent, grpc.insecure_channel(agent.address) as channel:
+        yield agent, agent_pb2_grpc.AgentServiceStub(channel)

@@ -60,13 +60,17 @@ def conversation_request(
 
 
 def generate(stub: Any, request: Any, timeout: float = 120) -> Reply:
-    """Run one Generate stream (an agent's or the balancer's) to its end."""
+    """Run one Generate stream (an agent's or the balancer's) to its OK end."""
     pieces: list[str] = []
+    summaries = []
     for response in stub.Generate(request, timeout=timeout):
         if response.HasField("summary"):
-            return Reply(pieces, response.summary)
-        pieces.append(response.text)
-    raise AssertionError("the stream ended without a summary")
+            summaries.append(response.summary)
+        else:
+            assert not summaries, "text after the summary"
+            pieces.append(response.text)
+    assert len(summaries) == 1, "a stream ends with exactly one summary"
+    return Reply(pieces, summaries[0])
 
 
 def rich_status(error: grpc.RpcError | grpc.Call) -> status_pb2.Status:

@@ -97,6 +97,8 @@ def cluster(
         stack.callback(
             lambda: [a.stop() for a in result.agents.values() if a.process.poll() is None]
         )
-        for name, slots in agents:
-            result.start_agent(name, "--slots", str(slots), "--context-size", "512")
+        for name, slots in agents:  # one thread each: two agents share this machine's 2 cores
+            result.start_agent(
+                name, "--slots", str(slots), "--context-size", "512", "--threads", "1"
+            )
         yield result

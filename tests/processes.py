@@ -55,6 +55,17 @@ class ServerProcess:
         records = [json.loads(line) for line in list(self.lines) if line.startswith("{")]
         return [record for record in records if record.get("event") == event]
 
+    def wait_logs(
+        self, event: str, count: int = 1, timeout_s: float = 10
+    ) -> list[dict[str, object]]:
+        """Wait until at least ``count`` records of ``event`` were logged; return them all."""
+        deadline = time.monotonic() + timeout_s
+        while len(records := self.logs(event)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {count} {event!r} lines in:\n{''.join(self.lines)}")
+            time.sleep(0.02)
+        return records
+
     def wait_serving(self, address_key: str) -> None:
         """Block until the server at ``listening[address_key]`` reports SERVING."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

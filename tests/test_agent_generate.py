@@ -81,7 +81,7 @@ def test_cancelling_mid_stream_frees_the_slot() -> None:
         assert _wait_idle(stub) == 0
         reply = generate(stub, prompt_request(PROMPTS[0], max_tokens=8))
         assert reply.summary.usage.completion_tokens == 8
-        assert [r["outcome"] for r in agent.logs("request ended")] == ["cancelled"]
+        assert [r["outcome"] for r in agent.wait_logs("request ended")] == ["cancelled"]
 
 
 def test_conversation_is_rendered_with_the_models_chat_template(

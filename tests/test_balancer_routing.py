@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -28,6 +29,10 @@ def story(index: int, max_tokens: int) -> inference_pb2.InferenceServiceGenerate
 
 def _claims(agents: list[management_pb2.RegisteredAgent]) -> dict[str, int]:
     return {a.name: a.slots_claimed for a in agents}
+
+
+def _buffered_is(c: Cluster, count: int) -> Callable[[object], bool]:
+    return lambda _: c.buffered() == count
 
 
 def _idle(c: Cluster) -> None:
@@ -78,13 +83,13 @@ def test_buffered_requests_are_served_in_arrival_order() -> None:
                 finished.append(index)
 
         threads = [threading.Thread(target=send, args=(i,)) for i in range(5)]
-        for index, thread in enumerate(threads):
-            thread.start()
-            c.wait_for(lambda _, n=index + 1: c.buffered() == n, timeout_s=10)
-        assert [r.text for r in blocker if r.HasField("text")]
+        for waiting, thread in enumerate(threads, start=1):
+            thread.start()  # each starts only once the one before it is in the buffer
+            c.wait_for(_buffered_is(c, waiting), timeout_s=10)
         for thread in threads:
             thread.join(timeout=120)
         assert finished == [0, 1, 2, 3, 4]
+        blocker.cancel()
         _idle(c)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -15,7 +17,7 @@ from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.common.errors import RelayedError, UnavailableError
 from paddler.common.generation_input import check_generation_input
-from paddler.v1 import agent_pb2, inference_pb2
+from paddler.v1 import agent_pb2, generation_pb2, inference_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +35,17 @@ RETRYABLE = frozenset(
 _RELAYED_TRAILERS = ("grpc-status-details-bin",)
 
 
-def _relayed(error: aio.AioRpcError) -> RelayedError:
+def _agent_failure(error: aio.AioRpcError | asyncio.CancelledError) -> RelayedError:
+    """The agent's error as the client should see it.
+
+    A call cancelled while this task is not being cancelled means the registry closed the
+    agent's channel (it left or went stale); a cancelled task means the client went away.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise error
+        return RelayedError(grpc.StatusCode.UNAVAILABLE, "the agent left the cluster", ())
     trailers = tuple(
         (key, value)
         for key, value in error.trailing_metadata() or ()
@@ -63,53 +75,91 @@ class InferenceServicer:
         request: inference_pb2.InferenceServiceGenerateRequest,
         context: aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[bytes]:
-        """Stream the chosen agent's pieces and summary to the client."""
+        """Stream the chosen agent's pieces and summary to the client; log one line."""
         check_generation_input(request.input)
         forwarded = agent_pb2.GenerateRequest(
             request_id=request.request_id or uuid.uuid4().hex, input=request.input
         )
-        started = time.perf_counter()
+        progress = _Progress()
+        try:
+            async for chunk in self._relay(forwarded, context, progress):
+                yield chunk
+        finally:
+            progress.log(forwarded.request_id)
+
+    async def _relay(
+        self,
+        forwarded: agent_pb2.GenerateRequest,
+        context: aio.ServicerContext[Any, Any],
+        progress: _Progress,
+    ) -> AsyncIterator[bytes]:
         excluded: set[str] = set()
         for attempt in range(1, self._max_attempts + 1):
             agent = await self._dispatcher.acquire(
                 context.time_remaining(), frozenset(excluded), retry=attempt > 1
             )
+            progress.agent, progress.attempts = agent, attempt
             call = agent.generate(forwarded, timeout=context.time_remaining())
-            relayed = 0
-            last = b""
             try:
                 async for chunk in call:
-                    relayed += 1
-                    last = chunk
+                    progress.last = chunk
                     yield chunk
-            except aio.AioRpcError as error:
-                if relayed:
+            except (aio.AioRpcError, asyncio.CancelledError) as error:
+                failure = _agent_failure(error)
+                if progress.last:
                     raise UnavailableError(
                         f"agent {agent.name} ({agent.address}) failed mid-stream: "
-                        f"{error.code().name} {error.details()}",
+                        f"{failure.code.name} {failure.message}",
                         reason="AGENT_FAILED_MID_STREAM",
-                    ) from error
-                if error.code() not in RETRYABLE or attempt == self._max_attempts:
-                    raise _relayed(error) from error
+                    ) from None
+                if failure.code not in RETRYABLE or attempt == self._max_attempts:
+                    raise failure from None
                 log.info(
                     "retrying on another agent",
                     request_id=forwarded.request_id,
                     agent=agent.name,
-                    code=error.code().name,
+                    code=failure.code.name,
                 )
                 excluded.add(agent.agent_id)
-                continue
+            else:
+                return
             finally:
                 call.cancel()
                 self._dispatcher.release(agent)
-            _log_served(forwarded.request_id, agent, attempt, started, last)
+
+
+@dataclass
+class _Progress:
+    """How far one request got: for its log line."""
+
+    started: float = field(default_factory=time.perf_counter)
+    agent: RegisteredAgent | None = None
+    attempts: int = 0
+    last: bytes = b""
+
+    def log(self, request_id: str) -> None:
+        """One line: served (the summary went out) or cancelled; errors are logged where mapped."""
+        summary = inference_pb2.InferenceServiceGenerateResponse.FromString(self.last)
+        if summary.HasField("summary") and self.agent is not None:
+            _log_served(request_id, self.agent, self.attempts, self.started, summary.summary)
             return
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            log.info(
+                "request cancelled",
+                request_id=request_id,
+                stage="streaming" if self.last else "waiting for a slot",
+                agent=self.agent.name if self.agent else None,
+            )
 
 
 def _log_served(
-    request_id: str, agent: RegisteredAgent, attempts: int, started: float, last: bytes
+    request_id: str,
+    agent: RegisteredAgent,
+    attempts: int,
+    started: float,
+    summary: generation_pb2.GenerationSummary,
 ) -> None:
-    summary = inference_pb2.InferenceServiceGenerateResponse.FromString(last).summary
     log.info(
         "request served",
         request_id=request_id,

@@ -77,6 +77,8 @@ class DeadlineExceededError(PaddlerError):
 class RelayedError(PaddlerError):
     """An agent's own error status, passed on to the client unchanged."""
 
+    reason = "FROM_AGENT"
+
     def __init__(
         self, code: grpc.StatusCode, message: str, trailing_metadata: tuple[tuple[str, bytes], ...]
     ) -> None:

@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
-# Sets up (if needed) and serves the default model on one agent at 127.0.0.1:50052.
+# Sets up (if needed), then serves the default model: a balancer (inference on :50051,
+# management on :50053) and one agent (:50052) registered with it. Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+
+.venv/bin/paddler balancer "$@" &
+balancer=$!
+.venv/bin/paddler agent &
+agent=$!
+trap 'kill -TERM $agent $balancer 2>/dev/null; wait' INT TERM EXIT
+
+for _ in $(seq 1 100); do
+  if .venv/bin/paddler agents 2>/dev/null | grep -q " yes "; then break; fi
+  sleep 0.3
+done
 cat <<'HOW'
-Serving SmolLM2-135M-Instruct on 127.0.0.1:50052 (Ctrl-C stops). In another terminal:
-  .venv/bin/python scripts/example_client.py "Write a haiku about the sea."
+
+Serving SmolLM2-135M-Instruct through a balancer. In another terminal:
+  .venv/bin/paddler generate "Write a haiku about the sea."
+  .venv/bin/paddler chat
+  .venv/bin/paddler agents
+Ctrl-C stops the balancer and the agent.
 HOW
-exec .venv/bin/paddler agent --host 127.0.0.1 --port 50052 "$@"
+wait

@@ -1,0 +1,327 @@
+"""Benchmark the balancer's overhead: the same load straight to an agent and through the balancer.
+
+Starts one balancer and one agent registered with it. For each concurrency it runs the same
+closed loop as `bench_agent.py` (same prompts, tokens per request, requests per worker) straight
+to the agent's `AgentService/Generate` and through the balancer's `InferenceService/Generate`,
+alternating direct, balancer, direct, balancer... for `--rounds` rounds, so drift over time hits
+both paths alike. Each path's rounds are pooled: tokens/s is all tokens over all wall time, the
+percentiles are over all requests (time to first token) or all gaps between consecutive text
+pieces (inter-token latency). Prints a markdown table with both paths, the ratios and PASS/FAIL
+against the targets.
+
+Run: `.venv/bin/python scripts/bench_balancer.py` (see `--help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from paddler.agent.default_model import default_model_path
+from paddler.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    generation_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    management_pb2,
+    management_pb2_grpc,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_agent import (
+    AGENT,
+    HOST,
+    PROMPTS,
+    RequestFn,
+    RunResult,
+    Sample,
+    closed_loop,
+    log,
+    started,
+    wait_ready,
+)
+
+BALANCER = "balancer"
+DIRECT = "direct"
+AGENT_NAME = "bench"
+TARGET_RATIO = 0.98
+TARGET_ADDED_TTFT_MS = 2.0
+RETRY_DELAY_S = 0.001
+
+Reply = agent_pb2.GenerateResponse | inference_pb2.InferenceServiceGenerateResponse
+# Opens one Generate stream on a path: (input, timeout in seconds) -> replies.
+OpenStream = Callable[[generation_pb2.GenerationInput, float], AsyncIterable[Reply]]
+
+
+@dataclass(frozen=True)
+class Stream(Sample):
+    """A sample plus the seconds between its consecutive text pieces."""
+
+    gaps: tuple[float, ...]
+
+
+def log_records(log_path: Path, event: str) -> list[dict[str, str]]:
+    """The JSON log records of `event` so far; only whole lines (the last may be half written)."""
+    lines = log_path.read_text(errors="replace").split("\n")[:-1]
+    return [json.loads(line) for line in lines if line.startswith("{") and f'"{event}"' in line]
+
+
+async def listening(
+    process: subprocess.Popen[bytes], log_path: Path, event: str, limit_s: float
+) -> dict[str, str]:
+    """The server's `event` JSON log record, which says where it listens (port 0 included)."""
+    records: list[dict[str, str]] = []
+
+    async def probe() -> bool:
+        records.extend(log_records(log_path, event))
+        return bool(records)
+
+    await wait_ready(process, probe, limit_s)
+    return records[0]
+
+
+@contextlib.asynccontextmanager
+async def balanced_agent(args: argparse.Namespace, log_dir: Path) -> AsyncIterator[dict[str, str]]:
+    """A balancer and one agent registered with it and ready; yields both addresses by path."""
+    balancer_command = [
+        sys.executable, "-m", "paddler", "balancer",
+        "--inference-addr", f"{HOST}:0", "--management-addr", f"{HOST}:0",
+    ]  # fmt: skip
+    with started(BALANCER, balancer_command, log_dir) as balancer:
+        addresses = await listening(
+            balancer, log_dir / f"{BALANCER}.log", "balancer listening", args.startup_timeout
+        )
+        agent_command = [
+            sys.executable, "-m", "paddler", "agent", "--model", str(args.model),
+            "--slots", str(args.slots), "--threads", str(args.threads),
+            "--context-size", str(args.context_size), "--host", HOST, "--port", "0",
+            "--balancer", addresses["management"], "--name", AGENT_NAME,
+        ]  # fmt: skip
+        with started(AGENT, agent_command, log_dir) as agent:
+            record = await listening(
+                agent, log_dir / f"{AGENT}.log", "agent listening", args.startup_timeout
+            )
+            async with grpc.aio.insecure_channel(addresses["management"]) as channel:
+                management = management_pb2_grpc.ManagementServiceStub(channel)
+
+                async def registered() -> bool:
+                    try:
+                        reply = await management.ListAgents(
+                            management_pb2.ListAgentsRequest(), timeout=2
+                        )
+                    except grpc.aio.AioRpcError:
+                        return False
+                    return any(a.name == AGENT_NAME and a.ready for a in reply.agents)
+
+                await wait_ready(agent, registered, args.startup_timeout)
+            log(f"agent {record['address']} registered with the balancer and ready")
+            yield {DIRECT: record["address"], BALANCER: addresses["inference"]}
+
+
+def requester(open_stream: OpenStream, args: argparse.Namespace) -> RequestFn:
+    """One request on a path, timed; RESOURCE_EXHAUSTED before any text is retried (counted)."""
+
+    async def request(prompt: str) -> tuple[Sample, int]:
+        generation_input = generation_pb2.GenerationInput(
+            prompt=prompt,
+            max_tokens=args.tokens,
+            sampling=generation_pb2.SamplingParameters(temperature=0.0),
+        )
+        start = time.perf_counter()
+        # The agent does not queue: a slot freed a moment late can reject a direct request at
+        # concurrency == slots. The balancer buffers instead.
+        for retries in range(100):
+            pieces: list[float] = []
+            try:
+                async for reply in open_stream(generation_input, args.request_timeout):
+                    if reply.text:
+                        pieces.append(time.perf_counter())
+                    if reply.HasField("summary"):
+                        if not pieces:
+                            raise RuntimeError("Generate: no text before the summary")
+                        gaps = tuple(b - a for a, b in itertools.pairwise(pieces))
+                        tokens = reply.summary.usage.completion_tokens
+                        return Stream(pieces[0] - start, tokens, gaps), retries
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or pieces:
+                    raise
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            raise RuntimeError("Generate: stream ended without a summary")
+        raise RuntimeError("Generate: RESOURCE_EXHAUSTED 100 times in a row")
+
+    return request
+
+
+def pooled(runs: Sequence[RunResult]) -> RunResult:
+    """Several runs as one: all samples, summed wall time and retries."""
+    return RunResult(
+        tuple(s for r in runs for s in r.samples),
+        sum(r.wall for r in runs),
+        sum(r.retries for r in runs),
+    )
+
+
+def itl_p50_ms(result: RunResult) -> float:
+    """Nearest-rank median of the gaps between consecutive text pieces of all streams, in ms."""
+    gaps = [g for s in result.samples if isinstance(s, Stream) for g in s.gaps]
+    return 1000 * statistics.median_low(gaps)
+
+
+async def bench(args: argparse.Namespace, log_dir: Path) -> dict[int, dict[str, list[RunResult]]]:
+    """Per concurrency and path, the runs of every round, the paths alternating."""
+    async with (
+        balanced_agent(args, log_dir) as addresses,
+        grpc.aio.insecure_channel(addresses[DIRECT]) as agent_channel,
+        grpc.aio.insecure_channel(addresses[BALANCER]) as inference_channel,
+    ):
+        agent = agent_pb2_grpc.AgentServiceStub(agent_channel)
+        inference = inference_pb2_grpc.InferenceServiceStub(inference_channel)
+
+        def direct(
+            generation_input: generation_pb2.GenerationInput, timeout: float
+        ) -> AsyncIterable[agent_pb2.GenerateResponse]:
+            return agent.Generate(
+                agent_pb2.GenerateRequest(input=generation_input), timeout=timeout
+            )
+
+        def balanced(
+            generation_input: generation_pb2.GenerationInput, timeout: float
+        ) -> AsyncIterable[inference_pb2.InferenceServiceGenerateResponse]:
+            request = inference_pb2.InferenceServiceGenerateRequest(input=generation_input)
+            return inference.Generate(request, timeout=timeout)
+
+        paths = {DIRECT: requester(direct, args), BALANCER: requester(balanced, args)}
+        for request in paths.values():  # warm-up: connections, first decode
+            await request(PROMPTS[0])
+        results: dict[int, dict[str, list[RunResult]]] = {}
+        for concurrency in args.concurrency:
+            results[concurrency] = {name: [] for name in paths}
+            for round_number in range(1, args.rounds + 1):
+                for name, request in paths.items():
+                    run = await closed_loop(request, concurrency, args.requests_per_worker)
+                    log(
+                        f"c={concurrency} round {round_number}/{args.rounds} {name}: "
+                        f"{run.tokens_per_second:.1f} tok/s, TTFT p50 {run.ttft_ms(0.5):.1f} ms "
+                        f"p99 {run.ttft_ms(0.99):.1f} ms, ITL p50 {itl_p50_ms(run):.1f} ms, "
+                        f"{run.mean_tokens:.1f} tokens/request, {run.retries} retries"
+                    )
+                    results[concurrency][name].append(run)
+        return results
+
+
+def markdown_table(results: dict[int, dict[str, list[RunResult]]]) -> str:
+    """One row per concurrency: both paths pooled over their rounds, the ratios, the verdict."""
+    header = [
+        "Concurrency",
+        "direct tok/s",
+        "balancer tok/s",
+        f"ratio (target >= {TARGET_RATIO})",
+        "direct TTFT p50 / p99 (ms)",
+        "balancer TTFT p50 / p99 (ms)",
+        f"added TTFT p50 (ms, target < {TARGET_ADDED_TTFT_MS:g})",
+        "ITL p50 direct / balancer (ms)",
+        "result",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for concurrency, runs in results.items():
+        direct, balanced = pooled(runs[DIRECT]), pooled(runs[BALANCER])
+        ratio = balanced.tokens_per_second / direct.tokens_per_second
+        added = balanced.ttft_ms(0.5) - direct.ttft_ms(0.5)
+        passed = ratio >= TARGET_RATIO and added < TARGET_ADDED_TTFT_MS
+        row = [
+            str(concurrency),
+            f"{direct.tokens_per_second:.1f}",
+            f"{balanced.tokens_per_second:.1f}",
+            f"{ratio:.3f}",
+            f"{direct.ttft_ms(0.5):.1f} / {direct.ttft_ms(0.99):.1f}",
+            f"{balanced.ttft_ms(0.5):.1f} / {balanced.ttft_ms(0.99):.1f}",
+            f"{added:+.1f}",
+            f"{itl_p50_ms(direct):.1f} / {itl_p50_ms(balanced):.1f}",
+            "PASS" if passed else "FAIL",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def notes(args: argparse.Namespace, results: dict[int, dict[str, list[RunResult]]]) -> str:
+    """Setup line, then per concurrency the per-round tok/s range of each path and any retries."""
+    text = (
+        f"Model `{args.model.name}`, one agent ({args.threads} threads, {args.slots} slots, "
+        f"context {args.context_size} per slot), {args.tokens} tokens per request, "
+        f"{args.requests_per_worker} requests per worker, closed loop, {args.rounds} round(s) "
+        "per path alternating direct / balancer, pooled over the rounds."
+    )
+    for concurrency, runs in results.items():
+        ranges = []
+        for name, path_runs in runs.items():
+            rates = [r.tokens_per_second for r in path_runs]
+            retries = sum(r.retries for r in path_runs)
+            mean_tokens = pooled(path_runs).mean_tokens
+            ranges.append(
+                f"{name} {min(rates):.1f}-{max(rates):.1f} tok/s, "
+                f"{mean_tokens:.1f} tokens/request, {retries} RESOURCE_EXHAUSTED retries"
+            )
+        text += f"\nConcurrency {concurrency}, per round: {'; '.join(ranges)}."
+    return text
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--model", type=Path, default=None, help="GGUF (default: SmolLM2-135M Q4_1)"
+    )
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--context-size", type=int, default=1024, help="context per slot")
+    parser.add_argument(
+        "--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8],
+        help="comma-separated closed-loop concurrencies (default 1,8)",
+    )  # fmt: skip
+    parser.add_argument("--tokens", type=int, default=64, help="generated tokens per request")
+    parser.add_argument("--requests-per-worker", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per path and concurrency")
+    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds")
+    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds")
+    args = parser.parse_args(argv)
+    if args.model is None:
+        args.model = default_model_path()
+    if not args.model.is_file():
+        parser.error(f"no model file at {args.model}")
+    if min(*args.concurrency, args.requests_per_worker, args.rounds) < 1:
+        parser.error("--concurrency, --requests-per-worker and --rounds must be >= 1")
+    if args.tokens < 2:
+        parser.error("--tokens must be >= 2: inter-token latency needs two pieces")
+    if max(args.concurrency) > args.slots:
+        parser.error("--concurrency above --slots: the agent rejects requests beyond its slots")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers are stopped either way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    log_dir = Path(tempfile.mkdtemp(prefix="paddler-bench-"))
+    results = asyncio.run(bench(args, log_dir))
+    print(markdown_table(results))
+    print()
+    print(notes(args, results))
+
+
+if __name__ == "__main__":
+    main()

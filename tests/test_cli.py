@@ -1,0 +1,63 @@
+"""The ``paddler`` command line, run as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.processes import AgentProcess, ServerProcess
+
+
+def paddler(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``paddler ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "paddler", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_every_command_documents_its_flags_and_variables() -> None:
+    listing = paddler("--help").stdout
+    for command in ("balancer", "agent", "generate", "chat", "agents"):
+        assert command in listing
+        text = paddler(command, "--help").stdout
+        assert "PADDLER_" in text
+        assert "default" in text or command in ("generate", "chat", "agents")
+
+
+def test_an_unreachable_balancer_is_one_line_and_exit_1() -> None:
+    result = paddler("generate", "--address", "127.0.0.1:1", "--timeout", "3", "Hello")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(("paddler: UNAVAILABLE", "paddler: DEADLINE_EXCEEDED"))
+
+
+@pytest.mark.timeout(180)
+def test_with_no_flags_everything_finds_the_local_balancer() -> None:
+    balancer = ServerProcess("balancer", [], "balancer listening", None)
+    agent = AgentProcess([])
+    try:
+        balancer.wait_serving("inference")
+        agent.wait_ready()
+        balancer.wait_logs("agent registered")
+        table = paddler("agents")
+        assert table.returncode == 0, table.stderr
+        assert agent.listening["name"] in table.stdout
+        assert "SmolLM2-135M-Instruct.Q4_1" in table.stdout
+        reply = paddler("generate", "--max-tokens", "8", "Say hello.")
+        assert reply.returncode == 0, reply.stderr
+        assert reply.stdout.strip()
+        assert agent.listening["name"] in reply.stderr  # the summary line names the agent
+        chat = paddler("chat", "--max-tokens", "8", stdin="Hi!\nWhat did I just say?\n\n")
+        assert chat.returncode == 0, chat.stderr
+        assert chat.stdout.count("model> ") == 2
+    finally:
+        agent.stop()
+        assert balancer.stop() == 0

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from paddler.cli.failure import exit_on_domain_error
+from paddler.cli.options import GracePeriodOption, LogLevelOption
 from paddler.common.logging import configure_logging
 
 
@@ -52,14 +53,7 @@ def agent(
     name: Annotated[
         str, typer.Option(envvar="PADDLER_NAME", help="Agent name shown in status and logs.")
     ] = socket.gethostname(),
-    grace_period: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            envvar="PADDLER_GRACE_PERIOD",
-            help="Seconds in-flight requests get to finish after SIGTERM.",
-        ),
-    ] = 30.0,
+    grace_period: GracePeriodOption = 30.0,
     balancer: Annotated[
         str,
         typer.Option(
@@ -74,9 +68,7 @@ def agent(
             help="host:port the balancer dials; empty means $POD_IP (or --host) and the port.",
         ),
     ] = "",
-    log_level: Annotated[
-        str, typer.Option(envvar="PADDLER_LOG_LEVEL", help="debug, info, warning or error.")
-    ] = "info",
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a GGUF model on N slots (continuous batching) as paddler.v1.AgentService."""
     configure_logging(log_level)

@@ -9,6 +9,7 @@ import typer
 
 from paddler.balancer.config import BalancerConfig
 from paddler.balancer.server import run_balancer
+from paddler.cli.options import GracePeriodOption, LogLevelOption
 from paddler.common.logging import configure_logging
 
 
@@ -59,17 +60,8 @@ def balancer(
             help="Agents tried per request when one fails before its first piece.",
         ),
     ] = 3,
-    grace_period: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            envvar="PADDLER_GRACE_PERIOD",
-            help="Seconds in-flight streams get to finish after SIGTERM.",
-        ),
-    ] = 30.0,
-    log_level: Annotated[
-        str, typer.Option(envvar="PADDLER_LOG_LEVEL", help="debug, info, warning or error.")
-    ] = "info",
+    grace_period: GracePeriodOption = 30.0,
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Balance generations across agents by their free slots, with a fair bounded buffer."""
     configure_logging(log_level)

@@ -1,0 +1,19 @@
+"""Flags that more than one server command takes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+GracePeriodOption = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        envvar="PADDLER_GRACE_PERIOD",
+        help="Seconds in-flight streams get to finish after SIGTERM.",
+    ),
+]
+LogLevelOption = Annotated[
+    str, typer.Option(envvar="PADDLER_LOG_LEVEL", help="debug, info, warning or error.")
+]

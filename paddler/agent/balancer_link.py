@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import structlog
@@ -12,7 +12,7 @@ from grpc import aio
 
 from paddler.agent.servicer import AgentServicer
 from paddler.common.grpc_server import CHANNEL_OPTIONS
-from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc
+from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc, desired_state_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -22,14 +22,22 @@ BACKOFF_MAX_S = 2.0
 
 
 class BalancerLink:
-    """Dials the balancer, registers, and streams a snapshot on each change and every second."""
+    """Dials the balancer, registers, streams a snapshot on each change and every second, and
+    hands every desired state the balancer sends to ``on_desired_state``."""
 
-    def __init__(self, balancer: str, advertise: str, servicer: AgentServicer) -> None:
+    def __init__(
+        self,
+        balancer: str,
+        advertise: str,
+        servicer: AgentServicer,
+        on_desired_state: Callable[[desired_state_pb2.VersionedDesiredState], None],
+    ) -> None:
         self._balancer = balancer
         self._registration = agent_registry_pb2.AgentRegistration(
             name=servicer.name, address=advertise
         )
         self._servicer = servicer
+        self._on_desired_state = on_desired_state
 
     async def run(self) -> None:
         """Stay connected until cancelled, retrying with capped exponential backoff."""
@@ -47,6 +55,8 @@ class BalancerLink:
                                 agent_id=response.accepted.agent_id,
                                 advertise=self._registration.address,
                             )
+                        elif response.HasField("desired_state"):
+                            self._on_desired_state(response.desired_state)
                 log.warning("balancer closed the registration stream", balancer=self._balancer)
             except grpc.RpcError as error:
                 if backoff == BACKOFF_FIRST_S:  # first failure after a success: say it once

@@ -10,7 +10,8 @@ from pathlib import Path
 class AgentConfig:
     """Everything ``paddler agent`` needs to run."""
 
-    model: Path
+    # The GGUF given on the command line; None means the balancer's choice, else the default.
+    model: Path | None
     name: str
     host: str
     port: int

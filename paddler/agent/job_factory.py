@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from paddler.agent.chat_template import ChatTemplate
 from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
+from paddler.common.chat_template import ChatTemplate
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import SamplingSettings, check_generation_input
 from paddler.v1 import agent_pb2, generation_pb2
@@ -19,12 +19,14 @@ class JobFactory:
         self,
         model: LlamaModel,
         context_per_slot: int,
-        sampling_defaults: SamplingSettings | None = None,
+        sampling_defaults: SamplingSettings,
+        chat_template: str | None,
     ) -> None:
+        """``chat_template`` overrides the GGUF's own template when given."""
         self._model = model
         self._context_per_slot = context_per_slot
-        self._defaults = sampling_defaults or SamplingSettings()
-        source = model.chat_template
+        self._defaults = sampling_defaults
+        source = chat_template or model.chat_template
         self._template = ChatTemplate(source, model.bos_text, model.eos_text) if source else None
 
     def build(self, request: agent_pb2.GenerateRequest) -> GenerationJob:

@@ -1,4 +1,4 @@
-"""Runs an agent: gRPC server up first (NOT_SERVING), then the model, then SERVING until SIGTERM."""
+"""Runs an agent: gRPC server up first (NOT_SERVING), then a model, then SERVING until SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import structlog
 
 from paddler.agent.balancer_link import BalancerLink
 from paddler.agent.config import AgentConfig
-from paddler.agent.engine import Engine, EngineConfig
-from paddler.agent.job_factory import JobFactory
+from paddler.agent.default_model import default_model_path
 from paddler.agent.llama_logging import route_llama_logs
-from paddler.agent.llama_model import LlamaModel, check_model_file
+from paddler.agent.llama_model import check_model_file
+from paddler.agent.model_host import ModelHost
 from paddler.agent.servicer import AgentServicer
 from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
-from paddler.v1 import agent_pb2, agent_pb2_grpc
+from paddler.v1 import agent_pb2, agent_pb2_grpc, desired_state_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -32,54 +32,55 @@ def advertised_address(host: str, bound: str) -> str:
     return f"{reachable}:{port}"
 
 
-def load_engine(config: AgentConfig) -> tuple[Engine, JobFactory]:
-    """Load the model and build the context (blocking; run it off the event loop)."""
-    model = LlamaModel(config.model)
-    engine = Engine(
-        model,
-        EngineConfig(
-            slots=config.slots,
-            context_size=config.context_size,
-            batch_size=config.batch_size,
-            threads=config.threads,
-        ),
-    )
-    return engine, JobFactory(model, engine.context_per_slot)
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def run_agent(config: AgentConfig) -> None:
-    """Serve until SIGTERM/SIGINT, then drain within the grace period."""
-    check_model_file(config.model)
+    """Serve until SIGTERM/SIGINT, then drain within the grace period.
+
+    With ``--model``, or without a balancer, the local model loads at once; otherwise the
+    agent waits for the balancer's desired state (which says "your own" when none is set).
+    """
+    serves_local_model = config.model is not None or not config.balancer
+    if serves_local_model:
+        check_model_file(config.model or default_model_path())
     route_llama_logs()
     servicer = AgentServicer(config.name, config.slots)
+    host = ModelHost(config, servicer)
     managed = ManagedServer([AGENT_SERVICE])
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, managed.server)
     address = await managed.start(f"{config.host}:{config.port}")
     log.info("agent listening", address=address, name=config.name, slots=config.slots)
+    hosting = asyncio.create_task(host.run())
+    if serves_local_model:
+        host.submit(desired_state_pb2.VersionedDesiredState())
     link = None
     if config.balancer:
         advertise = config.advertise or advertised_address(config.host, address)
-        link = asyncio.create_task(BalancerLink(config.balancer, advertise, servicer).run())
-    try:
-        engine, jobs = await asyncio.to_thread(load_engine, config)
-    except BaseException:
-        await managed.server.stop(None)
-        raise
-    engine.start(asyncio.get_running_loop())
-    servicer.attach(engine, jobs)
-    await managed.set_serving(serving=True)
-    log.info(
-        "agent ready",
-        model=engine.model.name,
-        slots=config.slots,
-        context_per_slot=engine.context_per_slot,
-        threads=config.threads,
-    )
+        link = asyncio.create_task(
+            BalancerLink(config.balancer, advertise, servicer, host.submit).run()
+        )
+    serving = asyncio.create_task(_report_health(servicer, managed))
     await wait_for_termination_signal()
     if link is not None:  # leave the balancer first so it stops sending new requests here
-        link.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await link
+        await _cancel(link)
+    await _cancel(serving)
     await managed.drain(config.grace_period_s)
-    engine.stop()
+    await _cancel(hosting)
     log.info("agent stopped")
+
+
+async def _report_health(servicer: AgentServicer, managed: ManagedServer) -> None:
+    """Keep grpc.health in step with whether a model is loaded."""
+    serving = False
+    while True:
+        await servicer.readiness_changed.wait()
+        servicer.readiness_changed.clear()
+        status = servicer.status()
+        if status.ready != serving:
+            serving = status.ready
+            await managed.set_serving(serving=serving)
+            log.info("agent ready" if serving else "agent not ready", model=status.model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +14,9 @@ from paddler.agent.engine import Engine
 from paddler.agent.generation_job import Failed, Finished, GenerationJob
 from paddler.agent.job_factory import JobFactory
 from paddler.agent.slot_claims import SlotClaims
+from paddler.agent.state_report import StateReport
 from paddler.common.errors import UnavailableError
+from paddler.common.rpc_status import NOT_READY
 from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2, status_pb2
 
 log = structlog.get_logger(__name__)
@@ -25,6 +28,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, name: str, slots: int) -> None:
         self.name = name
         self.claims = SlotClaims(slots)
+        self.report = StateReport()
+        self.readiness_changed = asyncio.Event()
         self._engine: Engine | None = None
         self._jobs: JobFactory | None = None
 
@@ -32,17 +37,30 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         """Start accepting generations on a running engine."""
         self._engine = engine
         self._jobs = jobs
+        self.notify()
+
+    def detach(self) -> Engine | None:
+        """Stop accepting generations (in-flight ones go on); return the engine that ran them."""
+        engine, self._engine, self._jobs = self._engine, None, None
+        self.notify()
+        return engine
+
+    def notify(self) -> None:
+        """The status changed: send a snapshot now."""
         self.claims.changed.set()
+        self.readiness_changed.set()
 
     def status(self) -> status_pb2.AgentStatus:
         """The slot-aggregated snapshot."""
-        return status_pb2.AgentStatus(
+        status = status_pb2.AgentStatus(
             name=self.name,
             slots_total=self.claims.total,
             slots_processing=self.claims.in_use,
             model=self._engine.model.name if self._engine else "",
             ready=self._engine is not None,
         )
+        self.report.fill(status)
+        return status
 
     async def GetStatus(
         self, request: agent_pb2.GetStatusRequest, context: aio.ServicerContext[Any, Any]
@@ -56,7 +74,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         """Stream text pieces, then the summary."""
         engine, jobs = self._engine, self._jobs
         if engine is None or jobs is None:
-            raise UnavailableError("the agent is still loading its model", reason="NOT_READY")
+            raise UnavailableError("the agent has no model loaded right now", reason=NOT_READY)
         job = jobs.build(request)
         with self.claims.claim():
             engine.submit(job)

@@ -19,6 +19,8 @@ class SlotClaims:
         self.total = total
         self.in_use = 0
         self.changed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @contextmanager
     def claim(self) -> Iterator[None]:
@@ -29,9 +31,16 @@ class SlotClaims:
                 "through a balancer, which queues it"
             )
         self.in_use += 1
+        self._idle.clear()
         self.changed.set()
         try:
             yield
         finally:
             self.in_use -= 1
+            if not self.in_use:
+                self._idle.set()
             self.changed.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no slot is claimed."""
+        await self._idle.wait()

@@ -13,7 +13,7 @@ import structlog
 from grpc import aio
 
 from paddler.common.grpc_server import CHANNEL_OPTIONS
-from paddler.v1 import agent_pb2, status_pb2
+from paddler.v1 import agent_pb2, agent_registry_pb2, desired_state_pb2, status_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -28,23 +28,30 @@ class RegisteredAgent:
     name: str
     address: str
     channel: aio.Channel
-    connection: asyncio.Task[object] | None
     slots_total: int = 0
     slots_processing: int = 0
     model: str = ""
     ready: bool = False
+    phase: status_pb2.StatePhase.ValueType = status_pb2.STATE_PHASE_UNSPECIFIED
+    applied_state_version: int = 0
+    issues: tuple[str, ...] = ()
+    download: status_pb2.DownloadProgress = field(default_factory=status_pb2.DownloadProgress)
     last_status_at: float = field(default_factory=time.monotonic)
     claims: int = 0
+    # Messages for the agent's Connect stream; None ends it.
+    outbox: asyncio.Queue[agent_registry_pb2.ConnectResponse | None] = field(
+        default_factory=asyncio.Queue
+    )
 
     @property
     def busy_slots(self) -> int:
         """Our claims are exact; the agent's count is higher when others use it too."""
         return max(self.claims, self.slots_processing)
 
-    @property
-    def free_slots(self) -> int:
-        """Slots a new request may take now."""
-        return max(self.slots_total - self.busy_slots, 0) if self.ready else 0
+    def free_slots(self, desired_version: int) -> int:
+        """Slots a new request may take now: only on an agent serving the desired state."""
+        serves = self.ready and (desired_version in (0, self.applied_state_version))
+        return max(self.slots_total - self.busy_slots, 0) if serves else 0
 
     @functools.cached_property
     def _generate(self) -> aio.UnaryStreamMultiCallable[agent_pb2.GenerateRequest, bytes]:
@@ -81,16 +88,13 @@ class AgentRegistry:
         """The registered agents, in registration order."""
         return list(self._agents.values())
 
-    def add(
-        self, name: str, address: str, connection: asyncio.Task[object] | None
-    ) -> RegisteredAgent:
+    def add(self, name: str, address: str) -> RegisteredAgent:
         """Register an agent and open the channel the balancer dials it on."""
         agent = RegisteredAgent(
             agent_id=f"agent-{next(self._ids)}",
             name=name,
             address=address,
             channel=aio.insecure_channel(address, options=CHANNEL_OPTIONS),
-            connection=connection,
         )
         self._agents[agent.agent_id] = agent
         log.info("agent registered", agent_id=agent.agent_id, name=name, address=address)
@@ -103,18 +107,26 @@ class AgentRegistry:
         agent.slots_processing = status.slots_processing
         agent.model = status.model
         agent.ready = status.ready
+        agent.phase = status.phase
+        agent.applied_state_version = status.applied_state_version
+        agent.issues = tuple(status.issues)
+        agent.download.CopyFrom(status.download)
         agent.last_status_at = time.monotonic()
         self.changed()
 
     async def remove(self, agent: RegisteredAgent, reason: str) -> None:
-        """Forget an agent at once: close its channel (its streams fail) and its connection."""
+        """Forget an agent at once: end its Connect stream and close its channel (calls fail)."""
         if self._agents.pop(agent.agent_id, None) is None:
             return
         log.warning("agent removed", agent_id=agent.agent_id, name=agent.name, reason=reason)
         self.changed()
-        if agent.connection is not None and agent.connection is not asyncio.current_task():
-            agent.connection.cancel()
+        agent.outbox.put_nowait(None)
         await agent.channel.close()
+
+    def broadcast(self, state: desired_state_pb2.VersionedDesiredState) -> None:
+        """Send a desired state down every agent's Connect stream."""
+        for agent in self.agents():
+            agent.outbox.put_nowait(agent_registry_pb2.ConnectResponse(desired_state=state))
 
     async def remove_stale(self, stale_after_s: float) -> None:
         """Remove every agent whose last snapshot is older than ``stale_after_s``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -16,3 +17,5 @@ class BalancerConfig:
     agent_stale_after_s: float
     grace_period_s: float
     max_attempts: int
+    # JSON file that keeps the desired state across restarts; None keeps it in memory.
+    state_file: Path | None

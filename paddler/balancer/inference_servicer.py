@@ -17,6 +17,7 @@ from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.common.errors import RelayedError, UnavailableError
 from paddler.common.generation_input import check_generation_input
+from paddler.common.rpc_status import NOT_READY, STATUS_DETAILS_KEY, error_reason
 from paddler.v1 import agent_pb2, generation_pb2, inference_pb2
 
 log = structlog.get_logger(__name__)
@@ -32,7 +33,7 @@ RETRYABLE = frozenset(
         grpc.StatusCode.INTERNAL,
     }
 )
-_RELAYED_TRAILERS = ("grpc-status-details-bin",)
+_RELAYED_TRAILERS = (STATUS_DETAILS_KEY,)
 
 
 def _agent_failure(error: aio.AioRpcError | asyncio.CancelledError) -> RelayedError:
@@ -51,7 +52,8 @@ def _agent_failure(error: aio.AioRpcError | asyncio.CancelledError) -> RelayedEr
         for key, value in error.trailing_metadata() or ()
         if key in _RELAYED_TRAILERS and isinstance(value, bytes)
     )
-    return RelayedError(error.code(), error.details() or "", trailers)
+    reason = error_reason(trailers) or "FROM_AGENT"
+    return RelayedError(error.code(), error.details() or "", trailers, reason)
 
 
 class InferenceServicer:
@@ -94,11 +96,13 @@ class InferenceServicer:
         progress: _Progress,
     ) -> AsyncIterator[bytes]:
         excluded: set[str] = set()
-        for attempt in range(1, self._max_attempts + 1):
+        failures = 0
+        while True:
             agent = await self._dispatcher.acquire(
-                context.time_remaining(), frozenset(excluded), retry=attempt > 1
+                context.time_remaining(), frozenset(excluded), retry=progress.attempts > 0
             )
-            progress.agent, progress.attempts = agent, attempt
+            progress.agent = agent
+            progress.attempts += 1
             call = agent.generate(forwarded, timeout=context.time_remaining())
             try:
                 async for chunk in call:
@@ -112,7 +116,11 @@ class InferenceServicer:
                         f"{failure.code.name} {failure.message}",
                         reason="AGENT_FAILED_MID_STREAM",
                     ) from None
-                if failure.code not in RETRYABLE or attempt == self._max_attempts:
+                if failure.reason == NOT_READY:  # swapping its model: wait for its next status
+                    agent.ready = False
+                    continue
+                failures += 1
+                if failure.code not in RETRYABLE or failures == self._max_attempts:
                     raise failure from None
                 log.info(
                     "retrying on another agent",

@@ -11,6 +11,7 @@ from grpc import aio
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.balancer.state_store import StateStore
 from paddler.v1 import management_pb2, management_pb2_grpc
 
 
@@ -24,17 +25,24 @@ def _describe(agent: RegisteredAgent, now: float) -> management_pb2.RegisteredAg
         slots_claimed=agent.claims,
         model=agent.model,
         ready=agent.ready,
+        phase=agent.phase,
+        applied_state_version=agent.applied_state_version,
+        issues=agent.issues,
+        download=agent.download,
     )
     described.last_status_age.FromNanoseconds(int((now - agent.last_status_at) * 1e9))
     return described
 
 
 class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
-    """Read-only views of the balancer's state."""
+    """Views of the balancer's state, and the desired state."""
 
-    def __init__(self, registry: AgentRegistry, dispatcher: SlotDispatcher) -> None:
+    def __init__(
+        self, registry: AgentRegistry, dispatcher: SlotDispatcher, states: StateStore
+    ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
+        self._states = states
 
     def _agents(self) -> list[management_pb2.RegisteredAgent]:
         now = time.monotonic()
@@ -69,3 +77,19 @@ class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
         return management_pb2.GetBufferedRequestsResponse(
             count=self._dispatcher.buffered, capacity=self._dispatcher.capacity
         )
+
+    async def GetDesiredState(
+        self,
+        request: management_pb2.GetDesiredStateRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> management_pb2.GetDesiredStateResponse:
+        """The current desired state and its version (0: none set)."""
+        return management_pb2.GetDesiredStateResponse(desired_state=self._states.current)
+
+    async def SetDesiredState(
+        self,
+        request: management_pb2.SetDesiredStateRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> management_pb2.SetDesiredStateResponse:
+        """Validate, store under the next version and send to every agent."""
+        return management_pb2.SetDesiredStateResponse(desired_state=self._states.set(request.state))

@@ -3,40 +3,66 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from grpc import aio
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
+from paddler.balancer.state_store import StateStore
 from paddler.common.errors import InvalidArgumentError
 from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc
 
 
 class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer):
-    """An agent is registered for exactly as long as its Connect stream lives."""
+    """An agent is registered for exactly as long as its Connect stream lives.
 
-    def __init__(self, registry: AgentRegistry) -> None:
+    The agent's messages are read by a task of their own, so the desired state can be sent
+    down the stream at any time.
+    """
+
+    def __init__(self, registry: AgentRegistry, states: StateStore) -> None:
         self._registry = registry
+        self._states = states
 
     async def Connect(
         self,
         request_iterator: AsyncIterator[agent_registry_pb2.ConnectRequest],
         context: aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[agent_registry_pb2.ConnectResponse]:
-        """Register on the first message, then apply every status snapshot."""
-        agent: RegisteredAgent | None = None
+        """Register on the first message, then apply snapshots while sending desired states."""
+        first = await anext(request_iterator, None)
+        if first is None:
+            return
+        agent = self._register(first)
+        reader = asyncio.create_task(self._read_statuses(agent, request_iterator))
+        try:
+            accepted = agent_registry_pb2.RegistrationAccepted(agent_id=agent.agent_id)
+            yield agent_registry_pb2.ConnectResponse(accepted=accepted)
+            yield agent_registry_pb2.ConnectResponse(desired_state=self._states.current)
+            while (message := await agent.outbox.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await self._registry.remove(agent, "registration stream closed")
+
+    async def _read_statuses(
+        self,
+        agent: RegisteredAgent,
+        request_iterator: AsyncIterator[agent_registry_pb2.ConnectRequest],
+    ) -> None:
         try:
             async for message in request_iterator:
-                if agent is None:
-                    agent = self._register(message)
-                    accepted = agent_registry_pb2.RegistrationAccepted(agent_id=agent.agent_id)
-                    yield agent_registry_pb2.ConnectResponse(accepted=accepted)
-                elif message.HasField("status"):
+                if message.HasField("status"):
                     self._registry.update(agent, message.status)
+        except grpc.RpcError:
+            pass  # the agent is gone: ending the stream below removes it
         finally:
-            if agent is not None:
-                await self._registry.remove(agent, "registration stream closed")
+            agent.outbox.put_nowait(None)
 
     def _register(self, message: agent_registry_pb2.ConnectRequest) -> RegisteredAgent:
         if not message.HasField("registration"):
@@ -48,4 +74,4 @@ class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer
             raise InvalidArgumentError(
                 "registration.address", "the address of the agent's AgentService is empty"
             )
-        return self._registry.add(registration.name, registration.address, asyncio.current_task())
+        return self._registry.add(registration.name, registration.address)

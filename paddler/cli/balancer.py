@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from paddler.balancer.config import BalancerConfig
 from paddler.balancer.server import run_balancer
+from paddler.cli.failure import exit_on_domain_error
 from paddler.cli.options import GracePeriodOption, LogLevelOption
 from paddler.common.logging import configure_logging
 
@@ -60,6 +62,13 @@ def balancer(
             help="Agents tried per request when one fails before its first piece.",
         ),
     ] = 3,
+    state_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PADDLER_STATE_FILE",
+            help="JSON file keeping the desired state across restarts (default: memory only).",
+        ),
+    ] = None,
     grace_period: GracePeriodOption = 30.0,
     log_level: LogLevelOption = "info",
 ) -> None:
@@ -73,5 +82,7 @@ def balancer(
         agent_stale_after_s=agent_stale_after,
         grace_period_s=grace_period,
         max_attempts=max_attempts,
+        state_file=state_file,
     )
-    asyncio.run(run_balancer(config))
+    with exit_on_domain_error():
+        asyncio.run(run_balancer(config))

@@ -80,8 +80,13 @@ class RelayedError(PaddlerError):
     reason = "FROM_AGENT"
 
     def __init__(
-        self, code: grpc.StatusCode, message: str, trailing_metadata: tuple[tuple[str, bytes], ...]
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        trailing_metadata: tuple[tuple[str, bytes], ...],
+        reason: str = "FROM_AGENT",
     ) -> None:
         super().__init__(message)
         self.code = code
         self.trailing_metadata = trailing_metadata
+        self.reason = reason

@@ -25,14 +25,16 @@ class SamplingSettings:
     frequency_penalty: float = 0.0
     seed: int | None = None
 
-    def overridden_by(self, message: generation_pb2.SamplingParameters) -> SamplingSettings:
-        """These settings with every field the request sets replaced; validates the result."""
+    def overridden_by(
+        self, message: generation_pb2.SamplingParameters, field_path: str = _FIELD
+    ) -> SamplingSettings:
+        """These settings with every field ``message`` sets replaced; validates the result."""
         changes = {field.name: value for field, value in message.ListFields()}
         resolved = replace(self, **changes)
-        resolved.validate()
+        resolved.validate(field_path)
         return resolved
 
-    def validate(self) -> None:
+    def validate(self, field_path: str = _FIELD) -> None:
         """Raise InvalidArgumentError naming the first out-of-range field."""
         checks = (
             ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, ">= 0"),
@@ -46,7 +48,7 @@ class SamplingSettings:
         for name, valid, expected in checks:
             if not valid:
                 raise InvalidArgumentError(
-                    f"{_FIELD}.{name}", f"must be {expected}, got {getattr(self, name)}"
+                    f"{field_path}.{name}", f"must be {expected}, got {getattr(self, name)}"
                 )
 
 

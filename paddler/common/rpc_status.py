@@ -18,6 +18,9 @@ from paddler.common.errors import (
 )
 
 ERROR_DOMAIN = "paddler.v1"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# The agent has no model loaded right now (starting, or swapping to a new desired state).
+NOT_READY = "NOT_READY"
 
 
 def _packed(message: object) -> any_pb2.Any:
@@ -54,3 +57,15 @@ def to_grpc_status(error: PaddlerError) -> AbortStatus:
     status = status_pb2.Status(code=code_value, message=error.message, details=details)
     converted = rpc_status.to_status(status)
     return AbortStatus(converted.code, converted.details, tuple(converted.trailing_metadata))
+
+
+def error_reason(trailing_metadata: tuple[tuple[str, bytes], ...]) -> str:
+    """The ErrorInfo reason in a rich-status trailer, or "" when there is none."""
+    for key, value in trailing_metadata:
+        if key != STATUS_DETAILS_KEY:
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return str(info.reason)
+    return ""

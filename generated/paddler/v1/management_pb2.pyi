@@ -8,6 +8,8 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from paddler.v1 import desired_state_pb2 as _desired_state_pb2
+from paddler.v1 import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -34,6 +36,10 @@ class RegisteredAgent(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     READY_FIELD_NUMBER: _builtins.int
     LAST_STATUS_AGE_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    APPLIED_STATE_VERSION_FIELD_NUMBER: _builtins.int
+    ISSUES_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     name: _builtins.str
     address: _builtins.str
@@ -44,10 +50,16 @@ class RegisteredAgent(_message.Message):
     """Streams the balancer has running on the agent now."""
     model: _builtins.str
     ready: _builtins.bool
+    phase: _status_pb2.StatePhase.ValueType
+    applied_state_version: _builtins.int
     @_builtins.property
     def last_status_age(self) -> _duration_pb2.Duration:
         """Time since the agent's last status snapshot."""
 
+    @_builtins.property
+    def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def download(self) -> _status_pb2.DownloadProgress: ...
     def __init__(
         self,
         *,
@@ -60,10 +72,14 @@ class RegisteredAgent(_message.Message):
         model: _builtins.str = ...,
         ready: _builtins.bool = ...,
         last_status_age: _duration_pb2.Duration | None = ...,
+        phase: _status_pb2.StatePhase.ValueType = ...,
+        applied_state_version: _builtins.int = ...,
+        issues: _abc.Iterable[_builtins.str] | None = ...,
+        download: _status_pb2.DownloadProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_status_age", b"last_status_age"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "last_status_age", b"last_status_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "ready", b"ready", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_version", b"applied_state_version", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -177,3 +193,78 @@ class GetBufferedRequestsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBufferedRequestsResponse: _TypeAlias = GetBufferedRequestsResponse  # noqa: Y015
+
+@_typing.final
+class GetDesiredStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDesiredStateRequest: _TypeAlias = GetDesiredStateRequest  # noqa: Y015
+
+@_typing.final
+class GetDesiredStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESIRED_STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def desired_state(self) -> _desired_state_pb2.VersionedDesiredState: ...
+    def __init__(
+        self,
+        *,
+        desired_state: _desired_state_pb2.VersionedDesiredState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDesiredStateResponse: _TypeAlias = GetDesiredStateResponse  # noqa: Y015
+
+@_typing.final
+class SetDesiredStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> _desired_state_pb2.DesiredState: ...
+    def __init__(
+        self,
+        *,
+        state: _desired_state_pb2.DesiredState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDesiredStateRequest: _TypeAlias = SetDesiredStateRequest  # noqa: Y015
+
+@_typing.final
+class SetDesiredStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESIRED_STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def desired_state(self) -> _desired_state_pb2.VersionedDesiredState: ...
+    def __init__(
+        self,
+        *,
+        desired_state: _desired_state_pb2.VersionedDesiredState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDesiredStateResponse: _TypeAlias = SetDesiredStateResponse  # noqa: Y015

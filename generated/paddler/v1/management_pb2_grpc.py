@@ -50,6 +50,16 @@ class ManagementServiceStub:
                 request_serializer=paddler_dot_v1_dot_management__pb2.GetBufferedRequestsRequest.SerializeToString,
                 response_deserializer=paddler_dot_v1_dot_management__pb2.GetBufferedRequestsResponse.FromString,
                 _registered_method=True)
+        self.GetDesiredState = channel.unary_unary(
+                '/paddler.v1.ManagementService/GetDesiredState',
+                request_serializer=paddler_dot_v1_dot_management__pb2.GetDesiredStateRequest.SerializeToString,
+                response_deserializer=paddler_dot_v1_dot_management__pb2.GetDesiredStateResponse.FromString,
+                _registered_method=True)
+        self.SetDesiredState = channel.unary_unary(
+                '/paddler.v1.ManagementService/SetDesiredState',
+                request_serializer=paddler_dot_v1_dot_management__pb2.SetDesiredStateRequest.SerializeToString,
+                response_deserializer=paddler_dot_v1_dot_management__pb2.SetDesiredStateResponse.FromString,
+                _registered_method=True)
 
 
 class ManagementServiceServicer:
@@ -75,6 +85,20 @@ class ManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDesiredState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDesiredState(self, request, context):
+        """Validates the whole state first (INVALID_ARGUMENT names the field and changes nothing),
+        then stores it under the next version and sends it to every agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +116,16 @@ def add_ManagementServiceServicer_to_server(servicer, server):
                     servicer.GetBufferedRequests,
                     request_deserializer=paddler_dot_v1_dot_management__pb2.GetBufferedRequestsRequest.FromString,
                     response_serializer=paddler_dot_v1_dot_management__pb2.GetBufferedRequestsResponse.SerializeToString,
+            ),
+            'GetDesiredState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDesiredState,
+                    request_deserializer=paddler_dot_v1_dot_management__pb2.GetDesiredStateRequest.FromString,
+                    response_serializer=paddler_dot_v1_dot_management__pb2.GetDesiredStateResponse.SerializeToString,
+            ),
+            'SetDesiredState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDesiredState,
+                    request_deserializer=paddler_dot_v1_dot_management__pb2.SetDesiredStateRequest.FromString,
+                    response_serializer=paddler_dot_v1_dot_management__pb2.SetDesiredStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +210,60 @@ class ManagementService:
             '/paddler.v1.ManagementService/GetBufferedRequests',
             paddler_dot_v1_dot_management__pb2.GetBufferedRequestsRequest.SerializeToString,
             paddler_dot_v1_dot_management__pb2.GetBufferedRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDesiredState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paddler.v1.ManagementService/GetDesiredState',
+            paddler_dot_v1_dot_management__pb2.GetDesiredStateRequest.SerializeToString,
+            paddler_dot_v1_dot_management__pb2.GetDesiredStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDesiredState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paddler.v1.ManagementService/SetDesiredState',
+            paddler_dot_v1_dot_management__pb2.SetDesiredStateRequest.SerializeToString,
+            paddler_dot_v1_dot_management__pb2.SetDesiredStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

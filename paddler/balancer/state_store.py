@@ -1,0 +1,69 @@
+"""The cluster's desired state: validated, versioned, optionally kept in a JSON file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from google.protobuf import json_format
+
+from paddler.common.desired_state import check_desired_state
+from paddler.common.errors import PaddlerError
+from paddler.v1 import desired_state_pb2
+
+log = structlog.get_logger(__name__)
+
+
+class StateFileError(PaddlerError):
+    """The state file cannot be read or written."""
+
+
+class StateStore:
+    """Holds the current VersionedDesiredState; ``set`` validates, bumps, saves and announces."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._listeners: list[Callable[[desired_state_pb2.VersionedDesiredState], None]] = []
+        self.current = desired_state_pb2.VersionedDesiredState()
+        if path is not None and path.exists():
+            try:
+                json_format.Parse(path.read_text(), self.current)
+            except (OSError, json_format.ParseError) as error:
+                raise StateFileError(f"cannot read the state file {path}: {error}") from error
+            log.info("desired state restored", path=str(path), version=self.current.version)
+
+    def listen(self, listener: Callable[[desired_state_pb2.VersionedDesiredState], None]) -> None:
+        """Call ``listener`` with every new state."""
+        self._listeners.append(listener)
+
+    def set(self, state: desired_state_pb2.DesiredState) -> desired_state_pb2.VersionedDesiredState:
+        """Validate and store ``state`` under the next version; the old one stays on any error."""
+        check_desired_state(state)
+        updated = desired_state_pb2.VersionedDesiredState(
+            version=self.current.version + 1, state=state
+        )
+        if self._path is not None:
+            self._save(updated, self._path)
+        self.current = updated
+        log.info("desired state set", version=updated.version, model=str(state.model).strip())
+        for listener in list(self._listeners):
+            listener(updated)
+        return updated
+
+    @staticmethod
+    def _save(state: desired_state_pb2.VersionedDesiredState, path: Path) -> None:
+        """Write atomically: a temporary file in the same folder, fsync, then rename over."""
+        text = json_format.MessageToJson(state)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(handle, "w") as file:
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+            Path(temporary).replace(path)
+        except OSError as error:
+            raise StateFileError(f"cannot write the state file {path}: {error}") from error

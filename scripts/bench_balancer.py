@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -75,7 +76,7 @@ class Stream(Sample):
     gaps: tuple[float, ...]
 
 
-def log_records(log_path: Path, event: str) -> list[dict[str, str]]:
+def log_records(log_path: Path, event: str) -> list[dict[str, Any]]:
     """The JSON log records of `event` so far; only whole lines (the last may be half written)."""
     lines = log_path.read_text(errors="replace").split("\n")[:-1]
     return [json.loads(line) for line in lines if line.startswith("{") and f'"{event}"' in line]
@@ -83,9 +84,9 @@ def log_records(log_path: Path, event: str) -> list[dict[str, str]]:
 
 async def listening(
     process: subprocess.Popen[bytes], log_path: Path, event: str, limit_s: float
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """The server's `event` JSON log record, which says where it listens (port 0 included)."""
-    records: list[dict[str, str]] = []
+    records: list[dict[str, Any]] = []
 
     async def probe() -> bool:
         records.extend(log_records(log_path, event))

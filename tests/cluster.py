@@ -12,6 +12,7 @@ import grpc
 from paddler.v1 import (
     agent_pb2,
     agent_pb2_grpc,
+    desired_state_pb2,
     inference_pb2,
     inference_pb2_grpc,
     management_pb2,
@@ -40,13 +41,43 @@ class Cluster:
     management: management_pb2_grpc.ManagementServiceStub
     agents: dict[str, AgentProcess] = field(default_factory=dict)
 
-    def start_agent(self, name: str, *args: str) -> AgentProcess:
-        """Start an agent that registers with this balancer and wait until it is routable."""
-        agent = AgentProcess(["--name", name, "--balancer", self.balancer.management, *args])
+    def start_agent(
+        self, name: str, *args: str, env: dict[str, str] | None = None, wait: bool = True
+    ) -> AgentProcess:
+        """Start an agent that registers with this balancer; wait until it is routable.
+
+        One llama.cpp thread each: two agents share this machine's 2 cores.
+        """
+        agent = AgentProcess(
+            ["--name", name, "--balancer", self.balancer.management, "--threads", "1", *args],
+            env=env,
+        )
         self.agents[name] = agent
-        agent.wait_ready()
-        self.wait_for(lambda agents: any(a.name == name and a.ready for a in agents))
+        if wait:
+            agent.wait_ready()
+            self.wait_for(lambda agents: any(a.name == name and a.ready for a in agents))
         return agent
+
+    def set_state(self, state: desired_state_pb2.DesiredState) -> int:
+        """SetDesiredState; returns the new version."""
+        request = management_pb2.SetDesiredStateRequest(state=state)
+        return self.management.SetDesiredState(request).desired_state.version
+
+    def desired_state(self) -> desired_state_pb2.VersionedDesiredState:
+        """GetDesiredState."""
+        request = management_pb2.GetDesiredStateRequest()
+        return self.management.GetDesiredState(request).desired_state
+
+    def wait_applied(
+        self, version: int, timeout_s: float = 60
+    ) -> list[management_pb2.RegisteredAgent]:
+        """Wait until every agent serves ``version`` and is ready."""
+        return self.wait_for(
+            lambda agents: (
+                bool(agents) and all(a.applied_state_version == version and a.ready for a in agents)
+            ),
+            timeout_s,
+        )
 
     def list_agents(self) -> list[management_pb2.RegisteredAgent]:
         """ListAgents."""
@@ -97,8 +128,6 @@ def cluster(
         stack.callback(
             lambda: [a.stop() for a in result.agents.values() if a.process.poll() is None]
         )
-        for name, slots in agents:  # one thread each: two agents share this machine's 2 cores
-            result.start_agent(
-                name, "--slots", str(slots), "--context-size", "512", "--threads", "1"
-            )
+        for name, slots in agents:
+            result.start_agent(name, "--slots", str(slots), "--context-size", "512")
         yield result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from paddler.v1 import agent_pb2_grpc
 
 STARTUP_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for servers that must keep their address)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 class ServerProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import Counter
@@ -15,16 +14,9 @@ import pytest
 from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc, status_pb2
 from tests.client import generate, prompt_request
 from tests.cluster import cluster, to_inference
-from tests.processes import BalancerProcess
+from tests.processes import BalancerProcess, free_port
 
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Registration:
@@ -41,7 +33,7 @@ class Registration:
     def _messages(self) -> Iterator[agent_registry_pb2.ConnectRequest]:
         yield agent_registry_pb2.ConnectRequest(
             registration=agent_registry_pb2.AgentRegistration(
-                name="ghost", address=f"127.0.0.1:{_free_port()}"
+                name="ghost", address=f"127.0.0.1:{free_port()}"
             )
         )
         status = status_pb2.AgentStatus(name="ghost", slots_total=4, model="m", ready=True)
@@ -126,7 +118,7 @@ def test_kill_9_under_load() -> None:
 
 @pytest.mark.timeout(120)
 def test_agents_return_within_five_seconds_of_a_balancer_restart() -> None:
-    management = f"127.0.0.1:{_free_port()}"
+    management = f"127.0.0.1:{free_port()}"
     with cluster(("steady", 1), management=management) as c:
         assert c.balancer.stop() == 0
         restarted = BalancerProcess([], management=management)

@@ -38,6 +38,8 @@ class RegisteredAgent:
     download: status_pb2.DownloadProgress = field(default_factory=status_pb2.DownloadProgress)
     last_status_at: float = field(default_factory=time.monotonic)
     claims: int = 0
+    # Busy slots the last snapshot showed beyond our claims: other clients of the agent.
+    external_busy: int = 0
     # Messages for the agent's Connect stream; None ends it.
     outbox: asyncio.Queue[agent_registry_pb2.ConnectResponse | None] = field(
         default_factory=asyncio.Queue
@@ -45,8 +47,8 @@ class RegisteredAgent:
 
     @property
     def busy_slots(self) -> int:
-        """Our claims are exact; the agent's count is higher when others use it too."""
-        return max(self.claims, self.slots_processing)
+        """Our claims, exact at every moment, plus what others ran there at the last snapshot."""
+        return self.claims + self.external_busy
 
     def free_slots(self, desired_version: int) -> int:
         """Slots a new request may take now: only on an agent serving the desired state."""
@@ -105,6 +107,7 @@ class AgentRegistry:
         """Apply a status snapshot."""
         agent.slots_total = status.slots_total
         agent.slots_processing = status.slots_processing
+        agent.external_busy = max(status.slots_processing - agent.claims, 0)
         agent.model = status.model
         agent.ready = status.ready
         agent.phase = status.phase

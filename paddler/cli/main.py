@@ -6,6 +6,7 @@ from paddler.cli.agent import agent
 from paddler.cli.agents import agents
 from paddler.cli.balancer import balancer
 from paddler.cli.generate import chat, generate
+from paddler.cli.state import state_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -17,3 +18,4 @@ def paddler() -> None:
 
 for command in (balancer, agent, generate, chat, agents):
     app.command()(command)
+app.add_typer(state_app, name="state")

@@ -1,0 +1,121 @@
+"""``paddler state show`` and ``paddler state set``: the cluster's desired state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from google.protobuf import json_format
+
+from paddler.common.desired_state import PACKAGED_MODELS
+from paddler.v1 import desired_state_pb2, management_pb2, management_pb2_grpc
+
+state_app = typer.Typer(no_args_is_help=True, help="Show or set the cluster's desired state.")
+
+AddressOption = Annotated[
+    str, typer.Option(envvar="PADDLER_MANAGEMENT_ADDRESS", help="Balancer management address.")
+]
+DEFAULT_MANAGEMENT_ADDRESS = "127.0.0.1:50053"
+HF_PREFIX = "hf:"
+
+
+def model_source(model: str) -> desired_state_pb2.ModelSource:
+    """A packaged name, ``hf:OWNER/REPO/FILE.gguf[@REVISION]``, or a path on the agents."""
+    if model in PACKAGED_MODELS:
+        return desired_state_pb2.ModelSource(packaged=model)
+    if model.startswith(HF_PREFIX):
+        reference, _, revision = model.removeprefix(HF_PREFIX).partition("@")
+        owner, _, rest = reference.partition("/")
+        name, _, file = rest.partition("/")
+        return desired_state_pb2.ModelSource(
+            hugging_face=desired_state_pb2.HuggingFaceModel(
+                repo=f"{owner}/{name}", file=file, revision=revision
+            )
+        )
+    return desired_state_pb2.ModelSource(local_path=model)
+
+
+def _call(address: str, request: object) -> desired_state_pb2.VersionedDesiredState:
+    with grpc.insecure_channel(address) as channel:
+        stub = management_pb2_grpc.ManagementServiceStub(channel)
+        try:
+            if isinstance(request, management_pb2.SetDesiredStateRequest):
+                return stub.SetDesiredState(request, timeout=10).desired_state
+            return stub.GetDesiredState(
+                management_pb2.GetDesiredStateRequest(), timeout=10
+            ).desired_state
+        except grpc.RpcError as error:
+            assert isinstance(error, grpc.Call)
+            typer.echo(f"paddler: {error.code().name}: {error.details()}", err=True)
+            raise typer.Exit(1) from None
+
+
+def _print(state: desired_state_pb2.VersionedDesiredState) -> None:
+    typer.echo(json_format.MessageToJson(state, always_print_fields_with_no_presence=True))
+
+
+@state_app.command()
+def show(address: AddressOption = DEFAULT_MANAGEMENT_ADDRESS) -> None:
+    """Print the desired state and its version as JSON (version 0: none set)."""
+    _print(_call(address, management_pb2.GetDesiredStateRequest()))
+
+
+@state_app.command("set")
+def set_state(
+    model: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_STATE_MODEL",
+            help=f"{' or '.join(PACKAGED_MODELS)}, hf:OWNER/REPO/FILE.gguf[@REVISION], "
+            "or a GGUF path on the agents.",
+        ),
+    ],
+    address: AddressOption = DEFAULT_MANAGEMENT_ADDRESS,
+    context_size: Annotated[
+        int | None, typer.Option(help="Context per slot; default: each agent's flag.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="n_batch; default: each agent's flag.")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="Default temperature.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Default top-k.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Default top-p.")] = None,
+    min_p: Annotated[float | None, typer.Option(help="Default min-p.")] = None,
+    repeat_penalty: Annotated[float | None, typer.Option(help="Default repeat penalty.")] = None,
+    presence_penalty: Annotated[
+        float | None, typer.Option(help="Default presence penalty.")
+    ] = None,
+    frequency_penalty: Annotated[
+        float | None, typer.Option(help="Default frequency penalty.")
+    ] = None,
+    chat_template: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="Jinja file overriding the GGUF's template."
+        ),
+    ] = None,
+) -> None:
+    """Replace the desired state; every agent applies it (unset values keep the defaults)."""
+    defaults = desired_state_pb2.InferenceDefaults()
+    if context_size is not None:
+        defaults.context_size = context_size
+    if batch_size is not None:
+        defaults.batch_size = batch_size
+    sampling = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repeat_penalty": repeat_penalty,
+        "presence_penalty": presence_penalty,
+        "frequency_penalty": frequency_penalty,
+    }
+    for name, value in sampling.items():
+        if value is not None:
+            setattr(defaults.sampling, name, value)
+    state = desired_state_pb2.DesiredState(model=model_source(model), defaults=defaults)
+    if chat_template is not None:
+        state.chat_template_override = chat_template.read_text()
+    _print(_call(address, management_pb2.SetDesiredStateRequest(state=state)))

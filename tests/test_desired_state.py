@@ -1,0 +1,215 @@
+"""The desired state: model swaps under load, Hugging Face cache, bad states, persistence."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from paddler.agent.default_model import default_model_path
+from paddler.v1 import desired_state_pb2, generation_pb2, status_pb2
+from tests.client import error_of, field_violations, generate, prompt_request
+from tests.cluster import cluster, to_inference
+from tests.processes import BalancerProcess, free_port
+
+SMOLLM = "SmolLM2-135M-Instruct.Q4_1"
+GEMMA = "gemma-3-270m-q4_k_m"
+STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>"
+    "{{ 'model' if m['role'] == 'assistant' else 'user' }}\n{{ m['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def state(model: desired_state_pb2.ModelSource, **fields: object) -> desired_state_pb2.DesiredState:
+    """A desired state with ``model`` and extra top-level fields."""
+    return desired_state_pb2.DesiredState(model=model, **fields)  # type: ignore[arg-type]
+
+
+def packaged(name: str) -> desired_state_pb2.ModelSource:
+    """A packaged model source."""
+    return desired_state_pb2.ModelSource(packaged=name)
+
+
+def test_swapping_models_under_steady_load_fails_no_request() -> None:
+    with cluster(("left", 2), ("right", 2)) as c:
+        stop = threading.Event()
+        served: list[tuple[float, str]] = []
+        failed: list[grpc.RpcError] = []
+
+        def load() -> None:
+            request = to_inference(prompt_request(STORY, max_tokens=12))
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    served.append((sent, generate(c.inference, request).summary.model))
+                except grpc.RpcError as error:
+                    failed.append(error)
+
+        workers = [threading.Thread(target=load) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        time.sleep(1)
+        c.set_state(state(packaged("gemma3-270m")))
+        c.wait_applied(1)
+        on_gemma = time.monotonic()
+        time.sleep(1.5)
+        back = time.monotonic()
+        c.set_state(state(packaged("smollm2-135m")))
+        c.wait_applied(2)
+        on_smollm = time.monotonic()
+        time.sleep(1)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    assert failed == []
+    assert {model for sent, model in served if on_gemma < sent < back} == {GEMMA}
+    assert {model for sent, model in served if sent > on_smollm} == {SMOLLM}
+    assert {model for sent, model in served if sent < on_gemma} >= {SMOLLM}
+
+
+def test_a_chat_template_override_and_sampling_defaults_apply() -> None:
+    with cluster(("solo", 1)) as c:
+        sampling = generation_pb2.SamplingParameters(temperature=0.0)
+        defaults = desired_state_pb2.InferenceDefaults(context_size=256, sampling=sampling)
+        c.set_state(
+            state(packaged("gemma3-270m"), defaults=defaults, chat_template_override=GEMMA_TEMPLATE)
+        )
+        c.wait_applied(1)
+        conversation = generation_pb2.Conversation(
+            messages=[generation_pb2.ChatMessage(role="user", content="Name a colour.")]
+        )
+        generation = generation_pb2.GenerationInput(conversation=conversation, max_tokens=8)
+        request = to_inference(prompt_request("unused"))
+        request.input.CopyFrom(generation)  # no sampling given: the state's greedy default
+        first, second = generate(c.inference, request), generate(c.inference, request)
+        assert first.summary.model == GEMMA
+        assert first.text == second.text
+        too_long = error_of(c.inference, to_inference(prompt_request("word " * 300)))
+        assert "holds 256" in (too_long.details() or "")
+
+
+def _hugging_face_cache(root: Path) -> dict[str, str]:
+    """A Hugging Face cache holding paddler-test/smollm2 (main) and the env to read it offline."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / "hub" / "models--paddler-test--smollm2"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "smollm2.gguf").symlink_to(default_model_path())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return {"HF_HOME": str(root), "HF_HUB_OFFLINE": "1"}
+
+
+def _hugging_face(repo: str, file: str) -> desired_state_pb2.ModelSource:
+    reference = desired_state_pb2.HuggingFaceModel(repo=repo, file=file, revision="main")
+    return desired_state_pb2.ModelSource(hugging_face=reference)
+
+
+def _failed_with(issue: str) -> object:
+    return lambda agents: (
+        bool(agents)
+        and all(
+            a.phase == status_pb2.STATE_PHASE_FAILED and issue in " ".join(a.issues) for a in agents
+        )
+    )
+
+
+def test_a_hugging_face_reference_resolves_from_an_offline_cache(tmp_path: Path) -> None:
+    with cluster(balancer_args=("--buffered-request-timeout", "1")) as c:
+        c.start_agent("hf", "--slots", "1", env=_hugging_face_cache(tmp_path))
+        c.set_state(state(_hugging_face("paddler-test/smollm2", "smollm2.gguf")))
+        c.wait_applied(1)
+        reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
+        assert reply.summary.model == "smollm2"
+        c.set_state(state(_hugging_face("paddler-test/absent", "absent.gguf")))
+        agents = c.wait_for(_failed_with("not in the cache"))  # type: ignore[arg-type]
+        assert "HF_HUB_OFFLINE is set" in agents[0].issues[0]
+        error = error_of(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_agent_told_to_load_a_missing_file_stays_registered_and_gets_no_requests() -> None:
+    with cluster(("solo", 1), balancer_args=("--buffered-request-timeout", "1")) as c:
+        missing = desired_state_pb2.ModelSource(local_path="/nonexistent/model.gguf")
+        c.set_state(state(missing))
+        agents = c.wait_for(_failed_with("does not exist"))  # type: ignore[arg-type]
+        assert [a.name for a in agents] == ["solo"]
+        served_before = len(c.agents["solo"].logs("request served"))
+        error = error_of(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(c.agents["solo"].logs("request served")) == served_before
+        assert c.agent_slots_processing("solo") == 0
+
+
+def test_an_agent_without_a_model_takes_the_desired_state() -> None:
+    with cluster() as c:
+        c.set_state(state(packaged("gemma3-270m")))
+        agent = c.start_agent("fresh", "--slots", "1")
+        c.wait_applied(1)
+        assert [r["model"] for r in agent.logs("agent ready")] == [GEMMA]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (desired_state_pb2.DesiredState(), "state.model"),
+        (state(packaged("llama-7b")), "state.model.packaged"),
+        (state(desired_state_pb2.ModelSource(local_path="")), "state.model.local_path"),
+        (state(_hugging_face("", "a.gguf")), "state.model.hugging_face.repo"),
+        (state(_hugging_face("owner/name", "README.md")), "state.model.hugging_face.file"),
+        (
+            state(packaged("smollm2-135m"), defaults={"context_size": -5}),
+            "state.defaults.context_size",
+        ),
+        (state(packaged("smollm2-135m"), defaults={"batch_size": 0}), "state.defaults.batch_size"),
+        (
+            state(packaged("smollm2-135m"), defaults={"sampling": {"temperature": -1}}),
+            "state.defaults.sampling.temperature",
+        ),
+        (
+            state(packaged("smollm2-135m"), chat_template_override="{% if %}"),
+            "state.chat_template_override",
+        ),
+    ],
+)
+def test_an_invalid_state_is_rejected_and_changes_nothing(
+    bad: desired_state_pb2.DesiredState, field: str
+) -> None:
+    with cluster() as c:
+        c.set_state(state(packaged("smollm2-135m")))
+        before = c.desired_state()
+        with pytest.raises(grpc.RpcError) as caught:
+            c.set_state(bad)
+        assert isinstance(caught.value, grpc.Call)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(caught.value) == [field]
+        assert c.desired_state() == before
+
+
+def test_a_restarted_balancer_restores_the_state_file(tmp_path: Path) -> None:
+    state_file = tmp_path / "state" / "desired.json"
+    management = f"127.0.0.1:{free_port()}"
+    args = ("--state-file", str(state_file))
+    with cluster(("steady", 1), balancer_args=args, management=management) as c:
+        wanted = state(packaged("gemma3-270m"), defaults={"sampling": {"temperature": 0.3}})
+        c.set_state(wanted)
+        c.wait_applied(1)
+        assert c.balancer.stop() == 0
+        c.balancer = BalancerProcess(list(args), management=management)
+        try:
+            assert c.desired_state() == desired_state_pb2.VersionedDesiredState(
+                version=1, state=wanted
+            )
+            c.wait_applied(1)
+            c.start_agent("newcomer", "--slots", "1")
+            c.wait_applied(1)
+            assert c.agents["newcomer"].wait_logs("desired state applied")[0]["version"] == 1
+            applied = c.agents["steady"].logs("desired state applied")
+            assert [r["version"] for r in applied] == [0, 1]  # v1 was not loaded again
+        finally:
+            c.balancer.stop()

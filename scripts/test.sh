@@ -4,6 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .tools/node_modules/.bin/buf lint
+# The API has shipped: the protos must stay wire- and source-compatible with the last commit.
+if git rev-parse -q --verify HEAD~1 >/dev/null; then
+  .tools/node_modules/.bin/buf breaking --against '.git#ref=HEAD~1'
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -13,6 +13,7 @@ from paddler.agent.default_model import default_model_path
 from paddler.v1 import desired_state_pb2, generation_pb2, status_pb2
 from tests.client import error_of, field_violations, generate, prompt_request
 from tests.cluster import cluster, to_inference
+from tests.local_hub import local_hub
 from tests.processes import BalancerProcess, free_port
 
 SMOLLM = "SmolLM2-135M-Instruct.Q4_1"
@@ -131,6 +132,29 @@ def test_a_hugging_face_reference_resolves_from_an_offline_cache(tmp_path: Path)
         assert "HF_HUB_OFFLINE is set" in agents[0].issues[0]
         error = error_of(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_download_shows_its_progress_in_the_agents_snapshot(tmp_path: Path) -> None:
+    model = default_model_path()
+    size = model.stat().st_size
+    with (
+        local_hub("paddler-test/remote", "remote.gguf", model, bytes_per_s=size / 3) as endpoint,
+        cluster() as c,
+    ):
+        env = {"HF_HOME": str(tmp_path), "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1"}
+        c.start_agent("downloader", "--slots", "1", env=env)
+        c.set_state(state(_hugging_face("paddler-test/remote", "remote.gguf")))
+        agents = c.wait_for(
+            lambda agents: (
+                agents[0].phase == status_pb2.STATE_PHASE_APPLYING
+                and 0 < agents[0].download.bytes_done < size
+            ),
+            timeout_s=30,
+        )
+        assert agents[0].download.bytes_total == size
+        c.wait_applied(1)
+        reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
+        assert reply.summary.model == "remote"
 
 
 def test_an_agent_told_to_load_a_missing_file_stays_registered_and_gets_no_requests() -> None:

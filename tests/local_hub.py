@@ -1,0 +1,63 @@
+"""A stand-in for the Hugging Face Hub on loopback (this machine cannot reach the real one).
+
+It answers the two requests ``huggingface_hub.hf_hub_download`` makes for one file, HEAD for the
+metadata and GET for the bytes, and sends the bytes slowly so a download can be watched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+CHUNK = 1 << 20
+
+
+def _handler(path: str, data: bytes, bytes_per_s: float) -> type[BaseHTTPRequestHandler]:
+    etag = hashlib.sha256(data).hexdigest()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _headers(self) -> bool:
+            if self.path != path:
+                self.send_error(404)
+                return False
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("ETag", f'"{etag}"')
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            return True
+
+        def do_HEAD(self) -> None:
+            self._headers()
+
+        def do_GET(self) -> None:
+            if not self._headers():
+                return
+            for start in range(0, len(data), CHUNK):
+                self.wfile.write(data[start : start + CHUNK])
+                time.sleep(CHUNK / bytes_per_s)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            """Quiet."""
+
+    return Handler
+
+
+@contextmanager
+def local_hub(repo: str, file: str, source: Path, bytes_per_s: float) -> Iterator[str]:
+    """Serve ``source`` as ``repo``'s ``file`` at revision main; yields the endpoint URL."""
+    handler = _handler(f"/{repo}/resolve/main/{file}", source.read_bytes(), bytes_per_s)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

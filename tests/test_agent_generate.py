@@ -144,6 +144,18 @@ def test_the_prompt_prefix_is_reused_from_the_slot_cache(
     assert again.summary.usage.cached_tokens >= again.summary.usage.prompt_tokens - 4
 
 
+def test_alternating_conversations_keep_their_caches(
+    stub4: agent_pb2_grpc.AgentServiceStub,
+) -> None:
+    system = "You are a careful assistant who answers briefly. "
+    first = system + "We talked about cats: their history, breeds, habits and care. " * 4
+    other = system + "We talked about trains: steam, diesel, electric and maglev. " * 4
+    start = generate(stub4, prompt_request(first, max_tokens=4))
+    generate(stub4, prompt_request(other, max_tokens=4))
+    again = generate(stub4, prompt_request(first + "Now, lions?", max_tokens=4))
+    assert again.summary.usage.cached_tokens >= start.summary.usage.prompt_tokens - 2
+
+
 def test_every_request_logs_one_summary_line(agent4: AgentProcess) -> None:
     served = agent4.logs("request served")
     assert served, "the shared agent served requests before this test"

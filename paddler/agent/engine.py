@@ -14,7 +14,7 @@ import structlog
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
 from paddler.agent.sampling import SamplerChain
-from paddler.agent.slot import Slot, common_prefix_length
+from paddler.agent.slot import Slot, choose_slot, common_prefix_length
 from paddler.common.errors import InternalError
 from paddler.v1 import generation_pb2
 
@@ -55,6 +55,7 @@ class Engine:
         self.context_per_slot = min(config.context_size, llama.llama_n_ctx_seq(context))
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
         self._slots = [Slot(seq_id) for seq_id in range(config.slots)]
+        self._uses = 0
         self._pending: collections.deque[GenerationJob] = collections.deque()
         self._wakeup = threading.Condition()
         self._stopping = False
@@ -80,8 +81,10 @@ class Engine:
             self._wakeup.notify()
 
     def stop(self) -> None:
-        """Stop the loop and free llama.cpp's memory."""
+        """Stop the loop and free llama.cpp's memory (once; later calls do nothing)."""
         with self._wakeup:
+            if self._stopping:
+                return
             self._stopping = True
             self._wakeup.notify()
         if self._thread.is_alive():
@@ -145,12 +148,16 @@ class Engine:
                 self._start(job, free)
 
     def _start(self, job: GenerationJob, free: list[Slot]) -> None:
-        """Put ``job`` in the free slot whose cache shares the longest prefix with its prompt."""
-        slot = max(free, key=lambda s: common_prefix_length(s.cached, job.prompt_tokens))
-        reused = common_prefix_length(slot.cached, job.prompt_tokens)
-        reused = min(reused, len(job.prompt_tokens) - 1)  # decode at least one token for logits
-        llama.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1)
-        slot.start(job, reused, SamplerChain(job.sampling, self.model.n_vocab))
+        """Put ``job`` in a free slot, reusing as much of that slot's cached prefix as it can."""
+        prompt = job.prompt_tokens
+        slot = choose_slot(free, prompt)
+        reused = min(common_prefix_length(slot.cached, prompt), len(prompt) - 1)  # >= 1 to decode
+        if not llama.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
+            # Recurrent models cannot drop a tail: start the sequence over.
+            llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            reused = 0
+        self._uses += 1
+        slot.start(job, reused, SamplerChain(job.sampling, self.model.n_vocab), self._uses)
 
     def _fill_batch(self) -> list[tuple[Slot, list[int]]]:
         """Add one token per generating slot, then prompt chunks, up to ``batch_size`` tokens."""
@@ -159,7 +166,7 @@ class Engine:
         count = 0
         fed: list[tuple[Slot, list[int]]] = []
         active = [slot for slot in self._slots if slot.job is not None and slot.pending]
-        active.sort(key=lambda slot: len(slot.pending) > 1)  # generating slots first
+        active.sort(key=Slot.feeding_order)
         for slot in active:
             if count >= budget:
                 break

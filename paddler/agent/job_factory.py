@@ -34,6 +34,10 @@ class JobFactory:
         generation = request.input
         check_generation_input(generation)
         tokens = self._prompt_tokens(generation)
+        if not tokens:
+            raise InvalidArgumentError(
+                "input", "the input renders to no tokens at all; send some text to continue"
+            )
         limit = self._context_per_slot
         if len(tokens) >= limit:
             raise InvalidArgumentError(

@@ -17,6 +17,20 @@ def common_prefix_length(left: list[int], right: list[int]) -> int:
     return length
 
 
+def choose_slot(free: list[Slot], prompt: list[int]) -> Slot:
+    """The free slot for ``prompt``.
+
+    The slot sharing the longest prefix with it, if that keeps at least half of the slot's
+    cache (a conversation's next turn keeps all of it); else the least recently used slot, so
+    that another conversation's cache is not cut down to a shared system prompt.
+    """
+    shared = [(common_prefix_length(s.cached, prompt), s) for s in free]
+    hits = [(length, s) for length, s in shared if length and 2 * length >= len(s.cached)]
+    if hits:
+        return max(hits, key=lambda hit: hit[0])[1]
+    return min(free, key=lambda s: s.last_used)
+
+
 class Slot:
     """A sequence id in the KV cache; ``cached`` mirrors the tokens whose KV it holds."""
 
@@ -31,9 +45,11 @@ class Slot:
         self.completion_tokens = 0
         self.first_token_at: float | None = None
         self.batch_index = -1
+        self.last_used = 0
 
-    def start(self, job: GenerationJob, reused: int, sampler: SamplerChain) -> None:
-        """Take ``job``; the first ``reused`` prompt tokens are already in the cache."""
+    def start(self, job: GenerationJob, reused: int, sampler: SamplerChain, use: int) -> None:
+        """Take ``job`` (the engine's ``use``-th); the first ``reused`` prompt tokens are cached."""
+        self.last_used = use
         self.job = job
         self.sampler = sampler
         self.text = TextStream(job.stop)
@@ -43,6 +59,11 @@ class Slot:
         self.completion_tokens = 0
         self.first_token_at = None
         self.batch_index = -1
+
+    def feeding_order(self) -> tuple[bool, float]:
+        """Generating slots first, then prompts; each oldest request first."""
+        assert self.job is not None
+        return len(self.pending) > 1, self.job.created_at
 
     def release(self) -> None:
         """Free the slot; its cache is kept for a later prompt with the same prefix."""

@@ -11,7 +11,7 @@ import pytest
 
 from paddler.agent.default_model import default_model_path
 from paddler.v1 import desired_state_pb2, generation_pb2, status_pb2
-from tests.client import error_of, field_violations, generate, prompt_request
+from tests.client import error_of, field_violations, generate, invalid_field, prompt_request
 from tests.cluster import cluster, to_inference
 from tests.local_hub import local_hub
 from tests.processes import BalancerProcess, free_port
@@ -77,10 +77,16 @@ def test_a_chat_template_override_and_sampling_defaults_apply() -> None:
     with cluster(("solo", 1)) as c:
         sampling = generation_pb2.SamplingParameters(temperature=0.0)
         defaults = desired_state_pb2.InferenceDefaults(context_size=256, sampling=sampling)
+        user_only = "{% for m in messages if m['role'] == 'user' %}{{ m['content'] }}{% endfor %}"
+        c.set_state(state(packaged("smollm2-135m"), chat_template_override=user_only))
+        c.wait_applied(1)
+        only_system = to_inference(prompt_request("unused"))
+        only_system.input.conversation.messages.add(role="system", content="Be brief.")
+        assert invalid_field(c.inference, only_system) == "input"  # renders to no tokens
         c.set_state(
             state(packaged("gemma3-270m"), defaults=defaults, chat_template_override=GEMMA_TEMPLATE)
         )
-        c.wait_applied(1)
+        c.wait_applied(2)
         conversation = generation_pb2.Conversation(
             messages=[generation_pb2.ChatMessage(role="user", content="Name a colour.")]
         )
@@ -168,6 +174,18 @@ def test_an_agent_told_to_load_a_missing_file_stays_registered_and_gets_no_reque
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert len(c.agents["solo"].logs("request served")) == served_before
         assert c.agent_slots_processing("solo") == 0
+
+
+def test_a_context_that_cannot_be_built_is_an_issue_and_the_old_model_returns() -> None:
+    with cluster(("solo", 1)) as c:
+        c.set_state(state(packaged("smollm2-135m"), defaults={"context_size": 10_000_000}))
+        agents = c.wait_for(_failed_with("could not create a context"))  # type: ignore[arg-type]
+        assert "out of memory?" in agents[0].issues[0]
+        c.agents["solo"].wait_logs("previous model restored")
+        c.set_state(state(packaged("smollm2-135m"), defaults={"context_size": 256}))
+        c.wait_applied(2)
+        reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
+        assert reply.summary.agent_name == "solo"
 
 
 def test_an_agent_without_a_model_takes_the_desired_state() -> None:

@@ -46,7 +46,11 @@ class Engine:
         params.no_perf = True
         context = llama.llama_init_from_model(model.handle, params)
         if not context:
-            raise ModelLoadError(f"llama.cpp could not create a context for {model.path}")
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {config.slots} slots x "
+                f"{config.context_size} tokens for {model.path.name} (out of memory?); "
+                "lower the context size or the slots"
+            )
         self.model = model
         self.config = config
         self._context = context

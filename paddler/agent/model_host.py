@@ -39,15 +39,19 @@ class EngineSettings:
 def build_engine(settings: EngineSettings) -> tuple[Engine, JobFactory]:
     """Load the model and build the context (blocking; run it off the event loop)."""
     model = LlamaModel(settings.model)
-    engine = Engine(
-        model,
-        EngineConfig(
-            slots=settings.slots,
-            context_size=settings.context_size,
-            batch_size=settings.batch_size,
-            threads=settings.threads,
-        ),
-    )
+    try:
+        engine = Engine(
+            model,
+            EngineConfig(
+                slots=settings.slots,
+                context_size=settings.context_size,
+                batch_size=settings.batch_size,
+                threads=settings.threads,
+            ),
+        )
+    except BaseException:
+        model.close()
+        raise
     jobs = JobFactory(model, engine.context_per_slot, settings.sampling, settings.chat_template)
     return engine, jobs
 
@@ -62,6 +66,8 @@ class ModelHost:
         self._pending: desired_state_pb2.VersionedDesiredState | None = None
         self._wakeup = asyncio.Event()
         self._engine: Engine | None = None
+        self._applied: desired_state_pb2.VersionedDesiredState | None = None
+        self._settings_in_use: EngineSettings | None = None
 
     def submit(self, update: desired_state_pb2.VersionedDesiredState) -> None:
         """Apply ``update`` next (version 0: no desired state, serve the local model)."""
@@ -78,39 +84,58 @@ class ModelHost:
                 if update is not None:
                     await self._apply(update)
         finally:
-            if self._engine is not None:
+            engine, self._engine = self._engine, None
+            if engine is not None:
                 self._servicer.detach()
-                self._engine.stop()
+                engine.stop()
 
     async def _apply(self, update: desired_state_pb2.VersionedDesiredState) -> None:
+        if self._engine is not None and (update.version == 0 or update == self._applied):
+            self._servicer.notify()  # no desired state (keep what runs), or a resent one
+            return
         report = self._report
-        if update.version == 0 and self._engine is not None:
-            return  # no desired state: keep serving what this agent runs
-        if update.version and update.version == report.applied_version and self._engine:
-            return  # a reconnect resent the state this agent already serves
         report.phase, report.issues = status_pb2.STATE_PHASE_APPLYING, []
         report.bytes_done = report.bytes_total = 0
         self._servicer.notify()
         try:
             settings = await asyncio.to_thread(self._settings, update)
-        except PaddlerError as error:
+        except Exception as error:  # noqa: BLE001 - any failure must become a reported issue
             self._failed(update.version, error)
             return
+        try:
+            await self._swap(settings)
+        except Exception as error:  # noqa: BLE001
+            self._failed(update.version, error)
+            await self._restore()
+            return
+        self._applied = update
+        report.phase, report.applied_version = status_pb2.STATE_PHASE_APPLIED, update.version
+        self._servicer.notify()
+        log.info("desired state applied", version=update.version, model=settings.model.name)
+
+    async def _swap(self, settings: EngineSettings) -> None:
+        """Let in-flight requests finish on the old engine, then serve from a new one."""
         old = self._servicer.detach()
-        await self._servicer.claims.wait_idle()  # in-flight requests finish on the old model
+        await self._servicer.claims.wait_idle()
+        self._engine = None
         if old is not None:
             await asyncio.to_thread(old.stop)
-        self._engine = None
-        try:
-            engine, jobs = await asyncio.to_thread(build_engine, settings)
-        except PaddlerError as error:
-            self._failed(update.version, error)
-            return
+        engine, jobs = await asyncio.to_thread(build_engine, settings)
         engine.start(asyncio.get_running_loop())
-        self._engine = engine
-        report.phase, report.applied_version = status_pb2.STATE_PHASE_APPLIED, update.version
+        self._engine, self._settings_in_use = engine, settings
         self._servicer.attach(engine, jobs)
-        log.info("desired state applied", version=update.version, model=engine.model.name)
+
+    async def _restore(self) -> None:
+        """After a failed build, serve the previous settings again (best effort)."""
+        previous = self._settings_in_use
+        if self._engine is not None or previous is None:
+            return
+        try:
+            await self._swap(previous)
+        except Exception as error:
+            log.exception("previous model could not be restored", issue=str(error))
+        else:
+            log.warning("previous model restored", model=previous.model.name)
 
     def _settings(self, update: desired_state_pb2.VersionedDesiredState) -> EngineSettings:
         """Resolve and check everything before the old engine is touched (blocking)."""
@@ -125,7 +150,7 @@ class ModelHost:
             state.chat_template_override if state.HasField("chat_template_override") else None
         )
         if template is not None:
-            ChatTemplate(template, "", "")  # compiles, or the state fails here
+            ChatTemplate(template, "", "")  # compiles, or the state fails before the swap
         return EngineSettings(
             model=path,
             context_size=defaults.context_size
@@ -140,8 +165,11 @@ class ModelHost:
             chat_template=template,
         )
 
-    def _failed(self, version: int, error: PaddlerError) -> None:
+    def _failed(self, version: int, error: Exception) -> None:
+        issue = (
+            error.message if isinstance(error, PaddlerError) else f"{type(error).__name__}: {error}"
+        )
         self._report.phase = status_pb2.STATE_PHASE_FAILED
-        self._report.issues = [error.message]
+        self._report.issues = [issue]
         self._servicer.notify()
-        log.error("desired state failed", version=version, issue=error.message)
+        log.error("desired state failed", version=version, issue=issue)

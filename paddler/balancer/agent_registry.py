@@ -127,8 +127,13 @@ class AgentRegistry:
         await agent.channel.close()
 
     def broadcast(self, state: desired_state_pb2.VersionedDesiredState) -> None:
-        """Send a desired state down every agent's Connect stream."""
+        """Send a desired state down every agent's Connect stream.
+
+        Until its next snapshot an agent counts as not ready: a version number alone does not
+        prove it serves this state (a balancer without a state file counts again from 1).
+        """
         for agent in self.agents():
+            agent.ready = False
             agent.outbox.put_nowait(agent_registry_pb2.ConnectResponse(desired_state=state))
 
     async def remove_stale(self, stale_after_s: float) -> None:

@@ -62,6 +62,19 @@ def test_a_request_whose_agent_fails_before_the_first_piece_is_retried() -> None
         c.wait_for(lambda agents: [a.name for a in agents] == ["real"], timeout_s=10)
 
 
+def test_an_agent_stopped_with_sigterm_finishes_its_relayed_streams() -> None:
+    with cluster(("leaving", 1)) as c:
+        stream = c.inference.Generate(
+            to_inference(prompt_request(STORY, max_tokens=60)), timeout=60
+        )
+        assert next(stream).HasField("text")
+        c.agents["leaving"].process.terminate()
+        c.wait_for(lambda agents: agents == [], timeout_s=10)  # no new requests go there
+        rest = list(stream)
+        assert rest[-1].summary.usage.completion_tokens == 60
+        assert c.agents["leaving"].stop() == 0
+
+
 def test_an_agent_that_stops_reporting_is_removed() -> None:
     with cluster(balancer_args=("--agent-stale-after", "1")) as c:
         silent = Registration(c.balancer.management, status_every_s=None)

@@ -40,6 +40,8 @@ class RegisteredAgent:
     claims: int = 0
     # Busy slots the last snapshot showed beyond our claims: other clients of the agent.
     external_busy: int = 0
+    # Removed from the registry; its channel closes when its last stream ends.
+    retired: bool = False
     # Messages for the agent's Connect stream; None ends it.
     outbox: asyncio.Queue[agent_registry_pb2.ConnectResponse | None] = field(
         default_factory=asyncio.Queue
@@ -75,6 +77,7 @@ class AgentRegistry:
         self._agents: dict[str, RegisteredAgent] = {}
         self._ids = itertools.count(1)
         self._listeners: list[Callable[[], None]] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` after every change; returns the function that stops it."""
@@ -90,8 +93,14 @@ class AgentRegistry:
         """The registered agents, in registration order."""
         return list(self._agents.values())
 
-    def add(self, name: str, address: str) -> RegisteredAgent:
-        """Register an agent and open the channel the balancer dials it on."""
+    async def add(self, name: str, address: str) -> RegisteredAgent:
+        """Register an agent and open the channel the balancer dials it on.
+
+        An entry with the same address is an earlier connection of the same agent: it goes.
+        """
+        for earlier in self.agents():
+            if earlier.address == address:
+                await self.remove(earlier, "the agent registered again")
         agent = RegisteredAgent(
             agent_id=f"agent-{next(self._ids)}",
             name=name,
@@ -117,14 +126,27 @@ class AgentRegistry:
         agent.last_status_at = time.monotonic()
         self.changed()
 
-    async def remove(self, agent: RegisteredAgent, reason: str) -> None:
-        """Forget an agent at once: end its Connect stream and close its channel (calls fail)."""
+    async def remove(self, agent: RegisteredAgent, reason: str, *, abandon: bool = False) -> None:
+        """Route nothing more to an agent and end its Connect stream.
+
+        Streams already running on it go on (an agent that leaves drains them) and its channel
+        closes when the last one ends; ``abandon`` (a silent agent) closes it now, failing them.
+        """
         if self._agents.pop(agent.agent_id, None) is None:
             return
         log.warning("agent removed", agent_id=agent.agent_id, name=agent.name, reason=reason)
+        agent.retired = True
         self.changed()
         agent.outbox.put_nowait(None)
-        await agent.channel.close()
+        if abandon or agent.claims == 0:
+            await agent.channel.close()
+
+    def released(self, agent: RegisteredAgent) -> None:
+        """A stream on ``agent`` ended: close a removed agent's channel once none is left."""
+        if agent.retired and agent.claims == 0:
+            closing = asyncio.get_running_loop().create_task(agent.channel.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     def broadcast(self, state: desired_state_pb2.VersionedDesiredState) -> None:
         """Send a desired state down every agent's Connect stream.
@@ -142,4 +164,4 @@ class AgentRegistry:
         for agent in self.agents():
             age = now - agent.last_status_at
             if age > stale_after_s:
-                await self.remove(agent, f"no status for {age:.1f} s")
+                await self.remove(agent, f"no status for {age:.1f} s", abandon=True)

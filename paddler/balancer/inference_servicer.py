@@ -36,12 +36,17 @@ RETRYABLE = frozenset(
 _RELAYED_TRAILERS = (STATUS_DETAILS_KEY,)
 
 
-def _agent_failure(error: aio.AioRpcError | asyncio.CancelledError) -> RelayedError:
+def _agent_failure(
+    error: aio.AioRpcError | aio.UsageError | asyncio.CancelledError,
+) -> RelayedError:
     """The agent's error as the client should see it.
 
-    A call cancelled while this task is not being cancelled means the registry closed the
-    agent's channel (it left or went stale); a cancelled task means the client went away.
+    A call cancelled while this task is not being cancelled, or refused by a closed channel,
+    means the registry gave the agent up (it went silent); a cancelled task means the client
+    went away.
     """
+    if isinstance(error, aio.UsageError):
+        return RelayedError(grpc.StatusCode.UNAVAILABLE, "the agent left the cluster", ())
     if isinstance(error, asyncio.CancelledError):
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -103,12 +108,13 @@ class InferenceServicer:
             )
             progress.agent = agent
             progress.attempts += 1
-            call = agent.generate(forwarded, timeout=context.time_remaining())
+            call = None
             try:
+                call = agent.generate(forwarded, timeout=context.time_remaining())
                 async for chunk in call:
                     progress.last = chunk
                     yield chunk
-            except (aio.AioRpcError, asyncio.CancelledError) as error:
+            except (aio.AioRpcError, aio.UsageError, asyncio.CancelledError) as error:
                 failure = _agent_failure(error)
                 if progress.last:
                     raise UnavailableError(
@@ -120,7 +126,12 @@ class InferenceServicer:
                     agent.ready = False
                     continue
                 failures += 1
-                if failure.code not in RETRYABLE or failures == self._max_attempts:
+                excluded.add(agent.agent_id)
+                if (
+                    failure.code not in RETRYABLE
+                    or failures == self._max_attempts
+                    or not self._dispatcher.could_serve(frozenset(excluded))
+                ):
                     raise failure from None
                 log.info(
                     "retrying on another agent",
@@ -128,11 +139,11 @@ class InferenceServicer:
                     agent=agent.name,
                     code=failure.code.name,
                 )
-                excluded.add(agent.agent_id)
             else:
                 return
             finally:
-                call.cancel()
+                if call is not None:
+                    call.cancel()
                 self._dispatcher.release(agent)
 
 

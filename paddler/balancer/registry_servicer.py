@@ -36,7 +36,7 @@ class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer
         first = await anext(request_iterator, None)
         if first is None:
             return
-        agent = self._register(first)
+        agent = await self._register(first, context.peer())
         reader = asyncio.create_task(self._read_statuses(agent, request_iterator))
         try:
             accepted = agent_registry_pb2.RegistrationAccepted(agent_id=agent.agent_id)
@@ -64,7 +64,9 @@ class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer
         finally:
             agent.outbox.put_nowait(None)
 
-    def _register(self, message: agent_registry_pb2.ConnectRequest) -> RegisteredAgent:
+    async def _register(
+        self, message: agent_registry_pb2.ConnectRequest, peer: str
+    ) -> RegisteredAgent:
         if not message.HasField("registration"):
             raise InvalidArgumentError("registration", "the first message must be a registration")
         registration = message.registration
@@ -74,4 +76,16 @@ class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer
             raise InvalidArgumentError(
                 "registration.address", "the address of the agent's AgentService is empty"
             )
-        return self._registry.add(registration.name, registration.address)
+        address = reachable_address(registration.address, peer)
+        return await self._registry.add(registration.name, address)
+
+
+def reachable_address(advertised: str, peer: str) -> str:
+    """``advertised``, unless it names a loopback or wildcard host while the agent dialled in
+    from elsewhere: then the host it dialled from (``peer`` is gRPC's ``ipv4:HOST:PORT``)."""
+    host, _, port = advertised.rpartition(":")
+    peer_host = peer.split(":", 1)[1].rpartition(":")[0] if ":" in peer else ""
+    local = {"127.0.0.1", "localhost", "0.0.0.0", "[::1]", "[::]", ""}  # noqa: S104
+    if host in local and peer_host and peer_host not in local:
+        return f"{peer_host}:{port}"
+    return advertised

@@ -68,18 +68,38 @@ class SlotDispatcher:
             self._waiters.appendleft(waiter)
         else:
             self._waiters.append(waiter)
+        self.dispatch()
         wait_s = (
             self._timeout_s if time_remaining_s is None else min(self._timeout_s, time_remaining_s)
         )
         try:
-            return await asyncio.wait_for(waiter.future, wait_s)
+            agent = await asyncio.wait_for(waiter.future, wait_s)
         except BaseException as error:
             self._forget(waiter)
             if not isinstance(error, TimeoutError):
                 raise
+        else:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                return agent
+            self.release(agent)  # Python 3.11's wait_for can swallow a cancel: honour it
+            raise asyncio.CancelledError
         if time_remaining_s is not None and time_remaining_s <= self._timeout_s:
             raise DeadlineExceededError(
                 "the request's deadline passed while it waited for a free slot"
+            )
+        desired = self._states.current.version
+        if desired and not any(
+            a.applied_state_version == desired and a.ready for a in self._registry.agents()
+        ):
+            issues = "; ".join(
+                f"{a.name}: {', '.join(a.issues) or 'not applied yet'}"
+                for a in self._registry.agents()
+            )
+            raise UnavailableError(
+                f"no agent serves desired state v{desired} after {self._timeout_s:g} s "
+                f"({issues or 'no agents'})",
+                reason="NO_AGENT_SERVES_DESIRED_STATE",
             )
         raise UnavailableError(
             f"no slot freed within {self._timeout_s:g} s (--buffered-request-timeout); "
@@ -90,19 +110,29 @@ class SlotDispatcher:
     def release(self, agent: RegisteredAgent) -> None:
         """Give a claimed slot back and serve the buffer."""
         agent.claims -= 1
+        self._registry.released(agent)
         self.dispatch()
 
+    def could_serve(self, exclude: frozenset[str]) -> bool:
+        """Whether any registered agent is left once ``exclude`` is set aside."""
+        return any(a.agent_id not in exclude for a in self._registry.agents())
+
     def dispatch(self) -> None:
-        """Give free slots to waiting requests, oldest first."""
-        while self._waiters:
-            waiter = self._waiters[0]
+        """Give free slots to waiting requests, oldest first.
+
+        A waiter that excludes the agents with free slots (a retry) is passed over, so it
+        holds up nobody behind it.
+        """
+        for waiter in list(self._waiters):
             if waiter.future.done():
-                self._waiters.popleft()
+                self._waiters.remove(waiter)
                 continue
             agent = self._pick(waiter.exclude)
             if agent is None:
-                return
-            self._waiters.popleft()
+                if waiter.exclude:
+                    continue
+                return  # no free slot anywhere: nobody behind can have one either
+            self._waiters.remove(waiter)
             agent.claims += 1
             waiter.future.set_result(agent)
 
@@ -120,3 +150,4 @@ class SlotDispatcher:
             self.release(future.result())
         else:
             future.cancel()
+            self.dispatch()

@@ -1,0 +1,119 @@
+"""The balancer's slot dispatcher and registry as a unit: FIFO grants, exclusions, timeouts.
+
+These drive the real AgentRegistry, StateStore and SlotDispatcher with status snapshots
+written by the test (no agent process is involved: the scheduling logic alone is under test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
+from paddler.balancer.registry_servicer import reachable_address
+from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.balancer.state_store import StateStore
+from paddler.common.errors import UnavailableError
+from paddler.v1 import desired_state_pb2, status_pb2
+
+
+async def _agent(
+    registry: AgentRegistry, name: str, slots: int, applied_version: int = 0
+) -> RegisteredAgent:
+    agent = await registry.add(name, f"127.0.0.1:{1000 + len(registry.agents())}")
+    status = status_pb2.AgentStatus(
+        name=name, slots_total=slots, ready=True, applied_state_version=applied_version
+    )
+    registry.update(agent, status)
+    return agent
+
+
+def _setup(timeout_s: float = 5) -> tuple[AgentRegistry, StateStore, SlotDispatcher]:
+    registry = AgentRegistry()
+    states = StateStore(None)
+    return registry, states, SlotDispatcher(registry, states, 10, timeout_s)
+
+
+def test_slots_go_to_waiters_in_arrival_order() -> None:
+    async def scenario() -> list[int]:
+        registry, _, dispatcher = _setup()
+        agent = await _agent(registry, "solo", 1)
+        held = await dispatcher.acquire(None)
+        order: list[int] = []
+
+        async def wait(index: int) -> None:
+            got = await dispatcher.acquire(None)
+            order.append(index)
+            dispatcher.release(got)
+
+        waiters = []
+        for index in range(4):
+            waiters.append(asyncio.create_task(wait(index)))
+            await asyncio.sleep(0)
+        assert dispatcher.buffered == 4
+        dispatcher.release(held)
+        await asyncio.gather(*waiters)
+        assert agent.claims == 0
+        return order
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3]
+
+
+def test_a_retry_that_excludes_the_free_agent_holds_up_nobody() -> None:
+    async def scenario() -> None:
+        registry, _, dispatcher = _setup()
+        first = await _agent(registry, "first", 1)
+        second = await _agent(registry, "second", 1)
+        on_second = await dispatcher.acquire(None, frozenset({first.agent_id}))
+        assert on_second is second
+        retry = asyncio.create_task(
+            dispatcher.acquire(None, frozenset({first.agent_id}), retry=True)
+        )
+        await asyncio.sleep(0)
+        newcomer = await asyncio.wait_for(dispatcher.acquire(None), 1)
+        assert newcomer is first  # served although the retry waits ahead of it
+        dispatcher.release(on_second)
+        assert await retry is second
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_waiter_leaves_and_returns_a_late_grant() -> None:
+    async def scenario() -> None:
+        registry, _, dispatcher = _setup()
+        agent = await _agent(registry, "solo", 1)
+        held = await dispatcher.acquire(None)
+        waiting = asyncio.create_task(dispatcher.acquire(None))
+        await asyncio.sleep(0)
+        dispatcher.release(held)  # the grant is made ...
+        waiting.cancel()  # ... and the client leaves before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (agent.claims, dispatcher.buffered) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_only_agents_serving_the_desired_state_get_requests() -> None:
+    async def scenario() -> None:
+        registry, states, dispatcher = _setup(timeout_s=0.2)
+        old = await _agent(registry, "old", 4, applied_version=0)
+        gemma = desired_state_pb2.ModelSource(packaged="gemma3-270m")
+        states.set(desired_state_pb2.DesiredState(model=gemma))
+        registry.update(old, status_pb2.AgentStatus(slots_total=4, ready=True))
+        with pytest.raises(UnavailableError) as caught:
+            await dispatcher.acquire(None)
+        assert caught.value.reason == "NO_AGENT_SERVES_DESIRED_STATE"
+        assert "old: not applied yet" in caught.value.message
+        new = await _agent(registry, "new", 1, applied_version=1)
+        assert await dispatcher.acquire(None) is new
+
+    asyncio.run(scenario())
+
+
+def test_a_loopback_address_from_a_remote_agent_takes_the_peer_host() -> None:
+    assert reachable_address("127.0.0.1:50052", "ipv4:10.1.2.3:40000") == "10.1.2.3:50052"
+    assert reachable_address("0.0.0.0:50052", "ipv4:10.1.2.3:40000") == "10.1.2.3:50052"
+    assert reachable_address("127.0.0.1:50052", "ipv4:127.0.0.1:40000") == "127.0.0.1:50052"
+    assert reachable_address("agent-0.pods:50052", "ipv4:10.1.2.3:4") == "agent-0.pods:50052"

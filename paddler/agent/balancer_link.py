@@ -66,7 +66,7 @@ class BalancerLink:
 
     async def _messages(self) -> AsyncIterator[agent_registry_pb2.ConnectRequest]:
         yield agent_registry_pb2.ConnectRequest(registration=self._registration)
-        changed = self._servicer.claims.changed
+        changed = self._servicer.status_changed
         while True:
             changed.clear()
             yield agent_registry_pb2.ConnectRequest(status=self._servicer.status())

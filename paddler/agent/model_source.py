@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ def resolve_model(source: desired_state_pb2.ModelSource, report: StateReport) ->
         return Path(source.local_path)
     if kind == "hugging_face":
         return _from_hugging_face(source.hugging_face, report)
-    if source.packaged == "gemma3-270m":
-        return _gemma()
-    return default_model_path()
+    resolve = PACKAGED_RESOLVERS.get(source.packaged)
+    if resolve is None:
+        raise ModelLoadError(f"this agent does not know the packaged model {source.packaged!r}")
+    return resolve()
 
 
 def _gemma() -> Path:
@@ -40,6 +42,12 @@ def _gemma() -> Path:
         ) from error
     path: Path = gemma.assemble(cache_dir() / "models" / GEMMA_FILE)
     return path
+
+
+PACKAGED_RESOLVERS: dict[str, Callable[[], Path]] = {
+    "smollm2-135m": default_model_path,
+    "gemma3-270m": _gemma,
+}
 
 
 def _from_hugging_face(reference: desired_state_pb2.HuggingFaceModel, report: StateReport) -> Path:

@@ -27,9 +27,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     def __init__(self, name: str, slots: int) -> None:
         self.name = name
-        self.claims = SlotClaims(slots)
+        self.status_changed = asyncio.Event()  # any change: the balancer link sends a snapshot
+        self.readiness_changed = asyncio.Event()  # attach/detach or state: health follows
+        self.claims = SlotClaims(slots, self.status_changed.set)
         self.report = StateReport()
-        self.readiness_changed = asyncio.Event()
         self._engine: Engine | None = None
         self._jobs: JobFactory | None = None
 
@@ -46,8 +47,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return engine
 
     def notify(self) -> None:
-        """The status changed: send a snapshot now."""
-        self.claims.changed.set()
+        """The model or the state changed: send a snapshot now and re-check health."""
+        self.status_changed.set()
         self.readiness_changed.set()
 
     def status(self) -> status_pb2.AgentStatus:

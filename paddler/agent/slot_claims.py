@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from paddler.common.errors import ResourceExhaustedError
@@ -12,13 +12,13 @@ from paddler.common.errors import ResourceExhaustedError
 class SlotClaims:
     """Counts in-flight generations against the slot total (asyncio side only).
 
-    ``changed`` is set on every claim and release, so status snapshots go out at once.
+    ``on_change`` runs after every claim and release, so a status snapshot goes out at once.
     """
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, on_change: Callable[[], None]) -> None:
         self.total = total
         self.in_use = 0
-        self.changed = asyncio.Event()
+        self._on_change = on_change
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -32,14 +32,14 @@ class SlotClaims:
             )
         self.in_use += 1
         self._idle.clear()
-        self.changed.set()
+        self._on_change()
         try:
             yield
         finally:
             self.in_use -= 1
             if not self.in_use:
                 self._idle.set()
-            self.changed.set()
+            self._on_change()
 
     async def wait_idle(self) -> None:
         """Return once no slot is claimed."""

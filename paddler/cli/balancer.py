@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import uvloop
 
 from paddler.balancer.config import BalancerConfig
 from paddler.balancer.server import run_balancer
@@ -85,4 +85,6 @@ def balancer(
         state_file=state_file,
     )
     with exit_on_domain_error():
-        asyncio.run(run_balancer(config))
+        # uvloop: the balancer relays every token, and its event loop is the cost (measured in
+        # scripts/bench_balancer.py).
+        uvloop.run(run_balancer(config))

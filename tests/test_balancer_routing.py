@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from paddler.v1 import inference_pb2, management_pb2
+from paddler.v1 import agent_pb2_grpc, inference_pb2, management_pb2
 from tests.client import error_of, error_reason, generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
 
@@ -163,3 +163,18 @@ def test_a_request_waits_for_the_first_agent_to_arrive() -> None:
         c.wait_for(lambda _: c.buffered() == 1, timeout_s=10)
         c.start_agent("late", "--slots", "1")
         assert pending.result(timeout=60).summary.agent_name == "late"
+
+
+def test_slots_taken_by_direct_clients_of_an_agent_are_respected() -> None:
+    with cluster(("solo", 1)) as c, grpc.insecure_channel(c.agents["solo"].address) as channel:
+        direct = agent_pb2_grpc.AgentServiceStub(channel).Generate(
+            prompt_request(STORIES[0], max_tokens=80), timeout=60
+        )
+        assert next(direct).HasField("text")
+        c.wait_for(lambda agents: agents[0].slots_processing == 1, timeout_s=5)
+        with ThreadPoolExecutor(1) as pool:
+            queued = pool.submit(generate, c.inference, story(1, 3))
+            c.wait_for(_buffered_is(c, 1), timeout_s=5)  # waits instead of being refused
+            assert [r for r in direct if r.HasField("summary")]
+            assert queued.result(timeout=60).summary.agent_name == "solo"
+        _idle(c)

@@ -125,6 +125,9 @@ class InferenceServicer:
                 if failure.reason == NOT_READY:  # swapping its model: wait for its next status
                     agent.ready = False
                     continue
+                if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    agent.external_busy += 1  # others took the slot; its next status says more
+                    continue
                 failures += 1
                 excluded.add(agent.agent_id)
                 if (

@@ -6,7 +6,7 @@ import asyncio
 import collections
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import llama_cpp as llama
 import structlog
@@ -36,6 +36,8 @@ class Engine:
     """Owns the context, the batch and the slots; the asyncio side only submits and cancels."""
 
     def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+        # Every generating slot gets its token each step, however small n_batch was set.
+        config = replace(config, batch_size=max(config.batch_size, config.slots))
         params = llama.llama_context_default_params()
         params.n_seq_max = config.slots
         params.n_ctx = config.slots * config.context_size

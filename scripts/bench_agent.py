@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import itertools
 import json
 import math
 import os
@@ -151,9 +152,18 @@ async def closed_loop(request: RequestFn, concurrency: int, per_worker: int) -> 
 
 
 async def measure(
-    name: str, request: RequestFn, concurrencies: Sequence[int], per_worker: int
+    name: str, send: RequestFn, concurrencies: Sequence[int], per_worker: int
 ) -> dict[int, RunResult]:
-    """One warm-up request, then the closed loop at each concurrency."""
+    """One warm-up request, then the closed loop at each concurrency.
+
+    Every prompt starts with a new number, so no server reuses a cached prompt (llama-server
+    runs with `cache_prompt` off; the agent would otherwise reuse a slot's cached prefix).
+    """
+    numbers = itertools.count()
+
+    async def request(prompt: str) -> tuple[Sample, int]:
+        return await send(f"{next(numbers):04d}. {prompt}")
+
     await request(PROMPTS[0])
     results: dict[int, RunResult] = {}
     for concurrency in concurrencies:

@@ -18,17 +18,19 @@ def common_prefix_length(left: list[int], right: list[int]) -> int:
 
 
 def choose_slot(free: list[Slot], prompt: list[int]) -> Slot:
-    """The free slot for ``prompt``.
+    """The free slot where ``prompt`` costs least: the cached tokens it would throw away plus
+    the prompt tokens it would have to prefill (ties: the least recently used slot).
 
-    The slot sharing the longest prefix with it, if that keeps at least half of the slot's
-    cache (a conversation's next turn keeps all of it); else the least recently used slot, so
-    that another conversation's cache is not cut down to a shared system prompt.
+    A conversation's next turn extends its own slot's cache and costs only the new tokens; a
+    different conversation that shares just a system prompt goes to an empty or older slot
+    instead of cutting down a cache its owner will want again.
     """
-    shared = [(common_prefix_length(s.cached, prompt), s) for s in free]
-    hits = [(length, s) for length, s in shared if length and 2 * length >= len(s.cached)]
-    if hits:
-        return max(hits, key=lambda hit: hit[0])[1]
-    return min(free, key=lambda s: s.last_used)
+
+    def cost(slot: Slot) -> tuple[int, int]:
+        shared = common_prefix_length(slot.cached, prompt)
+        return (len(slot.cached) - shared) + (len(prompt) - shared), slot.last_used
+
+    return min(free, key=cost)
 
 
 class Slot:

@@ -261,6 +261,8 @@ async def bench_agent(args: argparse.Namespace, log_dir: Path) -> dict[int, RunR
         sys.executable, "-m", "paddler", "agent", "--model", str(args.model),
         "--slots", str(args.slots), "--threads", str(args.threads),
         "--context-size", str(args.context_size), "--host", HOST, "--port", str(port),
+        "--balancer", "",
+        "--prompt-cache" if args.prompt_cache else "--no-prompt-cache",
     ]  # fmt: skip
     with started(AGENT, command, log_dir) as process:
         async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
@@ -390,6 +392,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated closed-loop concurrencies (default 1,4,8)",
     )  # fmt: skip
     parser.add_argument("--tokens", type=int, default=64, help="generated tokens per request")
+    parser.add_argument(
+        "--prompt-cache",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep the agent's idle KV caches (llama-server runs with cache_prompt off)",
+    )
     parser.add_argument("--requests-per-worker", type=int, default=8)
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat and keep each server's best round"

@@ -144,6 +144,14 @@ def test_the_prompt_prefix_is_reused_from_the_slot_cache(
     assert again.summary.usage.cached_tokens >= again.summary.usage.prompt_tokens - 4
 
 
+def test_without_the_prompt_cache_nothing_is_reused() -> None:
+    prompt = "Tell me everything about the history of the Roman Empire in detail. " * 3
+    with agent_stub("--slots", "1", "--no-prompt-cache") as (_, stub):
+        generate(stub, prompt_request(prompt, max_tokens=4))
+        again = generate(stub, prompt_request(prompt + "Start with", max_tokens=4))
+    assert again.summary.usage.cached_tokens == 0
+
+
 def test_alternating_conversations_keep_their_caches(
     stub4: agent_pb2_grpc.AgentServiceStub,
 ) -> None:

@@ -19,6 +19,8 @@ class AgentConfig:
     threads: int
     context_size: int
     batch_size: int
+    # Keep finished requests' KV caches in their slots for later prompts with the same prefix.
+    prompt_cache: bool
     grace_period_s: float
     # host:port of the balancer's management server; "" runs the agent on its own.
     balancer: str

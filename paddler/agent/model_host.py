@@ -32,6 +32,7 @@ class EngineSettings:
     batch_size: int
     threads: int
     slots: int
+    prompt_cache: bool
     sampling: SamplingSettings
     chat_template: str | None
 
@@ -47,6 +48,7 @@ def build_engine(settings: EngineSettings) -> tuple[Engine, JobFactory]:
                 context_size=settings.context_size,
                 batch_size=settings.batch_size,
                 threads=settings.threads,
+                prompt_cache=settings.prompt_cache,
             ),
         )
     except BaseException:
@@ -161,6 +163,7 @@ class ModelHost:
             else config.batch_size,
             threads=config.threads,
             slots=config.slots,
+            prompt_cache=config.prompt_cache,
             sampling=SamplingSettings().overridden_by(defaults.sampling, "state.defaults.sampling"),
             chat_template=template,
         )

@@ -51,6 +51,15 @@ def agent(
             min=1, envvar="PADDLER_BATCH_SIZE", help="Most tokens per llama_decode (n_batch)."
         ),
     ] = 512,
+    prompt_cache: Annotated[
+        bool,
+        typer.Option(
+            envvar="PADDLER_PROMPT_CACHE",
+            help="Keep finished requests' KV caches in their slots, so a prompt with the same "
+            "prefix (a conversation's next turn) skips that prefill. Idle caches slow the "
+            "decoding of busy slots somewhat.",
+        ),
+    ] = True,
     name: Annotated[
         str, typer.Option(envvar="PADDLER_NAME", help="Agent name shown in status and logs.")
     ] = socket.gethostname(),
@@ -86,6 +95,7 @@ def agent(
             threads=threads,
             context_size=context_size,
             batch_size=batch_size,
+            prompt_cache=prompt_cache,
             grace_period_s=grace_period,
             balancer=balancer,
             advertise=advertise,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
@@ -22,17 +22,16 @@ from paddler.v1 import desired_state_pb2, status_pb2
 
 log = structlog.get_logger(__name__)
 
+# InferenceDefaults fields that override the agent's own engine sizes.
+_SIZE_FIELDS = ("context_size", "batch_size")
+
 
 @dataclass(frozen=True)
 class EngineSettings:
     """Everything an engine is built from."""
 
     model: Path
-    context_size: int
-    batch_size: int
-    threads: int
-    slots: int
-    prompt_cache: bool
+    engine: EngineConfig
     sampling: SamplingSettings
     chat_template: str | None
 
@@ -41,16 +40,7 @@ def build_engine(settings: EngineSettings) -> tuple[Engine, JobFactory]:
     """Load the model and build the context (blocking; run it off the event loop)."""
     model = LlamaModel(settings.model)
     try:
-        engine = Engine(
-            model,
-            EngineConfig(
-                slots=settings.slots,
-                context_size=settings.context_size,
-                batch_size=settings.batch_size,
-                threads=settings.threads,
-                prompt_cache=settings.prompt_cache,
-            ),
-        )
+        engine = Engine(model, settings.engine)
     except BaseException:
         model.close()
         raise
@@ -153,17 +143,17 @@ class ModelHost:
         )
         if template is not None:
             ChatTemplate(template, "", "")  # compiles, or the state fails before the swap
+        engine = EngineConfig(
+            slots=config.slots,
+            context_size=config.context_size,
+            batch_size=config.batch_size,
+            threads=config.threads,
+            prompt_cache=config.prompt_cache,
+        )
+        sizes = {f.name: v for f, v in defaults.ListFields() if f.name in _SIZE_FIELDS}
         return EngineSettings(
             model=path,
-            context_size=defaults.context_size
-            if defaults.HasField("context_size")
-            else config.context_size,
-            batch_size=defaults.batch_size
-            if defaults.HasField("batch_size")
-            else config.batch_size,
-            threads=config.threads,
-            slots=config.slots,
-            prompt_cache=config.prompt_cache,
+            engine=replace(engine, **sizes),
             sampling=SamplingSettings().overridden_by(defaults.sampling, "state.defaults.sampling"),
             chat_template=template,
         )

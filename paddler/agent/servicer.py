@@ -81,11 +81,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             engine.submit(job)
             outcome = "cancelled"
             try:
-                async for response in self._stream(job, engine.model.name):
-                    if response.HasField("summary"):
-                        outcome = "ok"
-                        _log_summary(job, response.summary)
-                    yield response
+                while True:  # the per-token path: one queue read, one message
+                    event = await job.events.get()
+                    if isinstance(event, str):
+                        yield agent_pb2.GenerateResponse(text=event)
+                        continue
+                    if isinstance(event, Failed):
+                        raise event.error  # noqa: TRY301 - the engine failed this request
+                    summary = self._summary(event, engine.model.name)
+                    outcome = "ok"
+                    _log_summary(job, summary)
+                    yield agent_pb2.GenerateResponse(summary=summary)
+                    return
             except Exception:
                 outcome = "error"
                 raise
@@ -93,19 +100,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 if outcome != "ok":
                     engine.cancel(job)
                     log.info("request ended", request_id=job.request_id, outcome=outcome)
-
-    async def _stream(
-        self, job: GenerationJob, model: str
-    ) -> AsyncIterator[agent_pb2.GenerateResponse]:
-        while True:
-            event = await job.events.get()
-            if isinstance(event, str):
-                yield agent_pb2.GenerateResponse(text=event)
-            elif isinstance(event, Finished):
-                yield agent_pb2.GenerateResponse(summary=self._summary(event, model))
-                return
-            elif isinstance(event, Failed):
-                raise event.error
 
     def _summary(self, event: Finished, model: str) -> generation_pb2.GenerationSummary:
         summary = generation_pb2.GenerationSummary(

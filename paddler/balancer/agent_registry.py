@@ -28,14 +28,9 @@ class RegisteredAgent:
     name: str
     address: str
     channel: aio.Channel
-    slots_total: int = 0
-    slots_processing: int = 0
-    model: str = ""
-    ready: bool = False
-    phase: status_pb2.StatePhase.ValueType = status_pb2.STATE_PHASE_UNSPECIFIED
-    applied_state_version: int = 0
-    issues: tuple[str, ...] = ()
-    download: status_pb2.DownloadProgress = field(default_factory=status_pb2.DownloadProgress)
+    # The last snapshot; ``ready`` is cleared locally until the next one when the agent may be
+    # swapping models (a desired state was sent, or it answered NOT_READY).
+    status: status_pb2.AgentStatus = field(default_factory=status_pb2.AgentStatus)
     last_status_at: float = field(default_factory=time.monotonic)
     claims: int = 0
     # Busy slots the last snapshot showed beyond our claims: other clients of the agent.
@@ -52,10 +47,15 @@ class RegisteredAgent:
         """Our claims, exact at every moment, plus what others ran there at the last snapshot."""
         return self.claims + self.external_busy
 
+    def serves(self, desired_version: int) -> bool:
+        """Ready, with the desired state applied (any state when none is set)."""
+        return self.status.ready and desired_version in (0, self.status.applied_state_version)
+
     def free_slots(self, desired_version: int) -> int:
         """Slots a new request may take now: only on an agent serving the desired state."""
-        serves = self.ready and (desired_version in (0, self.applied_state_version))
-        return max(self.slots_total - self.busy_slots, 0) if serves else 0
+        if not self.serves(desired_version):
+            return 0
+        return max(self.status.slots_total - self.busy_slots, 0)
 
     @functools.cached_property
     def _generate(self) -> aio.UnaryStreamMultiCallable[agent_pb2.GenerateRequest, bytes]:
@@ -114,15 +114,8 @@ class AgentRegistry:
 
     def update(self, agent: RegisteredAgent, status: status_pb2.AgentStatus) -> None:
         """Apply a status snapshot."""
-        agent.slots_total = status.slots_total
-        agent.slots_processing = status.slots_processing
+        agent.status.CopyFrom(status)
         agent.external_busy = max(status.slots_processing - agent.claims, 0)
-        agent.model = status.model
-        agent.ready = status.ready
-        agent.phase = status.phase
-        agent.applied_state_version = status.applied_state_version
-        agent.issues = tuple(status.issues)
-        agent.download.CopyFrom(status.download)
         agent.last_status_at = time.monotonic()
         self.changed()
 
@@ -155,7 +148,7 @@ class AgentRegistry:
         prove it serves this state (a balancer without a state file counts again from 1).
         """
         for agent in self.agents():
-            agent.ready = False
+            agent.status.ready = False
             agent.outbox.put_nowait(agent_registry_pb2.ConnectResponse(desired_state=state))
 
     async def remove_stale(self, stale_after_s: float) -> None:

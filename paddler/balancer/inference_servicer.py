@@ -15,6 +15,7 @@ from grpc import aio
 
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import RelayedError, UnavailableError
 from paddler.common.generation_input import check_generation_input
 from paddler.common.rpc_status import NOT_READY, STATUS_DETAILS_KEY, error_reason
@@ -48,8 +49,7 @@ def _agent_failure(
     if isinstance(error, aio.UsageError):
         return RelayedError(grpc.StatusCode.UNAVAILABLE, "the agent left the cluster", ())
     if isinstance(error, asyncio.CancelledError):
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if being_cancelled():
             raise error
         return RelayedError(grpc.StatusCode.UNAVAILABLE, "the agent left the cluster", ())
     trailers = tuple(
@@ -123,7 +123,7 @@ class InferenceServicer:
                         reason="AGENT_FAILED_MID_STREAM",
                     ) from None
                 if failure.reason == NOT_READY:  # swapping its model: wait for its next status
-                    agent.ready = False
+                    agent.status.ready = False
                     continue
                 if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     agent.external_busy += 1  # others took the slot; its next status says more
@@ -165,8 +165,7 @@ class _Progress:
         if summary.HasField("summary") and self.agent is not None:
             _log_served(request_id, self.agent, self.attempts, self.started, summary.summary)
             return
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if being_cancelled():
             log.info(
                 "request cancelled",
                 request_id=request_id,

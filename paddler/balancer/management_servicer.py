@@ -16,19 +16,20 @@ from paddler.v1 import management_pb2, management_pb2_grpc
 
 
 def _describe(agent: RegisteredAgent, now: float) -> management_pb2.RegisteredAgent:
+    status = agent.status
     described = management_pb2.RegisteredAgent(
         agent_id=agent.agent_id,
         name=agent.name,
         address=agent.address,
-        slots_total=agent.slots_total,
-        slots_processing=agent.slots_processing,
+        slots_total=status.slots_total,
+        slots_processing=status.slots_processing,
         slots_claimed=agent.claims,
-        model=agent.model,
-        ready=agent.ready,
-        phase=agent.phase,
-        applied_state_version=agent.applied_state_version,
-        issues=agent.issues,
-        download=agent.download,
+        model=status.model,
+        ready=status.ready,
+        phase=status.phase,
+        applied_state_version=status.applied_state_version,
+        issues=status.issues,
+        download=status.download,
     )
     described.last_status_age.FromNanoseconds(int((now - agent.last_status_at) * 1e9))
     return described

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.router import pick_agent
 from paddler.balancer.state_store import StateStore
+from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 
 
@@ -79,8 +80,7 @@ class SlotDispatcher:
             if not isinstance(error, TimeoutError):
                 raise
         else:
-            task = asyncio.current_task()
-            if task is None or not task.cancelling():
+            if not being_cancelled():
                 return agent
             self.release(agent)  # Python 3.11's wait_for can swallow a cancel: honour it
             raise asyncio.CancelledError
@@ -89,11 +89,9 @@ class SlotDispatcher:
                 "the request's deadline passed while it waited for a free slot"
             )
         desired = self._states.current.version
-        if desired and not any(
-            a.applied_state_version == desired and a.ready for a in self._registry.agents()
-        ):
+        if desired and not any(a.serves(desired) for a in self._registry.agents()):
             issues = "; ".join(
-                f"{a.name}: {', '.join(a.issues) or 'not applied yet'}"
+                f"{a.name}: {', '.join(a.status.issues) or 'not applied yet'}"
                 for a in self._registry.agents()
             )
             raise UnavailableError(

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import grpc
-import typer
 from rich.console import Console
 from rich.table import Table
 
-from paddler.v1 import management_pb2, management_pb2_grpc, status_pb2
+from paddler.cli.management_client import CALL_TIMEOUT_S, management_stub
+from paddler.cli.options import DEFAULT_MANAGEMENT_ADDRESS, ManagementAddressOption
+from paddler.v1 import management_pb2, status_pb2
 
 
-def agents(
-    address: Annotated[
-        str,
-        typer.Option(envvar="PADDLER_MANAGEMENT_ADDRESS", help="Balancer management address."),
-    ] = "127.0.0.1:50053",
-) -> None:
+def agents(address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS) -> None:
     """Show each agent's slots (busy/total), model, applied state, issues and status age."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = management_pb2_grpc.ManagementServiceStub(channel).ListAgents(
-                management_pb2.ListAgentsRequest(), timeout=10
-            )
-        except grpc.RpcError as error:
-            assert isinstance(error, grpc.Call)
-            typer.echo(f"paddler: {error.code().name}: {error.details()}", err=True)
-            raise typer.Exit(1) from None
+    with management_stub(address) as stub:
+        reply = stub.ListAgents(management_pb2.ListAgentsRequest(), timeout=CALL_TIMEOUT_S)
     table = Table(
         "name", "address", "slots busy/total", "claimed", "model", "ready", "state", "issues", "age"
     )

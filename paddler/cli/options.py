@@ -17,3 +17,7 @@ GracePeriodOption = Annotated[
 LogLevelOption = Annotated[
     str, typer.Option(envvar="PADDLER_LOG_LEVEL", help="debug, info, warning or error.")
 ]
+ManagementAddressOption = Annotated[
+    str, typer.Option(envvar="PADDLER_MANAGEMENT_ADDRESS", help="Balancer management address.")
+]
+DEFAULT_MANAGEMENT_ADDRESS = "127.0.0.1:50053"

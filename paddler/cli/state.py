@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import grpc
 import typer
 from google.protobuf import json_format
 
+from paddler.cli.management_client import CALL_TIMEOUT_S, management_stub
+from paddler.cli.options import DEFAULT_MANAGEMENT_ADDRESS, ManagementAddressOption
 from paddler.common.desired_state import PACKAGED_MODELS
-from paddler.v1 import desired_state_pb2, management_pb2, management_pb2_grpc
+from paddler.v1 import desired_state_pb2, management_pb2
 
 state_app = typer.Typer(no_args_is_help=True, help="Show or set the cluster's desired state.")
 
-AddressOption = Annotated[
-    str, typer.Option(envvar="PADDLER_MANAGEMENT_ADDRESS", help="Balancer management address.")
-]
-DEFAULT_MANAGEMENT_ADDRESS = "127.0.0.1:50053"
 HF_PREFIX = "hf:"
 
 
@@ -37,29 +34,18 @@ def model_source(model: str) -> desired_state_pb2.ModelSource:
     return desired_state_pb2.ModelSource(local_path=model)
 
 
-def _call(address: str, request: object) -> desired_state_pb2.VersionedDesiredState:
-    with grpc.insecure_channel(address) as channel:
-        stub = management_pb2_grpc.ManagementServiceStub(channel)
-        try:
-            if isinstance(request, management_pb2.SetDesiredStateRequest):
-                return stub.SetDesiredState(request, timeout=10).desired_state
-            return stub.GetDesiredState(
-                management_pb2.GetDesiredStateRequest(), timeout=10
-            ).desired_state
-        except grpc.RpcError as error:
-            assert isinstance(error, grpc.Call)
-            typer.echo(f"paddler: {error.code().name}: {error.details()}", err=True)
-            raise typer.Exit(1) from None
-
-
 def _print(state: desired_state_pb2.VersionedDesiredState) -> None:
     typer.echo(json_format.MessageToJson(state, always_print_fields_with_no_presence=True))
 
 
 @state_app.command()
-def show(address: AddressOption = DEFAULT_MANAGEMENT_ADDRESS) -> None:
+def show(address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS) -> None:
     """Print the desired state and its version as JSON (version 0: none set)."""
-    _print(_call(address, management_pb2.GetDesiredStateRequest()))
+    with management_stub(address) as stub:
+        reply = stub.GetDesiredState(
+            management_pb2.GetDesiredStateRequest(), timeout=CALL_TIMEOUT_S
+        )
+    _print(reply.desired_state)
 
 
 @state_app.command("set")
@@ -72,7 +58,7 @@ def set_state(
             "or a GGUF path on the agents.",
         ),
     ],
-    address: AddressOption = DEFAULT_MANAGEMENT_ADDRESS,
+    address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS,
     context_size: Annotated[
         int | None, typer.Option(help="Context per slot; default: each agent's flag.")
     ] = None,
@@ -118,4 +104,8 @@ def set_state(
     state = desired_state_pb2.DesiredState(model=model_source(model), defaults=defaults)
     if chat_template is not None:
         state.chat_template_override = chat_template.read_text()
-    _print(_call(address, management_pb2.SetDesiredStateRequest(state=state)))
+    with management_stub(address) as stub:
+        reply = stub.SetDesiredState(
+            management_pb2.SetDesiredStateRequest(state=state), timeout=CALL_TIMEOUT_S
+        )
+    _print(reply.desired_state)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import grpc
-import typer
-
+from paddler.cli.failure import exit_on_rpc_error
 from paddler.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
 
 INFERENCE_ADDRESS_HELP = "Balancer inference address."
@@ -22,7 +20,7 @@ def stream_reply(
     request = inference_pb2.InferenceServiceGenerateRequest(input=generation)
     pieces: list[str] = []
     summary = generation_pb2.GenerationSummary()
-    try:
+    with exit_on_rpc_error(prefix="\n"):
         for response in stub.Generate(request, timeout=timeout_s):
             if response.HasField("text"):
                 pieces.append(response.text)
@@ -30,10 +28,6 @@ def stream_reply(
                 sys.stdout.flush()
             else:
                 summary = response.summary
-    except grpc.RpcError as error:
-        assert isinstance(error, grpc.Call)
-        typer.echo(f"\npaddler: {error.code().name}: {error.details()}", err=True)
-        raise typer.Exit(1) from None
     sys.stdout.write("\n")
     return "".join(pieces), summary
 

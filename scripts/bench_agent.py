@@ -187,6 +187,7 @@ def llama_server_stream(port: int, prompt: str, tokens: int, timeout: float) -> 
             "ignore_eos": True,
             "cache_prompt": False,
             "temperature": 0.0,
+            "repeat_penalty": 1.0,
         }
     )
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
@@ -288,7 +289,10 @@ async def bench_agent(args: argparse.Namespace, log_dir: Path) -> dict[int, RunR
                     input=generation_pb2.GenerationInput(
                         prompt=prompt,
                         max_tokens=args.tokens,
-                        sampling=generation_pb2.SamplingParameters(temperature=0.0),
+                        # Greedy and no repeat penalty, the same sampling work as llama-server.
+                        sampling=generation_pb2.SamplingParameters(
+                            temperature=0.0, repeat_penalty=1.0
+                        ),
                     )
                 )
                 start = time.perf_counter()

@@ -147,7 +147,7 @@ def requester(
         generation_input = generation_pb2.GenerationInput(
             prompt=f"{next(numbers):04d}. {prompt}",
             max_tokens=args.tokens,
-            sampling=generation_pb2.SamplingParameters(temperature=0.0),
+            sampling=generation_pb2.SamplingParameters(temperature=0.0, repeat_penalty=1.0),
         )
         start = time.perf_counter()
         # The agent does not queue: a slot freed a moment late can reject a direct request at

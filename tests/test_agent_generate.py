@@ -169,3 +169,11 @@ def test_every_request_logs_one_summary_line(agent4: AgentProcess) -> None:
     assert served, "the shared agent served requests before this test"
     keys = {"request_id", "prompt_tokens", "completion_tokens", "time_to_first_token_ms"}
     assert keys | {"tokens_per_s"} <= set(served[-1])
+
+
+def test_the_repeat_penalty_changes_greedy_output(stub4: agent_pb2_grpc.AgentServiceStub) -> None:
+    prompt = "Say it again and again: yes yes yes yes yes yes"
+    plain = generate(stub4, prompt_request(prompt, 20, temperature=0.0, repeat_penalty=1.0))
+    penalised = generate(stub4, prompt_request(prompt, 20, temperature=0.0, repeat_penalty=3.0))
+    assert plain.text != penalised.text
+    assert plain.text.count("yes") > penalised.text.count("yes")

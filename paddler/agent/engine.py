@@ -64,7 +64,6 @@ class Engine:
         self.context_per_slot = min(config.context_size, llama.llama_n_ctx_seq(context))
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
         self._slots = [Slot(seq_id) for seq_id in range(config.slots)]
-        self._uses = 0
         self._pending: collections.deque[GenerationJob] = collections.deque()
         self._wakeup = threading.Condition()
         self._stopping = False
@@ -166,14 +165,14 @@ class Engine:
     def _start(self, job: GenerationJob, free: list[Slot]) -> None:
         """Put ``job`` in a free slot, reusing as much of that slot's cached prefix as it can."""
         prompt = job.prompt_tokens
-        slot = choose_slot(free, prompt)
+        busy = [other.seq_id for other in self._slots if other.job is not None]
+        slot = choose_slot(free, busy, prompt)
         reused = min(common_prefix_length(slot.cached, prompt), len(prompt) - 1)  # >= 1 to decode
         if not llama.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
             # Recurrent models cannot drop a tail: start the sequence over.
             llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             reused = 0
-        self._uses += 1
-        slot.start(job, reused, SamplerChain(job.sampling, self.model.n_vocab), self._uses)
+        slot.start(job, reused, SamplerChain(job.sampling, self.model.n_vocab))
 
     def _fill_batch(self) -> list[tuple[Slot, list[int]]]:
         """One token per generating slot, then prompt chunks (oldest request first), up to

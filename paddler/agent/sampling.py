@@ -23,7 +23,7 @@ class SamplerChain:
 
     def __init__(self, settings: SamplingSettings, n_vocab: int) -> None:
         self.handle = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-        if _penalises(settings):  # a neutral penalty sampler still costs ~0.2 ms per token
+        if _penalises(settings):  # neutral penalties change nothing: skip their work
             self._add(
                 llama.llama_sampler_init_penalties(
                     n_vocab,

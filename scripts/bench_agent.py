@@ -43,6 +43,8 @@ LLAMA_SERVER = "llama-server"
 AGENT = "agent"
 GENERATE_METHOD = "/paddler.v1.AgentService/Generate"
 TARGET_RATIO = 0.9
+# Greedy with no repeat penalty: the same sampling work as llama-server's request below.
+BENCH_SAMPLING = generation_pb2.SamplingParameters(temperature=0.0, repeat_penalty=1.0)
 # Story openings: a model continues them at length, so the agent (which has no `ignore_eos`)
 # rarely stops before `--tokens`.
 PROMPTS = (
@@ -186,8 +188,8 @@ def llama_server_stream(port: int, prompt: str, tokens: int, timeout: float) -> 
             "stream": True,
             "ignore_eos": True,
             "cache_prompt": False,
-            "temperature": 0.0,
-            "repeat_penalty": 1.0,
+            "temperature": BENCH_SAMPLING.temperature,
+            "repeat_penalty": BENCH_SAMPLING.repeat_penalty,
         }
     )
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
@@ -289,10 +291,7 @@ async def bench_agent(args: argparse.Namespace, log_dir: Path) -> dict[int, RunR
                     input=generation_pb2.GenerationInput(
                         prompt=prompt,
                         max_tokens=args.tokens,
-                        # Greedy and no repeat penalty, the same sampling work as llama-server.
-                        sampling=generation_pb2.SamplingParameters(
-                            temperature=0.0, repeat_penalty=1.0
-                        ),
+                        sampling=BENCH_SAMPLING,
                     )
                 )
                 start = time.perf_counter()

@@ -54,6 +54,7 @@ from paddler.v1 import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_agent import (
     AGENT,
+    BENCH_SAMPLING,
     HOST,
     PROMPTS,
     RequestFn,
@@ -183,7 +184,7 @@ def requester(
         generation_input = generation_pb2.GenerationInput(
             prompt=f"{next(numbers):04d}. {prompt}",
             max_tokens=request_length(prompt, args.tokens, args.length_spread),
-            sampling=generation_pb2.SamplingParameters(temperature=0.0, repeat_penalty=1.0),
+            sampling=BENCH_SAMPLING,
         )
         start = time.perf_counter()
         # The agent does not queue: a slot freed a moment late can reject a direct request at

@@ -35,11 +35,12 @@ def choose_slot(free: list[Slot], busy: list[int], prompt: list[int]) -> Slot:
     worth, the slot next to the busy ones wins.
     """
 
+    ends = (min(busy), max(busy)) if busy else None
+
     def cost(slot: Slot) -> tuple[int, int]:
         shared = common_prefix_length(slot.cached, prompt)
-        ids = [*busy, slot.seq_id]
-        spread = max(ids) - min(ids)
         lost = len(slot.cached) - shared
+        spread = max(ends[1], slot.seq_id) - min(ends[0], slot.seq_id) if ends else 0
         return lost + len(prompt) - shared + SPREAD_COST_TOKENS * spread, slot.seq_id
 
     return min(free, key=cost)

@@ -13,8 +13,11 @@ design, so drift between rounds cancels). The time the balancer adds to the firs
 measured per request as client TTFT minus the agent's own TTFT (from the summary): raw TTFT is
 dominated by queueing and prefill, whose phase against the decode steps moves its p50 by tens
 of ms from round to round on either path, far more than a relay hop; the raw difference is
-printed too. Prints a markdown table with both paths, the ratios and PASS/FAIL against the
-targets.
+printed too. In a back-to-back loop a request follows the end of the previous reply, which
+ends on a decode step, so whether it catches the agent's next step is decided by a race of a
+millisecond or two; `--think-ms` spreads requests over the step. `--placement` pins the
+processes (the balancer alone on a core, as in its own pod; or the agent alone). Prints a
+markdown table with both paths, the ratios and PASS/FAIL against the targets.
 
 Run: `.venv/bin/python scripts/bench_balancer.py` (see `--help`).
 """
@@ -27,6 +30,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -111,7 +115,7 @@ async def listening(
 async def balanced_agent(args: argparse.Namespace, log_dir: Path) -> AsyncIterator[dict[str, str]]:
     """A balancer and one agent registered with it and ready; yields both addresses by path."""
     balancer_command = [
-        *args.others_prefix, sys.executable, "-m", "paddler", "balancer",
+        *args.balancer_prefix, sys.executable, "-m", "paddler", "balancer",
         "--inference-addr", f"{HOST}:0", "--management-addr", f"{HOST}:0",
     ]  # fmt: skip
     with started(BALANCER, balancer_command, log_dir) as balancer:
@@ -158,17 +162,30 @@ def request_length(prompt: str, tokens: int, spread: int) -> int:
     return tokens + round(spread * (2 * position - 1))
 
 
+# Where each process runs (`--placement`). The last `--threads` CPUs are the agent's.
+SHARED = "shared"  # the agent, the balancer and the load generator on all CPUs
+BALANCER_CORE = "balancer-core"  # the balancer alone on the other CPUs; the load with the agent
+AGENT_CORE = "agent-core"  # the agent alone; the balancer and the load on the other CPUs
+PLACEMENTS = {
+    SHARED: "agent, balancer and load share all CPUs",
+    BALANCER_CORE: "balancer alone on CPUs {others}; agent and load on {agent}",
+    AGENT_CORE: "agent alone on CPUs {agent}; balancer and load on {others}",
+}
+
+
 def placement(args: argparse.Namespace) -> None:
-    """Set command prefixes that pin the agent to the last `--threads` CPUs and the balancer and
-    this load generator to the others (`--split-cores`), as on separate machines."""
-    args.agent_prefix, args.others_prefix = [], []
-    if not args.split_cores:
-        return
+    """Pin the servers (command prefixes) and this load generator (its own affinity) as
+    `--placement` says, and set `args.placed` to a description."""
     cpus = sorted(os.sched_getaffinity(0))
     agent_cpus, other_cpus = cpus[-args.threads :], cpus[: -args.threads]
-    args.agent_prefix = ["taskset", "-c", ",".join(map(str, agent_cpus))]
-    args.others_prefix = ["taskset", "-c", ",".join(map(str, other_cpus))]
-    os.sched_setaffinity(0, other_cpus)
+    agent, others = (",".join(map(str, group)) for group in (agent_cpus, other_cpus))
+    args.placed = PLACEMENTS[args.placement].format(agent=agent, others=others)
+    args.agent_prefix, args.balancer_prefix = [], []
+    if args.placement == SHARED:
+        return
+    args.agent_prefix = ["taskset", "-c", agent]
+    args.balancer_prefix = ["taskset", "-c", others]
+    os.sched_setaffinity(0, agent_cpus if args.placement == BALANCER_CORE else other_cpus)
 
 
 def requester(
@@ -180,7 +197,10 @@ def requester(
     KV cache for a later prompt with the same prefix, and cache hits would differ between paths.
     """
 
+    think = random.Random(0)
+
     async def request(prompt: str) -> tuple[Sample, int]:
+        await asyncio.sleep(think.uniform(0, args.think_ms / 1000))
         generation_input = generation_pb2.GenerationInput(
             prompt=f"{next(numbers):04d}. {prompt}",
             max_tokens=request_length(prompt, args.tokens, args.length_spread),
@@ -331,13 +351,8 @@ def notes(args: argparse.Namespace, results: dict[int, dict[str, list[RunResult]
     """Setup line, then per concurrency the per-round tok/s range of each path and any retries."""
     text = (
         f"Model `{args.model.name}`, one agent ({args.threads} threads, {args.slots} slots, "
-        f"context {args.context_size} per slot"
-        + (
-            f", pinned to CPUs {args.agent_prefix[2]}; balancer and load on {args.others_prefix[2]}"
-            if args.split_cores
-            else "; agent, balancer and load share all CPUs"
-        )
-        + f"), {args.tokens} +- {args.length_spread} tokens per request, "
+        f"context {args.context_size} per slot; {args.placed}"
+        f"), {args.tokens} +- {args.length_spread} tokens per request, "
         f"{args.requests_per_worker} requests per worker, closed loop, {args.rounds} round(s) "
         "per path alternating direct / balancer; tok/s is the median of the rounds, the "
         "percentiles are over the requests of all rounds; the paired ratio is the median over "
@@ -365,10 +380,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="agent threads")
     parser.add_argument(
-        "--split-cores",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="pin the agent to the last --threads CPUs, the balancer and the load to the rest",
+        "--placement",
+        choices=list(PLACEMENTS),
+        default=SHARED,
+        help=(
+            f"{SHARED}: every process on every CPU; {BALANCER_CORE}: the balancer alone on the "
+            f"CPUs before the agent's last --threads, the load generator with the agent (as when "
+            f"the balancer has its own pod); {AGENT_CORE}: the agent alone, the balancer and the "
+            "load on the other CPUs"
+        ),
     )
     parser.add_argument("--context-size", type=int, default=1024, help="context per slot")
     parser.add_argument(
@@ -381,6 +401,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=16,
         help="vary tokens per request by up to this many, by prompt (0: all alike, lock step)",
+    )
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help=(
+            "each worker waits a random 0..N ms before each request (not timed), so requests "
+            "reach the agent at any point of its decode step, not just after a reply ended"
+        ),
     )
     parser.add_argument("--requests-per-worker", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="runs per path and concurrency")
@@ -395,8 +424,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--concurrency, --requests-per-worker and --rounds must be >= 1")
     if args.tokens - args.length_spread < 2 or args.length_spread < 0:
         parser.error("--tokens minus --length-spread must be >= 2: inter-token latency needs two")
-    if args.split_cores and len(os.sched_getaffinity(0)) <= args.threads:
-        parser.error("--split-cores needs more CPUs than --threads")
+    if args.placement != SHARED and len(os.sched_getaffinity(0)) <= args.threads:
+        parser.error(f"--placement {args.placement} needs more CPUs than --threads")
     placement(args)
     if max(args.concurrency) > args.slots:
         parser.error("--concurrency above --slots: the agent rejects requests beyond its slots")

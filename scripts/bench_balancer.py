@@ -197,7 +197,7 @@ def requester(
     KV cache for a later prompt with the same prefix, and cache hits would differ between paths.
     """
 
-    think = random.Random(0)
+    think = random.Random(0)  # each path draws the same sequence of think times
 
     async def request(prompt: str) -> tuple[Sample, int]:
         await asyncio.sleep(think.uniform(0, args.think_ms / 1000))
@@ -353,7 +353,9 @@ def notes(args: argparse.Namespace, results: dict[int, dict[str, list[RunResult]
         f"Model `{args.model.name}`, one agent ({args.threads} threads, {args.slots} slots, "
         f"context {args.context_size} per slot; {args.placed}"
         f"), {args.tokens} +- {args.length_spread} tokens per request, "
-        f"{args.requests_per_worker} requests per worker, closed loop, {args.rounds} round(s) "
+        f"{args.requests_per_worker} requests per worker, closed loop"
+        + (f" with 0-{args.think_ms:g} ms think time" if args.think_ms else "")
+        + f", {args.rounds} round(s) "
         "per path alternating direct / balancer; tok/s is the median of the rounds, the "
         "percentiles are over the requests of all rounds; the paired ratio is the median over "
         "the rounds of balancer round / the direct round before it; transport = client TTFT - "
@@ -422,6 +424,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"no model file at {args.model}")
     if min(*args.concurrency, args.requests_per_worker, args.rounds) < 1:
         parser.error("--concurrency, --requests-per-worker and --rounds must be >= 1")
+    if args.think_ms < 0:
+        parser.error("--think-ms must be >= 0")
     if args.tokens - args.length_spread < 2 or args.length_spread < 0:
         parser.error("--tokens minus --length-spread must be >= 2: inter-token latency needs two")
     if args.placement != SHARED and len(os.sched_getaffinity(0)) <= args.threads:

@@ -56,8 +56,7 @@ def agent(
         typer.Option(
             envvar="PADDLER_PROMPT_CACHE",
             help="Keep finished requests' KV caches in their slots, so a prompt with the same "
-            "prefix (a conversation's next turn) skips that prefill. Idle caches slow the "
-            "decoding of busy slots somewhat.",
+            "prefix (a conversation's next turn) skips that prefill.",
         ),
     ] = True,
     name: Annotated[

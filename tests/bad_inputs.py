@@ -5,8 +5,16 @@ The limits assume agents started with ``--context-size 512``.
 
 from __future__ import annotations
 
+from paddler.common.generation_input import (
+    MAX_INPUT_BYTES,
+    MAX_MESSAGES,
+    MAX_STOP_BYTES,
+    MAX_STOP_STRINGS,
+)
 from paddler.v1 import agent_pb2
 from tests.client import conversation_request, prompt_request
+
+_HALF = "x" * (MAX_INPUT_BYTES // 2)
 
 BAD_INPUTS: list[tuple[agent_pb2.GenerateRequest, str]] = [
     (prompt_request(""), "input.prompt"),
@@ -26,4 +34,9 @@ BAD_INPUTS: list[tuple[agent_pb2.GenerateRequest, str]] = [
     (prompt_request("Hi", repeat_penalty=0.0), "input.sampling.repeat_penalty"),
     (prompt_request("Hi", top_k=-1), "input.sampling.top_k"),
     (prompt_request("word " * 600), "input"),
+    (prompt_request("x" * (MAX_INPUT_BYTES + 1)), "input.prompt"),
+    (conversation_request([("user", "hi")] * (MAX_MESSAGES + 1)), "input.conversation.messages"),
+    (conversation_request([("user", _HALF), ("user", _HALF + "x")]), "input.conversation.messages"),
+    (prompt_request("Hi", stop=("a",) * (MAX_STOP_STRINGS + 1)), "input.stop"),
+    (prompt_request("Hi", stop=("ok", "x" * (MAX_STOP_BYTES + 1))), "input.stop[1]"),
 ]

@@ -11,6 +11,10 @@ from google.rpc import error_details_pb2, status_pb2
 
 from paddler.v1 import agent_pb2, generation_pb2
 
+# Greedy decoding counts on from here until the slot's context is full, whatever the machine's
+# speed: a stream that holds its slot, decoding, until the test cancels it.
+COUNTING_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+
 
 @dataclass
 class Reply:

@@ -1,24 +1,25 @@
 """A stand-in for the Hugging Face Hub on loopback (this machine cannot reach the real one).
 
 It answers the two requests ``huggingface_hub.hf_hub_download`` makes for one file, HEAD for the
-metadata and GET for the bytes, and sends the bytes slowly so a download can be watched.
+metadata and GET for the bytes; a download can be held half-way until the test has watched it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
-CHUNK = 1 << 20
+HOLD_TIMEOUT_S = 300.0
 
 
-def _handler(path: str, data: bytes, bytes_per_s: float) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    path: str, data: bytes, half_way: threading.Event | None
+) -> type[BaseHTTPRequestHandler]:
     etag = hashlib.sha256(data).hexdigest()
 
     class Handler(BaseHTTPRequestHandler):
@@ -39,9 +40,12 @@ def _handler(path: str, data: bytes, bytes_per_s: float) -> type[BaseHTTPRequest
         def do_GET(self) -> None:
             if not self._headers():
                 return
-            for start in range(0, len(data), CHUNK):
-                self.wfile.write(data[start : start + CHUNK])
-                time.sleep(CHUNK / bytes_per_s)
+            half = len(data) // 2
+            self.wfile.write(data[:half])
+            self.wfile.flush()
+            if half_way is not None:
+                half_way.wait(HOLD_TIMEOUT_S)
+            self.wfile.write(data[half:])
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             """Quiet."""
@@ -50,9 +54,14 @@ def _handler(path: str, data: bytes, bytes_per_s: float) -> type[BaseHTTPRequest
 
 
 @contextmanager
-def local_hub(repo: str, file: str, source: Path, bytes_per_s: float) -> Iterator[str]:
-    """Serve ``source`` as ``repo``'s ``file`` at revision main; yields the endpoint URL."""
-    handler = _handler(f"/{repo}/resolve/main/{file}", source.read_bytes(), bytes_per_s)
+def local_hub(
+    repo: str, file: str, source: Path, half_way: threading.Event | None = None
+) -> Iterator[str]:
+    """Serve ``source`` as ``repo``'s ``file`` at revision main; yields the endpoint URL.
+
+    With ``half_way``, every download stops after half the bytes until the event is set.
+    """
+    handler = _handler(f"/{repo}/resolve/main/{file}", source.read_bytes(), half_way)
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paddler.v1 import agent_pb2_grpc
 
-STARTUP_TIMEOUT_S = 60.0
+STARTUP_TIMEOUT_S = 120.0
+# Generous: a test waits for a state, never for a speed; a loaded machine only makes it slower.
+LOG_TIMEOUT_S = 60.0
+# Set by conftest to a folder under pytest's basetemp; each process's caches go below it.
+PROCESS_ROOT_VARIABLE = "PADDLER_TEST_PROCESS_ROOT"
+
+
+def process_env(extra: dict[str, str] | None = None) -> tuple[dict[str, str], Path]:
+    """The environment of a process a test starts, and the folder of its own caches.
+
+    Every process gets an empty ``PADDLER_CACHE_DIR`` and ``HF_HOME`` of its own, so the
+    first-run paths (assembling a packaged model, downloading) run in every test run, as on a
+    fresh machine; ``extra`` may name shared ones instead.
+    """
+    home = Path(tempfile.mkdtemp(prefix="process-", dir=os.environ.get(PROCESS_ROOT_VARIABLE)))
+    caches = {"PADDLER_CACHE_DIR": str(home / "paddler"), "HF_HOME": str(home / "hf")}
+    return {**os.environ, **caches, **(extra or {})}, home
 
 
 def free_port() -> int:
@@ -30,18 +48,32 @@ def free_port() -> int:
         return port
 
 
+def run_paddler(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``paddler ARGS`` to completion, as a user would (with caches of its own)."""
+    return subprocess.run(
+        [sys.executable, "-m", "paddler", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=process_env()[0],
+    )
+
+
 class ServerProcess:
     """A running ``paddler COMMAND``; ``listening`` is its parsed 'listening' log record."""
 
     def __init__(
         self, command: str, args: list[str], listening_event: str, env: dict[str, str] | None
     ) -> None:
+        environment, self._home = process_env(env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "paddler", command, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            env=environment,
         )
         self.lines: list[str] = []
         self.listening: dict[str, str] = {}
@@ -65,7 +97,7 @@ class ServerProcess:
         return [record for record in records if record.get("event") == event]
 
     def wait_logs(
-        self, event: str, count: int = 1, timeout_s: float = 10
+        self, event: str, count: int = 1, timeout_s: float = LOG_TIMEOUT_S
     ) -> list[dict[str, object]]:
         """Wait until at least ``count`` records of ``event`` were logged; return them all."""
         deadline = time.monotonic() + timeout_s
@@ -99,13 +131,16 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
-        self._reader.join(timeout=5)
+        finally:
+            self._reader.join(timeout=5)
+            shutil.rmtree(self._home, ignore_errors=True)
         return code
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         self.process.kill()
         self.process.wait(timeout=30)
+        shutil.rmtree(self._home, ignore_errors=True)
 
 
 class AgentProcess(ServerProcess):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -14,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from paddler.v1 import agent_pb2_grpc
 from tests.client import generate, prompt_request
-from tests.processes import AgentProcess
+from tests.processes import AgentProcess, process_env
 
 
 def _start_fails(model: Path) -> subprocess.CompletedProcess[str]:
@@ -35,6 +34,7 @@ def _start_fails(model: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
+        env=process_env()[0],
     )
 
 
@@ -75,10 +75,10 @@ def test_sigterm_lets_in_flight_streams_finish_and_refuses_new_ones() -> None:
     agent.wait_ready()
     with grpc.insecure_channel(agent.address) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
-        stream = stub.Generate(prompt_request("Once upon a time", max_tokens=60), timeout=60)
+        stream = stub.Generate(prompt_request("Once upon a time", max_tokens=60), timeout=120)
         first = next(stream)
         agent.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        agent.wait_logs("termination signal received")
         pieces = [first.text] + [r.text for r in stream if r.HasField("text")]
         assert stream.code() == grpc.StatusCode.OK
         assert len(pieces) > 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,20 +10,34 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc, status_pb2
-from tests.client import generate, prompt_request
+from paddler.common.errors import PaddlerError, ResourceExhaustedError, UnavailableError
+from paddler.common.rpc_status import NOT_READY, to_grpc_status
+from paddler.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    agent_registry_pb2,
+    agent_registry_pb2_grpc,
+    status_pb2,
+)
+from tests.client import error_of, error_reason, generate, prompt_request, retry_delay_s
 from tests.cluster import cluster, to_inference
 from tests.processes import BalancerProcess, free_port
 
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+LONG_BUFFER = ("--buffered-request-timeout", "600")
+GHOST_STATUS = status_pb2.AgentStatus(name="ghost", slots_total=4, model="m", ready=True)
 
 
 class Registration:
-    """A Connect stream opened by the test itself, for an agent address that nobody serves."""
+    """A Connect stream opened by the test itself: an agent at ``address`` (by default one that
+    nobody serves) that reports 4 free slots on the model "m"."""
 
-    def __init__(self, management: str, status_every_s: float | None) -> None:
+    def __init__(
+        self, management: str, status_every_s: float | None, address: str | None = None
+    ) -> None:
         self._stop = threading.Event()
         self._every = status_every_s
+        self._address = address or f"127.0.0.1:{free_port()}"
         self._channel = grpc.insecure_channel(management)
         stub = agent_registry_pb2_grpc.AgentRegistryServiceStub(self._channel)
         self._responses = stub.Connect(self._messages())
@@ -32,19 +45,84 @@ class Registration:
 
     def _messages(self) -> Iterator[agent_registry_pb2.ConnectRequest]:
         yield agent_registry_pb2.ConnectRequest(
-            registration=agent_registry_pb2.AgentRegistration(
-                name="ghost", address=f"127.0.0.1:{free_port()}"
-            )
+            registration=agent_registry_pb2.AgentRegistration(name="ghost", address=self._address)
         )
-        status = status_pb2.AgentStatus(name="ghost", slots_total=4, model="m", ready=True)
-        yield agent_registry_pb2.ConnectRequest(status=status)
+        yield agent_registry_pb2.ConnectRequest(status=GHOST_STATUS)
         while not self._stop.wait(self._every or 3600):
-            yield agent_registry_pb2.ConnectRequest(status=status)
+            yield agent_registry_pb2.ConnectRequest(status=GHOST_STATUS)
 
     def close(self) -> None:
         """End the stream."""
         self._stop.set()
         self._channel.close()
+
+
+class RefusingAgent(agent_pb2_grpc.AgentServiceServicer):
+    """A stand-in AgentService (not a real agent) that refuses every generation with
+    ``error``'s rich status, as an agent whose slots other clients keep taking, or one stuck
+    swapping its model, would."""
+
+    def __init__(self, error: PaddlerError) -> None:
+        self._status = to_grpc_status(error)
+        self.refusals = 0
+        self.server = grpc.server(ThreadPoolExecutor(4))
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(self, self.server)
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def Generate(  # noqa: N802 - the gRPC method's name
+        self, request: agent_pb2.GenerateRequest, context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.GenerateResponse]:
+        """Refuse."""
+        self.refusals += 1
+        context.set_trailing_metadata(self._status.trailing_metadata)
+        context.abort(self._status.code, self._status.details)
+        yield agent_pb2.GenerateResponse()  # unreachable: abort raises
+
+    def GetStatus(  # noqa: N802
+        self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.GetStatusResponse:
+        """Four free slots, as the registration says."""
+        return agent_pb2.GetStatusResponse(status=GHOST_STATUS)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        ResourceExhaustedError("all 4 slots of this agent are busy"),
+        UnavailableError("the agent has no model loaded right now", reason=NOT_READY),
+    ],
+    ids=["resource-exhausted", "not-ready"],
+)
+def test_an_agent_that_keeps_refusing_costs_one_buffer_timeout_in_all(
+    refusal: PaddlerError,
+) -> None:
+    with cluster(balancer_args=("--buffered-request-timeout", "2")) as c:
+        refusing = RefusingAgent(refusal)
+        ghost = Registration(c.balancer.management, 0.2, refusing.address)
+        try:
+            error = error_of(c.inference, to_inference(prompt_request(STORY)), timeout=120)
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+            assert error_reason(error) == "BUFFER_TIMEOUT"
+            assert refusing.refusals >= 1
+            assert c.buffered() == 0
+        finally:
+            ghost.close()
+            refusing.server.stop(None)
+
+
+def test_an_unreachable_agent_is_unavailable_with_error_and_retry_info() -> None:
+    with cluster(balancer_args=("--max-attempts", "1")) as c:
+        ghost = Registration(c.balancer.management, 0.5)
+        try:
+            c.wait_for(lambda agents: [a.name for a in agents] == ["ghost"])
+            error = error_of(c.inference, to_inference(prompt_request(STORY)))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "agent ghost" in (error.details() or "")
+            assert error_reason(error) == "AGENT_CALL_FAILED"
+            assert retry_delay_s(error) > 0
+        finally:
+            ghost.close()
 
 
 def test_a_request_whose_agent_fails_before_the_first_piece_is_retried() -> None:
@@ -59,7 +137,7 @@ def test_a_request_whose_agent_fails_before_the_first_piece_is_retried() -> None
             assert c.balancer.wait_logs("request served")[-1]["attempts"] == 2
         finally:
             ghost.close()
-        c.wait_for(lambda agents: [a.name for a in agents] == ["real"], timeout_s=10)
+        c.wait_for(lambda agents: [a.name for a in agents] == ["real"])
 
 
 def test_an_agent_stopped_with_sigterm_finishes_its_relayed_streams() -> None:
@@ -69,26 +147,27 @@ def test_an_agent_stopped_with_sigterm_finishes_its_relayed_streams() -> None:
         )
         assert next(stream).HasField("text")
         c.agents["leaving"].process.terminate()
-        c.wait_for(lambda agents: agents == [], timeout_s=10)  # no new requests go there
+        c.wait_for(lambda agents: agents == [])  # no new requests go there
         rest = list(stream)
         assert rest[-1].summary.usage.completion_tokens == 60
         assert c.agents["leaving"].stop() == 0
 
 
 def test_an_agent_that_stops_reporting_is_removed() -> None:
-    with cluster(balancer_args=("--agent-stale-after", "1")) as c:
+    with cluster(balancer_args=("--agent-stale-after", "2")) as c:
         silent = Registration(c.balancer.management, status_every_s=None)
         try:
-            c.wait_for(lambda agents: [a.name for a in agents] == ["ghost"], timeout_s=5)
-            c.wait_for(lambda agents: agents == [], timeout_s=5)
-            removed = c.balancer.logs("agent removed")
-            assert "no status for" in str(removed[-1]["reason"])
+            assert c.balancer.wait_logs("agent registered")[0]["name"] == "ghost"
+            removed = c.balancer.wait_logs("agent removed")
+            assert "no status for" in str(removed[0]["reason"])
+            assert c.list_agents() == []
         finally:
             silent.close()
 
 
 def test_kill_9_under_load() -> None:
-    with cluster(("doomed", 2), ("survivor", 2)) as c:
+    # No buffer timeout in play: the waiters are served however slowly the survivor decodes.
+    with cluster(("doomed", 2), ("survivor", 2), balancer_args=LONG_BUFFER) as c:
         request = to_inference(prompt_request(STORY, max_tokens=150))
         streaming = threading.Semaphore(0)
         outcomes: list[tuple[str, grpc.StatusCode, str]] = []
@@ -112,7 +191,7 @@ def test_kill_9_under_load() -> None:
                 pool.submit(send)
             for _ in range(4):  # both agents stream to 4 clients, 4 requests wait
                 assert streaming.acquire(timeout=60)
-            assert c.buffered() == 4
+            c.wait_for(lambda _: c.buffered() == 4)
             c.agents["doomed"].kill()
         assert len(outcomes) == 8
         failed = [o for o in outcomes if o[0] == "failed"]
@@ -122,26 +201,23 @@ def test_kill_9_under_load() -> None:
             assert "agent doomed" in details
             assert "mid-stream" in details
         assert Counter(o[0] for o in outcomes if o[0] != "failed") == {"survivor": 6}
-        agents = c.wait_for(lambda agents: [a.name for a in agents] == ["survivor"], timeout_s=10)
+        agents = c.wait_for(lambda agents: [a.name for a in agents] == ["survivor"])
         assert agents[0].slots_claimed == 0
-        c.wait_for(lambda agents: agents[0].slots_processing == 0, timeout_s=5)
+        c.wait_for(lambda agents: agents[0].slots_processing == 0)
         assert c.agent_slots_processing("survivor") == 0
         assert c.buffered() == 0
 
 
-@pytest.mark.timeout(120)
-def test_agents_return_within_five_seconds_of_a_balancer_restart() -> None:
+def test_agents_return_after_a_balancer_restart() -> None:
     management = f"127.0.0.1:{free_port()}"
     with cluster(("steady", 1), management=management) as c:
         assert c.balancer.stop() == 0
         restarted = BalancerProcess([], management=management)
         try:
-            started = time.monotonic()
             with grpc.insecure_channel(restarted.inference) as channel:
                 c.balancer = restarted
                 c.management = type(c.management)(grpc.insecure_channel(management))
                 c.wait_for(lambda agents: [a.name for a in agents if a.ready] == ["steady"])
-                assert time.monotonic() - started < 5
                 inference = type(c.inference)(channel)
                 reply = generate(inference, to_inference(prompt_request(STORY, max_tokens=3)))
                 assert reply.summary.agent_name == "steady"

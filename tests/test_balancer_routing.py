@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from paddler.v1 import agent_pb2_grpc, inference_pb2, management_pb2
-from tests.client import error_of, error_reason, generate, prompt_request
+from paddler.v1 import agent_pb2, agent_pb2_grpc, inference_pb2, management_pb2
+from tests.client import COUNTING_PROMPT, error_of, error_reason, generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
 
 STORIES = [
@@ -25,6 +24,9 @@ STORIES = [
 def story(index: int, max_tokens: int) -> inference_pb2.InferenceServiceGenerateRequest:
     """A balancer request that generates ``max_tokens`` tokens (stories rarely stop early)."""
     return to_inference(prompt_request(STORIES[index % len(STORIES)], max_tokens=max_tokens))
+
+
+ENDLESS = to_inference(prompt_request(COUNTING_PROMPT, max_tokens=None))
 
 
 def _claims(agents: list[management_pb2.RegisteredAgent]) -> dict[str, int]:
@@ -46,34 +48,63 @@ def _idle(c: Cluster) -> None:
     assert c.buffered() == 0
 
 
-def _start_blocker(c: Cluster, max_tokens: int = 300) -> grpc.Call:
-    """Occupy the only slot with a long stream; return the call once it is generating."""
-    call = c.inference.Generate(story(0, max_tokens), timeout=120)
+def _start_blocker(c: Cluster) -> grpc.Call:
+    """Occupy the only slot with an endless stream; return the call once it is generating."""
+    call = c.inference.Generate(ENDLESS, timeout=300)
     assert next(call).HasField("text")
     return call
 
 
-def test_the_agent_with_three_slots_carries_three_times_the_streams() -> None:
+class _ClaimWatch:
+    """Every (small, large) claim pair the balancer's WatchAgents stream ever showed."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.seen: list[tuple[int, int]] = []
+        self._stream = c.management.WatchAgents(management_pb2.WatchAgentsRequest())
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for reply in self._stream:
+                claims = _claims(list(reply.agents))
+                self.seen.append((claims.get("small", 0), claims.get("large", 0)))
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._thread.join(timeout=10)
+
+
+def test_at_saturation_the_balancer_runs_one_stream_per_slot_and_buffers_the_rest() -> None:
     with cluster(("small", 1), ("large", 3)) as c:
-        seen: set[tuple[int, int]] = set()
-        with ThreadPoolExecutor(8) as pool:
-            replies = [pool.submit(generate, c.inference, story(i, 48)) for i in range(8)]
-            while not all(r.done() for r in replies):
-                claims = _claims(c.list_agents())
-                seen.add((claims["small"], claims["large"]))
-                time.sleep(0.02)
-            served = Counter(r.result().summary.agent_name for r in replies)
-        assert (1, 3) in seen, "at saturation the balancer runs 1 + 3 streams"
-        assert all(small <= 1 and large <= 3 for small, large in seen)
-        assert served["small"] >= 1
-        assert served["large"] >= 1.5 * served["small"]
-        assert sum(served.values()) == 8
+        watch = _ClaimWatch(c)
+        calls = [c.inference.Generate(ENDLESS, timeout=300) for _ in range(8)]
+        agents = c.wait_for(lambda agents: _claims(agents) == {"small": 1, "large": 3})
+        c.wait_for(_buffered_is(c, 4))
+        assert {a.name: a.slots_processing for a in agents} == {"small": 1, "large": 3}
+        for call in calls:
+            call.cancel()
+        _idle(c)
+        watch.close()
+        assert (1, 3) in watch.seen
+        assert all(small <= 1 and large <= 3 for small, large in watch.seen), watch.seen
+
+
+def test_work_goes_to_the_agent_with_the_fewest_busy_slots() -> None:
+    with cluster(("small", 1), ("large", 3)) as c:
+        first = _start_blocker(c)  # ties on zero busy: the most free slots win
+        assert c.wait_for(lambda agents: _claims(agents) == {"small": 0, "large": 1})
+        second = c.inference.Generate(ENDLESS, timeout=300)
+        assert next(second).HasField("text")  # 0 busy beats 1 busy, though large has 2 free
+        assert _claims(c.list_agents()) == {"small": 1, "large": 1}
+        for call in (first, second):
+            call.cancel()
         _idle(c)
 
 
 def test_buffered_requests_are_served_in_arrival_order() -> None:
     with cluster(("solo", 1)) as c:
-        blocker = _start_blocker(c, max_tokens=120)
+        blocker = _start_blocker(c)
         finished: list[int] = []
         lock = threading.Lock()
 
@@ -85,11 +116,11 @@ def test_buffered_requests_are_served_in_arrival_order() -> None:
         threads = [threading.Thread(target=send, args=(i,)) for i in range(5)]
         for waiting, thread in enumerate(threads, start=1):
             thread.start()  # each starts only once the one before it is in the buffer
-            c.wait_for(_buffered_is(c, waiting), timeout_s=10)
+            c.wait_for(_buffered_is(c, waiting))
+        blocker.cancel()
         for thread in threads:
             thread.join(timeout=120)
         assert finished == [0, 1, 2, 3, 4]
-        blocker.cancel()
         _idle(c)
 
 
@@ -97,7 +128,7 @@ def test_a_full_buffer_is_resource_exhausted() -> None:
     with cluster(("solo", 1), balancer_args=("--max-buffered-requests", "2")) as c:
         blocker = _start_blocker(c)
         waiting = [c.inference.Generate(story(i, 3), timeout=120) for i in range(2)]
-        c.wait_for(lambda _: c.buffered() == 2, timeout_s=10)
+        c.wait_for(_buffered_is(c, 2))
         error = error_of(c.inference, story(0, 3))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "buffer is full (2 requests waiting)" in (error.details() or "")
@@ -133,7 +164,7 @@ def test_the_client_deadline_ends_the_wait() -> None:
         blocker = _start_blocker(c)
         error = error_of(c.inference, story(0, 3), timeout=0.5)
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        c.wait_for(lambda _: c.buffered() == 0, timeout_s=5)
+        c.wait_for(_buffered_is(c, 0))
         blocker.cancel()
         _idle(c)
 
@@ -142,9 +173,9 @@ def test_cancel_while_queued_leaves_the_buffer_at_once() -> None:
     with cluster(("solo", 1)) as c:
         blocker = _start_blocker(c)
         queued = c.inference.Generate(story(1, 3), timeout=120)
-        c.wait_for(lambda _: c.buffered() == 1, timeout_s=10)
+        c.wait_for(_buffered_is(c, 1))
         queued.cancel()
-        c.wait_for(lambda _: c.buffered() == 0, timeout_s=5)
+        c.wait_for(_buffered_is(c, 0))
         blocker.cancel()
         _idle(c)
 
@@ -160,7 +191,7 @@ def test_cancel_while_streaming_releases_the_slot() -> None:
 def test_a_request_waits_for_the_first_agent_to_arrive() -> None:
     with cluster() as c, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(generate, c.inference, story(3, 4))
-        c.wait_for(lambda _: c.buffered() == 1, timeout_s=10)
+        c.wait_for(_buffered_is(c, 1))
         c.start_agent("late", "--slots", "1")
         assert pending.result(timeout=60).summary.agent_name == "late"
 
@@ -168,13 +199,13 @@ def test_a_request_waits_for_the_first_agent_to_arrive() -> None:
 def test_slots_taken_by_direct_clients_of_an_agent_are_respected() -> None:
     with cluster(("solo", 1)) as c, grpc.insecure_channel(c.agents["solo"].address) as channel:
         direct = agent_pb2_grpc.AgentServiceStub(channel).Generate(
-            prompt_request(STORIES[0], max_tokens=80), timeout=60
+            agent_pb2.GenerateRequest(input=ENDLESS.input), timeout=300
         )
         assert next(direct).HasField("text")
-        c.wait_for(lambda agents: agents[0].slots_processing == 1, timeout_s=5)
+        c.wait_for(lambda agents: agents[0].slots_processing == 1)
         with ThreadPoolExecutor(1) as pool:
             queued = pool.submit(generate, c.inference, story(1, 3))
-            c.wait_for(_buffered_is(c, 1), timeout_s=5)  # waits instead of being refused
-            assert [r for r in direct if r.HasField("summary")]
-            assert queued.result(timeout=60).summary.agent_name == "solo"
+            c.wait_for(_buffered_is(c, 1))  # waits instead of being refused
+            direct.cancel()
+            assert queued.result(timeout=120).summary.agent_name == "solo"
         _idle(c)

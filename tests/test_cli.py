@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.processes import AgentProcess, ServerProcess
+from tests.processes import AgentProcess, ServerProcess, run_paddler
 
-
-def paddler(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """Run ``paddler ARGS`` to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "paddler", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+paddler = run_paddler
 
 
 def test_every_command_documents_its_flags_and_variables() -> None:
@@ -61,3 +48,10 @@ def test_with_no_flags_everything_finds_the_local_balancer() -> None:
     finally:
         agent.stop()
         assert balancer.stop() == 0
+
+
+def test_an_agent_stale_after_below_twice_the_status_interval_is_refused() -> None:
+    result = paddler("balancer", "--agent-stale-after", "1.5")
+    assert result.returncode == 2
+    assert "must be at least 2 s, got 1.5" in result.stderr
+    assert "Traceback" not in result.stderr

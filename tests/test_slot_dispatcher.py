@@ -7,6 +7,7 @@ written by the test (no agent process is involved: the scheduling logic alone is
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -19,12 +20,17 @@ from paddler.v1 import desired_state_pb2, status_pb2
 
 
 async def _agent(
-    registry: AgentRegistry, name: str, slots: int, applied_version: int = 0
+    registry: AgentRegistry,
+    name: str,
+    slots: int,
+    applied: desired_state_pb2.VersionedDesiredState | None = None,
+    phase: status_pb2.StatePhase.ValueType = status_pb2.STATE_PHASE_APPLIED,
 ) -> RegisteredAgent:
     agent = await registry.add(name, f"127.0.0.1:{1000 + len(registry.agents())}")
-    status = status_pb2.AgentStatus(
-        name=name, slots_total=slots, ready=True, applied_state_version=applied_version
-    )
+    status = status_pb2.AgentStatus(name=name, slots_total=slots, ready=True, phase=phase)
+    if applied is not None:
+        status.applied_state_version = applied.version
+        status.applied_state_epoch = applied.epoch
     registry.update(agent, status)
     return agent
 
@@ -98,7 +104,7 @@ def test_a_cancelled_waiter_leaves_and_returns_a_late_grant() -> None:
 def test_only_agents_serving_the_desired_state_get_requests() -> None:
     async def scenario() -> None:
         registry, states, dispatcher = _setup(timeout_s=0.2)
-        old = await _agent(registry, "old", 4, applied_version=0)
+        old = await _agent(registry, "old", 4)
         gemma = desired_state_pb2.ModelSource(packaged="gemma3-270m")
         states.set(desired_state_pb2.DesiredState(model=gemma))
         registry.update(old, status_pb2.AgentStatus(slots_total=4, ready=True))
@@ -106,7 +112,25 @@ def test_only_agents_serving_the_desired_state_get_requests() -> None:
             await dispatcher.acquire(None)
         assert caught.value.reason == "NO_AGENT_SERVES_DESIRED_STATE"
         assert "old: not applied yet" in caught.value.message
-        new = await _agent(registry, "new", 1, applied_version=1)
+        new = await _agent(registry, "new", 1, states.current)
+        assert await dispatcher.acquire(None) is new
+
+    asyncio.run(scenario())
+
+
+def test_a_version_of_another_balancer_run_or_still_applying_serves_nothing() -> None:
+    async def scenario() -> None:
+        registry, states, dispatcher = _setup(timeout_s=0.2)
+        smollm = desired_state_pb2.ModelSource(packaged="smollm2-135m")
+        current = states.set(desired_state_pb2.DesiredState(model=smollm))
+        # v1 of an earlier run of a balancer without a state file: another model, maybe.
+        earlier = desired_state_pb2.VersionedDesiredState(version=1, epoch="earlier-run")
+        await _agent(registry, "stale", 4, earlier)
+        await _agent(registry, "applying", 4, current, status_pb2.STATE_PHASE_APPLYING)
+        with pytest.raises(UnavailableError) as caught:
+            await dispatcher.acquire(None)
+        assert caught.value.reason == "NO_AGENT_SERVES_DESIRED_STATE"
+        new = await _agent(registry, "new", 1, current)
         assert await dispatcher.acquire(None) is new
 
     asyncio.run(scenario())
@@ -117,3 +141,19 @@ def test_a_loopback_address_from_a_remote_agent_takes_the_peer_host() -> None:
     assert reachable_address("0.0.0.0:50052", "ipv4:10.1.2.3:40000") == "10.1.2.3:50052"
     assert reachable_address("127.0.0.1:50052", "ipv4:127.0.0.1:40000") == "127.0.0.1:50052"
     assert reachable_address("agent-0.pods:50052", "ipv4:10.1.2.3:4") == "agent-0.pods:50052"
+
+
+def test_retries_share_one_buffer_timeout_from_arrival() -> None:
+    async def scenario() -> None:
+        registry, _, dispatcher = _setup(timeout_s=0.5)
+        agent = await _agent(registry, "refusing", 4)
+        arrived = time.monotonic()
+        first = await dispatcher.acquire(None, arrived_at=arrived)
+        dispatcher.release(first)  # say the agent refused: the relay retries ...
+        await asyncio.sleep(0.6)
+        with pytest.raises(UnavailableError) as caught:  # ... but not past the timeout
+            await dispatcher.acquire(None, retry=True, arrived_at=arrived)
+        assert caught.value.reason == "BUFFER_TIMEOUT"
+        assert (agent.claims, dispatcher.buffered) == (0, 0)
+
+    asyncio.run(scenario())

@@ -12,11 +12,11 @@ from grpc import aio
 
 from paddler.agent.servicer import AgentServicer
 from paddler.common.grpc_server import CHANNEL_OPTIONS
+from paddler.common.status_interval import STATUS_INTERVAL_S
 from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc, desired_state_pb2
 
 log = structlog.get_logger(__name__)
 
-STATUS_INTERVAL_S = 1.0
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
 

@@ -15,7 +15,7 @@ from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
 from paddler.agent.sampling import SamplerChain
 from paddler.agent.slot import Slot, choose_slot, common_prefix_length
-from paddler.common.errors import InternalError
+from paddler.common.errors import InternalError, PaddlerError, UnavailableError
 from paddler.v1 import generation_pb2
 
 log = structlog.get_logger(__name__)
@@ -103,18 +103,26 @@ class Engine:
         self.model.close()
 
     def _run(self) -> None:
+        """Step until stopped; every job submitted ends with a summary or an error."""
         while True:
             with self._wakeup:
                 while not self._stopping and not self._pending and not self._busy():
                     self._wakeup.wait()
                 if self._stopping:
-                    return
+                    break
             try:
                 self._step()
             except Exception as error:  # a bug must fail the requests, not hang them
                 log.exception("engine step failed")
                 self._fail_all(InternalError(f"engine step failed: {error}"))
-            self._flush_outbox()
+            finally:
+                self._flush_outbox()
+        self._fail_all(UnavailableError("the agent stopped before the request finished"))
+        with self._wakeup:
+            pending, self._pending = list(self._pending), collections.deque()
+        stopped = UnavailableError("the agent stopped before the request started")
+        self._outbox.extend((job, Failed(stopped)) for job in pending)
+        self._flush_outbox()
 
     def _busy(self) -> bool:
         return any(slot.job is not None for slot in self._slots)
@@ -159,7 +167,12 @@ class Engine:
                 if not free:
                     return
                 self._pending.popleft()
-                self._start(job, free)
+                try:
+                    self._start(job, free)
+                except Exception as error:  # the job is ours now: it must end, not vanish
+                    log.exception("request could not start", request_id=job.request_id)
+                    failure = InternalError(f"the request could not start: {error}")
+                    self._outbox.append((job, Failed(failure)))
 
     def _start(self, job: GenerationJob, free: list[Slot]) -> None:
         """Put ``job`` in a free slot, reusing as much of that slot's cached prefix as it can."""
@@ -245,14 +258,14 @@ class Engine:
         self._outbox.append((job, summary))
         self._release(slot)
 
-    def _fail(self, slot: Slot, error: InternalError) -> None:
+    def _fail(self, slot: Slot, error: PaddlerError) -> None:
         if slot.job is not None:
             self._outbox.append((slot.job, Failed(error)))
         llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
         slot.cached = []
         slot.release()
 
-    def _fail_all(self, error: InternalError) -> None:
+    def _fail_all(self, error: PaddlerError) -> None:
         for slot in self._slots:
             if slot.job is not None:
                 self._fail(slot, error)
@@ -261,7 +274,10 @@ class Engine:
         if not self._outbox or self._loop is None:
             return
         outbox, self._outbox = self._outbox, []
-        self._loop.call_soon_threadsafe(_deliver, outbox)
+        try:
+            self._loop.call_soon_threadsafe(_deliver, outbox)
+        except RuntimeError:  # the event loop is closed: nobody is left to wait for these
+            log.warning("events dropped after the event loop closed", count=len(outbox))
 
 
 def _deliver(outbox: list[tuple[GenerationJob, Event]]) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import uuid
 
+import structlog
+
 from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
-from paddler.common.chat_template import ChatTemplate
+from paddler.common.chat_template import CHATML, CHATML_END_OF_TURN, ChatTemplate
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import SamplingSettings, check_generation_input
 from paddler.v1 import agent_pb2, generation_pb2
+
+log = structlog.get_logger(__name__)
 
 
 class JobFactory:
@@ -22,15 +26,26 @@ class JobFactory:
         sampling_defaults: SamplingSettings,
         chat_template: str | None,
     ) -> None:
-        """``chat_template`` overrides the GGUF's own template when given."""
+        """``chat_template`` overrides the GGUF's own template when given; a model with
+        neither chats in ChatML, as llama-server does."""
         self._model = model
         self._context_per_slot = context_per_slot
         self._defaults = sampling_defaults
-        source = chat_template or model.chat_template
-        self._template = ChatTemplate(source, model.bos_text, model.eos_text) if source else None
+        source, self.template_name = chat_template, "override"
+        if not source:
+            source, self.template_name = model.chat_template, "gguf"
+        if not source:
+            source, self.template_name = CHATML, "chatml"
+            log.info("no chat template in the model: using ChatML", model=model.name)
+        self._template = ChatTemplate(source, model.bos_text, model.eos_text)
+        # ChatML's end of turn is plain text to a model that was not trained on it.
+        self._turn_end = (CHATML_END_OF_TURN,) if self.template_name == "chatml" else ()
 
     def build(self, request: agent_pb2.GenerateRequest) -> GenerationJob:
-        """Validate ``request``; raise InvalidArgumentError naming the field to fix."""
+        """Validate ``request``; raise InvalidArgumentError naming the field to fix.
+
+        Blocking (renders and tokenizes up to MAX_INPUT_BYTES): run it off the event loop.
+        """
         generation = request.input
         check_generation_input(generation)
         tokens = self._prompt_tokens(generation)
@@ -53,22 +68,18 @@ class JobFactory:
                 f"must be at most the slot's context size {limit}, got {max_tokens}; "
                 "leave it unset to generate until the context is full",
             )
+        conversation = generation.WhichOneof("source") == "conversation"
         return GenerationJob(
             request_id=request.request_id or uuid.uuid4().hex,
             prompt_tokens=tokens,
             max_tokens=max_tokens,
             sampling=self._defaults.overridden_by(generation.sampling),
-            stop=tuple(generation.stop),
+            stop=(*generation.stop, *(self._turn_end if conversation else ())),
         )
 
     def _prompt_tokens(self, generation: generation_pb2.GenerationInput) -> list[int]:
         if generation.WhichOneof("source") == "prompt":
             return self._model.tokenize(generation.prompt)
-        if self._template is None:
-            raise InvalidArgumentError(
-                "input.conversation",
-                f"model {self._model.name} has no chat template; send a raw prompt instead",
-            )
         messages = [(m.role, m.content) for m in generation.conversation.messages]
         text = self._template.render(messages)
         if self._model.add_bos and text.startswith(self._model.bos_text):

@@ -46,6 +46,7 @@ class LlamaModel:
         self.n_vocab: int = llama.llama_vocab_n_tokens(self.vocab)
         self.add_bos: bool = llama.llama_vocab_get_add_bos(self.vocab)
         self._piece = ctypes.create_string_buffer(_PIECE_BUFFER)
+        self._piece_capacity = _PIECE_BUFFER
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """Tokenize ``text`` (special tokens such as ``<|im_start|>`` are parsed)."""
@@ -65,7 +66,15 @@ class LlamaModel:
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (may be part of a UTF-8 character). Engine thread only."""
-        length = llama.llama_token_to_piece(self.vocab, token, self._piece, _PIECE_BUFFER, 0, False)
+        length = llama.llama_token_to_piece(
+            self.vocab, token, self._piece, self._piece_capacity, 0, False
+        )
+        if length < 0:  # the buffer is too small: llama.cpp says how large it must be
+            self._piece_capacity = -length
+            self._piece = ctypes.create_string_buffer(self._piece_capacity)
+            length = llama.llama_token_to_piece(
+                self.vocab, token, self._piece, self._piece_capacity, 0, False
+            )
         return self._piece.raw[:length] if length > 0 else b""
 
     def is_end_of_generation(self, token: int) -> bool:

@@ -82,8 +82,12 @@ class ModelHost:
                 engine.stop()
 
     async def _apply(self, update: desired_state_pb2.VersionedDesiredState) -> None:
-        if self._engine is not None and (update.version == 0 or update == self._applied):
-            self._servicer.notify()  # no desired state (keep what runs), or a resent one
+        if self._engine is not None and update.version == 0:
+            self._servicer.notify()  # no desired state: keep what runs
+            return
+        applied = self._applied
+        if self._engine is not None and applied is not None and update.state == applied.state:
+            self._adopt(update)  # the same state again, maybe renumbered by a new balancer
             return
         report = self._report
         report.phase, report.issues = status_pb2.STATE_PHASE_APPLYING, []
@@ -100,10 +104,27 @@ class ModelHost:
             self._failed(update.version, error)
             await self._restore()
             return
+        self._record_applied(update)
+        log.info(
+            "desired state applied",
+            version=update.version,
+            epoch=update.epoch,
+            model=settings.model.name,
+        )
+
+    def _adopt(self, update: desired_state_pb2.VersionedDesiredState) -> None:
+        """Report ``update`` as applied without reloading: what runs already is that state."""
+        renumbered = update != self._applied
+        self._record_applied(update)
+        if renumbered:
+            log.info("desired state adopted", version=update.version, epoch=update.epoch)
+
+    def _record_applied(self, update: desired_state_pb2.VersionedDesiredState) -> None:
         self._applied = update
-        report.phase, report.applied_version = status_pb2.STATE_PHASE_APPLIED, update.version
+        report = self._report
+        report.phase, report.issues = status_pb2.STATE_PHASE_APPLIED, []
+        report.applied_version, report.applied_epoch = update.version, update.epoch
         self._servicer.notify()
-        log.info("desired state applied", version=update.version, model=settings.model.name)
 
     async def _swap(self, settings: EngineSettings) -> None:
         """Let in-flight requests finish on the old engine, then serve from a new one."""

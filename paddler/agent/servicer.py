@@ -59,6 +59,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             slots_processing=self.claims.in_use,
             model=self._engine.model.name if self._engine else "",
             ready=self._engine is not None,
+            chat_template=self._jobs.template_name if self._jobs else "",
         )
         self.report.fill(status)
         return status
@@ -76,7 +77,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         engine, jobs = self._engine, self._jobs
         if engine is None or jobs is None:
             raise UnavailableError("the agent has no model loaded right now", reason=NOT_READY)
-        job = jobs.build(request)
+        # Rendering and tokenizing can take long on a big input: never on the event loop.
+        job = await asyncio.to_thread(jobs.build, request)
         with self.claims.claim():
             engine.submit(job)
             outcome = "cancelled"

@@ -13,6 +13,7 @@ class StateReport:
 
     phase: status_pb2.StatePhase.ValueType = status_pb2.STATE_PHASE_UNSPECIFIED
     applied_version: int = 0
+    applied_epoch: str = ""
     issues: list[str] = field(default_factory=list)
     bytes_done: int = 0
     bytes_total: int = 0
@@ -21,6 +22,7 @@ class StateReport:
         """Copy the report into a snapshot."""
         status.phase = self.phase
         status.applied_state_version = self.applied_version
+        status.applied_state_epoch = self.applied_epoch
         status.issues.extend(self.issues)
         if self.phase == status_pb2.STATE_PHASE_APPLYING and self.bytes_done:
             status.download.bytes_done = self.bytes_done

@@ -47,13 +47,25 @@ class RegisteredAgent:
         """Our claims, exact at every moment, plus what others ran there at the last snapshot."""
         return self.claims + self.external_busy
 
-    def serves(self, desired_version: int) -> bool:
-        """Ready, with the desired state applied (any state when none is set)."""
-        return self.status.ready and desired_version in (0, self.status.applied_state_version)
+    def serves(self, desired: desired_state_pb2.VersionedDesiredState) -> bool:
+        """Ready, and reporting the desired state applied: its version in its epoch (any
+        state when none is set). A version alone proves nothing: a balancer restarted without
+        a state file counts from 1 again, so an agent still on an older run's v1 must not match.
+        """
+        status = self.status
+        if not status.ready:
+            return False
+        if desired.version == 0:
+            return True
+        return (
+            status.phase == status_pb2.STATE_PHASE_APPLIED
+            and status.applied_state_version == desired.version
+            and status.applied_state_epoch == desired.epoch
+        )
 
-    def free_slots(self, desired_version: int) -> int:
+    def free_slots(self, desired: desired_state_pb2.VersionedDesiredState) -> int:
         """Slots a new request may take now: only on an agent serving the desired state."""
-        if not self.serves(desired_version):
+        if not self.serves(desired):
             return 0
         return max(self.status.slots_total - self.busy_slots, 0)
 
@@ -144,8 +156,8 @@ class AgentRegistry:
     def broadcast(self, state: desired_state_pb2.VersionedDesiredState) -> None:
         """Send a desired state down every agent's Connect stream.
 
-        Until its next snapshot an agent counts as not ready: a version number alone does not
-        prove it serves this state (a balancer without a state file counts again from 1).
+        Until its next snapshot an agent counts as not ready (a snapshot already on its way
+        predates the new state).
         """
         for agent in self.agents():
             agent.status.ready = False

@@ -16,7 +16,7 @@ from grpc import aio
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.common.cancellation import being_cancelled
-from paddler.common.errors import RelayedError, UnavailableError
+from paddler.common.errors import AgentCallError, PaddlerError, RelayedError, UnavailableError
 from paddler.common.generation_input import check_generation_input
 from paddler.common.rpc_status import NOT_READY, STATUS_DETAILS_KEY, error_reason
 from paddler.v1 import agent_pb2, generation_pb2, inference_pb2
@@ -38,27 +38,30 @@ _RELAYED_TRAILERS = (STATUS_DETAILS_KEY,)
 
 
 def _agent_failure(
-    error: aio.AioRpcError | aio.UsageError | asyncio.CancelledError,
-) -> RelayedError:
+    agent: RegisteredAgent, error: aio.AioRpcError | aio.UsageError | asyncio.CancelledError
+) -> PaddlerError:
     """The agent's error as the client should see it.
 
-    A call cancelled while this task is not being cancelled, or refused by a closed channel,
-    means the registry gave the agent up (it went silent); a cancelled task means the client
-    went away.
+    An error with the agent's own rich status is relayed unchanged. Anything else is gRPC's
+    own failure of the call (no connection, a reset, a closed channel) and gets a status of
+    ours, with ErrorInfo and RetryInfo like every other. A call cancelled while this task is not
+    being cancelled, or refused by a closed channel, means the registry gave the agent up (it
+    went silent); a cancelled task means the client went away.
     """
-    if isinstance(error, aio.UsageError):
-        return RelayedError(grpc.StatusCode.UNAVAILABLE, "the agent left the cluster", ())
-    if isinstance(error, asyncio.CancelledError):
-        if being_cancelled():
-            raise error
-        return RelayedError(grpc.StatusCode.UNAVAILABLE, "the agent left the cluster", ())
+    where = f"agent {agent.name} ({agent.address})"
+    if isinstance(error, asyncio.CancelledError) and being_cancelled():
+        raise error
+    if isinstance(error, aio.UsageError | asyncio.CancelledError):
+        return UnavailableError(f"{where} left the cluster", reason="AGENT_LEFT")
     trailers = tuple(
         (key, value)
         for key, value in error.trailing_metadata() or ()
         if key in _RELAYED_TRAILERS and isinstance(value, bytes)
     )
-    reason = error_reason(trailers) or "FROM_AGENT"
-    return RelayedError(error.code(), error.details() or "", trailers, reason)
+    reason = error_reason(trailers)
+    if reason:
+        return RelayedError(error.code(), error.details() or "", trailers, reason)
+    return AgentCallError(error.code(), f"the call to {where} failed: {error.details()}")
 
 
 class InferenceServicer:
@@ -104,7 +107,10 @@ class InferenceServicer:
         failures = 0
         while True:
             agent = await self._dispatcher.acquire(
-                context.time_remaining(), frozenset(excluded), retry=progress.attempts > 0
+                context.time_remaining(),
+                frozenset(excluded),
+                retry=progress.attempts > 0,
+                arrived_at=progress.arrived_at,
             )
             progress.agent = agent
             progress.attempts += 1
@@ -115,7 +121,7 @@ class InferenceServicer:
                     progress.last = chunk
                     yield chunk
             except (aio.AioRpcError, aio.UsageError, asyncio.CancelledError) as error:
-                failure = _agent_failure(error)
+                failure = _agent_failure(agent, error)
                 if progress.last:
                     raise UnavailableError(
                         f"agent {agent.name} ({agent.address}) failed mid-stream: "
@@ -155,6 +161,8 @@ class _Progress:
     """How far one request got: for its log line."""
 
     started: float = field(default_factory=time.perf_counter)
+    # When the --buffered-request-timeout clock started (time.monotonic).
+    arrived_at: float = field(default_factory=time.monotonic)
     agent: RegisteredAgent | None = None
     attempts: int = 0
     last: bytes = b""

@@ -28,6 +28,8 @@ def _describe(agent: RegisteredAgent, now: float) -> management_pb2.RegisteredAg
         ready=status.ready,
         phase=status.phase,
         applied_state_version=status.applied_state_version,
+        applied_state_epoch=status.applied_state_epoch,
+        chat_template=status.chat_template,
         issues=status.issues,
         download=status.download,
     )

@@ -5,19 +5,23 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 from paddler.balancer.agent_registry import RegisteredAgent
+from paddler.v1 import desired_state_pb2
 
 
 def pick_agent(
-    agents: Iterable[RegisteredAgent], exclude: Collection[str], turn: int, desired_version: int
+    agents: Iterable[RegisteredAgent],
+    exclude: Collection[str],
+    turn: int,
+    desired: desired_state_pb2.VersionedDesiredState,
 ) -> RegisteredAgent | None:
     """The agent a new request should go to, or None when no agent has a free slot.
 
-    Only agents that serve the desired state (``desired_version``; 0 when none is set) count.
+    Only agents that serve the ``desired`` state count (any ready agent when none is set).
     """
     scored = [
         ((agent.busy_slots, -free), agent)
         for agent in agents
-        if agent.agent_id not in exclude and (free := agent.free_slots(desired_version)) > 0
+        if agent.agent_id not in exclude and (free := agent.free_slots(desired)) > 0
     ]
     if not scored:
         return None

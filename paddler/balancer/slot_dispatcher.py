@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import time
 from dataclasses import dataclass
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
@@ -48,8 +49,17 @@ class SlotDispatcher:
         exclude: frozenset[str] = frozenset(),
         *,
         retry: bool = False,
+        arrived_at: float | None = None,
     ) -> RegisteredAgent:
-        """Claim a slot, waiting in the buffer if none is free. A retry goes to the front."""
+        """Claim a slot, waiting in the buffer if none is free. A retry goes to the front.
+
+        ``arrived_at`` (monotonic; default now) starts the --buffered-request-timeout clock:
+        a request's retries (an agent refused it, or was swapping models) share one wait.
+        """
+        started = time.monotonic() if arrived_at is None else arrived_at
+        buffer_left_s = started + self._timeout_s - time.monotonic()
+        if buffer_left_s <= 0:
+            raise self._wait_failed()
         if retry or not self._waiters:
             agent = self._pick(exclude)
             if agent is not None:
@@ -70,9 +80,8 @@ class SlotDispatcher:
         else:
             self._waiters.append(waiter)
         self.dispatch()
-        wait_s = (
-            self._timeout_s if time_remaining_s is None else min(self._timeout_s, time_remaining_s)
-        )
+        client_first = time_remaining_s is not None and time_remaining_s <= buffer_left_s
+        wait_s = time_remaining_s if client_first else buffer_left_s
         try:
             agent = await asyncio.wait_for(waiter.future, wait_s)
         except BaseException as error:
@@ -84,22 +93,26 @@ class SlotDispatcher:
                 return agent
             self.release(agent)  # Python 3.11's wait_for can swallow a cancel: honour it
             raise asyncio.CancelledError
-        if time_remaining_s is not None and time_remaining_s <= self._timeout_s:
+        if client_first:
             raise DeadlineExceededError(
                 "the request's deadline passed while it waited for a free slot"
             )
-        desired = self._states.current.version
-        if desired and not any(a.serves(desired) for a in self._registry.agents()):
+        raise self._wait_failed()
+
+    def _wait_failed(self) -> UnavailableError:
+        """Why a request's --buffered-request-timeout ran out."""
+        desired = self._states.current
+        agents = self._registry.agents()
+        if desired.version and not any(a.serves(desired) for a in agents):
             issues = "; ".join(
-                f"{a.name}: {', '.join(a.status.issues) or 'not applied yet'}"
-                for a in self._registry.agents()
+                f"{a.name}: {', '.join(a.status.issues) or 'not applied yet'}" for a in agents
             )
-            raise UnavailableError(
-                f"no agent serves desired state v{desired} after {self._timeout_s:g} s "
+            return UnavailableError(
+                f"no agent serves desired state v{desired.version} after {self._timeout_s:g} s "
                 f"({issues or 'no agents'})",
                 reason="NO_AGENT_SERVES_DESIRED_STATE",
             )
-        raise UnavailableError(
+        return UnavailableError(
             f"no slot freed within {self._timeout_s:g} s (--buffered-request-timeout); "
             "the cluster is saturated, retry later",
             reason="BUFFER_TIMEOUT",
@@ -135,9 +148,7 @@ class SlotDispatcher:
             waiter.future.set_result(agent)
 
     def _pick(self, exclude: frozenset[str]) -> RegisteredAgent | None:
-        return pick_agent(
-            self._registry.agents(), exclude, next(self._turns), self._states.current.version
-        )
+        return pick_agent(self._registry.agents(), exclude, next(self._turns), self._states.current)
 
     def _forget(self, waiter: _Waiter) -> None:
         """Drop a waiter that gave up; a slot it was handed at the last moment goes back."""

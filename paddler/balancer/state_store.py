@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,13 +28,24 @@ class StateStore:
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._listeners: list[Callable[[desired_state_pb2.VersionedDesiredState], None]] = []
-        self.current = desired_state_pb2.VersionedDesiredState()
+        # A new epoch unless a state file restores one: versions counted from 1 again by a
+        # balancer without a state file never match what agents applied under an older run.
+        self.current = desired_state_pb2.VersionedDesiredState(epoch=uuid.uuid4().hex)
         if path is not None and path.exists():
             try:
-                json_format.Parse(path.read_text(), self.current)
+                restored = json_format.Parse(
+                    path.read_text(), desired_state_pb2.VersionedDesiredState()
+                )
             except (OSError, json_format.ParseError) as error:
                 raise StateFileError(f"cannot read the state file {path}: {error}") from error
-            log.info("desired state restored", path=str(path), version=self.current.version)
+            restored.epoch = restored.epoch or self.current.epoch  # a file from before epochs
+            self.current = restored
+            log.info(
+                "desired state restored",
+                path=str(path),
+                version=self.current.version,
+                epoch=self.current.epoch,
+            )
 
     def listen(self, listener: Callable[[desired_state_pb2.VersionedDesiredState], None]) -> None:
         """Call ``listener`` with every new state."""
@@ -43,12 +55,19 @@ class StateStore:
         """Validate and store ``state`` under the next version; the old one stays on any error."""
         check_desired_state(state)
         updated = desired_state_pb2.VersionedDesiredState(
-            version=self.current.version + 1, state=state
+            version=self.current.version + 1,
+            state=state,
+            epoch=self.current.epoch,
         )
         if self._path is not None:
             self._save(updated, self._path)
         self.current = updated
-        log.info("desired state set", version=updated.version, model=str(state.model).strip())
+        log.info(
+            "desired state set",
+            version=updated.version,
+            epoch=updated.epoch,
+            model=str(state.model).strip(),
+        )
         for listener in list(self._listeners):
             listener(updated)
         return updated

@@ -11,11 +11,21 @@ from paddler.v1 import management_pb2, status_pb2
 
 
 def agents(address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS) -> None:
-    """Show each agent's slots (busy/total), model, applied state, issues and status age."""
+    """Show each agent's slots (busy/total), model, chat template, applied state, issues and
+    status age."""
     with management_stub(address) as stub:
         reply = stub.ListAgents(management_pb2.ListAgentsRequest(), timeout=CALL_TIMEOUT_S)
     table = Table(
-        "name", "address", "slots busy/total", "claimed", "model", "ready", "state", "issues", "age"
+        "name",
+        "address",
+        "slots busy/total",
+        "claimed",
+        "model",
+        "template",
+        "ready",
+        "state",
+        "issues",
+        "age",
     )
     for agent in reply.agents:
         age_s = agent.last_status_age.ToNanoseconds() / 1e9
@@ -25,6 +35,7 @@ def agents(address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS) -> Non
             f"{agent.slots_processing}/{agent.slots_total}",
             str(agent.slots_claimed),
             agent.model or "-",
+            agent.chat_template or "-",
             "yes" if agent.ready else "no",
             _state(agent),
             "; ".join(agent.issues) or "-",

@@ -13,6 +13,16 @@ from paddler.balancer.server import run_balancer
 from paddler.cli.failure import exit_on_domain_error
 from paddler.cli.options import GracePeriodOption, LogLevelOption
 from paddler.common.logging import configure_logging
+from paddler.common.status_interval import MIN_STALE_AFTER_S, STATUS_INTERVAL_S
+
+
+def _check_stale_after(value: float) -> float:
+    if value < MIN_STALE_AFTER_S:
+        raise typer.BadParameter(
+            f"must be at least {MIN_STALE_AFTER_S:g} s, got {value:g}: idle agents report every "
+            f"{STATUS_INTERVAL_S:g} s, so a shorter limit would remove healthy agents"
+        )
+    return value
 
 
 def balancer(
@@ -49,9 +59,10 @@ def balancer(
     agent_stale_after: Annotated[
         float,
         typer.Option(
-            min=0.5,
             envvar="PADDLER_AGENT_STALE_AFTER",
-            help="Seconds without a status snapshot after which an agent is removed.",
+            callback=_check_stale_after,
+            help="Seconds without a status snapshot after which an agent is removed "
+            f"(at least {MIN_STALE_AFTER_S:g}: twice the agents' status interval).",
         ),
     ] = 5.0,
     max_attempts: Annotated[

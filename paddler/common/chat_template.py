@@ -1,21 +1,40 @@
-"""Conversations rendered with the model's own Jinja chat template, in a sandbox."""
+"""Conversations rendered with the model's own Jinja chat template, in a bounded sandbox."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import NoReturn
+from types import FrameType
+from typing import Any, NoReturn
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from paddler.common.errors import InvalidArgumentError
+from paddler.common.generation_input import MAX_INPUT_BYTES
 
 _FIELD = "input.conversation"
+# A template runs operator-supplied code on every conversation: bound its time and its output.
+RENDER_TIMEOUT_S = 2.0
+MAX_RENDERED_CHARS = 4 * MAX_INPUT_BYTES
+# The ChatML layout llama-server also falls back to for a model without a template.
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHATML_END_OF_TURN = "<|im_end|>"
 
 
 class TemplateRejectedError(Exception):
     """Raised by a template's own ``raise_exception`` call."""
+
+
+class _RenderBoundError(Exception):
+    """The template ran out of time or output."""
 
 
 def _raise_exception(message: str) -> NoReturn:
@@ -26,11 +45,38 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now(UTC).strftime(fmt)
 
 
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with ``*`` and ``**`` unable to build a string, list or number that would
+    exhaust memory in one C call (where no time check can run)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """Refuse a repetition or power whose result would be huge."""
+        if operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                repeats = isinstance(sequence, str | list | tuple) and isinstance(count, int)
+                if repeats and len(sequence) * count > MAX_RENDERED_CHARS:
+                    raise _RenderBoundError("a repetition in the template is too large")
+        if operator == "**" and isinstance(right, int) and abs(right) > 1024:
+            raise _RenderBoundError("a power in the template is too large")
+        return super().call_binop(context, operator, left, right)
+
+
+def _deadline_tracer(deadline: float) -> Callable[[FrameType, str, Any], Any]:
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        if time.monotonic() > deadline:
+            raise _RenderBoundError(f"the template did not finish within {RENDER_TIMEOUT_S:g} s")
+        return trace
+
+    return trace
+
+
 class ChatTemplate:
     """A compiled chat template; ``render`` turns role/content messages into a prompt."""
 
     def __init__(self, source: str, bos_token: str, eos_token: str) -> None:
-        environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        environment = _BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
         environment.globals["raise_exception"] = _raise_exception
         environment.globals["strftime_now"] = _strftime_now
         self._template = environment.from_string(source)
@@ -38,15 +84,44 @@ class ChatTemplate:
         self._eos_token = eos_token
 
     def render(self, messages: Sequence[tuple[str, str]]) -> str:
-        """Render messages with the generation prompt added; a template's own error rejects."""
+        """Render messages with the generation prompt added; a template's own error, or one
+        that runs past ``RENDER_TIMEOUT_S`` or ``MAX_RENDERED_CHARS``, rejects the request.
+
+        Blocking, and traced line by line against the deadline: call it from a worker thread.
+        """
+        chunks = self._template.generate(
+            messages=[{"role": role, "content": content} for role, content in messages],
+            add_generation_prompt=True,
+            bos_token=self._bos_token,
+            eos_token=self._eos_token,
+        )
         try:
-            return self._template.render(
-                messages=[{"role": role, "content": content} for role, content in messages],
-                add_generation_prompt=True,
-                bos_token=self._bos_token,
-                eos_token=self._eos_token,
-            )
+            return _collect_traced(chunks, time.monotonic() + RENDER_TIMEOUT_S)
         except (TemplateRejectedError, jinja2.TemplateError) as error:
             raise InvalidArgumentError(
                 _FIELD, f"the model's chat template rejected the conversation: {error}"
             ) from error
+        except (_RenderBoundError, RecursionError, MemoryError) as error:
+            raise InvalidArgumentError(
+                _FIELD,
+                f"the chat template could not render this conversation ({error or 'recursion'}); "
+                "shorten the conversation, or fix the template (state.chat_template_override)",
+            ) from error
+
+
+def _collect_traced(chunks: Iterator[str], deadline: float) -> str:
+    """Join the rendered chunks, tracing every line the template runs against ``deadline``
+    (this frame itself is not traced, so the trace is always put back)."""
+    previous = sys.gettrace()
+    sys.settrace(_deadline_tracer(deadline))
+    try:
+        parts: list[str] = []
+        size = 0
+        for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_RENDERED_CHARS:
+                raise _RenderBoundError(f"the output passed {MAX_RENDERED_CHARS} characters")
+            parts.append(chunk)
+        return "".join(parts)
+    finally:
+        sys.settrace(previous)

@@ -20,6 +20,8 @@ class PaddlerError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
+    # Seconds after which a retry may succeed (sent as RetryInfo); None: retrying won't help.
+    retry_after_s: float | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -58,6 +60,19 @@ class UnavailableError(PaddlerError):
         super().__init__(message)
         self.reason = reason
         self.retry_after_s = retry_after_s
+
+
+class AgentCallError(PaddlerError):
+    """A call to an agent failed without a status of the agent's own: the agent could not be
+    reached, or the connection broke (gRPC's own status, e.g. UNAVAILABLE)."""
+
+    reason = "AGENT_CALL_FAILED"
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        retryable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.retry_after_s = 1.0 if code in retryable else None
 
 
 class InternalError(PaddlerError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from paddler.common.errors import InvalidArgumentError
@@ -10,6 +11,14 @@ from paddler.v1 import generation_pb2
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _FIELD = "input.sampling"
+
+# What one request may carry. Rendering and tokenizing run off the agent's event loop, but
+# they still take CPU from decoding: these bound that work (1 MiB of text is ~250k tokens,
+# more than any slot's context).
+MAX_INPUT_BYTES = 1 << 20  # the prompt, or a conversation's contents together
+MAX_MESSAGES = 1024
+MAX_STOP_STRINGS = 16
+MAX_STOP_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -57,20 +66,13 @@ def check_generation_input(generation: generation_pb2.GenerationInput) -> None:
     source = generation.WhichOneof("source")
     if source is None:
         raise InvalidArgumentError("input", "set either input.prompt or input.conversation")
-    if source == "prompt" and not generation.prompt:
-        raise InvalidArgumentError("input.prompt", "the prompt is empty")
+    if source == "prompt":
+        if not generation.prompt:
+            raise InvalidArgumentError("input.prompt", "the prompt is empty")
+        _check_size("input.prompt", len(generation.prompt.encode()))
     if source == "conversation":
-        messages = generation.conversation.messages
-        if not messages:
-            raise InvalidArgumentError(
-                "input.conversation.messages", "the conversation has no messages"
-            )
-        for index, message in enumerate(messages):
-            if message.role not in CHAT_ROLES:
-                raise InvalidArgumentError(
-                    f"input.conversation.messages[{index}].role",
-                    f"unknown role {message.role!r}; use one of {', '.join(sorted(CHAT_ROLES))}",
-                )
+        _check_conversation(generation.conversation.messages)
+    _check_stop(generation.stop)
     if generation.HasField("max_tokens") and generation.max_tokens < 1:
         raise InvalidArgumentError(
             "input.max_tokens",
@@ -78,3 +80,40 @@ def check_generation_input(generation: generation_pb2.GenerationInput) -> None:
             "leave it unset to generate until the context is full",
         )
     SamplingSettings().overridden_by(generation.sampling)
+
+
+def _check_size(field: str, size: int, subject: str = "is") -> None:
+    if size > MAX_INPUT_BYTES:
+        raise InvalidArgumentError(
+            field, f"{subject} {size} bytes; the limit is {MAX_INPUT_BYTES} bytes (1 MiB)"
+        )
+
+
+def _check_conversation(messages: Sequence[generation_pb2.ChatMessage]) -> None:
+    field = "input.conversation.messages"
+    if not messages:
+        raise InvalidArgumentError(field, "the conversation has no messages")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidArgumentError(
+            field, f"has {len(messages)} messages; the limit is {MAX_MESSAGES}"
+        )
+    for index, message in enumerate(messages):
+        if message.role not in CHAT_ROLES:
+            raise InvalidArgumentError(
+                f"{field}[{index}].role",
+                f"unknown role {message.role!r}; use one of {', '.join(sorted(CHAT_ROLES))}",
+            )
+    size = sum(len(message.content.encode()) for message in messages)
+    _check_size(field, size, "the message contents together are")
+
+
+def _check_stop(stop: Sequence[str]) -> None:
+    if len(stop) > MAX_STOP_STRINGS:
+        raise InvalidArgumentError(
+            "input.stop", f"has {len(stop)} strings; the limit is {MAX_STOP_STRINGS}"
+        )
+    for index, text in enumerate(stop):
+        if (size := len(text.encode())) > MAX_STOP_BYTES:
+            raise InvalidArgumentError(
+                f"input.stop[{index}]", f"is {size} bytes; the limit is {MAX_STOP_BYTES} bytes"
+            )

@@ -9,13 +9,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from paddler.common.errors import (
-    InvalidArgumentError,
-    PaddlerError,
-    RelayedError,
-    ResourceExhaustedError,
-    UnavailableError,
-)
+from paddler.common.errors import InvalidArgumentError, PaddlerError, RelayedError
 
 ERROR_DOMAIN = "paddler.v1"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -49,7 +43,7 @@ def to_grpc_status(error: PaddlerError) -> AbortStatus:
             for v in error.violations
         ]
         details.append(_packed(error_details_pb2.BadRequest(field_violations=violations)))
-    if isinstance(error, ResourceExhaustedError | UnavailableError):
+    if error.retry_after_s is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_s * 1e9))
         details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))

@@ -158,7 +158,12 @@ class VersionedDesiredState(_message.Message):
 
     VERSION_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    epoch: _builtins.str
+    """Who numbered the versions. A balancer without a state file starts a new epoch (and counts
+    from 1 again) every run, so a version means something only together with its epoch.
+    """
     @_builtins.property
     def state(self) -> Global___DesiredState: ...
     def __init__(
@@ -166,10 +171,11 @@ class VersionedDesiredState(_message.Message):
         *,
         version: _builtins.int = ...,
         state: Global___DesiredState | None = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

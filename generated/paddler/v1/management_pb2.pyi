@@ -40,6 +40,8 @@ class RegisteredAgent(_message.Message):
     APPLIED_STATE_VERSION_FIELD_NUMBER: _builtins.int
     ISSUES_FIELD_NUMBER: _builtins.int
     DOWNLOAD_FIELD_NUMBER: _builtins.int
+    APPLIED_STATE_EPOCH_FIELD_NUMBER: _builtins.int
+    CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     name: _builtins.str
     address: _builtins.str
@@ -52,6 +54,9 @@ class RegisteredAgent(_message.Message):
     ready: _builtins.bool
     phase: _status_pb2.StatePhase.ValueType
     applied_state_version: _builtins.int
+    applied_state_epoch: _builtins.str
+    chat_template: _builtins.str
+    """"gguf", "override" or "chatml" (see AgentStatus.chat_template)."""
     @_builtins.property
     def last_status_age(self) -> _duration_pb2.Duration:
         """Time since the agent's last status snapshot."""
@@ -76,10 +81,12 @@ class RegisteredAgent(_message.Message):
         applied_state_version: _builtins.int = ...,
         issues: _abc.Iterable[_builtins.str] | None = ...,
         download: _status_pb2.DownloadProgress | None = ...,
+        applied_state_epoch: _builtins.str = ...,
+        chat_template: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "last_status_age", b"last_status_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_version", b"applied_state_version", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

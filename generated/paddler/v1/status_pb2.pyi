@@ -85,6 +85,8 @@ class AgentStatus(_message.Message):
     APPLIED_STATE_VERSION_FIELD_NUMBER: _builtins.int
     ISSUES_FIELD_NUMBER: _builtins.int
     DOWNLOAD_FIELD_NUMBER: _builtins.int
+    APPLIED_STATE_EPOCH_FIELD_NUMBER: _builtins.int
+    CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     slots_total: _builtins.int
     slots_processing: _builtins.int
@@ -95,6 +97,12 @@ class AgentStatus(_message.Message):
     phase: Global___StatePhase.ValueType
     applied_state_version: _builtins.int
     """Version of the desired state the agent serves (0: its own command-line model)."""
+    applied_state_epoch: _builtins.str
+    """Epoch of the desired state the agent serves (see VersionedDesiredState.epoch)."""
+    chat_template: _builtins.str
+    """Which chat template renders conversations: "gguf" (the model's own), "override" (the
+    desired state's), "chatml" (the fallback for a model without one), "" with no model.
+    """
     @_builtins.property
     def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Readable problems, e.g. why the last state failed."""
@@ -115,10 +123,12 @@ class AgentStatus(_message.Message):
         applied_state_version: _builtins.int = ...,
         issues: _abc.Iterable[_builtins.str] | None = ...,
         download: Global___DownloadProgress | None = ...,
+        applied_state_epoch: _builtins.str = ...,
+        chat_template: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_version", b"applied_state_version", "download", b"download", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,110 @@
+"""The engine in this process on the real model: every job ends, whatever fails or stops.
+
+Faults are injected by replacing one part the engine calls (the sampler chain) with one that
+raises; the model, the context and the step loop are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from paddler.agent import engine as engine_module
+from paddler.agent import llama_model
+from paddler.agent.default_model import default_model_path
+from paddler.agent.engine import Engine, EngineConfig
+from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
+from paddler.agent.llama_model import LlamaModel
+from paddler.common.generation_input import SamplingSettings
+from tests.client import COUNTING_PROMPT
+
+GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
+
+
+@pytest.fixture
+def model() -> Iterator[LlamaModel]:
+    """The default model, loaded in this process (an engine closes it when it stops)."""
+    yield LlamaModel(default_model_path())
+
+
+def _job(model: LlamaModel, prompt: str, max_tokens: int) -> GenerationJob:
+    return GenerationJob(
+        request_id=prompt[:8],
+        prompt_tokens=model.tokenize(prompt),
+        max_tokens=max_tokens,
+        sampling=GREEDY,
+        stop=(),
+    )
+
+
+async def _last_event(job: GenerationJob) -> Event:
+    """Read the job's events until it ends; return the last one."""
+    while True:
+        event = await asyncio.wait_for(job.events.get(), 120)
+        if not isinstance(event, str):
+            return event
+
+
+def test_a_job_that_cannot_start_ends_with_an_error_and_the_engine_goes_on(
+    model: LlamaModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = Engine(model, EngineConfig(slots=1, context_size=128, batch_size=64, threads=1))
+
+    def broken_sampler(*_: object) -> None:
+        raise RuntimeError("no sampler today")
+
+    async def scenario() -> None:
+        engine.start(asyncio.get_running_loop())
+        with monkeypatch.context() as patch:
+            patch.setattr(engine_module, "SamplerChain", broken_sampler)
+            failing = _job(model, "Hello there", 4)
+            engine.submit(failing)
+            event = await _last_event(failing)
+        assert isinstance(event, Failed)
+        assert "could not start: no sampler today" in event.error.message
+        healthy = _job(model, "Hello there", 4)
+        engine.submit(healthy)
+        finished = await _last_event(healthy)
+        assert isinstance(finished, Finished)
+        assert finished.completion_tokens == 4
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.stop()
+
+
+def test_stopping_the_engine_ends_running_and_waiting_jobs(model: LlamaModel) -> None:
+    engine = Engine(model, EngineConfig(slots=1, context_size=256, batch_size=64, threads=1))
+
+    async def scenario() -> None:
+        engine.start(asyncio.get_running_loop())
+        running = _job(model, COUNTING_PROMPT, 200)
+        waiting = _job(model, "Hello there", 4)
+        engine.submit(running)
+        assert isinstance(await asyncio.wait_for(running.events.get(), 120), str)
+        engine.submit(waiting)  # the only slot is taken: this one waits
+        await asyncio.to_thread(engine.stop)
+        for job in (running, waiting):
+            event = await _last_event(job)
+            assert isinstance(event, Failed)
+            assert "the agent stopped" in event.error.message
+
+    asyncio.run(scenario())
+
+
+def test_a_token_longer_than_the_piece_buffer_is_not_dropped(
+    model: LlamaModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(llama_model, "_PIECE_BUFFER", 1)
+    small = LlamaModel(default_model_path())
+    try:
+        tokens = model.tokenize("Internationalization, naïve café 日本語 tokenization")
+        expected = [model.piece(token) for token in tokens]
+        assert any(len(piece) > 1 for piece in expected)
+        assert [small.piece(token) for token in tokens] == expected
+    finally:
+        small.close()
+        model.close()

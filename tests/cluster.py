@@ -20,7 +20,8 @@ from paddler.v1 import (
 )
 from tests.processes import AgentProcess, BalancerProcess
 
-REGISTRATION_TIMEOUT_S = 30.0
+REGISTRATION_TIMEOUT_S = 60.0
+BUFFER_TIMEOUT_FLAG = "--buffered-request-timeout"
 
 
 def to_inference(
@@ -114,7 +115,13 @@ class Cluster:
 def cluster(
     *agents: tuple[str, int], balancer_args: tuple[str, ...] = (), management: str = "127.0.0.1:0"
 ) -> Iterator[Cluster]:
-    """A balancer and agents ``(name, slots)``, all registered and ready."""
+    """A balancer and agents ``(name, slots)``, all registered and ready.
+
+    Requests may wait for a slot as long as they need (unless ``balancer_args`` set the buffer
+    timeout): a slow machine makes a test slower, never red.
+    """
+    if BUFFER_TIMEOUT_FLAG not in balancer_args:
+        balancer_args = (BUFFER_TIMEOUT_FLAG, "600", *balancer_args)
     with ExitStack() as stack:
         balancer = BalancerProcess(list(balancer_args), management=management)
         stack.callback(balancer.stop)

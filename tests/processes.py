@@ -116,7 +116,12 @@ class ServerProcess:
         with grpc.insecure_channel(self.listening[address_key]) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
-                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"process exited:\n{''.join(self.lines)}")
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+                except grpc.RpcError:  # a busy machine: ask again until the deadline
+                    continue
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
                 time.sleep(0.05)

@@ -193,7 +193,7 @@ def test_a_request_waits_for_the_first_agent_to_arrive() -> None:
         pending = pool.submit(generate, c.inference, story(3, 4))
         c.wait_for(_buffered_is(c, 1))
         c.start_agent("late", "--slots", "1")
-        assert pending.result(timeout=60).summary.agent_name == "late"
+        assert pending.result(timeout=300).summary.agent_name == "late"
 
 
 def test_slots_taken_by_direct_clients_of_an_agent_are_respected() -> None:

@@ -64,7 +64,7 @@ def test_the_summary_names_the_agent_and_the_balancer_logs_one_line(shared: Clus
 def test_sigterm_drains_in_flight_streams_and_refuses_new_ones() -> None:
     with cluster(("solo", 2)) as c:
         stream = c.inference.Generate(
-            to_inference(prompt_request(STORY, max_tokens=60)), timeout=60
+            to_inference(prompt_request(STORY, max_tokens=60)), timeout=300
         )
         assert next(stream).HasField("text")
         c.balancer.process.terminate()

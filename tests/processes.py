@@ -86,7 +86,7 @@ class ServerProcess:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line)
-            if not self.listening and self._listening_event in line:
+            if not self.listening and line.startswith("{") and self._listening_event in line:
                 self.listening = json.loads(line)
                 self._listening_seen.set()
         self._listening_seen.set()

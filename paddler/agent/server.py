@@ -15,6 +15,7 @@ from paddler.agent.llama_logging import route_llama_logs
 from paddler.agent.llama_model import check_model_file
 from paddler.agent.model_host import ModelHost
 from paddler.agent.servicer import AgentServicer
+from paddler.common.addresses import is_local_host, join_host_port, loopback_for, split_host_port
 from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
 from paddler.v1 import agent_pb2, agent_pb2_grpc, desired_state_pb2
 
@@ -24,12 +25,11 @@ AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
 def advertised_address(host: str, bound: str) -> str:
-    """Where the balancer should dial: ``$POD_IP``, else the listen host, with the bound port."""
-    port = bound.rsplit(":", 1)[1]
-    reachable = os.environ.get("POD_IP") or (
-        "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host  # noqa: S104
-    )
-    return f"{reachable}:{port}"
+    """Where the balancer should dial: ``$POD_IP``, else the listen host (a loopback of its
+    family for a local or wildcard one), with the bound port."""
+    port = split_host_port(bound)[1]
+    reachable = os.environ.get("POD_IP") or (loopback_for(host) if is_local_host(host) else host)
+    return join_host_port(reachable, port)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -52,7 +52,7 @@ async def run_agent(config: AgentConfig) -> None:
     host = ModelHost(config, servicer)
     managed = ManagedServer([AGENT_SERVICE])
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, managed.server)
-    address = await managed.start(f"{config.host}:{config.port}")
+    address = await managed.start(join_host_port(config.host, config.port))
     log.info("agent listening", address=address, name=config.name, slots=config.slots)
     hosting = asyncio.create_task(host.run())
     if serves_local_model:

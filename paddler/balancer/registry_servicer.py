@@ -12,6 +12,7 @@ from grpc import aio
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.state_store import StateStore
+from paddler.common.addresses import is_local_host, join_host_port, parse_peer, split_host_port
 from paddler.common.errors import InvalidArgumentError
 from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc
 
@@ -82,10 +83,13 @@ class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer
 
 def reachable_address(advertised: str, peer: str) -> str:
     """``advertised``, unless it names a loopback or wildcard host while the agent dialled in
-    from elsewhere: then the host it dialled from (``peer`` is gRPC's ``ipv4:HOST:PORT``)."""
-    host, _, port = advertised.rpartition(":")
-    peer_host = peer.split(":", 1)[1].rpartition(":")[0] if ":" in peer else ""
-    local = {"127.0.0.1", "localhost", "0.0.0.0", "[::1]", "[::]", ""}  # noqa: S104
-    if host in local and peer_host and peer_host not in local:
-        return f"{peer_host}:{port}"
+    from elsewhere: then the host it dialled from (``peer`` is gRPC's ``ipv4:HOST:PORT`` or
+    ``ipv6:%5BHOST%5D:PORT``)."""
+    try:
+        host, port = split_host_port(advertised)
+    except ValueError:
+        return advertised
+    dialled_from = parse_peer(peer)
+    if dialled_from is not None and is_local_host(host) and not is_local_host(dialled_from[0]):
+        return join_host_port(dialled_from[0], port)
     return advertised

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from paddler.common.addresses import join_host_port, split_host_port
 from paddler.common.error_interceptor import ErrorInterceptor
 
 log = structlog.get_logger(__name__)
@@ -49,10 +50,13 @@ class ManagedServer:
     async def start(self, address: str) -> str:
         """Bind ``address`` (port 0 picks a free port), start, and return the bound address."""
         port = self.server.add_insecure_port(address)
-        host = address.rsplit(":", 1)[0]
+        try:
+            host = split_host_port(address)[0]
+        except ValueError:  # no port given: gRPC bound its default one
+            host = address
         await self.server.start()
         await self.set_serving(serving=False)
-        return f"{host}:{port}"
+        return join_host_port(host, port)
 
     async def set_serving(self, *, serving: bool) -> None:
         """Report SERVING or NOT_SERVING, overall and for each service."""

@@ -15,10 +15,13 @@ _GGML_LOG_LEVEL_ERROR = 4
 
 @llama.llama_log_callback  # type: ignore[untyped-decorator]
 def _forward(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-    if level in (_GGML_LOG_LEVEL_WARN, _GGML_LOG_LEVEL_ERROR):
-        message = text.decode(errors="replace").strip()
-        if message:
-            log.warning(message, level="error" if level == _GGML_LOG_LEVEL_ERROR else "warn")
+    message = text.decode(errors="replace").strip()
+    if not message:
+        return
+    if level == _GGML_LOG_LEVEL_ERROR:
+        log.error(message)
+    elif level == _GGML_LOG_LEVEL_WARN:
+        log.warning(message)
 
 
 def route_llama_logs() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -14,8 +14,12 @@ GracePeriodOption = Annotated[
         help="Seconds in-flight streams get to finish after SIGTERM.",
     ),
 ]
+LogLevel = Literal["debug", "info", "warning", "error"]
 LogLevelOption = Annotated[
-    str, typer.Option(envvar="PADDLER_LOG_LEVEL", help="debug, info, warning or error.")
+    LogLevel,
+    typer.Option(
+        envvar="PADDLER_LOG_LEVEL", case_sensitive=False, help="Least severe level logged."
+    ),
 ]
 ManagementAddressOption = Annotated[
     str, typer.Option(envvar="PADDLER_MANAGEMENT_ADDRESS", help="Balancer management address.")

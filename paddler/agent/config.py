@@ -21,6 +21,8 @@ class AgentConfig:
     batch_size: int
     # Keep finished requests' KV caches in their slots for later prompts with the same prefix.
     prompt_cache: bool
+    # Seconds a conversation's chat-template rendering may take before the request fails.
+    chat_template_timeout_s: float
     grace_period_s: float
     # host:port of the balancer's management server; "" runs the agent on its own.
     balancer: str

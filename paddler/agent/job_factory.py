@@ -8,7 +8,12 @@ import structlog
 
 from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
-from paddler.common.chat_template import CHATML, CHATML_END_OF_TURN, ChatTemplate
+from paddler.common.chat_template import (
+    CHATML,
+    CHATML_END_OF_TURN,
+    DEFAULT_RENDER_TIMEOUT_S,
+    ChatTemplate,
+)
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import SamplingSettings, check_generation_input
 from paddler.v1 import agent_pb2, generation_pb2
@@ -25,6 +30,7 @@ class JobFactory:
         context_per_slot: int,
         sampling_defaults: SamplingSettings,
         chat_template: str | None,
+        template_timeout_s: float = DEFAULT_RENDER_TIMEOUT_S,
     ) -> None:
         """``chat_template`` overrides the GGUF's own template when given; a model with
         neither chats in ChatML, as llama-server does."""
@@ -37,7 +43,7 @@ class JobFactory:
         if not source:
             source, self.template_name = CHATML, "chatml"
             log.info("no chat template in the model: using ChatML", model=model.name)
-        self._template = ChatTemplate(source, model.bos_text, model.eos_text)
+        self._template = ChatTemplate(source, model.bos_text, model.eos_text, template_timeout_s)
         # ChatML's end of turn is plain text to a model that was not trained on it.
         self._turn_end = (CHATML_END_OF_TURN,) if self.template_name == "chatml" else ()
 

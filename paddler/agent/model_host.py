@@ -34,6 +34,7 @@ class EngineSettings:
     engine: EngineConfig
     sampling: SamplingSettings
     chat_template: str | None
+    chat_template_timeout_s: float
 
 
 def build_engine(settings: EngineSettings) -> tuple[Engine, JobFactory]:
@@ -44,7 +45,13 @@ def build_engine(settings: EngineSettings) -> tuple[Engine, JobFactory]:
     except BaseException:
         model.close()
         raise
-    jobs = JobFactory(model, engine.context_per_slot, settings.sampling, settings.chat_template)
+    jobs = JobFactory(
+        model,
+        engine.context_per_slot,
+        settings.sampling,
+        settings.chat_template,
+        settings.chat_template_timeout_s,
+    )
     return engine, jobs
 
 
@@ -177,6 +184,7 @@ class ModelHost:
             engine=replace(engine, **sizes),
             sampling=SamplingSettings().overridden_by(defaults.sampling, "state.defaults.sampling"),
             chat_template=template,
+            chat_template_timeout_s=config.chat_template_timeout_s,
         )
 
     def _failed(self, version: int, error: Exception) -> None:

@@ -12,6 +12,7 @@ import typer
 
 from paddler.cli.failure import exit_on_domain_error
 from paddler.cli.options import GracePeriodOption, LogLevelOption
+from paddler.common.chat_template import DEFAULT_RENDER_TIMEOUT_S
 from paddler.common.logging import configure_logging
 
 
@@ -59,6 +60,15 @@ def agent(
             "prefix (a conversation's next turn) skips that prefill.",
         ),
     ] = True,
+    chat_template_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            envvar="PADDLER_CHAT_TEMPLATE_TIMEOUT",
+            help="Seconds rendering one conversation's chat template may take before the "
+            "request fails with INVALID_ARGUMENT (a template that loops stalls nothing else).",
+        ),
+    ] = DEFAULT_RENDER_TIMEOUT_S,
     name: Annotated[
         str, typer.Option(envvar="PADDLER_NAME", help="Agent name shown in status and logs.")
     ] = socket.gethostname(),
@@ -95,6 +105,7 @@ def agent(
             context_size=context_size,
             batch_size=batch_size,
             prompt_cache=prompt_cache,
+            chat_template_timeout_s=chat_template_timeout,
             grace_period_s=grace_period,
             balancer=balancer,
             advertise=advertise,

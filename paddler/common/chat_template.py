@@ -17,7 +17,7 @@ from paddler.common.generation_input import MAX_INPUT_BYTES
 
 _FIELD = "input.conversation"
 # A template runs operator-supplied code on every conversation: bound its time and its output.
-RENDER_TIMEOUT_S = 2.0
+DEFAULT_RENDER_TIMEOUT_S = 2.0
 MAX_RENDERED_CHARS = 4 * MAX_INPUT_BYTES
 # The ChatML layout llama-server also falls back to for a model without a template.
 CHATML = (
@@ -63,10 +63,10 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
-def _deadline_tracer(deadline: float) -> Callable[[FrameType, str, Any], Any]:
+def _deadline_tracer(deadline: float, timeout_s: float) -> Callable[[FrameType, str, Any], Any]:
     def trace(frame: FrameType, event: str, arg: Any) -> Any:
         if time.monotonic() > deadline:
-            raise _RenderBoundError(f"the template did not finish within {RENDER_TIMEOUT_S:g} s")
+            raise _RenderBoundError(f"the template did not finish within {timeout_s:g} s")
         return trace
 
     return trace
@@ -75,17 +75,24 @@ def _deadline_tracer(deadline: float) -> Callable[[FrameType, str, Any], Any]:
 class ChatTemplate:
     """A compiled chat template; ``render`` turns role/content messages into a prompt."""
 
-    def __init__(self, source: str, bos_token: str, eos_token: str) -> None:
+    def __init__(
+        self,
+        source: str,
+        bos_token: str,
+        eos_token: str,
+        render_timeout_s: float = DEFAULT_RENDER_TIMEOUT_S,
+    ) -> None:
         environment = _BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
         environment.globals["raise_exception"] = _raise_exception
         environment.globals["strftime_now"] = _strftime_now
         self._template = environment.from_string(source)
         self._bos_token = bos_token
         self._eos_token = eos_token
+        self._render_timeout_s = render_timeout_s
 
     def render(self, messages: Sequence[tuple[str, str]]) -> str:
         """Render messages with the generation prompt added; a template's own error, or one
-        that runs past ``RENDER_TIMEOUT_S`` or ``MAX_RENDERED_CHARS``, rejects the request.
+        that runs past its render timeout or ``MAX_RENDERED_CHARS``, rejects the request.
 
         Blocking, and traced line by line against the deadline: call it from a worker thread.
         """
@@ -96,7 +103,7 @@ class ChatTemplate:
             eos_token=self._eos_token,
         )
         try:
-            return _collect_traced(chunks, time.monotonic() + RENDER_TIMEOUT_S)
+            return _collect_traced(chunks, self._render_timeout_s)
         except (TemplateRejectedError, jinja2.TemplateError) as error:
             raise InvalidArgumentError(
                 _FIELD, f"the model's chat template rejected the conversation: {error}"
@@ -109,11 +116,11 @@ class ChatTemplate:
             ) from error
 
 
-def _collect_traced(chunks: Iterator[str], deadline: float) -> str:
-    """Join the rendered chunks, tracing every line the template runs against ``deadline``
-    (this frame itself is not traced, so the trace is always put back)."""
+def _collect_traced(chunks: Iterator[str], timeout_s: float) -> str:
+    """Join the rendered chunks, tracing every line the template runs against a deadline
+    ``timeout_s`` from now (this frame itself is not traced, so the trace is always put back)."""
     previous = sys.gettrace()
-    sys.settrace(_deadline_tracer(deadline))
+    sys.settrace(_deadline_tracer(time.monotonic() + timeout_s, timeout_s))
     try:
         parts: list[str] = []
         size = 0

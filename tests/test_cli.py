@@ -53,5 +53,7 @@ def test_with_no_flags_everything_finds_the_local_balancer() -> None:
 def test_an_agent_stale_after_below_twice_the_status_interval_is_refused() -> None:
     result = paddler("balancer", "--agent-stale-after", "1.5")
     assert result.returncode == 2
-    assert "must be at least 2 s, got 1.5" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr  # one line says what is wrong and why
+    assert "must be at least 2 s, got 1.5" in errors[0]
     assert "Traceback" not in result.stderr

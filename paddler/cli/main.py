@@ -8,7 +8,7 @@ from paddler.cli.balancer import balancer
 from paddler.cli.generate import chat, generate
 from paddler.cli.state import state_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
 
 @app.callback()

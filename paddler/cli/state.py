@@ -13,7 +13,9 @@ from paddler.cli.options import DEFAULT_MANAGEMENT_ADDRESS, ManagementAddressOpt
 from paddler.common.desired_state import PACKAGED_MODELS
 from paddler.v1 import desired_state_pb2, management_pb2
 
-state_app = typer.Typer(no_args_is_help=True, help="Show or set the cluster's desired state.")
+state_app = typer.Typer(
+    no_args_is_help=True, help="Show or set the cluster's desired state.", rich_markup_mode=None
+)
 
 HF_PREFIX = "hf:"
 

@@ -27,6 +27,8 @@ CHATML = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 CHATML_END_OF_TURN = "<|im_end|>"
+# Jinja compiles a template loaded from a string into code of this file name.
+_TEMPLATE_FILENAME = "<template>"
 
 
 class TemplateRejectedError(Exception):
@@ -64,10 +66,13 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
 
 
 def _deadline_tracer(deadline: float, timeout_s: float) -> Callable[[FrameType, str, Any], Any]:
+    """A trace function that checks the deadline on every call, and on every line of the
+    template's own compiled code (where its loops run); other frames run untraced."""
+
     def trace(frame: FrameType, event: str, arg: Any) -> Any:
         if time.monotonic() > deadline:
             raise _RenderBoundError(f"the template did not finish within {timeout_s:g} s")
-        return trace
+        return trace if frame.f_code.co_filename == _TEMPLATE_FILENAME else None
 
     return trace
 

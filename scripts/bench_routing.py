@@ -37,7 +37,15 @@ from paddler.agent.state_report import StateReport
 from paddler.v1 import desired_state_pb2, generation_pb2, inference_pb2, inference_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_agent import BENCH_SAMPLING, HOST, PROMPTS, free_port, log, started
+from bench_agent import (
+    BENCH_SAMPLING,
+    HOST,
+    PROMPTS,
+    free_port,
+    llama_server_ready,
+    log,
+    started,
+)
 from bench_balancer import log_records
 from llama_server_build import ensure_llama_server
 
@@ -301,17 +309,6 @@ def llama_servers(
         yield ports
 
 
-def _healthy(port: int) -> bool:
-    connection = http.client.HTTPConnection(HOST, port, timeout=2)
-    try:
-        connection.request("GET", "/health")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        connection.close()
-
-
 def nginx_config(ports: Sequence[int], slots: Sequence[int], listen: int, policy: str) -> str:
     """nginx in front of the llama-servers: round robin, or least_conn."""
     del slots  # nginx knows nothing of slots: that is the point of the comparison
@@ -382,7 +379,7 @@ def proxy(front: str, ports: Sequence[int], slots: Sequence[int], log_dir: Path)
         command = ["nginx", "-p", str(folder), "-c", str(config)]
     with started(front, command, log_dir):
         deadline = time.monotonic() + 30
-        while not _healthy(listen):
+        while not llama_server_ready(listen):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{front} did not answer on port {listen}")
             time.sleep(0.2)
@@ -419,7 +416,7 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path) -> lis
     loop = asyncio.get_running_loop()
     with llama_servers(fleet, binary, log_dir / f"{name}-llama") as ports:
         deadline = time.monotonic() + 180
-        while not all(_healthy(port) for port in ports):
+        while not all(llama_server_ready(port) for port in ports):
             if time.monotonic() > deadline:
                 raise RuntimeError("llama-servers did not become healthy")
             await asyncio.sleep(0.5)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
 
 import grpc
 import pytest
@@ -22,24 +20,10 @@ from paddler.common.addresses import (
     split_host_port,
 )
 from paddler.common.grpc_server import ManagedServer
-from paddler.v1 import inference_pb2_grpc, management_pb2, management_pb2_grpc
+from paddler.v1 import inference_pb2_grpc, management_pb2_grpc
 from tests.client import generate, prompt_request
-from tests.cluster import to_inference
+from tests.cluster import Cluster, to_inference
 from tests.processes import AgentProcess, BalancerProcess
-
-READY_TIMEOUT_S = 240.0
-
-
-def _ipv6_loopback_works() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 loopback here")
 
 
 @pytest.mark.parametrize(
@@ -216,7 +200,6 @@ def _serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-@needs_ipv6
 @pytest.mark.parametrize("requested", ["[::1]:0", "127.0.0.1:0"])
 def test_managed_server_returns_a_dialable_address(requested: str) -> None:
     async def bound_and_serving() -> tuple[str, bool]:
@@ -238,22 +221,6 @@ def test_managed_server_returns_a_dialable_address(requested: str) -> None:
     assert serving
 
 
-def _wait_registered_ready(
-    management: management_pb2_grpc.ManagementServiceStub, agent: AgentProcess, name: str
-) -> management_pb2.RegisteredAgent:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if agent.process.poll() is not None:
-            raise AssertionError(f"the agent exited:\n{''.join(agent.lines)}")
-        agents = management.ListAgents(management_pb2.ListAgentsRequest(), timeout=10).agents
-        for registered in agents:
-            if registered.name == name and registered.ready:
-                return registered
-        time.sleep(0.1)
-    raise AssertionError(f"{name} never registered ready:\n{''.join(agent.lines)}")
-
-
-@needs_ipv6
 @pytest.mark.parametrize("agent_host", ["::1", "[::1]"])
 def test_cluster_over_ipv6_loopback(agent_host: str) -> None:
     """A balancer and an agent both on [::1]: the agent registers with a dialable address and
@@ -273,13 +240,17 @@ def test_cluster_over_ipv6_loopback(agent_host: str) -> None:
             grpc.insecure_channel(balancer.management) as management_channel,
             grpc.insecure_channel(balancer.inference) as inference_channel,
         ):
-            management = management_pb2_grpc.ManagementServiceStub(management_channel)
-            registered = _wait_registered_ready(management, agent, "v6-agent")
+            c = Cluster(
+                balancer,
+                inference_pb2_grpc.InferenceServiceStub(inference_channel),
+                management_pb2_grpc.ManagementServiceStub(management_channel),
+            )
+            (registered,) = c.wait_for(lambda agents: any(a.ready for a in agents))
+            assert registered.name == "v6-agent"
             assert registered.address.startswith("[::1]:"), registered.address
             assert registered.address == agent.address
             assert _serving(registered.address)
-            inference = inference_pb2_grpc.InferenceServiceStub(inference_channel)
-            reply = generate(inference, to_inference(prompt_request("Once upon a time", 8)))
+            reply = generate(c.inference, to_inference(prompt_request("Once upon a time", 8)))
             assert reply.text
     finally:
         if agent is not None:

@@ -150,7 +150,7 @@ def test_retries_share_one_buffer_timeout_from_arrival() -> None:
         arrived = time.monotonic()
         first = await dispatcher.acquire(None, arrived_at=arrived)
         dispatcher.release(first)  # say the agent refused: the relay retries ...
-        await asyncio.sleep(0.6)
+        arrived -= 0.6  # ... as if it had done so for longer than the timeout
         with pytest.raises(UnavailableError) as caught:  # ... but not past the timeout
             await dispatcher.acquire(None, retry=True, arrived_at=arrived)
         assert caught.value.reason == "BUFFER_TIMEOUT"

@@ -49,11 +49,13 @@ from bench_agent import (
 from bench_balancer import log_records
 from llama_server_build import ensure_llama_server
 
-PADDLER = "paddler"
+# Our balancer under each --routing policy, then the peers.
+OURS = {"paddler-slots": "slots", "paddler-speed": "speed"}
 NGINX_ROUND_ROBIN = "nginx-rr"
 NGINX_LEAST_CONN = "nginx-least-conn"
 HAPROXY = "haproxy-leastconn"
-FRONTS = (PADDLER, NGINX_ROUND_ROBIN, NGINX_LEAST_CONN, HAPROXY)
+PEERS = (NGINX_ROUND_ROBIN, NGINX_LEAST_CONN, HAPROXY)
+FRONTS = (*OURS, *PEERS)
 # Fleets of servers (packaged model, slots) that differ in speed, not only in slots.
 FLEETS: dict[str, tuple[tuple[str, int], ...]] = {
     "slots-1-3": (("smollm2-135m", 1), ("smollm2-135m", 3)),
@@ -235,10 +237,11 @@ async def closed_loop_rate(send: Send, workers: int, per_worker: int) -> float:
 
 @contextlib.asynccontextmanager
 async def paddler_fleet(
-    fleet: Sequence[tuple[str, int]], args: argparse.Namespace, log_dir: Path
+    fleet: Sequence[tuple[str, int]], routing: str, args: argparse.Namespace, log_dir: Path
 ) -> AsyncIterator[inference_pb2_grpc.InferenceServiceAsyncStub]:
     """Our balancer and one agent per server, all registered; yields an inference stub."""
     paddler = [sys.executable, "-m", "paddler"]
+    await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         balancer_log = log_dir / "balancer.log"
         stack.enter_context(
@@ -248,6 +251,7 @@ async def paddler_fleet(
                     *paddler, "balancer", "--inference-addr", f"{HOST}:0",
                     "--management-addr", f"{HOST}:0", "--max-buffered-requests", "1000",
                     "--buffered-request-timeout", str(args.request_timeout),
+                    "--routing", routing,
                 ],
                 log_dir,
             )
@@ -389,28 +393,36 @@ def proxy(front: str, ports: Sequence[int], slots: Sequence[int], log_dir: Path)
 # ---- the run ------------------------------------------------------------------------------
 
 
-async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path) -> list[str]:
-    """All fronts, loads and seeds on one fleet; returns markdown table rows."""
+Results = dict[tuple[float, int, str], Report]
+
+
+async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path) -> Results:
+    """All fronts, loads and seeds on one fleet: a report per (load, seed, front)."""
     fleet = FLEETS[name]
     slots = [count for _, count in fleet]
-    rows: list[str] = []
-    results: dict[tuple[float, int, str], Report] = {}
-    async with paddler_fleet(fleet, args, log_dir / f"{name}-paddler") as stub:
+    results: Results = {}
+    capacity = 0.0
+    for front, routing in OURS.items():
+        if front not in args.fronts and capacity:
+            continue
+        async with paddler_fleet(fleet, routing, args, log_dir / f"{name}-{front}") as stub:
 
-        async def ours(index: int) -> Outcome:
-            return await grpc_request(stub, index, args.tokens, args.request_timeout)
+            async def ours(index: int) -> Outcome:
+                return await grpc_request(stub, index, args.tokens, args.request_timeout)
 
-        capacity = await closed_loop_rate(ours, sum(slots), args.capacity_requests)
-        log(f"{name}: capacity {capacity:.2f} requests/s ({args.tokens} tokens each)")
-        for load in args.loads:
-            for seed in args.seeds:
-                times = arrivals(args.pattern, load * capacity, args.requests, seed)
-                if PADDLER in args.fronts:
-                    results[load, seed, PADDLER] = await open_loop(PADDLER, ours, times)
-                    log(_summary(name, load, seed, results[load, seed, PADDLER]))
-    peers = [front for front in FRONTS[1:] if front in args.fronts]
+            if not capacity:
+                capacity = await closed_loop_rate(ours, sum(slots), args.capacity_requests)
+                log(f"{name}: capacity {capacity:.2f} requests/s ({args.tokens} tokens each)")
+            if front not in args.fronts:
+                continue
+            for load in args.loads:
+                for seed in args.seeds:
+                    times = arrivals(args.pattern, load * capacity, args.requests, seed)
+                    results[load, seed, front] = await open_loop(front, ours, times)
+                    log(_summary(name, load, seed, results[load, seed, front]))
+    peers = [front for front in PEERS if front in args.fronts]
     if not peers:
-        return [_row(name, *key[:2], report) for key, report in sorted(results.items())]
+        return results
     binary = ensure_llama_server()
     pool = ThreadPoolExecutor(max_workers=args.requests)
     loop = asyncio.get_running_loop()
@@ -434,9 +446,18 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path) -> lis
                         results[load, seed, front] = await open_loop(front, theirs, times)
                         log(_summary(name, load, seed, results[load, seed, front]))
     pool.shutdown()
-    for (load, seed, _), report in sorted(results.items(), key=lambda item: item[0]):
-        rows.append(_row(name, load, seed, report))
-    return rows
+    return results
+
+
+def as_json(fleet: str, results: Results) -> list[dict[str, object]]:
+    """Every request's outcome, per run, for plots (``scripts/plot_routing.py``)."""
+    return [
+        {
+            "fleet": fleet, "load": load, "seed": seed, "front": front, "wall": report.wall,
+            "outcomes": [[o.status, o.ttft, o.total, o.tokens] for o in report.outcomes],
+        }
+        for (load, seed, front), report in sorted(results.items())
+    ]  # fmt: skip
 
 
 def _summary(fleet: str, load: float, seed: int, report: Report) -> str:
@@ -479,6 +500,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--capacity-requests", type=int, default=6, help="requests per worker when measuring"
     )
     parser.add_argument("--request-timeout", type=float, default=600.0)
+    parser.add_argument("--json", type=Path, help="also write every outcome to this file")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.tokens < 1 or not all(load > 0 for load in args.loads):
         parser.error("--requests, --tokens and every --loads value must be positive")
@@ -491,9 +513,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-routing-"))
     log(f"logs in {log_dir}")
     rows: list[str] = []
+    runs: list[dict[str, object]] = []
     for name in args.fleets:
-        (log_dir / f"{name}-paddler").mkdir()
-        rows.extend(asyncio.run(bench_fleet(name, args, log_dir)))
+        results = asyncio.run(bench_fleet(name, args, log_dir))
+        rows.extend(_row(name, load, seed, report) for (load, seed, _), report in results.items())
+        runs.extend(as_json(name, results))
+        if args.json:
+            args.json.write_text(json.dumps(runs))
     print(HEADER)
     print("\n".join(rows))
     print(

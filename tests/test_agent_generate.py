@@ -89,6 +89,26 @@ def test_status_snapshot(stub4: agent_pb2_grpc.AgentServiceStub) -> None:
     assert status.model == "SmolLM2-135M-Instruct.Q4_1"
 
 
+def test_the_status_reports_step_timings_per_stream_count(
+    stub4: agent_pb2_grpc.AgentServiceStub,
+) -> None:
+    generate(stub4, prompt_request(PROMPTS[2], max_tokens=8))
+    holders = [stub4.Generate(prompt_request(COUNTING_PROMPT, None), timeout=300) for _ in range(4)]
+    for call in holders:
+        assert next(call).HasField("text")
+    for call in holders:
+        assert next(call).HasField("text")  # a step with all four decoding has run
+    status = stub4.GetStatus(agent_pb2.GetStatusRequest()).status
+    for call in holders:
+        call.cancel()
+    timings = {t.streams: t.step_seconds for t in status.step_timings}
+    assert 1 in timings and 4 in timings and set(timings) <= {1, 2, 3, 4}
+    assert all(seconds > 0 for seconds in timings.values())
+    assert status.prefill_seconds_per_token > 0
+    assert _wait_idle(stub4) == 0
+    assert stub4.GetStatus(agent_pb2.GetStatusRequest()).status.prefill_backlog_tokens == 0
+
+
 def test_cancelling_mid_stream_frees_the_slot() -> None:
     with agent_stub("--slots", "1", "--context-size", "512") as (agent, stub):
         call = stub.Generate(prompt_request(COUNTING_PROMPT, max_tokens=None), timeout=300)

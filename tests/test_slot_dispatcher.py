@@ -72,15 +72,15 @@ def test_a_retry_that_excludes_the_free_agent_holds_up_nobody() -> None:
         first = await _agent(registry, "first", 1)
         second = await _agent(registry, "second", 1)
         on_second = await dispatcher.acquire(None, frozenset({first.agent_id}))
-        assert on_second is second
+        assert on_second.agent is second
         retry = asyncio.create_task(
             dispatcher.acquire(None, frozenset({first.agent_id}), retry=True)
         )
         await asyncio.sleep(0)
         newcomer = await asyncio.wait_for(dispatcher.acquire(None), 1)
-        assert newcomer is first  # served although the retry waits ahead of it
+        assert newcomer.agent is first  # served although the retry waits ahead of it
         dispatcher.release(on_second)
-        assert await retry is second
+        assert (await retry).agent is second
 
     asyncio.run(scenario())
 
@@ -113,7 +113,7 @@ def test_only_agents_serving_the_desired_state_get_requests() -> None:
         assert caught.value.reason == "NO_AGENT_SERVES_DESIRED_STATE"
         assert "old: not applied yet" in caught.value.message
         new = await _agent(registry, "new", 1, states.current)
-        assert await dispatcher.acquire(None) is new
+        assert (await dispatcher.acquire(None)).agent is new
 
     asyncio.run(scenario())
 
@@ -131,7 +131,7 @@ def test_a_version_of_another_balancer_run_or_still_applying_serves_nothing() ->
             await dispatcher.acquire(None)
         assert caught.value.reason == "NO_AGENT_SERVES_DESIRED_STATE"
         new = await _agent(registry, "new", 1, current)
-        assert await dispatcher.acquire(None) is new
+        assert (await dispatcher.acquire(None)).agent is new
 
     asyncio.run(scenario())
 

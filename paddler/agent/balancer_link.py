@@ -5,20 +5,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import grpc
 import structlog
 from grpc import aio
 
-from paddler.agent.servicer import AgentServicer
 from paddler.common.grpc_server import CHANNEL_OPTIONS
 from paddler.common.status_interval import STATUS_INTERVAL_S
-from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc, desired_state_pb2
+from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc, desired_state_pb2, status_pb2
 
 log = structlog.get_logger(__name__)
 
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
+
+
+class StatusSource(Protocol):
+    """What the link reports: an agent's servicer (or a simulated agent)."""
+
+    @property
+    def name(self) -> str:
+        """The agent's name."""
+        ...
+
+    @property
+    def status_changed(self) -> asyncio.Event:
+        """Set on every change: a snapshot goes out at once."""
+        ...
+
+    def status(self) -> status_pb2.AgentStatus:
+        """The snapshot to send now."""
+        ...
 
 
 class BalancerLink:
@@ -29,7 +47,7 @@ class BalancerLink:
         self,
         balancer: str,
         advertise: str,
-        servicer: AgentServicer,
+        servicer: StatusSource,
         on_desired_state: Callable[[desired_state_pb2.VersionedDesiredState], None],
     ) -> None:
         self._balancer = balancer

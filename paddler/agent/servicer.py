@@ -62,6 +62,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             chat_template=self._jobs.template_name if self._jobs else "",
         )
         self.report.fill(status)
+        if self._engine is not None:
+            self._engine.step_timings.fill(status)
         return status
 
     async def GetStatus(

@@ -8,12 +8,16 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 from grpc import aio
 
 from paddler.common.grpc_server import CHANNEL_OPTIONS
 from paddler.v1 import agent_pb2, agent_registry_pb2, desired_state_pb2, status_pb2
+
+if TYPE_CHECKING:
+    from paddler.balancer.stream_claim import StreamClaim
 
 log = structlog.get_logger(__name__)
 
@@ -22,7 +26,7 @@ GENERATE_METHOD = "/paddler.v1.AgentService/Generate"
 
 @dataclass(eq=False)
 class RegisteredAgent:
-    """One connected agent. ``claims`` counts this balancer's streams running on it."""
+    """One connected agent. ``streams`` are this balancer's requests running on it."""
 
     agent_id: str
     name: str
@@ -32,7 +36,7 @@ class RegisteredAgent:
     # swapping models (a desired state was sent, or it answered NOT_READY).
     status: status_pb2.AgentStatus = field(default_factory=status_pb2.AgentStatus)
     last_status_at: float = field(default_factory=time.monotonic)
-    claims: int = 0
+    streams: set[StreamClaim] = field(default_factory=set)
     # Busy slots the last snapshot showed beyond our claims: other clients of the agent.
     external_busy: int = 0
     # Removed from the registry; its channel closes when its last stream ends.
@@ -41,6 +45,11 @@ class RegisteredAgent:
     outbox: asyncio.Queue[agent_registry_pb2.ConnectResponse | None] = field(
         default_factory=asyncio.Queue
     )
+
+    @property
+    def claims(self) -> int:
+        """This balancer's streams running on the agent now."""
+        return len(self.streams)
 
     @property
     def busy_slots(self) -> int:

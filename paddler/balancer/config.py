@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from paddler.balancer.routing_policy import RoutingName
+
 
 @dataclass(frozen=True)
 class BalancerConfig:
@@ -19,3 +21,4 @@ class BalancerConfig:
     max_attempts: int
     # JSON file that keeps the desired state across restarts; None keeps it in memory.
     state_file: Path | None
+    routing: RoutingName = "slots"

@@ -15,6 +15,7 @@ from grpc import aio
 
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.balancer.stream_claim import Demand
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import AgentCallError, PaddlerError, RelayedError, UnavailableError
 from paddler.common.generation_input import check_generation_input
@@ -105,13 +106,16 @@ class InferenceServicer:
     ) -> AsyncIterator[bytes]:
         excluded: set[str] = set()
         failures = 0
+        demand = Demand.of(forwarded.input)
         while True:
-            agent = await self._dispatcher.acquire(
+            claim = await self._dispatcher.acquire(
                 context.time_remaining(),
                 frozenset(excluded),
                 retry=progress.attempts > 0,
                 arrived_at=progress.arrived_at,
+                demand=demand,
             )
+            agent = claim.agent
             progress.agent = agent
             progress.attempts += 1
             call = None
@@ -119,6 +123,7 @@ class InferenceServicer:
                 call = agent.generate(forwarded, timeout=context.time_remaining())
                 async for chunk in call:
                     progress.last = chunk
+                    claim.relayed += 1
                     yield chunk
             except (aio.AioRpcError, aio.UsageError, asyncio.CancelledError) as error:
                 failure = _agent_failure(agent, error)
@@ -149,11 +154,12 @@ class InferenceServicer:
                     code=failure.code.name,
                 )
             else:
+                claim.completed = True
                 return
             finally:
                 if call is not None:
                     call.cancel()
-                self._dispatcher.release(agent)
+                self._dispatcher.release(claim)
 
 
 @dataclass

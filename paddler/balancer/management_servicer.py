@@ -32,6 +32,7 @@ def _describe(agent: RegisteredAgent, now: float) -> management_pb2.RegisteredAg
         chat_template=status.chat_template,
         issues=status.issues,
         download=status.download,
+        step_timings=status.step_timings,
     )
     described.last_status_age.FromNanoseconds(int((now - agent.last_status_at) * 1e9))
     return described

@@ -13,7 +13,10 @@ from paddler.balancer.inference_servicer import SERVICE as INFERENCE_SERVICE
 from paddler.balancer.inference_servicer import InferenceServicer
 from paddler.balancer.management_servicer import ManagementServicer
 from paddler.balancer.registry_servicer import AgentRegistryServicer
+from paddler.balancer.routing_policy import RoutingName, RoutingPolicy
 from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.balancer.slot_policy import SlotPolicy
+from paddler.balancer.speed_policy import SpeedPolicy
 from paddler.balancer.state_store import StateStore
 from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
 from paddler.v1 import (
@@ -36,13 +39,22 @@ async def _remove_stale_agents(registry: AgentRegistry, stale_after_s: float) ->
         await registry.remove_stale(stale_after_s)
 
 
+def routing_policy(name: RoutingName) -> RoutingPolicy:
+    """The policy ``--routing`` names."""
+    return SpeedPolicy() if name == "speed" else SlotPolicy()
+
+
 async def run_balancer(config: BalancerConfig) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight streams within the grace period."""
     registry = AgentRegistry()
     states = StateStore(config.state_file)
     states.listen(registry.broadcast)
     dispatcher = SlotDispatcher(
-        registry, states, config.max_buffered_requests, config.buffered_request_timeout_s
+        registry,
+        states,
+        config.max_buffered_requests,
+        config.buffered_request_timeout_s,
+        routing_policy(config.routing),
     )
     inference = ManagedServer([INFERENCE_SERVICE])
     inference.server.add_generic_rpc_handlers(
@@ -59,7 +71,12 @@ async def run_balancer(config: BalancerConfig) -> None:
     management_address = await management.start(config.management_address)
     await inference.set_serving(serving=True)
     await management.set_serving(serving=True)
-    log.info("balancer listening", inference=inference_address, management=management_address)
+    log.info(
+        "balancer listening",
+        inference=inference_address,
+        management=management_address,
+        routing=config.routing,
+    )
     watchdog = asyncio.create_task(_remove_stale_agents(registry, config.agent_stale_after_s))
     await wait_for_termination_signal()
     await inference.drain(config.grace_period_s)

@@ -4,38 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import time
 from dataclasses import dataclass
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
-from paddler.balancer.router import pick_agent
+from paddler.balancer.routing_policy import PendingRequest, RoutingPolicy
+from paddler.balancer.slot_policy import SlotPolicy, pick_agent
 from paddler.balancer.state_store import StateStore
+from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 
 
 @dataclass(eq=False)
 class _Waiter:
-    future: asyncio.Future[RegisteredAgent]
-    exclude: frozenset[str]
+    future: asyncio.Future[StreamClaim]
+    request: PendingRequest
 
 
 class SlotDispatcher:
     """Claims a slot for each request; a claim lasts until ``release``, however the call ends.
 
-    Only the head of the FIFO is ever served, so requests get slots in the order they came.
+    Waiting requests are offered to the routing policy oldest first, so they get slots in the
+    order they came unless the policy plans a later slot on a faster agent for one of them.
     """
 
     def __init__(
-        self, registry: AgentRegistry, states: StateStore, capacity: int, timeout_s: float
+        self,
+        registry: AgentRegistry,
+        states: StateStore,
+        capacity: int,
+        timeout_s: float,
+        policy: RoutingPolicy | None = None,
     ) -> None:
         self.capacity = capacity
         self._states = states
         self._timeout_s = timeout_s
         self._registry = registry
+        self._policy: RoutingPolicy = policy or SlotPolicy()
         self._waiters: collections.deque[_Waiter] = collections.deque()
-        self._turns = itertools.count()
+        self._recheck: asyncio.TimerHandle | None = None
         registry.listen(self.dispatch)
 
     @property
@@ -50,7 +58,8 @@ class SlotDispatcher:
         *,
         retry: bool = False,
         arrived_at: float | None = None,
-    ) -> RegisteredAgent:
+        demand: Demand | None = None,
+    ) -> StreamClaim:
         """Claim a slot, waiting in the buffer if none is free. A retry goes to the front.
 
         ``arrived_at`` (monotonic; default now) starts the --buffered-request-timeout clock:
@@ -60,38 +69,43 @@ class SlotDispatcher:
         buffer_left_s = started + self._timeout_s - time.monotonic()
         if buffer_left_s <= 0:
             raise self._wait_failed()
-        if retry or not self._waiters:
-            agent = self._pick(exclude)
-            if agent is not None:
-                agent.claims += 1
-                return agent
-        if self.capacity == 0:
-            raise ResourceExhaustedError(
-                "no agent has a free slot and buffering is off (--max-buffered-requests 0)"
-            )
-        if self.buffered >= self.capacity:
-            raise ResourceExhaustedError(
-                f"no agent has a free slot and the buffer is full ({self.capacity} requests "
-                "waiting); retry later"
-            )
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), PendingRequest(demand or Demand(), exclude))
         if retry:
             self._waiters.appendleft(waiter)
         else:
             self._waiters.append(waiter)
         self.dispatch()
+        if waiter.future.done():
+            return waiter.future.result()
+        if self.capacity == 0 or self.buffered > self.capacity:
+            self._waiters.remove(waiter)
+            waiter.future.cancel()
+            # A policy may keep a request for a faster agent; with no room to wait, any free
+            # slot beats a refusal.
+            agent = pick_agent(self._registry.agents(), exclude, 0, self._states.current)
+            if agent is not None:
+                return self._claim(agent, waiter.request.demand)
+            if self.capacity == 0:
+                raise ResourceExhaustedError(
+                    "no agent has a free slot and buffering is off (--max-buffered-requests 0)"
+                )
+            raise ResourceExhaustedError(
+                f"no agent has a free slot and the buffer is full ({self.capacity} requests "
+                "waiting); retry later"
+            )
         client_first = time_remaining_s is not None and time_remaining_s <= buffer_left_s
         wait_s = time_remaining_s if client_first else buffer_left_s
         try:
-            agent = await asyncio.wait_for(waiter.future, wait_s)
+            claim = await asyncio.wait_for(waiter.future, wait_s)
         except BaseException as error:
             self._forget(waiter)
             if not isinstance(error, TimeoutError):
                 raise
         else:
             if not being_cancelled():
-                return agent
-            self.release(agent)  # Python 3.11's wait_for can swallow a cancel: honour it
+                return claim
+            self.release(claim)  # Python 3.11's wait_for can swallow a cancel: honour it
             raise asyncio.CancelledError
         if client_first:
             raise DeadlineExceededError(
@@ -118,9 +132,11 @@ class SlotDispatcher:
             reason="BUFFER_TIMEOUT",
         )
 
-    def release(self, agent: RegisteredAgent) -> None:
+    def release(self, claim: StreamClaim) -> None:
         """Give a claimed slot back and serve the buffer."""
-        agent.claims -= 1
+        agent = claim.agent
+        agent.streams.discard(claim)
+        self._policy.finished(claim)
         self._registry.released(agent)
         self.dispatch()
 
@@ -129,26 +145,32 @@ class SlotDispatcher:
         return any(a.agent_id not in exclude for a in self._registry.agents())
 
     def dispatch(self) -> None:
-        """Give free slots to waiting requests, oldest first.
-
-        A waiter that excludes the agents with free slots (a retry) is passed over, so it
-        holds up nobody behind it.
-        """
-        for waiter in list(self._waiters):
-            if waiter.future.done():
+        """Give free slots to waiting requests as the routing policy plans them."""
+        live = [waiter for waiter in self._waiters if not waiter.future.done()]
+        if len(live) != len(self._waiters):
+            self._waiters = collections.deque(live)
+        if not live:
+            return
+        plan = self._policy.plan(
+            [waiter.request for waiter in live], self._registry.agents(), self._states.current
+        )
+        for waiter, agent in zip(live, plan.grants, strict=True):
+            if agent is not None:
                 self._waiters.remove(waiter)
-                continue
-            agent = self._pick(waiter.exclude)
-            if agent is None:
-                if waiter.exclude:
-                    continue
-                return  # no free slot anywhere: nobody behind can have one either
-            self._waiters.remove(waiter)
-            agent.claims += 1
-            waiter.future.set_result(agent)
+                waiter.future.set_result(self._claim(agent, waiter.request.demand))
+        if plan.recheck_in_s is not None and self._recheck is None:
+            self._recheck = asyncio.get_running_loop().call_later(
+                plan.recheck_in_s, self._rechecked
+            )
 
-    def _pick(self, exclude: frozenset[str]) -> RegisteredAgent | None:
-        return pick_agent(self._registry.agents(), exclude, next(self._turns), self._states.current)
+    def _rechecked(self) -> None:
+        self._recheck = None
+        self.dispatch()
+
+    def _claim(self, agent: RegisteredAgent, demand: Demand) -> StreamClaim:
+        claim = StreamClaim(agent, demand)
+        agent.streams.add(claim)
+        return claim
 
     def _forget(self, waiter: _Waiter) -> None:
         """Drop a waiter that gave up; a slot it was handed at the last moment goes back."""

@@ -9,6 +9,7 @@ import typer
 import uvloop
 
 from paddler.balancer.config import BalancerConfig
+from paddler.balancer.routing_policy import RoutingName
 from paddler.balancer.server import run_balancer
 from paddler.cli.failure import exit_on_domain_error
 from paddler.cli.options import GracePeriodOption, LogLevelOption
@@ -80,6 +81,14 @@ def balancer(
             help="JSON file keeping the desired state across restarts (default: memory only).",
         ),
     ] = None,
+    routing: Annotated[
+        RoutingName,
+        typer.Option(
+            envvar="PADDLER_ROUTING",
+            help="How an agent is chosen: 'slots' (fewest busy slots) or 'speed' (soonest "
+            "expected first token and completion, from the speeds agents report).",
+        ),
+    ] = "slots",
     grace_period: GracePeriodOption = 30.0,
     log_level: LogLevelOption = "info",
 ) -> None:
@@ -94,6 +103,7 @@ def balancer(
         grace_period_s=grace_period,
         max_attempts=max_attempts,
         state_file=state_file,
+        routing=routing,
     )
     with exit_on_domain_error():
         # uvloop: the balancer relays every token through its event loop (about half of its

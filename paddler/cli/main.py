@@ -6,6 +6,7 @@ from paddler.cli.agent import agent
 from paddler.cli.agents import agents
 from paddler.cli.balancer import balancer
 from paddler.cli.generate import chat, generate
+from paddler.cli.simulated_fleet import simulated_fleet
 from paddler.cli.state import state_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
@@ -16,6 +17,6 @@ def paddler() -> None:
     """Paddler: slot-aware serving of llama.cpp models over gRPC."""
 
 
-for command in (balancer, agent, generate, chat, agents):
+for command in (balancer, agent, generate, chat, agents, simulated_fleet):
     app.command()(command)
 app.add_typer(state_app, name="state")

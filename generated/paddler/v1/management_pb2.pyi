@@ -42,6 +42,7 @@ class RegisteredAgent(_message.Message):
     DOWNLOAD_FIELD_NUMBER: _builtins.int
     APPLIED_STATE_EPOCH_FIELD_NUMBER: _builtins.int
     CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
+    STEP_TIMINGS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     name: _builtins.str
     address: _builtins.str
@@ -65,6 +66,10 @@ class RegisteredAgent(_message.Message):
     def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def download(self) -> _status_pb2.DownloadProgress: ...
+    @_builtins.property
+    def step_timings(self) -> _containers.RepeatedCompositeFieldContainer[_status_pb2.StepTiming]:
+        """The agent's recent decode step timings (see AgentStatus.step_timings)."""
+
     def __init__(
         self,
         *,
@@ -83,10 +88,11 @@ class RegisteredAgent(_message.Message):
         download: _status_pb2.DownloadProgress | None = ...,
         applied_state_epoch: _builtins.str = ...,
         chat_template: _builtins.str = ...,
+        step_timings: _abc.Iterable[_status_pb2.StepTiming] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "last_status_age", b"last_status_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

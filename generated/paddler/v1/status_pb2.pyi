@@ -71,6 +71,32 @@ class DownloadProgress(_message.Message):
 Global___DownloadProgress: _TypeAlias = DownloadProgress  # noqa: Y015
 
 @_typing.final
+class StepTiming(_message.Message):
+    """How long the agent's recent decode steps took with a given number of streams in the batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAMS_FIELD_NUMBER: _builtins.int
+    STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    streams: _builtins.int
+    """Streams that each got one token in the step."""
+    step_seconds: _builtins.float
+    """Recent mean duration of such a step, in seconds: each stream's time per token."""
+    def __init__(
+        self,
+        *,
+        streams: _builtins.int = ...,
+        step_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["step_seconds", b"step_seconds", "streams", b"streams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepTiming: _TypeAlias = StepTiming  # noqa: Y015
+
+@_typing.final
 class AgentStatus(_message.Message):
     """A slot-aggregated snapshot of one agent."""
 
@@ -87,6 +113,9 @@ class AgentStatus(_message.Message):
     DOWNLOAD_FIELD_NUMBER: _builtins.int
     APPLIED_STATE_EPOCH_FIELD_NUMBER: _builtins.int
     CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
+    STEP_TIMINGS_FIELD_NUMBER: _builtins.int
+    PREFILL_SECONDS_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    PREFILL_BACKLOG_TOKENS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     slots_total: _builtins.int
     slots_processing: _builtins.int
@@ -103,6 +132,10 @@ class AgentStatus(_message.Message):
     """Which chat template renders conversations: "gguf" (the model's own), "override" (the
     desired state's), "chatml" (the fallback for a model without one), "" with no model.
     """
+    prefill_seconds_per_token: _builtins.float
+    """Recent mean time to prefill one prompt token, in seconds (0 until measured)."""
+    prefill_backlog_tokens: _builtins.int
+    """Prompt tokens admitted to slots but not decoded yet."""
     @_builtins.property
     def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Readable problems, e.g. why the last state failed."""
@@ -110,6 +143,12 @@ class AgentStatus(_message.Message):
     @_builtins.property
     def download(self) -> Global___DownloadProgress:
         """Set while a model downloads."""
+
+    @_builtins.property
+    def step_timings(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepTiming]:
+        """Recent decode step timings, one per stream count seen (empty until the agent decodes):
+        what speed-aware routing reads.
+        """
 
     def __init__(
         self,
@@ -125,10 +164,13 @@ class AgentStatus(_message.Message):
         download: Global___DownloadProgress | None = ...,
         applied_state_epoch: _builtins.str = ...,
         chat_template: _builtins.str = ...,
+        step_timings: _abc.Iterable[Global___StepTiming] | None = ...,
+        prefill_seconds_per_token: _builtins.float = ...,
+        prefill_backlog_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,57 @@
+"""An agent's speed as its status snapshots report it: time per token at each stream count."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from paddler.v1 import status_pb2
+
+
+@dataclass(frozen=True)
+class AgentSpeed:
+    """Decode step time by stream count (what each stream waits per token), prefill time per
+    prompt token and the prompt tokens still to prefill."""
+
+    streams: tuple[int, ...]
+    step_s: tuple[float, ...]
+    prefill_s_per_token: float = 0.0
+    backlog_tokens: int = 0
+
+    @classmethod
+    def of(cls, status: status_pb2.AgentStatus) -> AgentSpeed | None:
+        """The speed a snapshot reports; None before the agent has timed a decode step."""
+        timings = sorted(
+            (t.streams, t.step_seconds)
+            for t in status.step_timings
+            if t.streams > 0 and t.step_seconds > 0
+        )
+        if not timings:
+            return None
+        return cls(
+            streams=tuple(streams for streams, _ in timings),
+            step_s=tuple(seconds for _, seconds in timings),
+            prefill_s_per_token=max(status.prefill_seconds_per_token, 0.0),
+            backlog_tokens=max(status.prefill_backlog_tokens, 0),
+        )
+
+    def step(self, streams: int) -> float:
+        """Seconds per token for each of ``streams`` streams decoding together.
+
+        Between measured counts the time is interpolated. Below the smallest it is taken as
+        no shorter, and beyond the largest as growing in proportion (no gain from batching
+        more), so an estimate that was never measured errs on the slow side.
+        """
+        counts, times = self.streams, self.step_s
+        if streams <= counts[0]:
+            return times[0]
+        if streams >= counts[-1]:
+            return times[-1] * streams / counts[-1]
+        upper = bisect.bisect_left(counts, streams)
+        low, high = counts[upper - 1], counts[upper]
+        share = (streams - low) / (high - low)
+        return times[upper - 1] + share * (times[upper] - times[upper - 1])
+
+    def prefill(self, prompt_tokens: int) -> float:
+        """Seconds until a new request's prompt is prefilled: the backlog's, then its own."""
+        return (self.backlog_tokens + prompt_tokens) * self.prefill_s_per_token

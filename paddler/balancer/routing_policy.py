@@ -1,0 +1,49 @@
+"""What a routing policy is: given the waiting requests and the agents, who goes where now."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from paddler.balancer.agent_registry import RegisteredAgent
+from paddler.balancer.stream_claim import Demand, StreamClaim
+from paddler.v1 import desired_state_pb2
+
+RoutingName = Literal["slots", "speed"]
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A request waiting for a slot: its size and the agents it must not go to (a retry's)."""
+
+    demand: Demand = field(default_factory=Demand)
+    exclude: frozenset[str] = frozenset()
+
+
+@dataclass
+class Plan:
+    """One entry per request, in order: the agent to claim a slot on now, or None to wait.
+
+    ``recheck_in_s`` asks for another plan after that long even if nothing changes (a request
+    waits for a slot that estimates say frees soon, while another agent has one free now)."""
+
+    grants: list[RegisteredAgent | None]
+    recheck_in_s: float | None = None
+
+
+class RoutingPolicy(Protocol):
+    """Chooses agents; the dispatcher claims the slots and keeps the requests in order."""
+
+    def plan(
+        self,
+        requests: Sequence[PendingRequest],
+        agents: Sequence[RegisteredAgent],
+        desired: desired_state_pb2.VersionedDesiredState,
+    ) -> Plan:
+        """Grants for ``requests`` (oldest first) on agents with free slots."""
+        ...
+
+    def finished(self, claim: StreamClaim) -> None:
+        """A stream ended (``claim.completed`` when it ran to its summary)."""
+        ...

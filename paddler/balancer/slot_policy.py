@@ -1,0 +1,73 @@
+"""Slot-aware routing (``--routing slots``): fewest busy slots, then most free, then take turns.
+
+Requests are served strictly in order: once the oldest request finds no free slot, nobody
+behind it gets one (a retry that excludes the agents with free slots is passed over).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+from paddler.balancer.agent_registry import RegisteredAgent
+from paddler.balancer.routing_policy import PendingRequest, Plan
+from paddler.balancer.stream_claim import StreamClaim
+from paddler.v1 import desired_state_pb2
+
+
+def pick_agent(
+    agents: Iterable[RegisteredAgent],
+    exclude: Collection[str],
+    turn: int,
+    desired: desired_state_pb2.VersionedDesiredState,
+    planned: Mapping[str, int] | None = None,
+) -> RegisteredAgent | None:
+    """The agent a new request should go to, or None when no agent has a free slot.
+
+    Only agents that serve the ``desired`` state count (any ready agent when none is set);
+    ``planned`` counts slots already promised to earlier requests, by agent id.
+    """
+    planned = planned or {}
+    scored = []
+    for agent in agents:
+        if agent.agent_id in exclude:
+            continue
+        extra = planned.get(agent.agent_id, 0)
+        free = agent.free_slots(desired) - extra
+        if free > 0:
+            scored.append(((agent.busy_slots + extra, -free), agent))
+    if not scored:
+        return None
+    best = min(score for score, _ in scored)
+    tied = [agent for score, agent in scored if score == best]
+    return tied[turn % len(tied)]
+
+
+class SlotPolicy:
+    """The policy of ``--routing slots``: free slots are the only signal."""
+
+    def __init__(self) -> None:
+        self._turns = itertools.count()
+
+    def plan(
+        self,
+        requests: Sequence[PendingRequest],
+        agents: Sequence[RegisteredAgent],
+        desired: desired_state_pb2.VersionedDesiredState,
+    ) -> Plan:
+        """Grants in order until the oldest request left finds no free slot."""
+        planned: collections.Counter[str] = collections.Counter()
+        grants: list[RegisteredAgent | None] = []
+        for request in requests:
+            agent = pick_agent(agents, request.exclude, next(self._turns), desired, planned)
+            if agent is None and not request.exclude:
+                break  # no free slot anywhere: nobody behind can have one either
+            if agent is not None:
+                planned[agent.agent_id] += 1
+            grants.append(agent)
+        grants.extend([None] * (len(requests) - len(grants)))
+        return Plan(grants)
+
+    def finished(self, claim: StreamClaim) -> None:
+        """Nothing to learn: slots are all this policy reads."""

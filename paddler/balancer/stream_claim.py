@@ -1,0 +1,51 @@
+"""A request's claim on one agent slot, and what the balancer knows of the request's size."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from paddler.v1 import generation_pb2
+
+if TYPE_CHECKING:
+    from paddler.balancer.agent_registry import RegisteredAgent
+
+# Bytes of text per token, roughly, for guessing a prompt's size without its tokenizer.
+BYTES_PER_TOKEN = 4
+# Template tokens around each message of a conversation.
+TOKENS_PER_MESSAGE = 4
+
+
+@dataclass(frozen=True)
+class Demand:
+    """How big a request looks before it runs: its prompt (guessed from its bytes) and the
+    cap on what it generates (None: until the slot's context is full)."""
+
+    prompt_tokens: int = 0
+    max_tokens: int | None = None
+
+    @classmethod
+    def of(cls, generation: generation_pb2.GenerationInput) -> Demand:
+        """The demand of an input that passed ``check_generation_input``."""
+        if generation.HasField("conversation"):
+            messages = generation.conversation.messages
+            size = sum(len(m.content.encode()) for m in messages) // BYTES_PER_TOKEN
+            prompt = size + TOKENS_PER_MESSAGE * len(messages)
+        else:
+            prompt = len(generation.prompt.encode()) // BYTES_PER_TOKEN
+        cap = generation.max_tokens if generation.HasField("max_tokens") else None
+        return cls(prompt_tokens=max(prompt, 1), max_tokens=cap)
+
+
+@dataclass(eq=False)
+class StreamClaim:
+    """One request running on ``agent``: counted in its busy slots until released."""
+
+    agent: RegisteredAgent
+    demand: Demand
+    granted_at: float = field(default_factory=time.monotonic)
+    # Messages relayed so far: about one per generated token.
+    relayed: int = 0
+    # Set when the agent's summary went out: the request ran to its end.
+    completed: bool = False

@@ -401,7 +401,7 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path) -> Res
     fleet = FLEETS[name]
     slots = [count for _, count in fleet]
     results: Results = {}
-    capacity = 0.0
+    capacity = args.capacity or 0.0
     for front, routing in OURS.items():
         if front not in args.fronts and capacity:
             continue
@@ -501,7 +501,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--request-timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path, help="also write every outcome to this file")
+    parser.add_argument(
+        "--capacity", type=float, help="requests/s of the fleet, as measured before (skips it)"
+    )
     args = parser.parse_args(argv)
+    if args.capacity is not None and len(args.fleets) != 1:
+        parser.error("--capacity is one fleet's: give exactly one --fleets")
     if args.requests < 1 or args.tokens < 1 or not all(load > 0 for load in args.loads):
         parser.error("--requests, --tokens and every --loads value must be positive")
     return args

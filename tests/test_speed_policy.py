@@ -16,7 +16,12 @@ from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.agent_speed import AgentSpeed
 from paddler.balancer.routing_policy import PendingRequest
 from paddler.balancer.slot_dispatcher import SlotDispatcher
-from paddler.balancer.speed_policy import FIRST_TYPICAL_TOKENS, SpeedPolicy, tokens_left
+from paddler.balancer.speed_policy import (
+    CANDIDATES,
+    FIRST_TYPICAL_TOKENS,
+    SpeedPolicy,
+    tokens_left,
+)
 from paddler.balancer.state_store import StateStore
 from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.v1 import desired_state_pb2, status_pb2
@@ -67,12 +72,25 @@ def test_without_reported_speeds_the_slot_policy_decides() -> None:
     asyncio.run(scenario())
 
 
-def test_waits_for_the_one_slot_agent_rather_than_share_a_non_batching_one() -> None:
-    # The fleet where slots lied: 1 slot and 3 slots of the same speed in total.
+def test_a_free_slot_beats_waiting_when_the_first_token_comes_sooner_there() -> None:
+    # The fleet where slots lied: 1 slot and 3 slots of the same speed in total. Waiting for
+    # the 1-slot agent would finish sooner, but its first token would come later.
     async def scenario() -> None:
         registry = AgentRegistry()
         await _agent(registry, "one-slot", 1, {1: 0.028}, [(54, 64)])  # 10 tokens left
         await _agent(registry, "three-slots", 3, SMOLLM_1_THREAD, [(34, 64)])
+        plan = SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE)
+        assert _names(plan.grants) == ["three-slots"]
+        assert plan.recheck_in_s is None
+
+    asyncio.run(scenario())
+
+
+def test_waits_for_a_fast_agent_about_to_free_a_slot_rather_than_take_a_slow_one() -> None:
+    async def scenario() -> None:
+        registry = AgentRegistry()
+        await _agent(registry, "smollm", 1, SMOLLM_1_THREAD, [(63, 64)])  # 1 token left
+        await _agent(registry, "gemma", 1, GEMMA_1_THREAD)
         plan = SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE)
         assert _names(plan.grants) == [None]
         assert plan.recheck_in_s is not None and plan.recheck_in_s > 0
@@ -117,7 +135,7 @@ def test_the_slow_agent_gets_work_when_the_fast_one_is_far_from_free() -> None:
 def test_a_queue_is_planned_in_order_each_seeing_the_slots_planned_before_it() -> None:
     async def scenario() -> None:
         registry = AgentRegistry()
-        await _agent(registry, "smollm", 1, SMOLLM_1_THREAD, [(60, 64)])  # 4 tokens left
+        await _agent(registry, "smollm", 1, SMOLLM_1_THREAD, [(63, 64)])  # 1 token left
         await _agent(registry, "gemma", 1, GEMMA_1_THREAD)
         plan = SpeedPolicy().plan([REQUEST, REQUEST, REQUEST], registry.agents(), NO_STATE)
         # The oldest waits a moment for SmolLM; the next would wait behind it, so Gemma's
@@ -215,12 +233,12 @@ def test_a_waiter_kept_for_a_fast_agent_moves_when_its_estimate_grows() -> None:
     # runs on past its typical length, so the wait for it grows and the slow agent wins.
     async def scenario() -> None:
         registry = AgentRegistry()
-        fast = await _agent(registry, "fast", 1, SMOLLM_1_THREAD, [(120, None)])
+        fast = await _agent(registry, "fast", 1, SMOLLM_1_THREAD, [(127, None)])
         await _agent(registry, "slow", 1, GEMMA_1_THREAD)
         dispatcher = SlotDispatcher(registry, StateStore(None), 10, 30, SpeedPolicy())
         waiting = asyncio.create_task(dispatcher.acquire(None, demand=REQUEST.demand))
         await asyncio.sleep(0.05)
-        assert not waiting.done()  # kept for the fast agent, ~8 tokens from its typical end
+        assert not waiting.done()  # kept for the fast agent, a token from its typical end
         (running,) = fast.streams
         running.relayed = 400  # it ran on: as long again is expected
         claim = await asyncio.wait_for(waiting, 5)
@@ -232,10 +250,30 @@ def test_a_waiter_kept_for_a_fast_agent_moves_when_its_estimate_grows() -> None:
 def test_with_no_room_to_wait_a_request_takes_any_free_slot() -> None:
     async def scenario() -> None:
         registry = AgentRegistry()
-        await _agent(registry, "fast", 1, {1: 0.028}, [(60, 64)])
+        await _agent(registry, "fast", 1, {1: 0.028}, [(63, 64)])  # the policy would wait
         await _agent(registry, "slow", 1, GEMMA_1_THREAD)
+        assert SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE).grants == [None]
         dispatcher = SlotDispatcher(registry, StateStore(None), 0, 30, SpeedPolicy())
         claim = await dispatcher.acquire(None, demand=REQUEST.demand)
         assert claim.agent.name == "slow"
+
+    asyncio.run(scenario())
+
+
+def test_in_a_large_fleet_a_slot_freed_anywhere_is_found() -> None:
+    # Past CANDIDATES agents a plan draws a sample of the agents with a free slot.
+    async def scenario() -> None:
+        registry = AgentRegistry()
+        for index in range(CANDIDATES * 4):
+            await _agent(registry, f"a{index}", 1, SMOLLM_1_THREAD)
+        dispatcher = SlotDispatcher(registry, StateStore(None), 10, 30, SpeedPolicy())
+        claims = [await dispatcher.acquire(None, demand=REQUEST.demand) for _ in registry.agents()]
+        assert {claim.agent.name for claim in claims} == {a.name for a in registry.agents()}
+        waiting = asyncio.create_task(dispatcher.acquire(None, demand=REQUEST.demand))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        freed = claims[CANDIDATES * 3 + 5]
+        dispatcher.release(freed)
+        assert (await asyncio.wait_for(waiting, 5)).agent is freed.agent
 
     asyncio.run(scenario())

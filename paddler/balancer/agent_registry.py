@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 from grpc import aio
 
+from paddler.balancer.agent_speed import AgentSpeed
 from paddler.common.grpc_server import CHANNEL_OPTIONS
 from paddler.v1 import agent_pb2, agent_registry_pb2, desired_state_pb2, status_pb2
 
@@ -39,6 +40,8 @@ class RegisteredAgent:
     streams: set[StreamClaim] = field(default_factory=set)
     # Busy slots the last snapshot showed beyond our claims: other clients of the agent.
     external_busy: int = 0
+    # The speed the last snapshot reported (None before it timed a decode step).
+    speed: AgentSpeed | None = None
     # Removed from the registry; its channel closes when its last stream ends.
     retired: bool = False
     # Messages for the agent's Connect stream; None ends it.
@@ -136,6 +139,7 @@ class AgentRegistry:
     def update(self, agent: RegisteredAgent, status: status_pb2.AgentStatus) -> None:
         """Apply a status snapshot."""
         agent.status.CopyFrom(status)
+        agent.speed = AgentSpeed.of(status)
         agent.external_busy = max(status.slots_processing - agent.claims, 0)
         agent.last_status_at = time.monotonic()
         self.changed()

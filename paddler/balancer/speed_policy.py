@@ -1,20 +1,28 @@
-"""Speed-aware routing (``--routing speed``): each request goes where it is expected to be served
-best, from the speeds agents report and the streams the balancer relays.
+"""Speed-aware routing (``--routing speed``): each request goes where its first token is expected
+soonest and, among such places, where it finishes soonest, from the speeds agents report and the
+streams the balancer relays.
 
 For every agent the policy keeps a timeline: the tokens each busy slot has left (the balancer's
 own streams from what it relayed, other clients' streams at a typical length) and the agent's
-reported time per token at each stream count. A request's cost on an agent is its expected time
-to first token, plus its expected completion, plus the slowdown it brings to the streams already
-there (nothing where batching is free, a lot where it is not). A free slot is used at once; a
-busy agent costs the wait for its soonest slot, so a request may wait for a fast agent when that
-is sooner than a free slot on a slow one. Requests are planned oldest first, each seeing the
-slots planned for those before it. Without any speed reported the slot policy decides; an agent
-that reported none yet is taken to be as fast as the fastest one, so it gets tried.
+reported time per token at each stream count. On a free slot a request's first token comes after
+its prefill and one step; on a busy agent after the wait for its soonest slot too. A request
+takes a free slot unless waiting for a busy agent brings its first token sooner (a fast agent
+about to free a slot, against a slow one). Among those options it goes where its completion,
+plus the slowdown it brings to the streams already there, is least: nothing where batching is
+free (a GPU), a lot where it is not (one CPU thread). Requests are planned oldest first, each
+seeing the slots planned for those before it. Without any speed reported the slot policy
+decides; an agent that reported none yet is taken to be as fast as the fastest one, so it gets
+tried.
+
+In a fleet of more than ``CANDIDATES`` agents a plan weighs at most that many of the agents with
+a free slot, drawn at random, and a quarter as many of all agents (busy ones it might wait for):
+only the check for a free slot grows with the fleet.
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,11 +37,11 @@ from paddler.v1 import desired_state_pb2
 FIRST_TYPICAL_TOKENS = 128.0
 # Weight of the newest finished request in the typical length.
 LENGTH_SMOOTHING = 0.1
-# A request's own time to first token counts this much more than the rest of its cost.
-TTFT_WEIGHT = 1.0
 # Bounds of the re-plan delay while a request waits for a slot estimated to free soon.
 RECHECK_MIN_S = 0.02
 RECHECK_MAX_S = 0.25
+# Agents with a free slot a plan weighs in a large fleet (drawn at random).
+CANDIDATES = 64
 
 
 def tokens_left(relayed: int, cap: int | None, typical: float) -> float:
@@ -58,8 +66,9 @@ class _Timeline:
     def free(self) -> bool:
         return len(self.left) < self.slots
 
-    def cost(self, tokens: float, prompt: int) -> tuple[float, float]:
-        """(cost, wait) of a request of ``tokens`` on this agent: wait is 0 on a free slot."""
+    def estimate(self, tokens: float, prompt: int) -> tuple[float, float]:
+        """(time to first token, completion + slowdown of the others) of a request of
+        ``tokens`` on this agent, in seconds."""
         speed = self.speed
         busy = len(self.left)
         if busy < self.slots:
@@ -67,11 +76,10 @@ class _Timeline:
             ttft = speed.prefill(prompt) + step
             slowdown = step - speed.step(busy) if busy else 0.0
             harm = slowdown * sum(min(left, tokens) for left in self.left)
-            return TTFT_WEIGHT * ttft + ttft + tokens * step + harm, 0.0
+            return ttft, ttft + tokens * step + harm
         step = speed.step(busy)
-        wait = min(self.left) * step
-        ttft = wait + speed.prefill(prompt) + step
-        return TTFT_WEIGHT * ttft + ttft + tokens * step, wait
+        ttft = min(self.left) * step + speed.prefill(prompt) + step
+        return ttft, ttft + tokens * step
 
     def take(self, tokens: float) -> None:
         """A planned grant of a free slot."""
@@ -89,6 +97,7 @@ class SpeedPolicy:
     def __init__(self) -> None:
         self._slots = SlotPolicy()
         self._turns = itertools.count()
+        self._draw = random.Random(0)  # noqa: S311 - a sample of agents, not a secret
         self.typical_tokens = FIRST_TYPICAL_TOKENS
 
     def finished(self, claim: StreamClaim) -> None:
@@ -112,28 +121,40 @@ class SpeedPolicy:
             if not any(timeline.free for timeline in timelines):
                 break  # no slot left to grant now: the rest wait
             tokens = self._expected_tokens(request.demand.max_tokens)
-            best: _Timeline | None = None
-            best_cost = best_wait = 0.0
-            for timeline in timelines:
-                if timeline.agent.agent_id in request.exclude:
-                    continue
-                cost, wait = timeline.cost(tokens, request.demand.prompt_tokens)
-                if best is None or cost < best_cost:
-                    best, best_cost, best_wait = timeline, cost, wait
-            if best is None:
+            options = [
+                (timeline, *timeline.estimate(tokens, request.demand.prompt_tokens))
+                for timeline in timelines
+                if timeline.agent.agent_id not in request.exclude
+            ]
+            free = [ttft for timeline, ttft, _ in options if timeline.free]
+            soonest_free = min(free, default=float("inf"))
+            eligible = [option for option in options if option[0].free or option[1] < soonest_free]
+            if not eligible:
                 grants.append(None)
                 continue
+            best, best_ttft, _ = min(eligible, key=lambda option: option[2])
             if best.free:
                 best.take(tokens)
                 grants.append(best.agent)
                 continue
             best.reserve(tokens)
             grants.append(None)
-            if any(t.free and t.agent.agent_id not in request.exclude for t in timelines):
-                delay = min(max(best_wait, RECHECK_MIN_S), RECHECK_MAX_S)
+            if free:  # a slot is free, yet a busy agent's is expected sooner: look again soon
+                wait = best_ttft - soonest_free
+                delay = min(max(wait, RECHECK_MIN_S), RECHECK_MAX_S)
                 recheck = delay if recheck is None else min(recheck, delay)
         grants.extend([None] * (len(requests) - len(grants)))
         return Plan(grants, recheck)
+
+    def _candidates(self, agents: Sequence[RegisteredAgent]) -> list[RegisteredAgent]:
+        """A sample of a large fleet: agents with a free slot first, then some of all."""
+        roomy = [agent for agent in agents if agent.status.slots_total > agent.busy_slots]
+        if not roomy:
+            return []  # nothing can be granted: no plan to weigh
+        if len(roomy) > CANDIDATES:
+            roomy = self._draw.sample(roomy, CANDIDATES)
+        anyone = self._draw.sample(agents, CANDIDATES // 4)
+        return list(dict.fromkeys([*roomy, *anyone]))
 
     def _expected_tokens(self, cap: int | None) -> float:
         return self.typical_tokens if cap is None else min(float(cap), self.typical_tokens)
@@ -141,23 +162,27 @@ class SpeedPolicy:
     def _timelines(
         self, agents: Sequence[RegisteredAgent], desired: desired_state_pb2.VersionedDesiredState
     ) -> list[_Timeline] | None:
-        """Timelines of the agents that serve ``desired``, starting at a rotating one (exact
-        ties take turns); None when no agent has reported a speed."""
-        serving = [agent for agent in agents if agent.serves(desired)]
-        speeds = [AgentSpeed.of(agent.status) for agent in serving]
-        known = [speed for speed in speeds if speed is not None]
+        """Timelines of the candidates that serve ``desired``, starting at a rotating one (exact
+        ties take turns); None when none has reported a speed."""
+        if len(agents) > CANDIDATES:
+            agents = self._candidates(agents)
+            if not agents:
+                return []
+        serving = [agent for agent in agents if agent.serves(desired) and not agent.retired]
+        known = [agent.speed for agent in serving if agent.speed is not None]
         if not known:
             return None
         fastest = min(known, key=lambda speed: speed.step(1))
         typical = self.typical_tokens
         timelines = []
-        for agent, speed in zip(serving, speeds, strict=True):
+        for agent in serving:
             left = [
                 tokens_left(claim.relayed, claim.demand.max_tokens, typical)
                 for claim in agent.streams
             ]
             left.extend([typical / 2] * agent.external_busy)
-            timelines.append(_Timeline(agent, speed or fastest, agent.status.slots_total, left))
+            speed = agent.speed or fastest
+            timelines.append(_Timeline(agent, speed, agent.status.slots_total, left))
         if timelines:
             start = next(self._turns) % len(timelines)
             timelines = timelines[start:] + timelines[:start]

@@ -14,9 +14,9 @@ seeing the slots planned for those before it. Without any speed reported the slo
 decides; an agent that reported none yet is taken to be as fast as the fastest one, so it gets
 tried.
 
-In a fleet of more than ``CANDIDATES`` agents a plan weighs at most that many of the agents with
-a free slot, drawn at random, and a quarter as many of all agents (busy ones it might wait for):
-only the check for a free slot grows with the fleet.
+In a fleet of more than ``CANDIDATES`` agents a plan weighs that many drawn at random; when none
+of them has a free slot, half are swapped for agents that have one (found by a scan of the
+fleet, which only a saturated fleet needs). A plan's cost does not grow with the fleet.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ LENGTH_SMOOTHING = 0.1
 # Bounds of the re-plan delay while a request waits for a slot estimated to free soon.
 RECHECK_MIN_S = 0.02
 RECHECK_MAX_S = 0.25
-# Agents with a free slot a plan weighs in a large fleet (drawn at random).
-CANDIDATES = 64
+# Agents a plan weighs in a large fleet (drawn at random).
+CANDIDATES = 32
 
 
 def tokens_left(relayed: int, cap: int | None, typical: float) -> float:
@@ -147,14 +147,15 @@ class SpeedPolicy:
         return Plan(grants, recheck)
 
     def _candidates(self, agents: Sequence[RegisteredAgent]) -> list[RegisteredAgent]:
-        """A sample of a large fleet: agents with a free slot first, then some of all."""
+        """A sample of a large fleet that holds agents with a free slot if any has one."""
+        drawn = self._draw.sample(agents, CANDIDATES)
+        if any(agent.status.slots_total > agent.busy_slots for agent in drawn):
+            return drawn
         roomy = [agent for agent in agents if agent.status.slots_total > agent.busy_slots]
         if not roomy:
             return []  # nothing can be granted: no plan to weigh
-        if len(roomy) > CANDIDATES:
-            roomy = self._draw.sample(roomy, CANDIDATES)
-        anyone = self._draw.sample(agents, CANDIDATES // 4)
-        return list(dict.fromkeys([*roomy, *anyone]))
+        roomy = self._draw.sample(roomy, min(len(roomy), CANDIDATES // 2))
+        return list(dict.fromkeys([*roomy, *drawn[: CANDIDATES // 2]]))
 
     def _expected_tokens(self, cap: int | None) -> float:
         return self.typical_tokens if cap is None else min(float(cap), self.typical_tokens)

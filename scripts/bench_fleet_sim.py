@@ -38,6 +38,7 @@ from paddler.balancer.server import routing_policy
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.state_store import StateStore
 from paddler.balancer.stream_claim import Demand, StreamClaim
+from paddler.common.logging import configure_logging
 from paddler.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -334,6 +335,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the parts asked for and print their markdown tables."""
     args = parse_args(argv)
+    configure_logging("error")  # the in-process registry's lines would drown the tables
     log_dir = Path(tempfile.mkdtemp(prefix="bench-fleet-sim-"))
     log(f"logs in {log_dir}")
     if "decisions" in args.parts:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from paddler.v1 import status_pb2
 
@@ -17,6 +17,8 @@ class AgentSpeed:
     step_s: tuple[float, ...]
     prefill_s_per_token: float = 0.0
     backlog_tokens: int = 0
+    # step(count) for count 0..slots + 1, worked out once per snapshot: the policy's hot path.
+    table: tuple[float, ...] = field(default=(), compare=False)
 
     @classmethod
     def of(cls, status: status_pb2.AgentStatus) -> AgentSpeed | None:
@@ -28,14 +30,22 @@ class AgentSpeed:
         )
         if not timings:
             return None
-        return cls(
+        speed = cls(
             streams=tuple(streams for streams, _ in timings),
             step_s=tuple(seconds for _, seconds in timings),
             prefill_s_per_token=max(status.prefill_seconds_per_token, 0.0),
             backlog_tokens=max(status.prefill_backlog_tokens, 0),
         )
+        counts = range(max(status.slots_total, 1) + 2)
+        return replace(speed, table=tuple(speed.interpolate(count) for count in counts))
 
     def step(self, streams: int) -> float:
+        """Seconds per token for each of ``streams`` streams decoding together (see
+        ``interpolate``)."""
+        table = self.table
+        return table[streams] if 0 <= streams < len(table) else self.interpolate(streams)
+
+    def interpolate(self, streams: int) -> float:
         """Seconds per token for each of ``streams`` streams decoding together.
 
         Between measured counts the time is interpolated. Below the smallest it is taken as

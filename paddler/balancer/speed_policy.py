@@ -173,7 +173,7 @@ class SpeedPolicy:
         known = [agent.speed for agent in serving if agent.speed is not None]
         if not known:
             return None
-        fastest = min(known, key=lambda speed: speed.step(1))
+        fastest = min(known, key=lambda speed: speed.step_s[0])
         typical = self.typical_tokens
         timelines = []
         for agent in serving:

@@ -21,4 +21,4 @@ class BalancerConfig:
     max_attempts: int
     # JSON file that keeps the desired state across restarts; None keeps it in memory.
     state_file: Path | None
-    routing: RoutingName = "speed"
+    routing: RoutingName = "slots"

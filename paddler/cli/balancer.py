@@ -85,10 +85,10 @@ def balancer(
         RoutingName,
         typer.Option(
             envvar="PADDLER_ROUTING",
-            help="How an agent is chosen: 'speed' (soonest expected first token, then "
-            "completion, from the speeds agents report) or 'slots' (fewest busy slots).",
+            help="How an agent is chosen: 'slots' (fewest busy slots) or 'speed' (soonest "
+            "expected first token, then completion, from the speeds agents report).",
         ),
-    ] = "speed",
+    ] = "slots",
     grace_period: GracePeriodOption = 30.0,
     log_level: LogLevelOption = "info",
 ) -> None:

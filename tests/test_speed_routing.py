@@ -10,9 +10,11 @@ import collections
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
+
 from paddler.agent.model_source import resolve_model
 from paddler.agent.state_report import StateReport
-from paddler.v1 import desired_state_pb2, inference_pb2, management_pb2
+from paddler.v1 import agent_pb2_grpc, desired_state_pb2, inference_pb2, management_pb2
 from tests.client import generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
 
@@ -55,14 +57,20 @@ def test_the_fast_agent_serves_more_and_the_slow_one_still_serves_under_load() -
     with cluster(balancer_args=("--routing", "speed")) as c:
         c.start_agent("fast", "--slots", "2", "--context-size", "512")
         c.start_agent("slow", "--slots", "2", "--context-size", "512", "--model", str(gemma))
-        # Until both agents have reported step timings the slot policy decides: warm both up.
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda i: generate(c.inference, _story(i, 8)), range(4)))
+        # Until both agents have reported step timings the slot policy decides: warm each
+        # up alone, straight to it, so its timings of one stream are its own.
+        for name in ("fast", "slow"):
+            with grpc.insecure_channel(c.agents[name].address) as channel:
+                generate(agent_pb2_grpc.AgentServiceStub(channel), prompt_request(PROMPTS[0], 32))
         c.wait_for(_timed)
         # One at a time: an idle fast agent always beats an idle slow one (slot counting
         # takes turns between the two idle agents and sends the slow one half).
         alone = _served(c, 1)
-        assert alone == {"fast": REQUESTS_PER_CLIENT}, alone
+        speeds = {
+            a.name: [(t.streams, round(t.step_seconds, 4)) for t in a.step_timings]
+            for a in c.list_agents()
+        }
+        assert alone == {"fast": REQUESTS_PER_CLIENT}, (alone, speeds)
         # Six at a time, more than the fleet's slots: the slow agent's free slot is sooner
         # than a place in the fast agent's queue.
         heavy = _served(c, 6)

@@ -10,7 +10,9 @@ import threading
 
 from paddler.v1 import status_pb2
 
-# Weight of the newest step in each moving average: about the last 20 steps count.
+# Weight of the newest step in each moving average once it has 20 steps: about the last 20
+# count. Before that every step weighs the same (a plain mean), so a first noisy step does
+# not linger in the estimate.
 SMOOTHING = 0.05
 
 
@@ -21,7 +23,9 @@ class StepTimings:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._step_s: dict[int, float] = {}
+        self._steps: dict[int, int] = {}
         self._prefill_s_per_token = 0.0
+        self._prefills = 0
         self._backlog = 0
 
     def record(self, streams: int, prompt_tokens: int, seconds: float, backlog: int) -> None:
@@ -31,12 +35,15 @@ class StepTimings:
             self._backlog = backlog
             if prompt_tokens == 0:
                 if streams > 0:
-                    self._step_s[streams] = _average(self._step_s.get(streams), seconds)
+                    count = self._steps[streams] = self._steps.get(streams, 0) + 1
+                    previous = self._step_s.get(streams, seconds)
+                    self._step_s[streams] = _average(previous, seconds, count)
                 return
             decode_s = self._decode_estimate(streams)
             per_token = max(seconds - decode_s, 0.0) / prompt_tokens
-            previous = self._prefill_s_per_token or None
-            self._prefill_s_per_token = _average(previous, per_token)
+            self._prefills += 1
+            previous = self._prefill_s_per_token
+            self._prefill_s_per_token = _average(previous, per_token, self._prefills)
 
     def _decode_estimate(self, streams: int) -> float:
         """The decode part of a mixed step: the nearest stream count measured, scaled."""
@@ -54,5 +61,6 @@ class StepTimings:
             status.prefill_backlog_tokens = self._backlog
 
 
-def _average(previous: float | None, sample: float) -> float:
-    return sample if previous is None else previous + SMOOTHING * (sample - previous)
+def _average(previous: float, sample: float, count: int) -> float:
+    """The moving average after its ``count``-th sample."""
+    return previous + max(SMOOTHING, 1 / count) * (sample - previous)

@@ -33,6 +33,10 @@ def _claims(agents: list[management_pb2.RegisteredAgent]) -> dict[str, int]:
     return {a.name: a.slots_claimed for a in agents}
 
 
+def _processing(agents: list[management_pb2.RegisteredAgent]) -> dict[str, int]:
+    return {a.name: a.slots_processing for a in agents}
+
+
 def _buffered_is(c: Cluster, count: int) -> Callable[[object], bool]:
     return lambda _: c.buffered() == count
 
@@ -79,9 +83,11 @@ def test_at_saturation_the_balancer_runs_one_stream_per_slot_and_buffers_the_res
     with cluster(("small", 1), ("large", 3)) as c:
         watch = _ClaimWatch(c)
         calls = [c.inference.Generate(ENDLESS, timeout=300) for _ in range(8)]
-        agents = c.wait_for(lambda agents: _claims(agents) == {"small": 1, "large": 3})
+        c.wait_for(lambda agents: _claims(agents) == {"small": 1, "large": 3})
         c.wait_for(_buffered_is(c, 4))
-        assert {a.name: a.slots_processing for a in agents} == {"small": 1, "large": 3}
+        # The agents' own counts arrive with their next snapshots: wait for them to agree.
+        c.wait_for(lambda agents: _processing(agents) == {"small": 1, "large": 3})
+        assert _claims(c.list_agents()) == {"small": 1, "large": 3}
         for call in calls:
             call.cancel()
         _idle(c)

@@ -52,7 +52,7 @@ from paddler.v1 import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_agent import HOST, log, started
-from bench_balancer import log_records
+from bench_routing import _first_record
 
 POLICIES: tuple[RoutingName, ...] = ("slots", "speed")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -103,21 +103,6 @@ def rss_mib(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES / 2**20
 
 
-def _records(path: Path, event: str) -> list[dict[str, Any]]:
-    return log_records(path, event) if path.exists() else []
-
-
-async def wait_record(path: Path, event: str, limit_s: float = 120) -> dict[str, object]:
-    """The first ``event`` record of a JSON log."""
-    deadline = time.monotonic() + limit_s
-    while not (records := await asyncio.to_thread(_records, path, event)):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no {event!r} in {path}")
-        await asyncio.sleep(0.2)
-    record: dict[str, object] = records[0]
-    return record
-
-
 @contextlib.asynccontextmanager
 async def sim_cluster(
     routing: RoutingName, agents: int, fleet_args: Sequence[str], log_dir: Path
@@ -138,7 +123,7 @@ async def sim_cluster(
                 log_dir,
             )
         )  # fmt: skip
-        listening = await wait_record(log_dir / "balancer.log", "balancer listening")
+        listening = await _first_record(log_dir / "balancer.log", "balancer listening")
         fleet = stack.enter_context(
             started(
                 "fleet",
@@ -149,7 +134,7 @@ async def sim_cluster(
                 log_dir,
             )
         )  # fmt: skip
-        await wait_record(log_dir / "fleet.log", "simulated fleet listening", limit_s=600)
+        await _first_record(log_dir / "fleet.log", "simulated fleet listening", limit_s=600)
         management = str(listening["management"])
         async with grpc.aio.insecure_channel(management) as channel:
             stub = management_pb2_grpc.ManagementServiceStub(channel)

@@ -26,25 +26,15 @@ class SimulatedAgent(agent_pb2_grpc.AgentServiceServicer):
     """Slots, refusals, status and summaries like an agent's; every timing from ``speed``."""
 
     def __init__(self, name: str, slots: int, speed: SimulatedSpeed) -> None:
-        self._name = name
-        self._status_changed = asyncio.Event()
-        self.claims = SlotClaims(slots, self._status_changed.set)
+        self.name = name
+        self.status_changed = asyncio.Event()  # set on every change of busy slots
+        self.claims = SlotClaims(slots, self.status_changed.set)
         self.speed = speed
-
-    @property
-    def name(self) -> str:
-        """The agent's name."""
-        return self._name
-
-    @property
-    def status_changed(self) -> asyncio.Event:
-        """Set on every change of busy slots."""
-        return self._status_changed
 
     def status(self) -> status_pb2.AgentStatus:
         """A snapshot, step timings included (exact: they come from the model)."""
         status = status_pb2.AgentStatus(
-            name=self._name,
+            name=self.name,
             slots_total=self.claims.total,
             slots_processing=self.claims.in_use,
             model=MODEL,
@@ -89,7 +79,7 @@ class SimulatedAgent(agent_pb2_grpc.AgentServiceServicer):
                 finish_reason=generation_pb2.FINISH_REASON_MAX_TOKENS,
                 usage=generation_pb2.Usage(prompt_tokens=prompt_tokens, completion_tokens=tokens),
                 model=MODEL,
-                agent_name=self._name,
+                agent_name=self.name,
             )
             summary.time_to_first_token.FromNanoseconds(int(ttft * 1e9))
             yield agent_pb2.GenerateResponse(summary=summary)

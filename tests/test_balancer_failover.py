@@ -128,12 +128,18 @@ def test_a_request_whose_agent_fails_before_the_first_piece_is_retried() -> None
     with cluster(("real", 1)) as c:
         ghost = Registration(c.balancer.management, status_every_s=0.5)
         try:
-            c.wait_for(lambda agents: {a.name for a in agents} == {"real", "ghost"})
+            # Both must have reported ready slots: the ghost's 4 free slots beat the real
+            # agent's 1, so the request goes to the ghost first.
+            c.wait_for(
+                lambda agents: {(a.name, a.ready, a.slots_total) for a in agents}
+                == {("real", True, 1), ("ghost", True, 4)}
+            )
             reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=4)))
             assert reply.summary.agent_name == "real"
+            # The summary line comes after the retry's line: once it is read, both are.
+            assert c.balancer.wait_logs("request served")[-1]["attempts"] == 2
             retried = c.balancer.logs("retrying on another agent")
             assert [r["agent"] for r in retried] == ["ghost"]
-            assert c.balancer.wait_logs("request served")[-1]["attempts"] == 2
         finally:
             ghost.close()
         c.wait_for(lambda agents: [a.name for a in agents] == ["real"])

@@ -211,7 +211,7 @@ def test_an_agent_without_a_model_takes_the_desired_state() -> None:
         c.set_state(state(packaged("gemma3-270m")))
         agent = c.start_agent("fresh", "--slots", "1")
         c.wait_applied(1)
-        assert [r["model"] for r in agent.logs("agent ready")] == [GEMMA]
+        assert [r["model"] for r in agent.wait_logs("agent ready")] == [GEMMA]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,10 @@ runs each server alone and drives it with the same closed-loop load at each conc
 prompts, the same number of generated tokens per request. Prints a markdown table with aggregate
 tokens/s, time to first token p50/p99 and the ratio agent / llama-server.
 
+`--side-by-side N` runs N copies of each server at once on the machine instead, each driven with
+the same load, as servers of a fleet share a host, and prints per-request decode speed and where
+the CPU went: seconds per generated token by thread name, wake-ups and preemptions.
+
 Run: `.venv/bin/python scripts/bench_agent.py` (see `--help`).
 """
 
@@ -13,56 +17,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import itertools
-import json
 import math
-import os
 import signal
-import socket
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from paddler.agent.default_model import default_model_path
-from paddler.v1 import agent_pb2, generation_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_server_build import DEFAULT_CACHE_DIR, ensure_llama_server
-
-HOST = "127.0.0.1"
-LLAMA_SERVER = "llama-server"
-AGENT = "agent"
-GENERATE_METHOD = "/paddler.v1.AgentService/Generate"
-TARGET_RATIO = 0.9
-# Greedy with no repeat penalty: the same sampling work as llama-server's request below.
-BENCH_SAMPLING = generation_pb2.SamplingParameters(temperature=0.0, repeat_penalty=1.0)
-# Story openings: a model continues them at length, so the agent (which has no `ignore_eos`)
-# rarely stops before `--tokens`.
-PROMPTS = (
-    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
-    "The history of the printing press begins in the fifteenth century, when",
-    "Here is a detailed, step by step guide to baking bread at home. First,",
-    "Chapter 1. The train left the station at midnight, and the only passenger",
-    "The following essay explains why the sky is blue. Sunlight is made of",
-    "Dear diary, today was the strangest day of my life. It started when",
+from bench_servers import (
+    AGENT,
+    LLAMA_SERVER,
+    PROMPTS,
+    RequestFn,
+    Sample,
+    Server,
+    log,
+    serving_agent,
+    serving_llama_server,
 )
+from llama_server_build import DEFAULT_CACHE_DIR, ensure_llama_server
+from thread_cpu import ThreadUse, process_cpu_s, read_threads, use_by_name
 
-
-@dataclass(frozen=True)
-class Sample:
-    """One completed request: seconds to the first text piece, tokens generated."""
-
-    ttft: float
-    tokens: int
+TARGET_RATIO = 0.9
 
 
 @dataclass(frozen=True)
@@ -85,56 +68,6 @@ class RunResult:
     @property
     def mean_tokens(self) -> float:
         return sum(s.tokens for s in self.samples) / len(self.samples)
-
-
-RequestFn = Callable[[str], Awaitable[tuple[Sample, int]]]
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr; stdout carries only the table."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def started(name: str, command: list[str], log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server in its own process group; always stop it (and its children) on exit."""
-    log_path = log_dir / f"{name}.log"
-    log(f"starting {name}: {' '.join(command)} (log: {log_path})")
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield process
-    finally:
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            if process.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(grace)
-        log(f"stopped {name} (exit {process.returncode})")
-
-
-async def wait_ready(
-    process: subprocess.Popen[bytes], probe: Callable[[], Awaitable[bool]], limit_s: float
-) -> None:
-    """Poll `probe` until it says ready; fail if the process exits or `limit_s` passes."""
-    async with asyncio.timeout(limit_s):
-        while not await probe():
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {process.returncode} before it was ready; see its log"
-                )
-            await asyncio.sleep(0.25)
 
 
 async def closed_loop(request: RequestFn, concurrency: int, per_worker: int) -> RunResult:
@@ -179,145 +112,131 @@ async def measure(
     return results
 
 
-def llama_server_stream(port: int, prompt: str, tokens: int, timeout: float) -> Sample:
-    """One streaming `POST /completion` (blocking; runs in a worker thread)."""
-    body = json.dumps(
-        {
-            "prompt": prompt,
-            "n_predict": tokens,
-            "stream": True,
-            "ignore_eos": True,
-            "cache_prompt": False,
-            "temperature": BENCH_SAMPLING.temperature,
-            "repeat_penalty": BENCH_SAMPLING.repeat_penalty,
-        }
-    )
-    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        start = time.perf_counter()
-        connection.request("POST", "/completion", body, {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        if response.status != 200:
-            raise RuntimeError(f"/completion: HTTP {response.status}: {response.read()[:200]!r}")
-        ttft: float | None = None
-        for line in response:
-            if not line.startswith(b"data: "):
-                continue
-            event = json.loads(line[len(b"data: ") :])
-            if ttft is None and event.get("content"):
-                ttft = time.perf_counter() - start
-            if event.get("stop"):
-                if ttft is None:
-                    raise RuntimeError("/completion: no content before the end of the stream")
-                return Sample(ttft, int(event["tokens_predicted"]))
-        raise RuntimeError("/completion: stream ended without a final event")
-    finally:
-        connection.close()
-
-
-def llama_server_ready(port: int) -> bool:
-    """`GET /health` answers 200 once the model is loaded."""
-    connection = http.client.HTTPConnection(HOST, port, timeout=2)
-    try:
-        connection.request("GET", "/health")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        connection.close()
-
-
 async def bench_llama_server(
     binary: Path, args: argparse.Namespace, log_dir: Path
 ) -> dict[int, RunResult]:
-    """Run `llama-server` with the agent's GGUF, threads and slots, and measure it."""
-    port = free_port()
-    command = [
-        str(binary), "-m", str(args.model), "-t", str(args.threads), "-np", str(args.slots),
-        "-c", str(args.slots * args.context_size), "--no-repack",
-        "--host", HOST, "--port", str(port),
-    ]  # fmt: skip
-    loop = asyncio.get_running_loop()
-    # The server is stopped before the pool waits for its threads, so none is left hanging.
-    with (
-        ThreadPoolExecutor(max(args.concurrency) + 1) as pool,
-        started(LLAMA_SERVER, command, log_dir) as process,
-    ):
-
-        async def probe() -> bool:
-            return await loop.run_in_executor(pool, llama_server_ready, port)
-
-        async def request(prompt: str) -> tuple[Sample, int]:
-            sample = await loop.run_in_executor(
-                pool, llama_server_stream, port, prompt, args.tokens, args.request_timeout
-            )
-            return sample, 0
-
-        await wait_ready(process, probe, args.startup_timeout)
-        return await measure(LLAMA_SERVER, request, args.concurrency, args.requests_per_worker)
+    """One llama-server alone, measured."""
+    async with serving_llama_server(binary, args, log_dir) as server:
+        return await measure(
+            server.name, server.request, args.concurrency, args.requests_per_worker
+        )
 
 
 async def bench_agent(args: argparse.Namespace, log_dir: Path) -> dict[int, RunResult]:
-    """Run `python -m paddler agent` and measure it over gRPC."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "paddler", "agent", "--model", str(args.model),
-        "--slots", str(args.slots), "--threads", str(args.threads),
-        "--context-size", str(args.context_size), "--host", HOST, "--port", str(port),
-        "--balancer", "",
-        "--prompt-cache" if args.prompt_cache else "--no-prompt-cache",
-    ]  # fmt: skip
-    with started(AGENT, command, log_dir) as process:
-        async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            # The channel's own multi-callable is typed; the generated stub class is not.
-            agent_generate: grpc.aio.UnaryStreamMultiCallable[
-                agent_pb2.GenerateRequest, agent_pb2.GenerateResponse
-            ] = channel.unary_stream(
-                GENERATE_METHOD,
-                request_serializer=agent_pb2.GenerateRequest.SerializeToString,
-                response_deserializer=agent_pb2.GenerateResponse.FromString,
-            )
+    """One agent alone, measured."""
+    async with serving_agent(args, log_dir) as server:
+        return await measure(
+            server.name, server.request, args.concurrency, args.requests_per_worker
+        )
 
-            async def probe() -> bool:
-                try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                except grpc.aio.AioRpcError:
-                    return False
-                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-            async def request(prompt: str) -> tuple[Sample, int]:
-                generate = agent_pb2.GenerateRequest(
-                    input=generation_pb2.GenerationInput(
-                        prompt=prompt,
-                        max_tokens=args.tokens,
-                        sampling=BENCH_SAMPLING,
-                    )
+@dataclass(frozen=True)
+class SharedRun:
+    """Servers of one kind run at once at one concurrency: each one's result and CPU use."""
+
+    results: tuple[RunResult, ...]
+    cpu_s: tuple[float, ...]  # whole process, per server
+    threads: dict[str, ThreadUse]  # all servers' threads, by name
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for r in self.results for s in r.samples)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(r.tokens_per_second for r in self.results)
+
+    @property
+    def decode_median(self) -> float:
+        """Median of the requests' own decode speeds, tokens/s."""
+        return statistics.median(
+            s.decode_tokens_per_second for r in self.results for s in r.samples
+        )
+
+
+async def measure_together(
+    servers: Sequence[Server], concurrencies: Sequence[int], per_worker: int
+) -> dict[int, SharedRun]:
+    """Warm every server up, then at each concurrency load all of them at once."""
+    numbers = itertools.count()
+
+    def numbered(send: RequestFn) -> RequestFn:
+        async def request(prompt: str) -> tuple[Sample, int]:
+            return await send(f"{next(numbers):04d}. {prompt}")
+
+        return request
+
+    requests = [numbered(server.request) for server in servers]
+    await asyncio.gather(*(request(PROMPTS[0]) for request in requests))
+    runs: dict[int, SharedRun] = {}
+    for concurrency in concurrencies:
+        before = [read_threads(server.pid) for server in servers]
+        cpu_before = [process_cpu_s(server.pid) for server in servers]
+        results = await asyncio.gather(
+            *(closed_loop(request, concurrency, per_worker) for request in requests)
+        )
+        threads: dict[str, ThreadUse] = {}
+        for server, then in zip(servers, before, strict=True):
+            for name, use in use_by_name(then, read_threads(server.pid)).items():
+                total = threads.get(name, ThreadUse())
+                threads[name] = ThreadUse(
+                    total.cpu_s + use.cpu_s,
+                    total.wakeups + use.wakeups,
+                    total.preemptions + use.preemptions,
                 )
-                start = time.perf_counter()
-                # All slots busy answers RESOURCE_EXHAUSTED; a slot freed a moment late can
-                # cause that at concurrency == slots, so retry (and count it).
-                for retries in range(100):
-                    ttft: float | None = None
-                    try:
-                        async for reply in agent_generate(generate, timeout=args.request_timeout):
-                            if ttft is None and reply.text:
-                                ttft = time.perf_counter() - start
-                            if reply.HasField("summary"):
-                                if ttft is None:
-                                    raise RuntimeError("Generate: no text before the summary")
-                                tokens = reply.summary.usage.completion_tokens
-                                return Sample(ttft, tokens), retries
-                    except grpc.aio.AioRpcError as error:
-                        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or ttft is not None:
-                            raise
-                        await asyncio.sleep(0.01)
-                        continue
-                    raise RuntimeError("Generate: stream ended without a summary")
-                raise RuntimeError("Generate: RESOURCE_EXHAUSTED 100 times in a row")
+        cpu = tuple(
+            process_cpu_s(server.pid) - then
+            for server, then in zip(servers, cpu_before, strict=True)
+        )
+        run = SharedRun(tuple(results), cpu, threads)
+        log(
+            f"{servers[0].name} x{len(servers)} c={concurrency}: {run.tokens_per_second:.1f} tok/s "
+            f"in all, per-request decode median {run.decode_median:.1f} tok/s, "
+            f"CPU {1000 * sum(cpu) / run.tokens:.1f} ms per token"
+        )
+        runs[concurrency] = run
+    return runs
 
-            await wait_ready(process, probe, args.startup_timeout)
-            return await measure(AGENT, request, args.concurrency, args.requests_per_worker)
+
+async def bench_side_by_side(
+    kind: str, args: argparse.Namespace, log_dir: Path, binary: Path | None
+) -> dict[int, SharedRun]:
+    """``args.side_by_side`` servers of ``kind`` at once, measured together."""
+    async with contextlib.AsyncExitStack() as stack:
+        servers = []
+        for index in range(args.side_by_side):
+            name = f"{kind}-{index + 1}"
+            if kind == LLAMA_SERVER:
+                assert binary is not None
+                block = serving_llama_server(binary, args, log_dir, name)
+            else:
+                block = serving_agent(args, log_dir, name)
+            servers.append(await stack.enter_async_context(block))
+        return await measure_together(servers, args.concurrency, args.requests_per_worker)
+
+
+def side_by_side_table(concurrencies: Sequence[int], runs: dict[str, dict[int, SharedRun]]) -> str:
+    """Per kind and concurrency: speed, CPU per token, and the threads that used the most."""
+    header = [
+        "Servers", "Concurrency", "tok/s (all)", "per-request decode tok/s (median)",
+        "CPU ms / token", "top threads: CPU ms / token (wake-ups, preemptions per token)",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for kind, by_concurrency in runs.items():
+        for c in concurrencies:
+            run = by_concurrency[c]
+            top = [
+                f"{name} {1000 * use.cpu_s / run.tokens:.1f} "
+                f"({use.wakeups / run.tokens:.1f}, {use.preemptions / run.tokens:.2f})"
+                for name, use in sorted(run.threads.items(), key=lambda kv: -kv[1].cpu_s)[:4]
+            ]
+            row = [
+                f"{kind} x{len(run.results)}", str(c), f"{run.tokens_per_second:.1f}",
+                f"{run.decode_median:.1f}", f"{1000 * sum(run.cpu_s) / run.tokens:.1f}",
+                "; ".join(top),
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def best_of(rounds: list[dict[int, RunResult]]) -> dict[int, RunResult]:
@@ -412,6 +331,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--build-jobs", type=int, default=2)
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds")
+    parser.add_argument(
+        "--side-by-side", type=int, default=0, metavar="N",
+        help="run N copies of each server at once (as a fleet shares a host) and print "
+        "per-request decode speed and CPU per token by thread (default 0: one at a time)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.model is None:
         args.model = default_model_path()
@@ -432,6 +356,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     binary = None
     if args.servers in ("both", LLAMA_SERVER):
         binary = ensure_llama_server(args.cache_dir, args.build_jobs)
+    if args.side_by_side:
+        kinds = [LLAMA_SERVER, AGENT] if args.servers == "both" else [args.servers]
+        runs = {
+            kind: asyncio.run(bench_side_by_side(kind, args, log_dir, binary)) for kind in kinds
+        }
+        print(side_by_side_table(args.concurrency, runs))
+        print()
+        print(
+            f"Model `{args.model.name}`, {args.side_by_side} servers at once, {args.threads} "
+            f"threads and {args.slots} slots each, {args.tokens} tokens per request, "
+            f"{args.requests_per_worker} requests per worker, closed loop."
+        )
+        return
     baseline_rounds: list[dict[int, RunResult]] = []
     agent_rounds: list[dict[int, RunResult]] = []
     # Rounds alternate the servers, so a burst of outside load hurts one round, not one server.

@@ -56,15 +56,14 @@ from paddler.v1 import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_agent import (
+from bench_agent import RunResult, closed_loop
+from bench_servers import (
     AGENT,
     BENCH_SAMPLING,
     HOST,
     PROMPTS,
     RequestFn,
-    RunResult,
     Sample,
-    closed_loop,
     log,
     started,
     wait_ready,
@@ -221,7 +220,9 @@ def requester(
                         gaps = tuple(b - a for a, b in itertools.pairwise(pieces))
                         tokens = reply.summary.usage.completion_tokens
                         agent_ttft = reply.summary.time_to_first_token.ToNanoseconds() / 1e9
-                        return Stream(pieces[0] - start, tokens, gaps, agent_ttft), retries
+                        seconds = time.perf_counter() - start
+                        sample = Stream(pieces[0] - start, tokens, seconds, gaps, agent_ttft)
+                        return sample, retries
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or pieces:
                     raise

@@ -51,10 +51,10 @@ from paddler.v1 import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_agent import HOST, log, started
-from bench_routing import _first_record
+from bench_servers import HOST, log, started
+from routing_fronts import first_record
 
-POLICIES: tuple[RoutingName, ...] = ("slots", "speed")
+POLICIES: tuple[RoutingName, ...] = ("slots", "speed", "round-robin")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -123,7 +123,7 @@ async def sim_cluster(
                 log_dir,
             )
         )  # fmt: skip
-        listening = await _first_record(log_dir / "balancer.log", "balancer listening")
+        listening = await first_record(log_dir / "balancer.log", "balancer listening")
         fleet = stack.enter_context(
             started(
                 "fleet",
@@ -134,7 +134,7 @@ async def sim_cluster(
                 log_dir,
             )
         )  # fmt: skip
-        await _first_record(log_dir / "fleet.log", "simulated fleet listening", limit_s=600)
+        await first_record(log_dir / "fleet.log", "simulated fleet listening", limit_s=600)
         management = str(listening["management"])
         async with grpc.aio.insecure_channel(management) as channel:
             stub = management_pb2_grpc.ManagementServiceStub(channel)

@@ -7,6 +7,12 @@ script first measures the capacity of our fleet (requests/s in a closed loop wit
 per slot), then for each load (a share of that capacity) and seed it sends the same arrivals
 (Poisson, or bursts of Poisson-distributed size) to every front and reports per front:
 completed, rejected, errors, time to first token p50/p90/p99, end-to-end p99 and tokens/s.
+With `--disturb`, a client that bypasses the front keeps the first server busy (one request
+after another) for the middle third of the arrivals: a server that gets slower mid-run.
+
+Every run is appended to `--results` (JSON lines) and a run already there is skipped, so a grid
+longer than one sitting is measured piece by piece; `--report` prints the tables, with the
+issue's targets checked, from that file alone.
 
 Run: `.venv/bin/python scripts/bench_routing.py` (see `--help`). Needs nginx and haproxy
 (`apt-get install nginx haproxy`) and builds llama-server once (`llama_server_build.py`).
@@ -16,45 +22,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import http.client
-import json
-import math
 import random
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from paddler.agent.default_model import default_model_path
-from paddler.agent.model_source import resolve_model
-from paddler.agent.state_report import StateReport
-from paddler.v1 import desired_state_pb2, generation_pb2, inference_pb2, inference_pb2_grpc
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_agent import (
-    BENCH_SAMPLING,
-    HOST,
-    PROMPTS,
-    free_port,
-    llama_server_ready,
-    log,
-    started,
-)
-from bench_balancer import log_records
+from bench_servers import llama_server_ready, log
 from llama_server_build import ensure_llama_server
+from routing_fronts import (
+    CONTEXT_PER_SLOT,
+    PEERS,
+    agent_request,
+    grpc_request,
+    http_request,
+    llama_servers,
+    paddler_fleet,
+    proxy,
+)
+from routing_results import Outcome, Report, ResultStore, RunKey, report
 
 # Our balancer under each --routing policy, then the peers.
 OURS = {"paddler-slots": "slots", "paddler-speed": "speed"}
-NGINX_ROUND_ROBIN = "nginx-rr"
-NGINX_LEAST_CONN = "nginx-least-conn"
-HAPROXY = "haproxy-leastconn"
-PEERS = (NGINX_ROUND_ROBIN, NGINX_LEAST_CONN, HAPROXY)
 FRONTS = (*OURS, *PEERS)
 # Fleets of servers (packaged model, slots) that differ in speed, not only in slots.
 FLEETS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -62,50 +54,8 @@ FLEETS: dict[str, tuple[tuple[str, int], ...]] = {
     "models-2-2": (("smollm2-135m", 2), ("gemma3-270m", 2)),
 }
 PATTERNS = ("poisson", "bursty")
-CONTEXT_PER_SLOT = 1024
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One request: how it ended and its timings (seconds from its arrival)."""
-
-    status: str  # "ok", "rejected" (503 / RESOURCE_EXHAUSTED / UNAVAILABLE) or "error"
-    ttft: float = math.nan
-    total: float = math.nan
-    tokens: int = 0
-
-
-@dataclass(frozen=True)
-class Report:
-    """One front, one fleet, load and seed."""
-
-    front: str
-    outcomes: tuple[Outcome, ...]
-    wall: float
-
-    def count(self, status: str) -> int:
-        """Requests that ended with ``status``."""
-        return sum(1 for o in self.outcomes if o.status == status)
-
-    def quantile_ms(self, field: str, q: float) -> float:
-        """Nearest-rank percentile of ``field`` over the completed requests, in ms."""
-        values = sorted(getattr(o, field) for o in self.outcomes if o.status == "ok")
-        if not values:
-            return math.nan
-        value: float = values[max(0, math.ceil(q * len(values)) - 1)]
-        return 1000 * value
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Generated tokens over the run's wall time."""
-        return sum(o.tokens for o in self.outcomes) / self.wall
-
-
-def gguf(packaged: str) -> Path:
-    """The GGUF file of a packaged model on this machine."""
-    if packaged == "smollm2-135m":
-        return default_model_path()
-    return resolve_model(desired_state_pb2.ModelSource(packaged=packaged), StateReport())
+DISTURB_RETRY_S = 0.05
+DEFAULT_RESULTS = Path("docs/data/routing-runs.jsonl")
 
 
 def arrivals(pattern: str, rate: float, count: int, seed: int) -> list[float]:
@@ -124,97 +74,35 @@ def arrivals(pattern: str, rate: float, count: int, seed: int) -> list[float]:
     return times[:count]
 
 
-def prompt(index: int) -> str:
-    """A numbered story opening: no server reuses a cached prompt."""
-    return f"{index:05d}. {PROMPTS[index % len(PROMPTS)]}"
-
-
-# ---- requests -----------------------------------------------------------------------------
-
-
-def http_request(port: int, index: int, tokens: int, timeout: float) -> Outcome:
-    """One streaming llama-server `/completion` through a proxy (blocking, in a thread)."""
-    body = json.dumps(
-        {
-            "prompt": prompt(index),
-            "n_predict": tokens,
-            "stream": True,
-            "cache_prompt": False,
-            "temperature": BENCH_SAMPLING.temperature,
-            "repeat_penalty": BENCH_SAMPLING.repeat_penalty,
-        }
-    )
-    start = time.perf_counter()
-    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        connection.request("POST", "/completion", body, {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        if response.status in (429, 502, 503, 504):
-            return Outcome("rejected")
-        if response.status != 200:
-            return Outcome("error")
-        ttft = math.nan
-        for line in response:
-            if not line.startswith(b"data: "):
-                continue
-            event = json.loads(line[len(b"data: ") :])
-            if math.isnan(ttft) and event.get("content"):
-                ttft = time.perf_counter() - start
-            if event.get("stop"):
-                total = time.perf_counter() - start
-                return Outcome("ok", ttft, total, int(event["tokens_predicted"]))
-        return Outcome("error")
-    except (OSError, http.client.HTTPException):
-        return Outcome("error")
-    finally:
-        connection.close()
-
-
-def _stream(
-    stub: inference_pb2_grpc.InferenceServiceAsyncStub,
-    request: inference_pb2.InferenceServiceGenerateRequest,
-    limit_s: float,
-) -> AsyncIterable[inference_pb2.InferenceServiceGenerateResponse]:
-    return stub.Generate(request, timeout=limit_s)
-
-
-async def grpc_request(
-    stub: inference_pb2_grpc.InferenceServiceAsyncStub, index: int, tokens: int, limit_s: float
-) -> Outcome:
-    """One InferenceService/Generate stream through our balancer."""
-    request = inference_pb2.InferenceServiceGenerateRequest(
-        input=generation_pb2.GenerationInput(
-            prompt=prompt(index), max_tokens=tokens, sampling=BENCH_SAMPLING
-        )
-    )
-    start = time.perf_counter()
-    ttft = math.nan
-    try:
-        async for reply in _stream(stub, request, limit_s):
-            if reply.text and math.isnan(ttft):
-                ttft = time.perf_counter() - start
-            if reply.HasField("summary"):
-                total = time.perf_counter() - start
-                return Outcome("ok", ttft, total, reply.summary.usage.completion_tokens)
-    except grpc.aio.AioRpcError as error:
-        refused = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
-        return Outcome("rejected" if error.code() in refused else "error")
-    return Outcome("error")
-
-
 Send = Callable[[int], Awaitable[Outcome]]
 
 
-async def open_loop(front: str, send: Send, times: Sequence[float]) -> Report:
-    """Send request i at ``times[i]`` whatever the earlier ones are doing."""
+async def open_loop(send: Send, times: Sequence[float], disturb: Send | None = None) -> Report:
+    """Send request i at ``times[i]`` whatever the earlier ones are doing; with ``disturb``,
+    one request after another goes there from the third to the two-thirds arrival."""
     start = time.perf_counter()
 
     async def one(index: int, at: float) -> Outcome:
         await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
         return await send(index)
 
+    async def disturber(begin: float, end: float) -> int:
+        await asyncio.sleep(max(0.0, start + begin - time.perf_counter()))
+        served = 0
+        while time.perf_counter() < start + end:
+            assert disturb is not None
+            if (await disturb(10**7 + served)).status == "ok":
+                served += 1
+            else:  # an agent refuses when its slots are full (llama-server queues): try again
+                await asyncio.sleep(DISTURB_RETRY_S)
+        return served
+
+    third = len(times) // 3
+    disturbing = asyncio.create_task(disturber(times[third], times[2 * third])) if disturb else None
     outcomes = await asyncio.gather(*(one(i, at) for i, at in enumerate(times)))
-    return Report(front, tuple(outcomes), time.perf_counter() - start)
+    if disturbing is not None:
+        log(f"the disturbing client was served {await disturbing} requests")
+    return Report(tuple(outcomes), time.perf_counter() - start)
 
 
 async def closed_loop_rate(send: Send, workers: int, per_worker: int) -> float:
@@ -232,206 +120,91 @@ async def closed_loop_rate(send: Send, workers: int, per_worker: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-# ---- fleets -------------------------------------------------------------------------------
+class Grid:
+    """The runs still to do on one fleet, and where their results go."""
 
+    def __init__(self, fleet: str, args: argparse.Namespace, store: ResultStore) -> None:
+        self.fleet = fleet
+        self.args = args
+        self.store = store
 
-@contextlib.asynccontextmanager
-async def paddler_fleet(
-    fleet: Sequence[tuple[str, int]], routing: str, args: argparse.Namespace, log_dir: Path
-) -> AsyncIterator[inference_pb2_grpc.InferenceServiceAsyncStub]:
-    """Our balancer and one agent per server, all registered; yields an inference stub."""
-    paddler = [sys.executable, "-m", "paddler"]
-    await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        balancer_log = log_dir / "balancer.log"
-        stack.enter_context(
-            started(
-                "balancer",
-                [
-                    *paddler, "balancer", "--inference-addr", f"{HOST}:0",
-                    "--management-addr", f"{HOST}:0", "--max-buffered-requests", "1000",
-                    "--buffered-request-timeout", str(args.request_timeout),
-                    "--routing", routing,
-                ],
-                log_dir,
+    def keys(self, front: str) -> list[RunKey]:
+        """Every run this invocation asks of ``front``."""
+        args = self.args
+        return [
+            RunKey(self.fleet, args.pattern, args.disturb, load, seed, front)
+            for load in args.loads
+            for seed in args.seeds
+        ]
+
+    def missing(self, front: str) -> list[RunKey]:
+        """The runs of ``front`` not in the results file yet."""
+        return [key for key in self.keys(front) if key not in self.store.runs]
+
+    @property
+    def capacity(self) -> float | None:
+        """The fleet's capacity: the flag's, else the one in the results file."""
+        return self.args.capacity or self.store.capacities.get((self.fleet, self.args.tokens))
+
+    async def run(self, front: str, send: Send, disturb: Send) -> None:
+        """Measure the missing runs of ``front``."""
+        capacity = self.capacity
+        assert capacity is not None
+        for key in self.missing(front):
+            times = arrivals(key.pattern, key.load * capacity, self.args.requests, key.seed)
+            result = await open_loop(send, times, disturb if key.disturbed else None)
+            self.store.add_run(key, result)
+            log(
+                f"{key.fleet} {key.pattern}{' disturbed' if key.disturbed else ''} load "
+                f"{key.load:.0%} seed {key.seed} {front}: ok {result.count('ok')}, "
+                f"TTFT p99 {result.quantile_ms('ttft', 0.99):.0f} ms"
             )
-        )  # fmt: skip
-        listening = await _first_record(balancer_log, "balancer listening")
-        for number, (model, slots) in enumerate(fleet):
-            stack.enter_context(
-                started(
-                    f"agent-{number}",
-                    [
-                        *paddler, "agent", "--name", f"agent-{number}-{model}",
-                        "--model", str(gguf(model)), "--slots", str(slots), "--threads", "1",
-                        "--context-size", str(CONTEXT_PER_SLOT), "--no-prompt-cache",
-                        "--host", HOST, "--port", "0", "--balancer", str(listening["management"]),
-                    ],
-                    log_dir,
-                )
-            )  # fmt: skip
-        for number in range(len(fleet)):
-            await _first_record(log_dir / f"agent-{number}.log", "agent ready")
-        await _first_record(balancer_log, "agent registered", count=len(fleet))
-        async with grpc.aio.insecure_channel(str(listening["inference"])) as channel:
-            yield inference_pb2_grpc.InferenceServiceStub(channel)
 
 
-async def _first_record(
-    path: Path, event: str, count: int = 1, limit_s: float = 180
-) -> dict[str, object]:
-    return await asyncio.to_thread(_wait_records, path, event, count, limit_s)
-
-
-def _wait_records(path: Path, event: str, count: int, limit_s: float) -> dict[str, object]:
-    deadline = time.monotonic() + limit_s
-    while len(records := log_records(path, event) if path.exists() else []) < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no {count} {event!r} lines in {path}")
-        time.sleep(0.2)
-    record: dict[str, object] = records[0]
-    return record
-
-
-@contextlib.contextmanager
-def llama_servers(
-    fleet: Sequence[tuple[str, int]], binary: Path, log_dir: Path
-) -> Iterator[list[int]]:
-    """One llama-server per server of the fleet; yields their ports."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for number, (model, slots) in enumerate(fleet):
-            port = free_port()
-            command = [
-                str(binary), "-m", str(gguf(model)), "-t", "1", "-np", str(slots),
-                "-c", str(slots * CONTEXT_PER_SLOT), "--no-repack", "--host", HOST,
-                "--port", str(port),
-            ]  # fmt: skip
-            stack.enter_context(started(f"llama-server-{number}", command, log_dir))
-            ports.append(port)
-        yield ports
-
-
-def nginx_config(ports: Sequence[int], slots: Sequence[int], listen: int, policy: str) -> str:
-    """nginx in front of the llama-servers: round robin, or least_conn."""
-    del slots  # nginx knows nothing of slots: that is the point of the comparison
-    servers = "\n".join(f"    server {HOST}:{port};" for port in ports)
-    balance = "least_conn;" if policy == NGINX_LEAST_CONN else ""
-    return f"""
-user root;
-worker_processes 1;
-daemon off;
-pid nginx.pid;
-error_log error.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  upstream fleet {{
-    {balance}
-{servers}
-  }}
-  server {{
-    listen {HOST}:{listen};
-    location / {{
-      proxy_pass http://fleet;
-      proxy_http_version 1.1;
-      proxy_buffering off;
-      proxy_read_timeout 600s;
-    }}
-  }}
-}}
-"""
-
-
-def haproxy_config(ports: Sequence[int], slots: Sequence[int], listen: int) -> str:
-    """haproxy leastconn with maxconn = each server's slots (its own FIFO queue beyond)."""
-    servers = "\n".join(
-        f"  server s{number} {HOST}:{port} maxconn {count}"
-        for number, (port, count) in enumerate(zip(ports, slots, strict=True))
-    )
-    return f"""
-global
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 600s
-  timeout server 600s
-  timeout queue 600s
-frontend front
-  bind {HOST}:{listen}
-  default_backend fleet
-backend fleet
-  balance leastconn
-{servers}
-"""
-
-
-@contextlib.contextmanager
-def proxy(front: str, ports: Sequence[int], slots: Sequence[int], log_dir: Path) -> Iterator[int]:
-    """Run nginx or haproxy in front of ``ports``; yields the port it listens on."""
-    listen = free_port()
-    folder = Path(tempfile.mkdtemp(prefix=f"{front}-", dir=log_dir))
-    if front == HAPROXY:
-        config = folder / "haproxy.cfg"
-        config.write_text(haproxy_config(ports, slots, listen))
-        command = ["haproxy", "-db", "-f", str(config)]
-    else:
-        config = folder / "nginx.conf"
-        config.write_text(nginx_config(ports, slots, listen, front))
-        command = ["nginx", "-p", str(folder), "-c", str(config)]
-    with started(front, command, log_dir):
-        deadline = time.monotonic() + 30
-        while not llama_server_ready(listen):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{front} did not answer on port {listen}")
-            time.sleep(0.2)
-        yield listen
-
-
-# ---- the run ------------------------------------------------------------------------------
-
-
-Results = dict[tuple[float, int, str], Report]
-
-
-async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path) -> Results:
-    """All fronts, loads and seeds on one fleet: a report per (load, seed, front)."""
+async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path, grid: Grid) -> None:
+    """Every missing run of every front on one fleet (the capacity first, when unknown)."""
     fleet = FLEETS[name]
     slots = [count for _, count in fleet]
-    results: Results = {}
-    capacity = args.capacity or 0.0
     for front, routing in OURS.items():
-        if front not in args.fronts and capacity:
+        wanted = front in args.fronts and grid.missing(front)
+        if not wanted and grid.capacity:
             continue
-        async with paddler_fleet(fleet, routing, args, log_dir / f"{name}-{front}") as stub:
+        async with paddler_fleet(fleet, routing, args, log_dir / f"{name}-{front}") as ours:
 
-            async def ours(index: int) -> Outcome:
-                return await grpc_request(stub, index, args.tokens, args.request_timeout)
+            async def send(index: int) -> Outcome:
+                return await grpc_request(ours.inference, index, args.tokens, args.request_timeout)
 
-            if not capacity:
-                capacity = await closed_loop_rate(ours, sum(slots), args.capacity_requests)
+            async def disturb(index: int) -> Outcome:
+                return await agent_request(
+                    ours.first_agent, index, args.tokens, args.request_timeout
+                )
+
+            if not grid.capacity:
+                capacity = await closed_loop_rate(send, sum(slots), args.capacity_requests)
+                grid.store.add_capacity(name, args.tokens, capacity)
                 log(f"{name}: capacity {capacity:.2f} requests/s ({args.tokens} tokens each)")
-            if front not in args.fronts:
-                continue
-            for load in args.loads:
-                for seed in args.seeds:
-                    times = arrivals(args.pattern, load * capacity, args.requests, seed)
-                    results[load, seed, front] = await open_loop(front, ours, times)
-                    log(_summary(name, load, seed, results[load, seed, front]))
-    peers = [front for front in PEERS if front in args.fronts]
+            if wanted:
+                await grid.run(front, send, disturb)
+    peers = [front for front in PEERS if front in args.fronts and grid.missing(front)]
     if not peers:
-        return results
+        return
     binary = ensure_llama_server()
-    pool = ThreadPoolExecutor(max_workers=args.requests)
     loop = asyncio.get_running_loop()
-    with llama_servers(fleet, binary, log_dir / f"{name}-llama") as ports:
+    with (
+        ThreadPoolExecutor(max_workers=args.requests + 1) as pool,
+        llama_servers(fleet, binary, log_dir / f"{name}-llama") as ports,
+    ):
         deadline = time.monotonic() + 180
         while not all(llama_server_ready(port) for port in ports):
             if time.monotonic() > deadline:
                 raise RuntimeError("llama-servers did not become healthy")
             await asyncio.sleep(0.5)
+
+        async def direct(index: int) -> Outcome:
+            return await loop.run_in_executor(
+                pool, http_request, ports[0], index, args.tokens, args.request_timeout
+            )
+
         for front in peers:
             with proxy(front, ports, slots, log_dir) as listen:
 
@@ -440,48 +213,7 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path) -> Res
                         pool, http_request, port, index, args.tokens, args.request_timeout
                     )
 
-                for load in args.loads:
-                    for seed in args.seeds:
-                        times = arrivals(args.pattern, load * capacity, args.requests, seed)
-                        results[load, seed, front] = await open_loop(front, theirs, times)
-                        log(_summary(name, load, seed, results[load, seed, front]))
-    pool.shutdown()
-    return results
-
-
-def as_json(fleet: str, results: Results) -> list[dict[str, object]]:
-    """Every request's outcome, per run, for plots (``scripts/plot_routing.py``)."""
-    return [
-        {
-            "fleet": fleet, "load": load, "seed": seed, "front": front, "wall": report.wall,
-            "outcomes": [[o.status, o.ttft, o.total, o.tokens] for o in report.outcomes],
-        }
-        for (load, seed, front), report in sorted(results.items())
-    ]  # fmt: skip
-
-
-def _summary(fleet: str, load: float, seed: int, report: Report) -> str:
-    return (
-        f"{fleet} load {load:.0%} seed {seed} {report.front}: ok {report.count('ok')}, "
-        f"TTFT p99 {report.quantile_ms('ttft', 0.99):.0f} ms"
-    )
-
-
-def _row(fleet: str, load: float, seed: int, report: Report) -> str:
-    cells = [
-        fleet, f"{load:.0%}", str(seed), report.front, str(report.count("ok")),
-        str(report.count("rejected")), str(report.count("error")),
-        *(f"{report.quantile_ms('ttft', q):.0f}" for q in (0.5, 0.9, 0.99)),
-        f"{report.quantile_ms('total', 0.99):.0f}", f"{report.tokens_per_second:.1f}",
-    ]  # fmt: skip
-    return "| " + " | ".join(cells) + " |"
-
-
-HEADER = (
-    "| fleet | load | seed | front | completed | rejected | errors | TTFT p50 ms | TTFT p90 ms "
-    "| TTFT p99 ms | end-to-end p99 ms | tok/s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
-)
+                await grid.run(front, theirs, direct)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -490,6 +222,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fleets", nargs="+", choices=sorted(FLEETS), default=sorted(FLEETS))
     parser.add_argument("--fronts", nargs="+", choices=FRONTS, default=list(FRONTS))
     parser.add_argument("--pattern", choices=PATTERNS, default="poisson")
+    parser.add_argument(
+        "--disturb", action="store_true",
+        help="a direct client keeps the first server busy for the middle third of each run",
+    )  # fmt: skip
     parser.add_argument(
         "--loads", type=float, nargs="+", default=[0.5, 0.75, 0.9], help="shares of capacity"
     )
@@ -500,9 +236,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--capacity-requests", type=int, default=6, help="requests per worker when measuring"
     )
     parser.add_argument("--request-timeout", type=float, default=600.0)
-    parser.add_argument("--json", type=Path, help="also write every outcome to this file")
     parser.add_argument(
-        "--capacity", type=float, help="requests/s of the fleet, as measured before (skips it)"
+        "--results", type=Path, default=DEFAULT_RESULTS,
+        help=f"JSON lines of every run; runs already there are skipped (default {DEFAULT_RESULTS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--report", action="store_true", help="print the tables from --results; run nothing"
+    )
+    parser.add_argument(
+        "--capacity", type=float, help="requests/s of the fleet (default: measured, then kept)"
     )
     args = parser.parse_args(argv)
     if args.capacity is not None and len(args.fleets) != 1:
@@ -513,23 +255,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run every fleet and print one markdown table."""
+    """Run what is missing, then print the tables of every run in the results file."""
     args = parse_args(argv)
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-routing-"))
-    log(f"logs in {log_dir}")
-    rows: list[str] = []
-    runs: list[dict[str, object]] = []
-    for name in args.fleets:
-        results = asyncio.run(bench_fleet(name, args, log_dir))
-        rows.extend(_row(name, load, seed, report) for (load, seed, _), report in results.items())
-        runs.extend(as_json(name, results))
-        if args.json:
-            args.json.write_text(json.dumps(runs))
-    print(HEADER)
-    print("\n".join(rows))
+    store = ResultStore(args.results)
+    if not args.report:
+        log_dir = Path(tempfile.mkdtemp(prefix="bench-routing-"))
+        log(f"logs in {log_dir}; results in {args.results}")
+        for name in args.fleets:
+            asyncio.run(bench_fleet(name, args, log_dir, Grid(name, args, store)))
+    print(report(store.runs))
     print(
-        f"\n{args.pattern} arrivals, {args.requests} requests per run, {args.tokens} tokens "
-        "each, greedy, one llama.cpp thread per server, no prompt cache on either side."
+        f"\n{args.requests} requests per run, {args.tokens} tokens each, greedy, one llama.cpp "
+        f"thread per server and {CONTEXT_PER_SLOT} tokens of context per slot, no prompt cache "
+        "on either side."
     )
 
 

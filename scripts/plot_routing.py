@@ -1,15 +1,15 @@
-"""Plot `bench_routing.py --json` results: per fleet and load, each front's TTFT distribution
-(p50, p90, p99 over the seeds) and end-to-end p99, as PNG files for `docs/benchmarks.md`.
+"""Plot `bench_routing.py` results: per fleet, arrival pattern and load, each front's TTFT
+p50/p90/p99 and end-to-end p99 (all seeds pooled), as PNG files for `docs/benchmarks.md`.
 
-Run: `.venv/bin/python scripts/plot_routing.py RESULTS.json docs/images/` (see `--help`).
+Run: `.venv/bin/python scripts/plot_routing.py docs/data/routing-runs.jsonl docs/images/`.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +17,9 @@ import matplotlib as mpl
 
 mpl.use("Agg")
 import matplotlib.pyplot as plt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from routing_results import Outcome, Report, ResultStore, RunKey
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -27,19 +30,17 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)] if ordered else math.nan
 
 
-def plot(runs: list[dict[str, object]], out: Path) -> list[Path]:
-    """One PNG per (fleet, load): bars of TTFT p50/p90/p99 and end-to-end p99 per front."""
-    groups: dict[tuple[str, float], dict[str, list[list[object]]]] = collections.defaultdict(
+def plot(runs: dict[RunKey, Report], out: Path) -> list[Path]:
+    """One PNG per (fleet, pattern, load): bars of TTFT p50/p90/p99 and end-to-end p99."""
+    groups: dict[tuple[str, str, bool, float], dict[str, list[Outcome]]] = collections.defaultdict(
         lambda: collections.defaultdict(list)
     )
-    for run in runs:
-        outcomes = run["outcomes"]
-        assert isinstance(outcomes, list)
-        key = (str(run["fleet"]), float(str(run["load"])))
-        groups[key][str(run["front"])].extend(outcomes)
+    for key, report in sorted(runs.items()):
+        group = (key.fleet, key.pattern, key.disturbed, key.load)
+        groups[group][key.front].extend(report.outcomes)
     written = []
     out.mkdir(parents=True, exist_ok=True)
-    for (fleet, load), fronts in sorted(groups.items()):
+    for (fleet, pattern, disturbed, load), fronts in sorted(groups.items()):
         names = list(fronts)
         figure, axes = plt.subplots(figsize=(8, 4))
         width = 0.8 / (len(QUANTILES) + 1)
@@ -47,19 +48,22 @@ def plot(runs: list[dict[str, object]], out: Path) -> list[Path]:
         for column, label in enumerate(labels):
             values = []
             for name in names:
-                ok = [o for o in fronts[name] if o[0] == "ok"]
+                ok = [o for o in fronts[name] if o.status == "ok"]
                 if column < len(QUANTILES):
-                    values.append(quantile([float(str(o[1])) for o in ok], QUANTILES[column]))
+                    values.append(quantile([o.ttft for o in ok], QUANTILES[column]))
                 else:
-                    values.append(quantile([float(str(o[2])) for o in ok], 0.99))
+                    values.append(quantile([o.total for o in ok], 0.99))
             positions = [index + (column - 1.5) * width for index in range(len(names))]
             axes.bar(positions, values, width, label=label)
         axes.set_xticks(range(len(names)), names)
         axes.set_ylabel("seconds")
-        axes.set_title(f"{fleet}, {load:.0%} of capacity (all seeds pooled)")
+        arrivals = pattern + (" + disturbed" if disturbed else "")
+        axes.set_title(f"{fleet}, {arrivals}, {load:.0%} of capacity (all seeds pooled)")
         axes.legend()
         figure.tight_layout()
-        path = out / f"routing-{fleet}-{round(load * 100)}.png"
+        suffix = f"{pattern}-" if pattern != "poisson" else ""
+        suffix += "disturbed-" if disturbed else ""
+        path = out / f"routing-{fleet}-{suffix}{round(load * 100)}.png"
         figure.savefig(path, dpi=100)
         plt.close(figure)
         written.append(path)
@@ -67,12 +71,12 @@ def plot(runs: list[dict[str, object]], out: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Read the JSON, write the PNGs, print their paths."""
+    """Read the results, write the PNGs, print their paths."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, help="bench_routing.py --json output")
+    parser.add_argument("results", type=Path, help="bench_routing.py --results file")
     parser.add_argument("out", type=Path, help="folder for the PNG files")
     args = parser.parse_args(argv)
-    for path in plot(json.loads(args.results.read_text()), args.out):
+    for path in plot(ResultStore(args.results).runs, args.out):
         print(path)
 
 

@@ -131,8 +131,10 @@ def test_a_request_whose_agent_fails_before_the_first_piece_is_retried() -> None
             # Both must have reported ready slots: the ghost's 4 free slots beat the real
             # agent's 1, so the request goes to the ghost first.
             c.wait_for(
-                lambda agents: {(a.name, a.ready, a.slots_total) for a in agents}
-                == {("real", True, 1), ("ghost", True, 4)}
+                lambda agents: (
+                    {(a.name, a.ready, a.slots_total) for a in agents}
+                    == {("real", True, 1), ("ghost", True, 4)}
+                )
             )
             reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=4)))
             assert reply.summary.agent_name == "real"

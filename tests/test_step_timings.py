@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from paddler.agent.step_timings import StepTimings
+from paddler.agent.step_timings import STALE_AFTER_S, StepTimings
 from paddler.v1 import status_pb2
 
 
@@ -33,3 +33,18 @@ def test_prefill_time_is_what_a_mixed_step_took_beyond_its_decode_part() -> None
     assert status.prefill_backlog_tokens == 300
     timings.record(0, 10, 0.01, 0)  # a prefill-only step
     assert _filled(timings).prefill_seconds_per_token > 0.001
+
+
+def test_a_figure_no_step_refreshed_for_long_is_left_out_and_then_measured_anew() -> None:
+    now = [0.0]
+    timings = StepTimings(clock=lambda: now[0])
+    for _ in range(50):
+        timings.record(1, 0, 0.02, 0)
+    timings.record(2, 0, 0.03, 0)
+    now[0] = STALE_AFTER_S - 1
+    timings.record(2, 0, 0.03, 0)
+    now[0] = STALE_AFTER_S + 10
+    assert [t.streams for t in _filled(timings).step_timings] == [2]
+    timings.record(1, 0, 0.05, 0)  # the host got slower meanwhile
+    by_count = {t.streams: t.step_seconds for t in _filled(timings).step_timings}
+    assert by_count == {1: 0.05, 2: 0.03}

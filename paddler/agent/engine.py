@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, replace
 
 import llama_cpp as llama
+import setproctitle
 import structlog
 
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
@@ -106,6 +107,8 @@ class Engine:
 
     def _run(self) -> None:
         """Step until stopped; every job submitted ends with a summary or an error."""
+        # The OS sees the name too (top -H, /proc), so the engine's CPU shows apart.
+        setproctitle.setthreadtitle(self._thread.name)
         while True:
             with self._wakeup:
                 while not self._stopping and not self._pending and not self._busy():

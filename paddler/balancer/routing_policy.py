@@ -10,15 +10,17 @@ from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.v1 import desired_state_pb2
 
-RoutingName = Literal["slots", "speed"]
+RoutingName = Literal["slots", "speed", "round-robin"]
 
 
 @dataclass(frozen=True)
 class PendingRequest:
-    """A request waiting for a slot: its size and the agents it must not go to (a retry's)."""
+    """A request waiting for a slot: its size, the agents it must not go to (a retry's), and
+    its arrival number (the dispatcher counts requests as they come)."""
 
     demand: Demand = field(default_factory=Demand)
     exclude: frozenset[str] = frozenset()
+    number: int = 0
 
 
 @dataclass

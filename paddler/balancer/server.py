@@ -13,6 +13,7 @@ from paddler.balancer.inference_servicer import SERVICE as INFERENCE_SERVICE
 from paddler.balancer.inference_servicer import InferenceServicer
 from paddler.balancer.management_servicer import ManagementServicer
 from paddler.balancer.registry_servicer import AgentRegistryServicer
+from paddler.balancer.round_robin_policy import RoundRobinPolicy
 from paddler.balancer.routing_policy import RoutingName, RoutingPolicy
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.slot_policy import SlotPolicy
@@ -41,7 +42,12 @@ async def _remove_stale_agents(registry: AgentRegistry, stale_after_s: float) ->
 
 def routing_policy(name: RoutingName) -> RoutingPolicy:
     """The policy ``--routing`` names."""
-    return SpeedPolicy() if name == "speed" else SlotPolicy()
+    policies: dict[RoutingName, type[RoutingPolicy]] = {
+        "slots": SlotPolicy,
+        "speed": SpeedPolicy,
+        "round-robin": RoundRobinPolicy,
+    }
+    return policies[name]()
 
 
 async def run_balancer(config: BalancerConfig) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ class SlotDispatcher:
         self._policy: RoutingPolicy = policy or SlotPolicy()
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._recheck: asyncio.TimerHandle | None = None
+        self._arrivals = itertools.count()
         registry.listen(self.dispatch)
 
     @property
@@ -70,7 +72,8 @@ class SlotDispatcher:
         if buffer_left_s <= 0:
             raise self._wait_failed()
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), PendingRequest(demand or Demand(), exclude))
+        request = PendingRequest(demand or Demand(), exclude, next(self._arrivals))
+        waiter = _Waiter(loop.create_future(), request)
         if retry:
             self._waiters.appendleft(waiter)
         else:

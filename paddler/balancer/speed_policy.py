@@ -11,8 +11,9 @@ about to free a slot, against a slow one). Among those options it goes where its
 plus the slowdown it brings to the streams already there, is least: nothing where batching is
 free (a GPU), a lot where it is not (one CPU thread). Requests are planned oldest first, each
 seeing the slots planned for those before it. Without any speed reported the slot policy
-decides; an agent that reported none yet is taken to be as fast as the fastest one, so it gets
-tried.
+decides; an agent that reports none (not yet, or no longer: agents drop figures no step has
+refreshed for five minutes) is taken to be as fast as the fastest one, so it gets tried and
+measured.
 
 In a fleet of more than ``CANDIDATES`` agents a plan weighs that many drawn at random; when none
 of them has a free slot, half are swapped for agents that have one (found by a scan of the

@@ -85,8 +85,10 @@ def balancer(
         RoutingName,
         typer.Option(
             envvar="PADDLER_ROUTING",
-            help="How an agent is chosen: 'slots' (fewest busy slots) or 'speed' (soonest "
-            "expected first token, then completion, from the speeds agents report).",
+            help="How an agent is chosen: 'slots' (fewest busy slots), 'speed' (soonest "
+            "expected first token, then completion, from the speeds agents report) or "
+            "'round-robin' (each agent in turn, waiting for its slot: a baseline for "
+            "benchmarks, not for production).",
         ),
     ] = "slots",
     grace_period: GracePeriodOption = 30.0,

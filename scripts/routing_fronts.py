@@ -1,0 +1,312 @@
+"""The fronts `bench_routing.py` compares, and how to reach them: our balancer with one agent
+per server, and nginx or haproxy over one llama-server per server (same models, threads, slots).
+Each server can also be reached directly, as a client that bypasses the front would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from paddler.agent.default_model import default_model_path
+from paddler.agent.model_source import resolve_model
+from paddler.agent.state_report import StateReport
+from paddler.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    desired_state_pb2,
+    generation_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_balancer import log_records
+from bench_servers import BENCH_SAMPLING, HOST, PROMPTS, free_port, llama_server_ready, started
+from routing_results import HAPROXY, ROUND_ROBIN, Outcome
+
+NGINX_LEAST_CONN = "nginx-least-conn"
+PEERS = (ROUND_ROBIN, NGINX_LEAST_CONN, HAPROXY)
+CONTEXT_PER_SLOT = 1024
+
+
+def gguf(packaged: str) -> Path:
+    """The GGUF file of a packaged model on this machine."""
+    if packaged == "smollm2-135m":
+        return default_model_path()
+    return resolve_model(desired_state_pb2.ModelSource(packaged=packaged), StateReport())
+
+
+def prompt(index: int) -> str:
+    """A numbered story opening: no server reuses a cached prompt."""
+    return f"{index:05d}. {PROMPTS[index % len(PROMPTS)]}"
+
+
+# ---- requests -----------------------------------------------------------------------------
+
+
+def http_request(port: int, index: int, tokens: int, timeout: float) -> Outcome:
+    """One streaming llama-server `/completion` through a proxy (blocking, in a thread)."""
+    body = json.dumps(
+        {
+            "prompt": prompt(index),
+            "n_predict": tokens,
+            "stream": True,
+            "cache_prompt": False,
+            "temperature": BENCH_SAMPLING.temperature,
+            "repeat_penalty": BENCH_SAMPLING.repeat_penalty,
+        }
+    )
+    start = time.perf_counter()
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        connection.request("POST", "/completion", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        if response.status in (429, 502, 503, 504):
+            return Outcome("rejected")
+        if response.status != 200:
+            return Outcome("error")
+        ttft = math.nan
+        for line in response:
+            if not line.startswith(b"data: "):
+                continue
+            event = json.loads(line[len(b"data: ") :])
+            if math.isnan(ttft) and event.get("content"):
+                ttft = time.perf_counter() - start
+            if event.get("stop"):
+                total = time.perf_counter() - start
+                return Outcome("ok", ttft, total, int(event["tokens_predicted"]))
+        return Outcome("error")
+    except (OSError, http.client.HTTPException):
+        return Outcome("error")
+    finally:
+        connection.close()
+
+
+Reply = inference_pb2.InferenceServiceGenerateResponse | agent_pb2.GenerateResponse
+
+
+def _generation(index: int, tokens: int) -> generation_pb2.GenerationInput:
+    return generation_pb2.GenerationInput(
+        prompt=prompt(index), max_tokens=tokens, sampling=BENCH_SAMPLING
+    )
+
+
+async def _outcome(replies: AsyncIterable[Reply]) -> Outcome:
+    """Read one Generate stream to its summary: timings from now, or how it failed."""
+    start = time.perf_counter()
+    ttft = math.nan
+    try:
+        async for reply in replies:
+            if reply.text and math.isnan(ttft):
+                ttft = time.perf_counter() - start
+            if reply.HasField("summary"):
+                total = time.perf_counter() - start
+                return Outcome("ok", ttft, total, reply.summary.usage.completion_tokens)
+    except grpc.aio.AioRpcError as error:
+        refused = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+        return Outcome("rejected" if error.code() in refused else "error")
+    return Outcome("error")
+
+
+async def grpc_request(
+    stub: inference_pb2_grpc.InferenceServiceAsyncStub, index: int, tokens: int, limit_s: float
+) -> Outcome:
+    """One InferenceService/Generate stream through our balancer."""
+    request = inference_pb2.InferenceServiceGenerateRequest(input=_generation(index, tokens))
+    replies: AsyncIterable[Reply] = stub.Generate(request, timeout=limit_s)
+    return await _outcome(replies)
+
+
+async def agent_request(
+    stub: agent_pb2_grpc.AgentServiceAsyncStub, index: int, tokens: int, limit_s: float
+) -> Outcome:
+    """One AgentService/Generate stream straight to an agent, past the balancer."""
+    request = agent_pb2.GenerateRequest(input=_generation(index, tokens))
+    replies: AsyncIterable[Reply] = stub.Generate(request, timeout=limit_s)
+    return await _outcome(replies)
+
+
+# ---- fleets -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaddlerFleet:
+    """Our balancer's inference stub, and the first agent's own stub (to reach it directly)."""
+
+    inference: inference_pb2_grpc.InferenceServiceAsyncStub
+    first_agent: agent_pb2_grpc.AgentServiceAsyncStub
+
+
+@contextlib.asynccontextmanager
+async def paddler_fleet(
+    fleet: Sequence[tuple[str, int]], routing: str, args: argparse.Namespace, log_dir: Path
+) -> AsyncIterator[PaddlerFleet]:
+    """Our balancer and one agent per server, all registered."""
+    paddler = [sys.executable, "-m", "paddler"]
+    await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        balancer_log = log_dir / "balancer.log"
+        stack.enter_context(
+            started(
+                "balancer",
+                [
+                    *paddler, "balancer", "--inference-addr", f"{HOST}:0",
+                    "--management-addr", f"{HOST}:0", "--max-buffered-requests", "1000",
+                    "--buffered-request-timeout", str(args.request_timeout),
+                    "--routing", routing,
+                ],
+                log_dir,
+            )
+        )  # fmt: skip
+        listening = await first_record(balancer_log, "balancer listening")
+        for number, (model, slots) in enumerate(fleet):
+            stack.enter_context(
+                started(
+                    f"agent-{number}",
+                    [
+                        *paddler, "agent", "--name", f"agent-{number}-{model}",
+                        "--model", str(gguf(model)), "--slots", str(slots), "--threads", "1",
+                        "--context-size", str(CONTEXT_PER_SLOT), "--no-prompt-cache",
+                        "--host", HOST, "--port", "0", "--balancer", str(listening["management"]),
+                    ],
+                    log_dir,
+                )
+            )  # fmt: skip
+        for number in range(len(fleet)):
+            await first_record(log_dir / f"agent-{number}.log", "agent ready")
+        await first_record(balancer_log, "agent registered", count=len(fleet))
+        first = await first_record(log_dir / "agent-0.log", "agent listening")
+        async with (
+            grpc.aio.insecure_channel(str(listening["inference"])) as channel,
+            grpc.aio.insecure_channel(str(first["address"])) as direct,
+        ):
+            yield PaddlerFleet(
+                inference_pb2_grpc.InferenceServiceStub(channel),
+                agent_pb2_grpc.AgentServiceStub(direct),
+            )
+
+
+async def first_record(
+    path: Path, event: str, count: int = 1, limit_s: float = 180
+) -> dict[str, object]:
+    return await asyncio.to_thread(_wait_records, path, event, count, limit_s)
+
+
+def _wait_records(path: Path, event: str, count: int, limit_s: float) -> dict[str, object]:
+    deadline = time.monotonic() + limit_s
+    while len(records := log_records(path, event) if path.exists() else []) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {count} {event!r} lines in {path}")
+        time.sleep(0.2)
+    record: dict[str, object] = records[0]
+    return record
+
+
+@contextlib.contextmanager
+def llama_servers(
+    fleet: Sequence[tuple[str, int]], binary: Path, log_dir: Path
+) -> Iterator[list[int]]:
+    """One llama-server per server of the fleet; yields their ports."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for number, (model, slots) in enumerate(fleet):
+            port = free_port()
+            command = [
+                str(binary), "-m", str(gguf(model)), "-t", "1", "-np", str(slots),
+                "-c", str(slots * CONTEXT_PER_SLOT), "--no-repack", "--host", HOST,
+                "--port", str(port),
+            ]  # fmt: skip
+            stack.enter_context(started(f"llama-server-{number}", command, log_dir))
+            ports.append(port)
+        yield ports
+
+
+def nginx_config(ports: Sequence[int], slots: Sequence[int], listen: int, policy: str) -> str:
+    """nginx in front of the llama-servers: round robin, or least_conn."""
+    del slots  # nginx knows nothing of slots: that is the point of the comparison
+    servers = "\n".join(f"    server {HOST}:{port};" for port in ports)
+    balance = "least_conn;" if policy == NGINX_LEAST_CONN else ""
+    return f"""
+user root;
+worker_processes 1;
+daemon off;
+pid nginx.pid;
+error_log error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream fleet {{
+    {balance}
+{servers}
+  }}
+  server {{
+    listen {HOST}:{listen};
+    location / {{
+      proxy_pass http://fleet;
+      proxy_http_version 1.1;
+      proxy_buffering off;
+      proxy_read_timeout 600s;
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_config(ports: Sequence[int], slots: Sequence[int], listen: int) -> str:
+    """haproxy leastconn with maxconn = each server's slots (its own FIFO queue beyond)."""
+    servers = "\n".join(
+        f"  server s{number} {HOST}:{port} maxconn {count}"
+        for number, (port, count) in enumerate(zip(ports, slots, strict=True))
+    )
+    return f"""
+global
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+  timeout queue 600s
+frontend front
+  bind {HOST}:{listen}
+  default_backend fleet
+backend fleet
+  balance leastconn
+{servers}
+"""
+
+
+@contextlib.contextmanager
+def proxy(front: str, ports: Sequence[int], slots: Sequence[int], log_dir: Path) -> Iterator[int]:
+    """Run nginx or haproxy in front of ``ports``; yields the port it listens on."""
+    listen = free_port()
+    folder = Path(tempfile.mkdtemp(prefix=f"{front}-", dir=log_dir))
+    if front == HAPROXY:
+        config = folder / "haproxy.cfg"
+        config.write_text(haproxy_config(ports, slots, listen))
+        command = ["haproxy", "-db", "-f", str(config)]
+    else:
+        config = folder / "nginx.conf"
+        config.write_text(nginx_config(ports, slots, listen, front))
+        command = ["nginx", "-p", str(folder), "-c", str(config)]
+    with started(front, command, log_dir):
+        deadline = time.monotonic() + 30
+        while not llama_server_ready(listen):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{front} did not answer on port {listen}")
+            time.sleep(0.2)
+        yield listen

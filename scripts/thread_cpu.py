@@ -1,0 +1,81 @@
+"""CPU time and context switches of every thread of a process, read from Linux's /proc.
+
+Benchmarks read a process before and after a run and print where its CPU went, per thread name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ThreadReading:
+    """One thread at one moment: its name, CPU seconds, and context switches so far."""
+
+    name: str
+    cpu_s: float
+    voluntary: int  # the thread gave the CPU up (waited: a wake-up follows)
+    involuntary: int  # the thread was preempted
+
+
+@dataclass(frozen=True)
+class ThreadUse:
+    """What the threads of one name used between two readings."""
+
+    cpu_s: float = 0.0
+    wakeups: int = 0
+    preemptions: int = 0
+
+
+def read_threads(pid: int) -> dict[int, ThreadReading]:
+    """Every live thread of ``pid``, by thread id (threads that end meanwhile are skipped)."""
+    readings: dict[int, ThreadReading] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            status = (task / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        # The name sits in parentheses and may hold spaces; the fields after it are numbered.
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        switches = dict(
+            line.split(":\t") for line in status.splitlines() if "ctxt_switches" in line
+        )
+        readings[int(task.name)] = ThreadReading(
+            name=name,
+            cpu_s=(int(fields[11]) + int(fields[12])) / TICKS_PER_S,  # utime + stime
+            voluntary=int(switches["voluntary_ctxt_switches"]),
+            involuntary=int(switches["nonvoluntary_ctxt_switches"]),
+        )
+    return readings
+
+
+def use_by_name(
+    before: dict[int, ThreadReading], after: dict[int, ThreadReading]
+) -> dict[str, ThreadUse]:
+    """What each thread name used from ``before`` to ``after`` (new threads count from zero)."""
+    cpu: dict[str, float] = {}
+    wakeups: Counter[str] = Counter()
+    preemptions: Counter[str] = Counter()
+    for tid, now in after.items():
+        then = before.get(tid, ThreadReading(now.name, 0.0, 0, 0))
+        cpu[now.name] = cpu.get(now.name, 0.0) + now.cpu_s - then.cpu_s
+        wakeups[now.name] += now.voluntary - then.voluntary
+        preemptions[now.name] += now.involuntary - then.involuntary
+    return {
+        name: ThreadUse(cpu[name], wakeups[name], preemptions[name])
+        for name in sorted(cpu, key=lambda n: -cpu[n])
+    }
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of the whole process so far, threads that already ended included."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S

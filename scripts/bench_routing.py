@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,6 +45,7 @@ from routing_fronts import (
     proxy,
 )
 from routing_results import Outcome, Report, ResultStore, RunKey, report
+from thread_cpu import group_cpu_s
 
 # Our balancer under each --routing policy, then the peers.
 OURS = {"paddler-slots": "slots", "paddler-speed": "speed"}
@@ -146,19 +148,31 @@ class Grid:
         """The fleet's capacity: the flag's, else the one in the results file."""
         return self.args.capacity or self.store.capacities.get((self.fleet, self.args.tokens))
 
-    async def run(self, front: str, send: Send, disturb: Send) -> None:
-        """Measure the missing runs of ``front``."""
+    async def run(self, front: str, send: Send, disturb: Send, pids: Sequence[int]) -> None:
+        """Measure the missing runs of ``front``, whose processes (groups) are ``pids``."""
         capacity = self.capacity
         assert capacity is not None
         for key in self.missing(front):
             times = arrivals(key.pattern, key.load * capacity, self.args.requests, key.seed)
+            servers_before, client_before = _cpu(pids)
             result = await open_loop(send, times, disturb if key.disturbed else None)
+            servers_after, client_after = _cpu(pids)
+            result = replace(
+                result,
+                servers_cpu_s=servers_after - servers_before,
+                client_cpu_s=client_after - client_before,
+            )
             self.store.add_run(key, result)
             log(
                 f"{key.fleet} {key.pattern}{' disturbed' if key.disturbed else ''} load "
                 f"{key.load:.0%} seed {key.seed} {front}: ok {result.count('ok')}, "
                 f"TTFT p99 {result.quantile_ms('ttft', 0.99):.0f} ms"
             )
+
+
+def _cpu(pids: Sequence[int]) -> tuple[float, float]:
+    """CPU seconds so far of the front's processes (with their children), and of this client."""
+    return sum(group_cpu_s(pid) for pid in pids), time.process_time()
 
 
 async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path, grid: Grid) -> None:
@@ -184,7 +198,7 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path, grid: 
                 grid.store.add_capacity(name, args.tokens, capacity)
                 log(f"{name}: capacity {capacity:.2f} requests/s ({args.tokens} tokens each)")
             if wanted:
-                await grid.run(front, send, disturb)
+                await grid.run(front, send, disturb, ours.pids)
     peers = [front for front in PEERS if front in args.fronts and grid.missing(front)]
     if not peers:
         return
@@ -192,7 +206,7 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path, grid: 
     loop = asyncio.get_running_loop()
     with (
         ThreadPoolExecutor(max_workers=args.requests + 1) as pool,
-        llama_servers(fleet, binary, log_dir / f"{name}-llama") as ports,
+        llama_servers(fleet, binary, log_dir / f"{name}-llama") as (ports, server_pids),
     ):
         deadline = time.monotonic() + 180
         while not all(llama_server_ready(port) for port in ports):
@@ -206,14 +220,14 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path, grid: 
             )
 
         for front in peers:
-            with proxy(front, ports, slots, log_dir) as listen:
+            with proxy(front, ports, slots, log_dir) as (listen, proxy_pid):
 
                 async def theirs(index: int, port: int = listen) -> Outcome:
                     return await loop.run_in_executor(
                         pool, http_request, port, index, args.tokens, args.request_timeout
                     )
 
-                await grid.run(front, theirs, direct)
+                await grid.run(front, theirs, direct, [*server_pids, proxy_pid])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -144,10 +144,12 @@ async def agent_request(
 
 @dataclass(frozen=True)
 class PaddlerFleet:
-    """Our balancer's inference stub, and the first agent's own stub (to reach it directly)."""
+    """Our balancer's inference stub, the first agent's own stub (to reach it directly), and
+    the process ids of the balancer and the agents."""
 
     inference: inference_pb2_grpc.InferenceServiceAsyncStub
     first_agent: agent_pb2_grpc.AgentServiceAsyncStub
+    pids: tuple[int, ...]
 
 
 @contextlib.asynccontextmanager
@@ -159,7 +161,7 @@ async def paddler_fleet(
     await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         balancer_log = log_dir / "balancer.log"
-        stack.enter_context(
+        balancer = stack.enter_context(
             started(
                 "balancer",
                 [
@@ -172,8 +174,9 @@ async def paddler_fleet(
             )
         )  # fmt: skip
         listening = await first_record(balancer_log, "balancer listening")
+        pids = [balancer.pid]
         for number, (model, slots) in enumerate(fleet):
-            stack.enter_context(
+            agent = stack.enter_context(
                 started(
                     f"agent-{number}",
                     [
@@ -185,6 +188,7 @@ async def paddler_fleet(
                     log_dir,
                 )
             )  # fmt: skip
+            pids.append(agent.pid)
         for number in range(len(fleet)):
             await first_record(log_dir / f"agent-{number}.log", "agent ready")
         await first_record(balancer_log, "agent registered", count=len(fleet))
@@ -196,6 +200,7 @@ async def paddler_fleet(
             yield PaddlerFleet(
                 inference_pb2_grpc.InferenceServiceStub(channel),
                 agent_pb2_grpc.AgentServiceStub(direct),
+                tuple(pids),
             )
 
 
@@ -218,11 +223,11 @@ def _wait_records(path: Path, event: str, count: int, limit_s: float) -> dict[st
 @contextlib.contextmanager
 def llama_servers(
     fleet: Sequence[tuple[str, int]], binary: Path, log_dir: Path
-) -> Iterator[list[int]]:
-    """One llama-server per server of the fleet; yields their ports."""
+) -> Iterator[tuple[list[int], list[int]]]:
+    """One llama-server per server of the fleet; yields their ports and process ids."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        ports = []
+        ports, pids = [], []
         for number, (model, slots) in enumerate(fleet):
             port = free_port()
             command = [
@@ -230,9 +235,10 @@ def llama_servers(
                 "-c", str(slots * CONTEXT_PER_SLOT), "--no-repack", "--host", HOST,
                 "--port", str(port),
             ]  # fmt: skip
-            stack.enter_context(started(f"llama-server-{number}", command, log_dir))
+            server = stack.enter_context(started(f"llama-server-{number}", command, log_dir))
             ports.append(port)
-        yield ports
+            pids.append(server.pid)
+        yield ports, pids
 
 
 def nginx_config(ports: Sequence[int], slots: Sequence[int], listen: int, policy: str) -> str:
@@ -291,8 +297,11 @@ backend fleet
 
 
 @contextlib.contextmanager
-def proxy(front: str, ports: Sequence[int], slots: Sequence[int], log_dir: Path) -> Iterator[int]:
-    """Run nginx or haproxy in front of ``ports``; yields the port it listens on."""
+def proxy(
+    front: str, ports: Sequence[int], slots: Sequence[int], log_dir: Path
+) -> Iterator[tuple[int, int]]:
+    """Run nginx or haproxy in front of ``ports``; yields the port it listens on and its process
+    group (nginx forks its worker)."""
     listen = free_port()
     folder = Path(tempfile.mkdtemp(prefix=f"{front}-", dir=log_dir))
     if front == HAPROXY:
@@ -303,10 +312,10 @@ def proxy(front: str, ports: Sequence[int], slots: Sequence[int], log_dir: Path)
         config = folder / "nginx.conf"
         config.write_text(nginx_config(ports, slots, listen, front))
         command = ["nginx", "-p", str(folder), "-c", str(config)]
-    with started(front, command, log_dir):
+    with started(front, command, log_dir) as process:
         deadline = time.monotonic() + 30
         while not llama_server_ready(listen):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{front} did not answer on port {listen}")
             time.sleep(0.2)
-        yield listen
+        yield listen, process.pid

@@ -41,10 +41,13 @@ class RunKey:
 
 @dataclass(frozen=True)
 class Report:
-    """One run's outcomes and its wall time."""
+    """One run's outcomes, its wall time, and the CPU seconds the front's processes (balancer
+    and agents, or proxy and llama-servers) and the load generator used (NaN: not measured)."""
 
     outcomes: tuple[Outcome, ...]
     wall: float
+    servers_cpu_s: float = math.nan
+    client_cpu_s: float = math.nan
 
     def count(self, status: str) -> int:
         """Requests that ended with ``status``."""
@@ -62,6 +65,10 @@ class Report:
     def tokens_per_second(self) -> float:
         """Generated tokens over the run's wall time."""
         return sum(o.tokens for o in self.outcomes) / self.wall
+
+    def cpu_ms_per_token(self, cpu_s: float) -> float:
+        """``cpu_s`` over the tokens generated, in ms."""
+        return 1000 * cpu_s / max(sum(o.tokens for o in self.outcomes), 1)
 
 
 class ResultStore:
@@ -83,9 +90,13 @@ class ResultStore:
         key = record["key"]
         outcomes = record["outcomes"]
         assert isinstance(key, dict) and isinstance(outcomes, list)
+        cpu = record.get("cpu_s", {})
+        assert isinstance(cpu, dict)
         self.runs[RunKey(**key)] = Report(
             tuple(Outcome(str(s), float(t), float(e), int(n)) for s, t, e, n in outcomes),
             float(str(record["wall"])),
+            float(cpu.get("servers", math.nan)),
+            float(cpu.get("client", math.nan)),
         )
 
     def _append(self, record: dict[str, object]) -> None:
@@ -103,7 +114,10 @@ class ResultStore:
         outcomes = [
             [o.status, round(o.ttft, 4), round(o.total, 4), o.tokens] for o in report.outcomes
         ]
-        self._append({"key": asdict(key), "wall": round(report.wall, 3), "outcomes": outcomes})
+        cpu = {"servers": round(report.servers_cpu_s, 2), "client": round(report.client_cpu_s, 2)}
+        self._append(
+            {"key": asdict(key), "wall": round(report.wall, 3), "cpu_s": cpu, "outcomes": outcomes}
+        )
 
 
 def run_row(key: RunKey, report: Report) -> str:
@@ -114,14 +128,16 @@ def run_row(key: RunKey, report: Report) -> str:
         str(report.count("error")),
         *(f"{report.quantile_ms('ttft', q):.0f}" for q in (0.5, 0.9, 0.99)),
         f"{report.quantile_ms('total', 0.99):.0f}", f"{report.tokens_per_second:.1f}",
+        f"{report.cpu_ms_per_token(report.servers_cpu_s):.1f}",
+        f"{report.cpu_ms_per_token(report.client_cpu_s):.1f}",
     ]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
 
 RUN_HEADER = (
     "| fleet | arrivals | load | seed | front | completed | rejected | errors | TTFT p50 ms "
-    "| TTFT p90 ms | TTFT p99 ms | end-to-end p99 ms | tok/s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| TTFT p90 ms | TTFT p99 ms | end-to-end p99 ms | tok/s | CPU ms/token: front | client |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -183,10 +199,11 @@ def _per_seed(
     total = " / ".join(f"{r[front].quantile_ms('total', 0.99) / 1000:.1f}" for _, r in present)
     if not front.startswith(OURS_PREFIX):
         return f"{ttft} | {total} | "
-    missed = [target_misses(front, runs, group[3]) for _, runs in present]
+    compared = [runs for _, runs in present if any(not f.startswith(OURS_PREFIX) for f in runs)]
+    missed = [target_misses(front, runs, group[3]) for runs in compared]
     notes = sorted({miss for misses in missed for miss in misses})
     met = sum(1 for misses in missed if not misses)
-    return f"{ttft} | {total} | {met} of {len(present)}" + (
+    return f"{ttft} | {total} | {met} of {len(compared)} seeds with peers" + (
         f" (missed: {'; '.join(notes)})" if notes else ""
     )
 

@@ -79,3 +79,20 @@ def process_cpu_s(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds so far of every live process in process group ``pgid`` (a server started in
+    its own session, with the workers it forked: nginx's, say)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:  # pgrp
+            total += (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    return total

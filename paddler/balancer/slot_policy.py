@@ -1,7 +1,8 @@
 """Slot-aware routing (``--routing slots``): fewest busy slots, then most free, then take turns.
 
 Requests are served strictly in order: once the oldest request finds no free slot, nobody
-behind it gets one (a retry that excludes the agents with free slots is passed over).
+behind it gets one (a retry that excludes the agents with free slots is passed over). In a
+fleet of more than 32 agents a plan weighs a sample of them (see ``candidates``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from paddler.balancer.agent_registry import RegisteredAgent
+from paddler.balancer.candidates import CandidateSampler
 from paddler.balancer.routing_policy import PendingRequest, Plan
 from paddler.balancer.stream_claim import StreamClaim
 from paddler.v1 import desired_state_pb2
@@ -49,6 +51,7 @@ class SlotPolicy:
 
     def __init__(self) -> None:
         self._turns = itertools.count()
+        self._sampler = CandidateSampler()
 
     def plan(
         self,
@@ -59,6 +62,7 @@ class SlotPolicy:
         """Grants in order until the oldest request left finds no free slot."""
         planned: collections.Counter[str] = collections.Counter()
         grants: list[RegisteredAgent | None] = []
+        agents = self._sampler.candidates(agents)
         for request in requests:
             agent = pick_agent(agents, request.exclude, next(self._turns), desired, planned)
             if agent is None and not request.exclude:

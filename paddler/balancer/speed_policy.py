@@ -15,20 +15,18 @@ decides; an agent that reports none (not yet, or no longer: agents drop figures 
 refreshed for five minutes) is taken to be as fast as the fastest one, so it gets tried and
 measured.
 
-In a fleet of more than ``CANDIDATES`` agents a plan weighs that many drawn at random; when none
-of them has a free slot, half are swapped for agents that have one (found by a scan of the
-fleet, which only a saturated fleet needs). A plan's cost does not grow with the fleet.
+In a fleet of more than 32 agents a plan weighs a sample of them (see ``candidates``).
 """
 
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.agent_speed import AgentSpeed
+from paddler.balancer.candidates import CandidateSampler
 from paddler.balancer.routing_policy import PendingRequest, Plan
 from paddler.balancer.slot_policy import SlotPolicy
 from paddler.balancer.stream_claim import StreamClaim
@@ -41,8 +39,6 @@ LENGTH_SMOOTHING = 0.1
 # Bounds of the re-plan delay while a request waits for a slot estimated to free soon.
 RECHECK_MIN_S = 0.02
 RECHECK_MAX_S = 0.25
-# Agents a plan weighs in a large fleet (drawn at random).
-CANDIDATES = 32
 
 
 def tokens_left(relayed: int, cap: int | None, typical: float) -> float:
@@ -98,7 +94,7 @@ class SpeedPolicy:
     def __init__(self) -> None:
         self._slots = SlotPolicy()
         self._turns = itertools.count()
-        self._draw = random.Random(0)  # noqa: S311 - a sample of agents, not a secret
+        self._sampler = CandidateSampler()
         self.typical_tokens = FIRST_TYPICAL_TOKENS
 
     def finished(self, claim: StreamClaim) -> None:
@@ -147,17 +143,6 @@ class SpeedPolicy:
         grants.extend([None] * (len(requests) - len(grants)))
         return Plan(grants, recheck)
 
-    def _candidates(self, agents: Sequence[RegisteredAgent]) -> list[RegisteredAgent]:
-        """A sample of a large fleet that holds agents with a free slot if any has one."""
-        drawn = self._draw.sample(agents, CANDIDATES)
-        if any(agent.status.slots_total > agent.busy_slots for agent in drawn):
-            return drawn
-        roomy = [agent for agent in agents if agent.status.slots_total > agent.busy_slots]
-        if not roomy:
-            return []  # nothing can be granted: no plan to weigh
-        roomy = self._draw.sample(roomy, min(len(roomy), CANDIDATES // 2))
-        return list(dict.fromkeys([*roomy, *drawn[: CANDIDATES // 2]]))
-
     def _expected_tokens(self, cap: int | None) -> float:
         return self.typical_tokens if cap is None else min(float(cap), self.typical_tokens)
 
@@ -166,10 +151,9 @@ class SpeedPolicy:
     ) -> list[_Timeline] | None:
         """Timelines of the candidates that serve ``desired``, starting at a rotating one (exact
         ties take turns); None when none has reported a speed."""
-        if len(agents) > CANDIDATES:
-            agents = self._candidates(agents)
-            if not agents:
-                return []
+        agents = self._sampler.candidates(agents)
+        if not agents:
+            return []
         serving = [agent for agent in agents if agent.serves(desired) and not agent.retired]
         known = [agent.speed for agent in serving if agent.speed is not None]
         if not known:

@@ -128,10 +128,14 @@ def run_row(key: RunKey, report: Report) -> str:
         str(report.count("error")),
         *(f"{report.quantile_ms('ttft', q):.0f}" for q in (0.5, 0.9, 0.99)),
         f"{report.quantile_ms('total', 0.99):.0f}", f"{report.tokens_per_second:.1f}",
-        f"{report.cpu_ms_per_token(report.servers_cpu_s):.1f}",
-        f"{report.cpu_ms_per_token(report.client_cpu_s):.1f}",
+        _ms(report.cpu_ms_per_token(report.servers_cpu_s)),
+        _ms(report.cpu_ms_per_token(report.client_cpu_s)),
     ]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
+
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
 
 
 RUN_HEADER = (

@@ -178,12 +178,7 @@ async def measure_together(
         threads: dict[str, ThreadUse] = {}
         for server, then in zip(servers, before, strict=True):
             for name, use in use_by_name(then, read_threads(server.pid)).items():
-                total = threads.get(name, ThreadUse())
-                threads[name] = ThreadUse(
-                    total.cpu_s + use.cpu_s,
-                    total.wakeups + use.wakeups,
-                    total.preemptions + use.preemptions,
-                )
+                threads[name] = threads.get(name, ThreadUse()) + use
         cpu = tuple(
             process_cpu_s(server.pid) - then
             for server, then in zip(servers, cpu_before, strict=True)

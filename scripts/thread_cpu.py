@@ -31,6 +31,23 @@ class ThreadUse:
     wakeups: int = 0
     preemptions: int = 0
 
+    def __add__(self, other: ThreadUse) -> ThreadUse:
+        return ThreadUse(
+            self.cpu_s + other.cpu_s,
+            self.wakeups + other.wakeups,
+            self.preemptions + other.preemptions,
+        )
+
+
+def _after_name(stat: str) -> list[str]:
+    """The fields of a /proc stat line after the name (which sits in parentheses and may hold
+    spaces); index 2 is the process group, 11 and 12 the user and system CPU ticks."""
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _cpu_s(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
 
 def read_threads(pid: int) -> dict[int, ThreadReading]:
     """Every live thread of ``pid``, by thread id (threads that end meanwhile are skipped)."""
@@ -41,15 +58,13 @@ def read_threads(pid: int) -> dict[int, ThreadReading]:
             status = (task / "status").read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        # The name sits in parentheses and may hold spaces; the fields after it are numbered.
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
         switches = dict(
             line.split(":\t") for line in status.splitlines() if "ctxt_switches" in line
         )
         readings[int(task.name)] = ThreadReading(
             name=name,
-            cpu_s=(int(fields[11]) + int(fields[12])) / TICKS_PER_S,  # utime + stime
+            cpu_s=_cpu_s(_after_name(stat)),
             voluntary=int(switches["voluntary_ctxt_switches"]),
             involuntary=int(switches["nonvoluntary_ctxt_switches"]),
         )
@@ -76,9 +91,7 @@ def use_by_name(
 
 def process_cpu_s(pid: int) -> float:
     """CPU seconds of the whole process so far, threads that already ended included."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    return _cpu_s(_after_name(Path(f"/proc/{pid}/stat").read_text()))
 
 
 def group_cpu_s(pgid: int) -> float:
@@ -92,7 +105,7 @@ def group_cpu_s(pgid: int) -> float:
             stat = (entry / "stat").read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:  # pgrp
-            total += (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+        fields = _after_name(stat)
+        if int(fields[2]) == pgid:
+            total += _cpu_s(fields)
     return total

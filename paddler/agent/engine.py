@@ -15,7 +15,7 @@ import structlog
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
 from paddler.agent.sampling import SamplerChain
-from paddler.agent.slot import Slot, choose_slot, common_prefix_length
+from paddler.agent.slot import Slot, choose_slot, common_prefix_length, step_shape
 from paddler.agent.step_timings import StepTimings
 from paddler.common.errors import InternalError, PaddlerError, UnavailableError
 from paddler.v1 import generation_pb2
@@ -140,7 +140,8 @@ class Engine:
             return
         began = time.perf_counter()
         status = llama.llama_decode(self._context, self._batch)
-        self._record_step(fed, time.perf_counter() - began)
+        streams, prompt, backlog = step_shape(fed, self._slots)
+        self.step_timings.record(streams, prompt, time.perf_counter() - began, backlog)
         if status != 0:
             error = InternalError(f"llama_decode failed with status {status}")
             for slot, _ in fed:
@@ -150,17 +151,6 @@ class Engine:
             slot.cached.extend(tokens)
             if slot.batch_index >= 0:
                 self._sample(slot)
-
-    def _record_step(self, fed: list[tuple[Slot, list[int]]], seconds: float) -> None:
-        """Time the step for the status: streams decoding vs prompt tokens prefilled."""
-        streams = sum(1 for slot, _ in fed if slot.completion_tokens > 0)
-        prompt = sum(len(tokens) for slot, tokens in fed if slot.completion_tokens == 0)
-        backlog = sum(
-            len(slot.pending)
-            for slot in self._slots
-            if slot.job is not None and slot.completion_tokens == 0
-        )
-        self.step_timings.record(streams, prompt, seconds, backlog)
 
     def _drop_cancelled(self) -> None:
         for slot in self._slots:

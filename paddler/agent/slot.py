@@ -87,3 +87,14 @@ class Slot:
         self.text = None
         self.pending = []
         self.batch_index = -1
+
+
+def step_shape(fed: list[tuple[Slot, list[int]]], slots: list[Slot]) -> tuple[int, int, int]:
+    """What a step decoded, for its timing: streams that got a token, prompt tokens prefilled,
+    and prompt tokens still waiting in the slots that have not generated yet."""
+    streams = sum(1 for slot, _ in fed if slot.completion_tokens > 0)
+    prompt = sum(len(tokens) for slot, tokens in fed if slot.completion_tokens == 0)
+    backlog = sum(
+        len(slot.pending) for slot in slots if slot.job is not None and slot.completion_tokens == 0
+    )
+    return streams, prompt, backlog

@@ -57,7 +57,7 @@ class StepTimings:
             self._steps[streams] = 0  # stale: start a fresh mean
         self._refreshed[streams] = now
         count = self._steps[streams] = self._steps.get(streams, 0) + 1
-        previous = self._step_s.get(streams, seconds) if count > 1 else seconds
+        previous = self._step_s[streams] if count > 1 else seconds
         self._step_s[streams] = _average(previous, seconds, count)
 
     def _decode_estimate(self, streams: int) -> float:

@@ -115,7 +115,7 @@ async def balanced_agent(args: argparse.Namespace, log_dir: Path) -> AsyncIterat
     """A balancer and one agent registered with it and ready; yields both addresses by path."""
     balancer_command = [
         *args.balancer_prefix, sys.executable, "-m", "paddler", "balancer",
-        "--inference-addr", f"{HOST}:0", "--management-addr", f"{HOST}:0",
+        "--inference-addr", f"{HOST}:0", "--management-addr", f"{HOST}:0", "--openai-addr", "",
     ]  # fmt: skip
     with started(BALANCER, balancer_command, log_dir) as balancer:
         addresses = await listening(

@@ -116,7 +116,7 @@ async def sim_cluster(
             started(
                 "balancer",
                 [
-                    *paddler, "balancer", "--inference-addr", f"{HOST}:0",
+                    *paddler, "balancer", "--inference-addr", f"{HOST}:0", "--openai-addr", "",
                     "--management-addr", f"{HOST}:0", "--max-buffered-requests", "100000",
                     "--buffered-request-timeout", "600", "--routing", routing,
                 ],

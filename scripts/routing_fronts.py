@@ -165,7 +165,7 @@ async def paddler_fleet(
             started(
                 "balancer",
                 [
-                    *paddler, "balancer", "--inference-addr", f"{HOST}:0",
+                    *paddler, "balancer", "--inference-addr", f"{HOST}:0", "--openai-addr", "",
                     "--management-addr", f"{HOST}:0", "--max-buffered-requests", "1000",
                     "--buffered-request-timeout", str(args.request_timeout),
                     "--routing", routing,

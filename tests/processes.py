@@ -170,7 +170,10 @@ class BalancerProcess(ServerProcess):
     """``paddler balancer`` with both servers on 127.0.0.1, port 0 unless given."""
 
     def __init__(self, args: list[str], management: str = "127.0.0.1:0") -> None:
-        addresses = ["--inference-addr", "127.0.0.1:0", "--management-addr", management]
+        addresses = [
+            "--inference-addr", "127.0.0.1:0", "--management-addr", management,
+            "--openai-addr", "127.0.0.1:0",
+        ]  # fmt: skip
         super().__init__("balancer", [*addresses, *args], "balancer listening", None)
         self.wait_serving("inference")
 
@@ -183,6 +186,11 @@ class BalancerProcess(ServerProcess):
     def management(self) -> str:
         """Where agents register and ManagementService listens."""
         return self.listening["management"]
+
+    @property
+    def openai(self) -> str:
+        """The OpenAI-compatible API's base URL."""
+        return f"http://{self.listening['openai']}/v1"
 
 
 @contextmanager

@@ -22,3 +22,9 @@ class BalancerConfig:
     # JSON file that keeps the desired state across restarts; None keeps it in memory.
     state_file: Path | None
     routing: RoutingName = "slots"
+    # Where the OpenAI-compatible HTTP API listens; "" turns it off.
+    openai_address: str = ""
+    # Other model names OpenAI requests may use for the served model.
+    openai_model_aliases: tuple[str, ...] = ()
+    # Origins browsers may call the OpenAI API from (CORS); none by default.
+    openai_cors_origins: tuple[str, ...] = ()

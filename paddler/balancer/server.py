@@ -9,6 +9,7 @@ import structlog
 
 from paddler.balancer.agent_registry import AgentRegistry
 from paddler.balancer.config import BalancerConfig
+from paddler.balancer.generation_relay import GenerationRelay
 from paddler.balancer.inference_servicer import SERVICE as INFERENCE_SERVICE
 from paddler.balancer.inference_servicer import InferenceServicer
 from paddler.balancer.management_servicer import ManagementServicer
@@ -20,6 +21,9 @@ from paddler.balancer.slot_policy import SlotPolicy
 from paddler.balancer.speed_policy import SpeedPolicy
 from paddler.balancer.state_store import StateStore
 from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
+from paddler.openai_api.app import OpenAISettings, create_app
+from paddler.openai_api.http_server import HttpServer
+from paddler.openai_api.served_models import ServedModels
 from paddler.v1 import (
     agent_registry_pb2,
     agent_registry_pb2_grpc,
@@ -62,10 +66,9 @@ async def run_balancer(config: BalancerConfig) -> None:
         config.buffered_request_timeout_s,
         routing_policy(config.routing),
     )
+    relay = GenerationRelay(dispatcher, config.max_attempts)
     inference = ManagedServer([INFERENCE_SERVICE])
-    inference.server.add_generic_rpc_handlers(
-        (InferenceServicer(dispatcher, config.max_attempts).handler(),)
-    )
+    inference.server.add_generic_rpc_handlers((InferenceServicer(relay).handler(),))
     management = ManagedServer([REGISTRY_SERVICE, MANAGEMENT_SERVICE])
     agent_registry_pb2_grpc.add_AgentRegistryServiceServicer_to_server(
         AgentRegistryServicer(registry, states), management.server
@@ -75,17 +78,28 @@ async def run_balancer(config: BalancerConfig) -> None:
     )
     inference_address = await inference.start(config.inference_address)
     management_address = await management.start(config.management_address)
+    http = None
+    openai_address = None
+    if config.openai_address:
+        models = ServedModels(registry, states, config.openai_model_aliases)
+        settings = OpenAISettings(config.openai_model_aliases, config.openai_cors_origins)
+        http = HttpServer(create_app(relay, models, settings))
+        openai_address = await http.start(config.openai_address, config.grace_period_s)
+        log.info("openai listening", address=openai_address)
     await inference.set_serving(serving=True)
     await management.set_serving(serving=True)
     log.info(
         "balancer listening",
         inference=inference_address,
         management=management_address,
+        openai=openai_address,
         routing=config.routing,
     )
     watchdog = asyncio.create_task(_remove_stale_agents(registry, config.agent_stale_after_s))
     await wait_for_termination_signal()
-    await inference.drain(config.grace_period_s)
+    await asyncio.gather(
+        inference.drain(config.grace_period_s), http.stop() if http else asyncio.sleep(0)
+    )
     watchdog.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watchdog

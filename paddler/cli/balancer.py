@@ -91,6 +91,27 @@ def balancer(
             "benchmarks, not for production).",
         ),
     ] = "slots",
+    openai_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_OPENAI_ADDR",
+            help="Where the OpenAI-compatible HTTP API listens (port 0 picks one; empty: off).",
+        ),
+    ] = "0.0.0.0:8080",
+    openai_model_alias: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="PADDLER_OPENAI_MODEL_ALIAS",
+            help="Another model name OpenAI requests may use for the served model (repeatable).",
+        ),
+    ] = None,
+    openai_cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="PADDLER_OPENAI_CORS_ORIGIN",
+            help="An origin browsers may call the OpenAI API from (repeatable; none by default).",
+        ),
+    ] = None,
     grace_period: GracePeriodOption = 30.0,
     log_level: LogLevelOption = "info",
 ) -> None:
@@ -106,6 +127,9 @@ def balancer(
         max_attempts=max_attempts,
         state_file=state_file,
         routing=routing,
+        openai_address=openai_addr,
+        openai_model_aliases=tuple(openai_model_alias or ()),
+        openai_cors_origins=tuple(openai_cors_origin or ()),
     )
     with exit_on_domain_error():
         # uvloop: the balancer relays every token through its event loop (about half of its

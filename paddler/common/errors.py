@@ -105,3 +105,15 @@ class RelayedError(PaddlerError):
         self.code = code
         self.trailing_metadata = trailing_metadata
         self.reason = reason
+
+
+class ModelNotFoundError(PaddlerError):
+    """The request names a model the cluster does not serve."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "MODEL_NOT_FOUND"
+
+    def __init__(self, model: str, served: list[str]) -> None:
+        names = ", ".join(served) or "none yet"
+        super().__init__(f"model {model!r} is not served here; served models: {names}")
+        self.model = model

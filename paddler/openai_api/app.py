@@ -1,0 +1,160 @@
+"""The FastAPI application of the OpenAI-compatible API: routes, request ids, errors, CORS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from paddler.balancer.generation_relay import GenerationRelay
+from paddler.common.errors import ModelNotFoundError, PaddlerError
+from paddler.openai_api import chat_completions, completions
+from paddler.openai_api.chat_protocol import ChatCompletionRequest
+from paddler.openai_api.completion_protocol import CompletionRequest
+from paddler.openai_api.errors import paddler_error, stream_error_event, validation_error
+from paddler.openai_api.generations import Event, generate
+from paddler.openai_api.request_ids import HEADER, RequestIdMiddleware
+from paddler.openai_api.served_models import ServedModels
+
+T = TypeVar("T")
+# What a server logs for a client that closed the connection before the response (nginx's).
+CLIENT_CLOSED_REQUEST = 499
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    """What ``--openai-*`` flags set."""
+
+    model_aliases: Sequence[str] = ()
+    cors_origins: Sequence[str] = ()
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before the response began."""
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, or ClientDisconnectedError (with ``work`` cancelled, freeing its slot)
+    when the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.create_task(_until_disconnect(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientDisconnectedError
+    return task.result()
+
+
+async def _client_gone(request: Request, error: Exception) -> Response:
+    """Nobody reads this response; the generation was cancelled and its slot freed."""
+    del request, error
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+def _model_card(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "paddler"}
+
+
+def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISettings) -> FastAPI:
+    """The app; it shares the balancer's relay (and so its dispatcher and buffer)."""
+    app = FastAPI(title="Paddler OpenAI-compatible API", version="1")
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(PaddlerError, paddler_error)
+    app.add_exception_handler(ClientDisconnectedError, _client_gone)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=[HEADER],
+        )
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """200 while at least one agent serves, 503 otherwise."""
+        if models.any_serving():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "no agent serves"}, status_code=503)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, object]:
+        """The models the cluster serves now."""
+        return {"object": "list", "data": [_model_card(name) for name in models.names()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str) -> dict[str, object]:
+        """One served model, or 404 model_not_found."""
+        served = models.names()
+        if model_id not in served and model_id not in models.aliases:
+            raise ModelNotFoundError(model_id, served)
+        return _model_card(model_id)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+        """A chat completion: one JSON object, or SSE chunks with ``stream``."""
+        request_id: str = request.state.request_id
+        models.check(body.model)
+        events = generate(relay, [body.generation_input()] * body.n, request_id)
+        if not body.stream:
+            collected = await _unless_disconnected(request, _collect(events))
+            return JSONResponse(chat_completions.completion(body, request_id, collected))
+        first = await _unless_disconnected(request, anext(events))
+        return _sse(chat_completions.chunks(body, request_id, _prepend(first, events)), request_id)
+
+    @app.post("/v1/completions", response_model=None)
+    async def create_completion(body: CompletionRequest, request: Request) -> Response:
+        """A text completion per prompt and per ``n``: one JSON object, or SSE events."""
+        request_id: str = request.state.request_id
+        models.check(body.model)
+        events = generate(relay, body.generation_inputs(), request_id)
+        if not body.stream:
+            collected = await _unless_disconnected(request, _collect(events))
+            return JSONResponse(completions.completion(body, request_id, collected))
+        first = await _unless_disconnected(request, anext(events))
+        return _sse(completions.chunks(body, request_id, _prepend(first, events)), request_id)
+
+    return app
+
+
+async def _collect(events: AsyncIterator[Event]) -> list[Event]:
+    return [event async for event in events]
+
+
+async def _prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    yield first
+    async for event in rest:
+        yield event
+
+
+def _sse(events: AsyncIterator[str], request_id: str) -> StreamingResponse:
+    return StreamingResponse(_ending_on_error(events, request_id), media_type="text/event-stream")
+
+
+async def _ending_on_error(events: AsyncIterator[str], request_id: str) -> AsyncIterator[str]:
+    """The stream's events; a failure after it began ends it with one error event."""
+    try:
+        async for event in events:
+            yield event
+    except PaddlerError as error:
+        yield stream_error_event(error, request_id)

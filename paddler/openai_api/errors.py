@@ -1,0 +1,104 @@
+"""The one place domain errors become OpenAI's error JSON and an HTTP status."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import grpc
+import structlog
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from paddler.common.errors import InvalidArgumentError, PaddlerError
+
+log = structlog.get_logger(__name__)
+
+# HTTP status and OpenAI error type per gRPC status code.
+_BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
+    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable_error"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error"),
+}
+# Reasons whose status differs from their gRPC code's: a request that waited its whole
+# --buffered-request-timeout for a slot timed out, as far as an HTTP client is concerned.
+_BY_REASON: dict[str, tuple[int, str]] = {"BUFFER_TIMEOUT": (504, "timeout_error")}
+# gRPC field paths of a GenerationInput, as the OpenAI request names them.
+_FIELD_PREFIXES = (
+    ("input.conversation.messages", "messages"),
+    ("input.sampling.", ""),
+    ("input.", ""),
+)
+
+
+def openai_param(field: str) -> str:
+    """The request field an error about a GenerationInput field is about."""
+    for prefix, replacement in _FIELD_PREFIXES:
+        if field.startswith(prefix):
+            return replacement + field.removeprefix(prefix)
+    return field
+
+
+def _error_body(error: PaddlerError) -> tuple[int, dict[str, object]]:
+    status, kind = _BY_REASON.get(error.reason) or _BY_CODE.get(error.code, (500, "server_error"))
+    param = None
+    message = error.message
+    if isinstance(error, InvalidArgumentError):
+        violation = error.violations[0]
+        param = openai_param(violation.field)
+        message = f"{param}: {violation.description}"
+    body: dict[str, object] = {
+        "error": {"message": message, "type": kind, "param": param, "code": error.reason.lower()}
+    }
+    return status, body
+
+
+def error_response(error: PaddlerError, request_id: str) -> JSONResponse:
+    """The HTTP response for a request that failed before its stream began; logged once."""
+    status, body = _error_body(error)
+    headers = {}
+    if error.retry_after_s is not None and status in (429, 503):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    log.info("request failed", request_id=request_id, status=status, error=error.message)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def stream_error_event(error: PaddlerError, request_id: str) -> str:
+    """The one SSE event that ends a stream a failure broke after it began; logged once."""
+    status, body = _error_body(error)
+    log.info("stream failed", request_id=request_id, status=status, error=error.message)
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def _location(loc: Sequence[int | str]) -> str:
+    """A pydantic error location (``("body", "messages", 0, "role")``) as ``messages[0].role``."""
+    path = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part and not str(part).startswith(("function-", "tagged-union")):
+            path += f".{part}" if path else str(part)
+    return path
+
+
+async def validation_error(request: Request, error: Exception) -> JSONResponse:
+    """A body that does not parse or breaks a field's bounds: 400 naming the first bad field."""
+    assert isinstance(error, RequestValidationError)
+    first = error.errors()[0]
+    param = _location(first.get("loc", ())) or None
+    message = str(first.get("msg", "invalid request"))
+    wrapped = InvalidArgumentError(param or "body", message)
+    request_id = getattr(request.state, "request_id", "")
+    return error_response(wrapped, request_id)
+
+
+async def paddler_error(request: Request, error: Exception) -> JSONResponse:
+    """A domain error raised by an endpoint before any response went out."""
+    assert isinstance(error, PaddlerError)
+    return error_response(error, getattr(request.state, "request_id", ""))

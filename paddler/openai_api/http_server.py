@@ -1,0 +1,62 @@
+"""Runs the OpenAI-compatible app on uvicorn inside the balancer's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Generator
+
+import uvicorn
+from fastapi import FastAPI
+
+from paddler.common.addresses import join_host_port, split_host_port
+
+STARTUP_POLL_S = 0.01
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn that leaves signals to the balancer, which stops it after draining gRPC."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class HttpServer:
+    """One uvicorn server serving ``app`` as a task of the running loop."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, address: str, grace_period_s: float) -> str:
+        """Listen on ``address`` (port 0 picks one); returns the address bound."""
+        host, port = split_host_port(address)
+        config = uvicorn.Config(
+            self._app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(math.ceil(grace_period_s), 1),
+        )
+        server = _EmbeddedServer(config)
+        self._server = server
+        self._task = asyncio.create_task(server.serve())
+        while not server.started:
+            if self._task.done():
+                self._task.result()  # the reason it could not start (a port in use, say)
+                raise OSError(f"the HTTP server on {address} stopped while starting")
+            await asyncio.sleep(STARTUP_POLL_S)
+        bound = server.servers[0].sockets[0].getsockname()
+        return join_host_port(host, bound[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task

@@ -1,0 +1,36 @@
+"""OpenAI's ``usage`` and ``finish_reason`` from our generation summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from paddler.v1 import generation_pb2
+
+_STOPPED = (
+    generation_pb2.FINISH_REASON_END_OF_GENERATION,
+    generation_pb2.FINISH_REASON_STOP_STRING,
+)
+
+
+def finish_reason(summary: generation_pb2.GenerationSummary) -> str:
+    """``stop`` for an end of generation or a stop string; ``length`` for the token cap or a
+    full context."""
+    return "stop" if summary.finish_reason in _STOPPED else "length"
+
+
+def usage(
+    summaries: Sequence[generation_pb2.GenerationSummary], choices_per_prompt: int
+) -> dict[str, object]:
+    """Token counts of all choices, in choice order: each prompt counted once (its
+    ``choices_per_prompt`` choices share it), completions added up."""
+    prompts = summaries[::choices_per_prompt]
+    prompt_tokens = sum(summary.usage.prompt_tokens for summary in prompts)
+    completion = sum(summary.usage.completion_tokens for summary in summaries)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+        "prompt_tokens_details": {
+            "cached_tokens": sum(summary.usage.cached_tokens for summary in prompts)
+        },
+    }

@@ -12,8 +12,8 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.cluster import Cluster, cluster
+from tests.openai_clients import MODEL, bad_request_param, client_of
 
-MODEL = "SmolLM2-135M-Instruct.Q4_1"
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about the sea."}]
 
 
@@ -26,7 +26,7 @@ def shared() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def client(shared: Cluster) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=shared.balancer.openai, api_key="unused", max_retries=0) as c:
+    with client_of(shared) as c:
         yield c
 
 
@@ -167,11 +167,7 @@ def test_a_bad_field_is_a_bad_request_that_names_it(
     client: openai.OpenAI, extra: dict[str, object], param: str
 ) -> None:
     body = {"model": MODEL, "messages": HELLO, **extra}
-    with pytest.raises(openai.BadRequestError) as raised:
-        client.post("/chat/completions", body=body, cast_to=httpx.Response)
-    assert raised.value.status_code == 400
-    assert raised.value.param == param
-    assert f"400 - {param}: " in raised.value.message
+    assert bad_request_param(client, "/chat/completions", body) == param
 
 
 def test_the_request_id_is_honoured_returned_and_logged(shared: Cluster) -> None:

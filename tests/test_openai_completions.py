@@ -7,20 +7,14 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.cluster import Cluster, cluster
+from tests.openai_clients import MODEL, bad_request_param, openai_cluster
 
-MODEL = "SmolLM2-135M-Instruct.Q4_1"
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[openai.OpenAI]:
-    """A client of one balancer with one 4-slot agent."""
-    c: Cluster
-    with (
-        cluster(("solo", 4)) as c,
-        openai.OpenAI(base_url=c.balancer.openai, api_key="unused", max_retries=0) as client,
-    ):
+    with openai_cluster(4) as client:
         yield client
 
 
@@ -83,6 +77,4 @@ def test_what_completions_do_not_serve_is_a_bad_request_naming_it(
     client: openai.OpenAI, extra: dict[str, object], param: str
 ) -> None:
     body = {"model": MODEL, "prompt": STORY, "max_tokens": 2, **extra}
-    with pytest.raises(openai.BadRequestError) as raised:
-        client.post("/completions", body=body, cast_to=object)
-    assert raised.value.param == param
+    assert bad_request_param(client, "/completions", body) == param

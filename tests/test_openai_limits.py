@@ -17,8 +17,8 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from tests.client import generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
+from tests.openai_clients import MODEL, client_of
 
-MODEL = "SmolLM2-135M-Instruct.Q4_1"
 STORY: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Write a very long story about the sea."}
 ]
@@ -48,6 +48,10 @@ class HeldStream:
             if line.startswith("data: ") and '"content": "' in line and '""' not in line:
                 break
 
+    def rest(self) -> list[str]:
+        """The stream's remaining data lines, to its end."""
+        return [line for line in self._lines if line.startswith("data: ")]
+
     def close(self) -> None:
         self._stream.__exit__(None, None, None)
         self._client.close()
@@ -55,10 +59,6 @@ class HeldStream:
 
 def _buffered_is(c: Cluster, count: int) -> bool:
     return c.buffered() == count
-
-
-def client_of(c: Cluster) -> openai.OpenAI:
-    return openai.OpenAI(base_url=c.balancer.openai, api_key="unused", max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +166,16 @@ def test_grpc_and_openai_requests_share_one_fifo() -> None:
             thread.join(WAIT_S)
         served = [line["request_id"] for line in c.balancer.wait_logs("request served", 3)]
     assert served == ["g1", "o2", "g3"]
+
+
+def test_an_agent_that_dies_mid_stream_ends_the_stream_with_one_error_event() -> None:
+    with cluster(("doomed", 1)) as c:
+        held = HeldStream(c.balancer.openai)
+        c.agents["doomed"].kill()
+        rest = held.rest()
+        held.close()
+    assert rest, "the stream ended without a word"
+    error = json.loads(rest[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "agent_failed_mid_stream"
+    assert "agent doomed" in error["message"]
+    assert not any(line == "data: [DONE]" for line in rest)

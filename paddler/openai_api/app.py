@@ -6,24 +6,34 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paddler.balancer.generation_relay import GenerationRelay
 from paddler.common.errors import ModelNotFoundError, PaddlerError
-from paddler.openai_api import chat_completions, completions
+from paddler.openai_api import chat_completions, completions, responses
 from paddler.openai_api.chat_protocol import ChatCompletionRequest
 from paddler.openai_api.completion_protocol import CompletionRequest
-from paddler.openai_api.errors import paddler_error, stream_error_event, validation_error
+from paddler.openai_api.errors import (
+    ERROR_RESPONSES,
+    http_error,
+    paddler_error,
+    stream_error_event,
+    validation_error,
+)
 from paddler.openai_api.generations import Event, generate
 from paddler.openai_api.request_ids import HEADER, RequestIdMiddleware
+from paddler.openai_api.responses_protocol import ResponseRequest
 from paddler.openai_api.served_models import ServedModels
 
 T = TypeVar("T")
+TITLE = "Paddler OpenAI-compatible API"
 # What a server logs for a client that closed the connection before the response (nginx's).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -70,15 +80,29 @@ async def _client_gone(request: Request, error: Exception) -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document: FastAPI's, less the 422 it adds to every operation (a body that
+    does not validate gets OpenAI's 400 here)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=TITLE, version=app.version, routes=app.routes)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def _model_card(name: str) -> dict[str, object]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "paddler"}
 
 
 def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISettings) -> FastAPI:
     """The app; it shares the balancer's relay (and so its dispatcher and buffer)."""
-    app = FastAPI(title="Paddler OpenAI-compatible API", version="1")
+    app = FastAPI(title=TITLE, version="1")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(PaddlerError, paddler_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnectedError, _client_gone)
     if settings.cors_origins:
         app.add_middleware(
@@ -90,7 +114,7 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
         )
     app.add_middleware(RequestIdMiddleware)
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "No agent serves."}})
     async def health() -> JSONResponse:
         """200 while at least one agent serves, 503 otherwise."""
         if models.any_serving():
@@ -100,9 +124,10 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
     @app.get("/v1/models")
     async def list_models() -> dict[str, object]:
         """The models the cluster serves now."""
-        return {"object": "list", "data": [_model_card(name) for name in models.names()]}
+        names = [*models.names(), *models.aliases]
+        return {"object": "list", "data": [_model_card(name) for name in names]}
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/v1/models/{model_id}", responses={404: ERROR_RESPONSES[404]})
     async def get_model(model_id: str) -> dict[str, object]:
         """One served model, or 404 model_not_found."""
         served = models.names()
@@ -110,7 +135,7 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
             raise ModelNotFoundError(model_id, served)
         return _model_card(model_id)
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, responses=ERROR_RESPONSES)
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
         """A chat completion: one JSON object, or SSE chunks with ``stream``."""
         request_id: str = request.state.request_id
@@ -122,7 +147,7 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
         first = await _unless_disconnected(request, anext(events))
         return _sse(chat_completions.chunks(body, request_id, _prepend(first, events)), request_id)
 
-    @app.post("/v1/completions", response_model=None)
+    @app.post("/v1/completions", response_model=None, responses=ERROR_RESPONSES)
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
         """A text completion per prompt and per ``n``: one JSON object, or SSE events."""
         request_id: str = request.state.request_id
@@ -133,6 +158,18 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
             return JSONResponse(completions.completion(body, request_id, collected))
         first = await _unless_disconnected(request, anext(events))
         return _sse(completions.chunks(body, request_id, _prepend(first, events)), request_id)
+
+    @app.post("/v1/responses", response_model=None, responses=ERROR_RESPONSES)
+    async def create_response(body: ResponseRequest, request: Request) -> Response:
+        """A model response (text): one JSON object, or the Responses event stream."""
+        request_id: str = request.state.request_id
+        models.check(body.model)
+        events = generate(relay, [body.generation_input()], request_id)
+        if not body.stream:
+            collected = await _unless_disconnected(request, _collect(events))
+            return JSONResponse(responses.whole(body, request_id, collected))
+        first = await _unless_disconnected(request, anext(events))
+        return _sse(responses.stream(body, request_id, _prepend(first, events)), request_id)
 
     return app
 

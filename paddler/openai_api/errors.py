@@ -11,6 +11,8 @@ import structlog
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paddler.common.errors import InvalidArgumentError, PaddlerError
 
@@ -35,6 +37,34 @@ _FIELD_PREFIXES = (
     ("input.sampling.", ""),
     ("input.", ""),
 )
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, in OpenAI's words."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error body."""
+
+    error: ErrorDetail
+
+
+# The error statuses every generating endpoint documents in its OpenAPI operation.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "A bad field; `param` names it."),
+        (404, "A model the cluster does not serve."),
+        (429, "The buffer is full; see Retry-After."),
+        (503, "No agent can serve now; see Retry-After."),
+        (504, "No slot freed within the buffer timeout."),
+    )
+}
 
 
 def openai_param(field: str) -> str:
@@ -102,3 +132,24 @@ async def paddler_error(request: Request, error: Exception) -> JSONResponse:
     """A domain error raised by an endpoint before any response went out."""
     assert isinstance(error, PaddlerError)
     return error_response(error, getattr(request.state, "request_id", ""))
+
+
+async def http_error(request: Request, error: Exception) -> JSONResponse:
+    """Starlette's own refusals (a body that does not parse, an unknown path, a wrong method)
+    in OpenAI's shape."""
+    assert isinstance(error, StarletteHTTPException)
+    codes = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}
+    kind = "invalid_request_error" if error.status_code < 500 else "server_error"
+    detail = {
+        "message": str(error.detail),
+        "type": kind,
+        "param": None,
+        "code": codes.get(error.status_code, "http_error"),
+    }
+    log.info(
+        "request failed",
+        request_id=getattr(request.state, "request_id", ""),
+        status=error.status_code,
+        error=str(error.detail),
+    )
+    return JSONResponse({"error": detail}, status_code=error.status_code, headers=error.headers)

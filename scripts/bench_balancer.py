@@ -71,6 +71,7 @@ from bench_servers import (
 
 BALANCER = "balancer"
 DIRECT = "direct"
+OPENAI = "openai"
 AGENT_NAME = "bench"
 TARGET_RATIO = 0.98
 TARGET_ADDED_TTFT_MS = 2.0
@@ -112,10 +113,12 @@ async def listening(
 
 @contextlib.asynccontextmanager
 async def balanced_agent(args: argparse.Namespace, log_dir: Path) -> AsyncIterator[dict[str, str]]:
-    """A balancer and one agent registered with it and ready; yields both addresses by path."""
+    """A balancer and one agent registered with it and ready; yields the agent's, the balancer's
+    gRPC and its OpenAI API addresses by path."""
     balancer_command = [
         *args.balancer_prefix, sys.executable, "-m", "paddler", "balancer",
-        "--inference-addr", f"{HOST}:0", "--management-addr", f"{HOST}:0", "--openai-addr", "",
+        "--inference-addr", f"{HOST}:0", "--management-addr", f"{HOST}:0",
+        "--openai-addr", f"{HOST}:0",
     ]  # fmt: skip
     with started(BALANCER, balancer_command, log_dir) as balancer:
         addresses = await listening(
@@ -145,7 +148,11 @@ async def balanced_agent(args: argparse.Namespace, log_dir: Path) -> AsyncIterat
 
                 await wait_ready(agent, registered, args.startup_timeout)
             log(f"agent {record['address']} registered with the balancer and ready")
-            yield {DIRECT: record["address"], BALANCER: addresses["inference"]}
+            yield {
+                DIRECT: record["address"],
+                BALANCER: addresses["inference"],
+                OPENAI: addresses["openai"],
+            }
 
 
 def request_length(prompt: str, tokens: int, spread: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -9,8 +10,10 @@ import openai
 import pytest
 
 from tests.cluster import Cluster, cluster
+from tests.processes import BalancerProcess
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
+LOG_WAIT_S = 60.0
 
 
 def client_of(c: Cluster) -> openai.OpenAI:
@@ -32,3 +35,14 @@ def bad_request_param(client: openai.OpenAI, path: str, body: dict[str, object])
     assert raised.value.status_code == 400
     assert raised.value.param is None or f"400 - {raised.value.param}: " in raised.value.message
     return raised.value.param
+
+
+def logged(balancer: BalancerProcess, event: str, **fields: object) -> dict[str, object]:
+    """The balancer's first ``event`` record with these ``fields``, once its log shows it."""
+    deadline = time.monotonic() + LOG_WAIT_S
+    while time.monotonic() < deadline:
+        for record in balancer.logs(event):
+            if all(record.get(name) == value for name, value in fields.items()):
+                return record
+        time.sleep(0.02)
+    raise AssertionError(f"no {event!r} line with {fields}")

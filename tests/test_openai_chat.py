@@ -12,7 +12,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.cluster import Cluster, cluster
-from tests.openai_clients import MODEL, bad_request_param, client_of
+from tests.openai_clients import MODEL, bad_request_param, client_of, logged
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about the sea."}]
 
@@ -180,6 +180,10 @@ def test_the_request_id_is_honoured_returned_and_logged(shared: Cluster) -> None
     assert reply.status_code == 200
     assert reply.headers["X-Request-Id"] == "trace-42"
     assert reply.json()["id"] == "chatcmpl-trace-42"
-    served = shared.balancer.wait_logs("request served")
-    line = next(r for r in served if r["request_id"] == "trace-42")
-    assert line["api"] == "openai"
+    assert logged(shared.balancer, "request served", request_id="trace-42")["api"] == "openai"
+
+
+def test_the_user_is_on_the_request_s_log_line(shared: Cluster, client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, user="alice")
+    request_id = reply.id.removeprefix("chatcmpl-")
+    assert logged(shared.balancer, "request served", request_id=request_id)["user"] == "alice"

@@ -15,9 +15,10 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from paddler.v1 import desired_state_pb2
 from tests.client import generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
-from tests.openai_clients import MODEL, client_of
+from tests.openai_clients import MODEL, client_of, logged
 
 STORY: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Write a very long story about the sea."}
@@ -90,8 +91,7 @@ def test_a_full_buffer_is_429_with_retry_after_and_a_stream_that_leaves_frees_it
     held.close()  # the client goes away mid-stream: its slot goes to the buffered request
     thread.join(WAIT_S)
     assert getattr(waiting["usage"], "completion_tokens", None) == 3
-    cancelled = one_slot.balancer.wait_logs("request cancelled")
-    assert cancelled[-1]["stage"] == "streaming"
+    logged(one_slot.balancer, "request cancelled", stage="streaming")
     wait_until(lambda: one_slot.agent_slots_processing("one") == 0, "the slot to be free")
 
 
@@ -115,8 +115,7 @@ def test_a_request_whose_client_leaves_while_buffered_leaves_the_buffer(
 
     asyncio.run(leave_while_buffered())
     wait_until(lambda: one_slot.buffered() == 0, "the buffer to empty")
-    stages = [line["stage"] for line in one_slot.balancer.wait_logs("request cancelled")]
-    assert "waiting for a slot" in stages
+    logged(one_slot.balancer, "request cancelled", stage="waiting for a slot")
     held.close()
     wait_until(lambda: one_slot.agent_slots_processing("one") == 0, "the slot to be free")
 
@@ -129,6 +128,17 @@ def test_no_slot_within_the_buffer_timeout_is_504() -> None:
         held.close()
     assert raised.value.status_code == 504
     assert raised.value.code == "buffer_timeout"
+
+
+def test_no_agent_serving_the_desired_state_within_the_buffer_timeout_is_503() -> None:
+    with cluster(("one", 1), balancer_args=("--buffered-request-timeout", "1")) as c:
+        missing = desired_state_pb2.ModelSource(local_path="/nonexistent/model.gguf")
+        c.set_state(desired_state_pb2.DesiredState(model=missing))
+        with client_of(c) as client, pytest.raises(openai.InternalServerError) as raised:
+            client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=3)
+    assert raised.value.status_code == 503
+    assert raised.value.code == "no_agent_serves_desired_state"
+    assert int(raised.value.response.headers["Retry-After"]) >= 1
 
 
 def test_without_agents_health_is_503() -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -139,6 +140,7 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
         """A chat completion: one JSON object, or SSE chunks with ``stream``."""
         request_id: str = request.state.request_id
+        _log_user(body.user)
         models.check(body.model)
         events = generate(relay, [body.generation_input()] * body.n, request_id)
         if not body.stream:
@@ -151,6 +153,7 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
         """A text completion per prompt and per ``n``: one JSON object, or SSE events."""
         request_id: str = request.state.request_id
+        _log_user(body.user)
         models.check(body.model)
         events = generate(relay, body.generation_inputs(), request_id)
         if not body.stream:
@@ -163,6 +166,7 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
     async def create_response(body: ResponseRequest, request: Request) -> Response:
         """A model response (text): one JSON object, or the Responses event stream."""
         request_id: str = request.state.request_id
+        _log_user(body.user)
         models.check(body.model)
         events = generate(relay, [body.generation_input()], request_id)
         if not body.stream:
@@ -172,6 +176,12 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
         return _sse(responses.stream(body, request_id, _prepend(first, events)), request_id)
 
     return app
+
+
+def _log_user(user: str | None) -> None:
+    """The client's ``user`` goes on every log line of this request (its tasks inherit it)."""
+    if user is not None:
+        structlog.contextvars.bind_contextvars(user=user)
 
 
 async def _collect(events: AsyncIterator[Event]) -> list[Event]:

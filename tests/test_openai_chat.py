@@ -42,6 +42,9 @@ def test_a_chat_completion_has_content_and_usage_that_adds_up(client: openai.Ope
     assert reply.usage.completion_tokens == 5
     assert reply.usage.prompt_tokens > 0
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + 5
+    served = (choice.model_extra or {})["paddler"]
+    assert served["agent"] == "solo"
+    assert served["time_to_first_token_ms"] > 0
 
 
 def test_greedy_decoding_gives_the_same_text_twice(client: openai.OpenAI) -> None:
@@ -103,6 +106,11 @@ def test_a_stream_sends_the_role_then_content_then_the_finish_reason_and_usage(
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "length"
     assert finishes.count("length") == 1
+    served = [(c.choices[0].model_extra or {}).get("paddler") for c in chunks if c.choices]
+    assert served[:-1] == [None] * (len(served) - 1)
+    assert served[-1] is not None
+    assert served[-1]["agent"] == "solo"
+    assert served[-1]["time_to_first_token_ms"] > 0
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 10

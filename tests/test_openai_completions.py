@@ -57,7 +57,10 @@ def test_a_streamed_completion_matches_the_whole_one(client: openai.OpenAI) -> N
     )
     text = "".join(event.choices[0].text for event in events if event.choices)
     assert text == whole.choices[0].text
-    assert [e.choices[0].finish_reason for e in events if e.choices][-1] == "length"
+    finished = [e.choices[0] for e in events if e.choices][-1]
+    assert finished.finish_reason == "length"
+    assert (finished.model_extra or {})["paddler"]["time_to_first_token_ms"] > 0
+    assert (whole.choices[0].model_extra or {})["paddler"]["agent"]
     assert events[-1].usage is not None
     assert events[-1].usage.completion_tokens == 8
 

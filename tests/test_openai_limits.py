@@ -120,6 +120,32 @@ def test_a_request_whose_client_leaves_while_buffered_leaves_the_buffer(
     wait_until(lambda: one_slot.agent_slots_processing("one") == 0, "the slot to be free")
 
 
+def test_a_whole_reply_whose_client_leaves_mid_generation_frees_its_slot(
+    one_slot: Cluster,
+) -> None:
+    async def leave_while_generating() -> None:
+        async with httpx.AsyncClient(timeout=WAIT_S) as client:
+            body = {"model": MODEL, "messages": STORY}
+            headers = {"X-Request-Id": "left-mid-generation"}
+            task = asyncio.create_task(
+                client.post(
+                    f"{one_slot.balancer.openai}/chat/completions", json=body, headers=headers
+                )
+            )
+            await asyncio.to_thread(
+                wait_until,
+                lambda: one_slot.agent_slots_processing("one") == 1,
+                "the request to be generating",
+            )
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(leave_while_generating())
+    logged(one_slot.balancer, "request cancelled", request_id="left-mid-generation")
+    wait_until(lambda: one_slot.agent_slots_processing("one") == 0, "the slot to be free")
+
+
 def test_no_slot_within_the_buffer_timeout_is_504() -> None:
     with cluster(("one", 1), balancer_args=("--buffered-request-timeout", "1")) as c:
         held = HeldStream(c.balancer.openai)

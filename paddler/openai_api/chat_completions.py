@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from paddler.openai_api.chat_protocol import ChatCompletionRequest
 from paddler.openai_api.generations import Event, gather_choices
-from paddler.openai_api.usage import finish_reason, usage
+from paddler.openai_api.usage import finish_reason, served_by, usage
 from paddler.v1 import generation_pb2
 
 
@@ -29,6 +29,7 @@ def completion(
                 "message": {"role": "assistant", "content": gathered.texts[index]},
                 "finish_reason": finish_reason(gathered.summaries[index]),
                 "logprobs": None,
+                "paddler": served_by(gathered.summaries[index]),
             }
             for index in range(request.n)
         ],
@@ -70,8 +71,13 @@ async def chunks(
             continue
         summaries[event.index] = event.summary
         model = event.summary.model or model
-        reason = finish_reason(event.summary)
-        yield _sse(chunk([{"index": event.index, "delta": {}, "finish_reason": reason}], model))
+        choice = {
+            "index": event.index,
+            "delta": {},
+            "finish_reason": finish_reason(event.summary),
+            "paddler": served_by(event.summary),
+        }
+        yield _sse(chunk([choice], model))
     if request.include_usage:
         counted = usage([summaries[index] for index in sorted(summaries)], request.n)
         yield _sse({**chunk([], model), "usage": counted})

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from paddler.openai_api.completion_protocol import CompletionRequest
 from paddler.openai_api.generations import Event, gather_choices
-from paddler.openai_api.usage import finish_reason, usage
+from paddler.openai_api.usage import finish_reason, served_by, usage
 from paddler.v1 import generation_pb2
 
 
@@ -30,6 +30,7 @@ def completion(
                 "text": gathered.texts[index],
                 "finish_reason": finish_reason(gathered.summaries[index]),
                 "logprobs": None,
+                "paddler": served_by(gathered.summaries[index]),
             }
             for index in range(choices)
         ],
@@ -45,8 +46,13 @@ async def chunks(
     summaries: dict[int, generation_pb2.GenerationSummary] = {}
     model = request.model
 
-    def event_of(index: int, text: str, reason: str | None) -> str:
+    def event_of(
+        index: int, text: str, summary: generation_pb2.GenerationSummary | None = None
+    ) -> str:
+        reason = None if summary is None else finish_reason(summary)
         choice = {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+        if summary is not None:
+            choice["paddler"] = served_by(summary)
         payload = {
             "id": f"cmpl-{request_id}",
             "object": "text_completion",
@@ -59,11 +65,11 @@ async def chunks(
     async for event in events:
         if event.summary is None:
             if event.text:
-                yield event_of(event.index, event.text, None)
+                yield event_of(event.index, event.text)
             continue
         summaries[event.index] = event.summary
         model = event.summary.model or model
-        yield event_of(event.index, "", finish_reason(event.summary))
+        yield event_of(event.index, "", event.summary)
     if request.include_usage:
         payload = {
             "id": f"cmpl-{request_id}",

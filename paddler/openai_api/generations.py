@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from paddler.balancer.generation_relay import GenerationRelay
@@ -23,21 +23,25 @@ class Event:
     summary: generation_pb2.GenerationSummary | None = None
 
 
-async def _one(
-    relay: GenerationRelay,
-    generation: generation_pb2.GenerationInput,
-    request_id: str,
-    index: int,
-    events: asyncio.Queue[Event | BaseException | None],
-) -> None:
+async def _choice(
+    relay: GenerationRelay, generation: generation_pb2.GenerationInput, request_id: str, index: int
+) -> AsyncGenerator[Event, None]:
+    """One choice's events, straight from the relay."""
     forwarded = agent_pb2.GenerateRequest(request_id=request_id, input=generation)
+    async for chunk in relay.stream(forwarded, None, API):
+        response = agent_pb2.GenerateResponse.FromString(chunk)
+        if response.HasField("summary"):
+            yield Event(index, summary=response.summary)
+        else:
+            yield Event(index, text=response.text)
+
+
+async def _one(
+    choice: AsyncIterator[Event], events: asyncio.Queue[Event | BaseException | None]
+) -> None:
     try:
-        async for chunk in relay.stream(forwarded, None, API):
-            response = agent_pb2.GenerateResponse.FromString(chunk)
-            if response.HasField("summary"):
-                await events.put(Event(index, summary=response.summary))
-            else:
-                await events.put(Event(index, text=response.text))
+        async for event in choice:
+            await events.put(event)
     except Exception as error:  # noqa: BLE001 - handed to the reader, which raises it
         await events.put(error)
     else:
@@ -48,25 +52,33 @@ async def generate(
     relay: GenerationRelay, generations: list[generation_pb2.GenerationInput], request_id: str
 ) -> AsyncIterator[Event]:
     """Every choice's events in the order they arrive; the first failure is raised (the other
-    choices are cancelled), and leaving early cancels them all, freeing their slots."""
+    choices are cancelled), and leaving early cancels them all, freeing their slots. A single
+    choice is read in the caller's own task (no queue between the relay and the client)."""
+    if len(generations) == 1:
+        single = _choice(relay, generations[0], request_id, 0)
+        try:
+            async for event in single:
+                yield event
+        finally:
+            await single.aclose()
+        return
     events: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
-    ids = [f"{request_id}-{index}" for index in range(len(generations))]
-    if len(ids) == 1:
-        ids = [request_id]
     tasks = [
-        asyncio.create_task(_one(relay, generation, ids[index], index, events))
+        asyncio.create_task(
+            _one(_choice(relay, generation, f"{request_id}-{index}", index), events)
+        )
         for index, generation in enumerate(generations)
     ]
     try:
         running = len(tasks)
         while running:
-            event = await events.get()
-            if isinstance(event, BaseException):
-                raise event
-            if event is None:
+            item = await events.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
                 running -= 1
                 continue
-            yield event
+            yield item
     finally:
         for task in tasks:
             task.cancel()

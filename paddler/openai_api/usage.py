@@ -18,6 +18,13 @@ def finish_reason(summary: generation_pb2.GenerationSummary) -> str:
     return "stop" if summary.finish_reason in _STOPPED else "length"
 
 
+def served_by(summary: generation_pb2.GenerationSummary) -> dict[str, object]:
+    """Paddler's extension on every finished choice: the agent that served it and its own time
+    to first token (queueing on the agent and prefill, without the trip through the balancer)."""
+    ttft_ms = summary.time_to_first_token.ToNanoseconds() / 1e6
+    return {"agent": summary.agent_name, "time_to_first_token_ms": round(ttft_ms, 3)}
+
+
 def usage(
     summaries: Sequence[generation_pb2.GenerationSummary], choices_per_prompt: int
 ) -> dict[str, object]:

@@ -131,6 +131,35 @@ def test_the_slow_agent_gets_work_when_the_fast_one_is_far_from_free() -> None:
     asyncio.run(scenario())
 
 
+def test_an_idle_agent_is_kept_working_rather_than_a_second_stream_that_adds_nothing() -> None:
+    # SmolLM2 on one thread with one stream: a second one would be about as soon done as on the
+    # idle Gemma, but it adds nothing to SmolLM2's token rate while Gemma's would sit unused.
+    async def scenario() -> None:
+        registry = AgentRegistry()
+        await _agent(registry, "smollm", 2, SMOLLM_1_THREAD, [(0, 64)])
+        await _agent(registry, "gemma", 2, GEMMA_1_THREAD)
+        policy = SpeedPolicy()
+        for _ in range(2):  # whichever agent the rotation starts at
+            assert _names(policy.plan([REQUEST], registry.agents(), NO_STATE).grants) == ["gemma"]
+        # With both busy the second streams add nothing anywhere: completion decides again.
+        await _agent(registry, "gemma-busy", 2, GEMMA_1_THREAD, [(0, 64)])
+        busy = [agent for agent in registry.agents() if agent.name != "gemma"]
+        assert _names(policy.plan([REQUEST], busy, NO_STATE).grants) == ["smollm"]
+
+    asyncio.run(scenario())
+
+
+def test_a_second_stream_where_batching_pays_counts_as_spare_capacity() -> None:
+    async def scenario() -> None:
+        registry = AgentRegistry()
+        await _agent(registry, "gpu", 4, GPU, [(0, 64)])
+        await _agent(registry, "gemma", 2, GEMMA_1_THREAD)
+        plan = SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE)
+        assert _names(plan.grants) == ["gpu"]
+
+    asyncio.run(scenario())
+
+
 def test_a_queue_is_planned_in_order_each_seeing_the_slots_planned_before_it() -> None:
     async def scenario() -> None:
         registry = AgentRegistry()

@@ -9,7 +9,11 @@ its prefill and one step; on a busy agent after the wait for its soonest slot to
 takes a free slot unless waiting for a busy agent brings its first token sooner (a fast agent
 about to free a slot, against a slow one). Among those options it goes where its completion,
 plus the slowdown it brings to the streams already there, is least: nothing where batching is
-free (a GPU), a lot where it is not (one CPU thread). Requests are planned oldest first, each
+free (a GPU), a lot where it is not (one CPU thread). The policy keeps every agent working: while
+some agent has a free slot where one more stream adds to its token rate (an idle agent, or one
+whose batching pays), a free slot that adds nothing (a second stream on one CPU thread) is not
+an option, for it would leave capacity idle that the requests still to come need. Requests are
+planned oldest first, each
 seeing the slots planned for those before it. Without any speed reported the slot policy
 decides; an agent that reports none (not yet, or no longer: agents drop figures no step has
 refreshed for five minutes) is taken to be as fast as the fastest one, so it gets tried and
@@ -39,6 +43,9 @@ LENGTH_SMOOTHING = 0.1
 # Bounds of the re-plan delay while a request waits for a slot estimated to free soon.
 RECHECK_MIN_S = 0.02
 RECHECK_MAX_S = 0.25
+# Share by which one more stream must raise an agent's token rate to count as using spare
+# capacity (one CPU thread: about 0; a GPU at low stream counts: most of a stream's rate).
+MIN_BATCHING_GAIN = 0.2
 
 
 def tokens_left(relayed: int, cap: int | None, typical: float) -> float:
@@ -62,6 +69,18 @@ class _Timeline:
     @property
     def free(self) -> bool:
         return len(self.left) < self.slots
+
+    @property
+    def spare(self) -> bool:
+        """Whether a free slot here adds to the agent's token rate: always on an idle agent;
+        on a busy one when batching one more stream pays (see MIN_BATCHING_GAIN)."""
+        busy = len(self.left)
+        if busy >= self.slots:
+            return False
+        if busy == 0:
+            return True
+        now, more = self.speed.step(busy), self.speed.step(busy + 1)
+        return (busy + 1) * now >= (1.0 + MIN_BATCHING_GAIN) * busy * more
 
     def estimate(self, tokens: float, prompt: int) -> tuple[float, float]:
         """(time to first token, completion + slowdown of the others) of a request of
@@ -125,7 +144,12 @@ class SpeedPolicy:
             ]
             free = [ttft for timeline, ttft, _ in options if timeline.free]
             soonest_free = min(free, default=float("inf"))
-            eligible = [option for option in options if option[0].free or option[1] < soonest_free]
+            spare = any(timeline.spare for timeline, _, _ in options)
+            eligible = [
+                option
+                for option in options
+                if (option[0].spare if spare else option[0].free) or option[1] < soonest_free
+            ]
             if not eligible:
                 grants.append(None)
                 continue

@@ -12,7 +12,10 @@ after another) for the middle third of the arrivals: a server that gets slower m
 
 Every run is appended to `--results` (JSON lines) and a run already there is skipped, so a grid
 longer than one sitting is measured piece by piece; `--report` prints the tables, with the
-issue's targets checked, from that file alone.
+issue's targets checked, from that file alone. Runs in one file compare only while the machine
+stays as it was: on this shared machine one front and seed gave a TTFT p99 8x apart in two
+sittings of one day. So start a new file for each sitting (its capacity is measured at its
+start) and, to add to an old file, rerun one of its runs first as a control.
 
 Run: `.venv/bin/python scripts/bench_routing.py` (see `--help`). Needs nginx and haproxy
 (`apt-get install nginx haproxy`) and builds llama-server once (`llama_server_build.py`).

@@ -7,8 +7,11 @@ script first measures the capacity of our fleet (requests/s in a closed loop wit
 per slot), then for each load (a share of that capacity) and seed it sends the same arrivals
 (Poisson, or bursts of Poisson-distributed size) to every front and reports per front:
 completed, rejected, errors, time to first token p50/p90/p99, end-to-end p99 and tokens/s.
-With `--disturb`, a client that bypasses the front keeps the first server busy (one request
-after another) for the middle third of the arrivals: a server that gets slower mid-run.
+Our fleet is loaded by gRPC (`paddler-slots`, `paddler-speed`) or, like the peers, by the same
+blocking HTTP client through our OpenAI API's `/v1/completions` (`paddler-slots-http`,
+`paddler-speed-http`). With `--disturb`, a client that bypasses the front keeps the first
+server busy (one request after another) for the middle third of the arrivals: a server that
+gets slower mid-run.
 
 Every run is appended to `--results` (JSON lines) and a run already there is skipped, so a grid
 longer than one sitting is measured piece by piece; `--report` prints the tables, with the
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
 import tempfile
@@ -44,6 +48,7 @@ from routing_fronts import (
     grpc_request,
     http_request,
     llama_servers,
+    openai_request,
     paddler_fleet,
     proxy,
 )
@@ -51,7 +56,14 @@ from routing_results import Outcome, Report, ResultStore, RunKey, report
 from thread_cpu import group_cpu_s
 
 # Our balancer under each --routing policy, then the peers.
-OURS = {"paddler-slots": "slots", "paddler-speed": "speed"}
+# Our fronts: the routing policy, and whether the load comes by gRPC or, like the peers' load,
+# by HTTP (our OpenAI API's streaming /v1/completions, the same blocking client in threads).
+OURS = {
+    "paddler-slots": ("slots", "grpc"),
+    "paddler-speed": ("speed", "grpc"),
+    "paddler-slots-http": ("slots", "http"),
+    "paddler-speed-http": ("speed", "http"),
+}
 FRONTS = (*OURS, *PEERS)
 # Fleets of servers (packaged model, slots) that differ in speed, not only in slots.
 FLEETS: dict[str, tuple[tuple[str, int], ...]] = {
@@ -182,13 +194,29 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path, grid: 
     """Every missing run of every front on one fleet (the capacity first, when unknown)."""
     fleet = FLEETS[name]
     slots = [count for _, count in fleet]
-    for front, routing in OURS.items():
+    loop = asyncio.get_running_loop()
+    for front, (routing, client) in OURS.items():
         wanted = front in args.fronts and grid.missing(front)
         if not wanted and grid.capacity:
             continue
-        async with paddler_fleet(fleet, routing, args, log_dir / f"{name}-{front}") as ours:
+        async with (
+            paddler_fleet(fleet, routing, args, log_dir / f"{name}-{front}") as ours,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=args.requests + 1))
 
-            async def send(index: int) -> Outcome:
+            async def send(
+                index: int, client: str = client, pool: ThreadPoolExecutor = pool
+            ) -> Outcome:
+                if client == "http":
+                    return await loop.run_in_executor(
+                        pool,
+                        openai_request,
+                        ours.openai_port,
+                        index,
+                        args.tokens,
+                        args.request_timeout,
+                    )
                 return await grpc_request(ours.inference, index, args.tokens, args.request_timeout)
 
             async def disturb(index: int) -> Outcome:
@@ -206,7 +234,6 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path, grid: 
     if not peers:
         return
     binary = ensure_llama_server()
-    loop = asyncio.get_running_loop()
     with (
         ThreadPoolExecutor(max_workers=args.requests + 1) as pool,
         llama_servers(fleet, binary, log_dir / f"{name}-llama") as (ports, server_pids),

@@ -14,9 +14,10 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -57,22 +58,24 @@ def prompt(index: int) -> str:
 # ---- requests -----------------------------------------------------------------------------
 
 
-def http_request(port: int, index: int, tokens: int, timeout: float) -> Outcome:
-    """One streaming llama-server `/completion` through a proxy (blocking, in a thread)."""
-    body = json.dumps(
-        {
-            "prompt": prompt(index),
-            "n_predict": tokens,
-            "stream": True,
-            "cache_prompt": False,
-            "temperature": BENCH_SAMPLING.temperature,
-            "repeat_penalty": BENCH_SAMPLING.repeat_penalty,
-        }
-    )
+# What one SSE event says: whether it carries text, and the tokens generated once it is the last.
+Reading = tuple[bool, int | None]
+
+
+def _sse_post(
+    port: int,
+    path: str,
+    body: dict[str, object],
+    timeout: float,
+    read: Callable[[dict[str, Any]], Reading],
+) -> Outcome:
+    """POST ``body`` and read the SSE stream to its last event, timed from now (blocking, in a
+    thread). ``read`` raises ValueError on an event that reports a failure."""
     start = time.perf_counter()
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        connection.request("POST", "/completion", body, {"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        connection.request("POST", path, json.dumps(body), headers)
         response = connection.getresponse()
         if response.status in (429, 502, 503, 504):
             return Outcome("rejected")
@@ -80,19 +83,58 @@ def http_request(port: int, index: int, tokens: int, timeout: float) -> Outcome:
             return Outcome("error")
         ttft = math.nan
         for line in response:
-            if not line.startswith(b"data: "):
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                 continue
-            event = json.loads(line[len(b"data: ") :])
-            if math.isnan(ttft) and event.get("content"):
+            text, last_tokens = read(json.loads(line[len(b"data: ") :]))
+            if text and math.isnan(ttft):
                 ttft = time.perf_counter() - start
-            if event.get("stop"):
-                total = time.perf_counter() - start
-                return Outcome("ok", ttft, total, int(event["tokens_predicted"]))
+            if last_tokens is not None:
+                return Outcome("ok", ttft, time.perf_counter() - start, last_tokens)
         return Outcome("error")
-    except (OSError, http.client.HTTPException):
+    except (OSError, http.client.HTTPException, ValueError):
         return Outcome("error")
     finally:
         connection.close()
+
+
+def _llama_server_event(event: dict[str, Any]) -> Reading:
+    return bool(event.get("content")), int(event["tokens_predicted"]) if event.get("stop") else None
+
+
+def _openai_event(event: dict[str, Any]) -> Reading:
+    if "error" in event:
+        raise ValueError(event["error"])
+    text = bool(event["choices"] and event["choices"][0]["text"])
+    usage = event.get("usage")
+    return text, int(usage["completion_tokens"]) if usage else None
+
+
+def http_request(port: int, index: int, tokens: int, timeout: float) -> Outcome:
+    """One streaming llama-server `/completion` through a proxy."""
+    body: dict[str, object] = {
+        "prompt": prompt(index),
+        "n_predict": tokens,
+        "stream": True,
+        "cache_prompt": False,
+        "temperature": BENCH_SAMPLING.temperature,
+        "repeat_penalty": BENCH_SAMPLING.repeat_penalty,
+    }
+    return _sse_post(port, "/completion", body, timeout, _llama_server_event)
+
+
+def openai_request(port: int, index: int, tokens: int, timeout: float) -> Outcome:
+    """One streaming `/v1/completions` through our balancer's OpenAI API, with the same client
+    that drives the peers."""
+    body: dict[str, object] = {
+        "model": "any",  # an alias: our bench fleets run two models, and a name is not routed on
+        "prompt": prompt(index),
+        "max_tokens": tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": BENCH_SAMPLING.temperature,
+        "repeat_penalty": BENCH_SAMPLING.repeat_penalty,
+    }
+    return _sse_post(port, "/v1/completions", body, timeout, _openai_event)
 
 
 Reply = inference_pb2.InferenceServiceGenerateResponse | agent_pb2.GenerateResponse
@@ -150,6 +192,7 @@ class PaddlerFleet:
     inference: inference_pb2_grpc.InferenceServiceAsyncStub
     first_agent: agent_pb2_grpc.AgentServiceAsyncStub
     pids: tuple[int, ...]
+    openai_port: int
 
 
 @contextlib.asynccontextmanager
@@ -165,7 +208,8 @@ async def paddler_fleet(
             started(
                 "balancer",
                 [
-                    *paddler, "balancer", "--inference-addr", f"{HOST}:0", "--openai-addr", "",
+                    *paddler, "balancer", "--inference-addr", f"{HOST}:0",
+                    "--openai-addr", f"{HOST}:0", "--openai-model-alias", "any",
                     "--management-addr", f"{HOST}:0", "--max-buffered-requests", "1000",
                     "--buffered-request-timeout", str(args.request_timeout),
                     "--routing", routing,
@@ -174,6 +218,7 @@ async def paddler_fleet(
             )
         )  # fmt: skip
         listening = await first_record(balancer_log, "balancer listening")
+        openai = await first_record(balancer_log, "openai listening")
         pids = [balancer.pid]
         for number, (model, slots) in enumerate(fleet):
             agent = stack.enter_context(
@@ -201,6 +246,7 @@ async def paddler_fleet(
                 inference_pb2_grpc.InferenceServiceStub(channel),
                 agent_pb2_grpc.AgentServiceStub(direct),
                 tuple(pids),
+                int(str(openai["address"]).rsplit(":", 1)[1]),
             )
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from llama_server_build import ensure_llama_server
 from routing_fronts import (
     CONTEXT_PER_SLOT,
     PEERS,
+    PaddlerFleet,
     agent_request,
     grpc_request,
     http_request,
@@ -190,8 +190,31 @@ def _cpu(pids: Sequence[int]) -> tuple[float, float]:
     return sum(group_cpu_s(pid) for pid in pids), time.process_time()
 
 
-async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path, grid: Grid) -> None:
-    """Every missing run of every front on one fleet (the capacity first, when unknown)."""
+def our_sender(
+    ours: PaddlerFleet, client: str, args: argparse.Namespace, pool: ThreadPoolExecutor
+) -> Send:
+    """How the load reaches our balancer: by gRPC, or by HTTP with the peers' client."""
+    if client == "http":
+        loop = asyncio.get_running_loop()
+
+        async def over_http(index: int) -> Outcome:
+            return await loop.run_in_executor(
+                pool, openai_request, ours.openai_port, index, args.tokens, args.request_timeout
+            )
+
+        return over_http
+
+    async def over_grpc(index: int) -> Outcome:
+        return await grpc_request(ours.inference, index, args.tokens, args.request_timeout)
+
+    return over_grpc
+
+
+async def bench_fleet(
+    name: str, args: argparse.Namespace, log_dir: Path, grid: Grid, pool: ThreadPoolExecutor
+) -> None:
+    """Every missing run of every front on one fleet (the capacity first, when unknown);
+    ``pool`` runs the blocking HTTP clients."""
     fleet = FLEETS[name]
     slots = [count for _, count in fleet]
     loop = asyncio.get_running_loop()
@@ -199,25 +222,8 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path, grid: 
         wanted = front in args.fronts and grid.missing(front)
         if not wanted and grid.capacity:
             continue
-        async with (
-            paddler_fleet(fleet, routing, args, log_dir / f"{name}-{front}") as ours,
-            contextlib.AsyncExitStack() as stack,
-        ):
-            pool = stack.enter_context(ThreadPoolExecutor(max_workers=args.requests + 1))
-
-            async def send(
-                index: int, client: str = client, pool: ThreadPoolExecutor = pool
-            ) -> Outcome:
-                if client == "http":
-                    return await loop.run_in_executor(
-                        pool,
-                        openai_request,
-                        ours.openai_port,
-                        index,
-                        args.tokens,
-                        args.request_timeout,
-                    )
-                return await grpc_request(ours.inference, index, args.tokens, args.request_timeout)
+        async with paddler_fleet(fleet, routing, args, log_dir / f"{name}-{front}") as ours:
+            send = our_sender(ours, client, args, pool)
 
             async def disturb(index: int) -> Outcome:
                 return await agent_request(
@@ -234,10 +240,7 @@ async def bench_fleet(name: str, args: argparse.Namespace, log_dir: Path, grid: 
     if not peers:
         return
     binary = ensure_llama_server()
-    with (
-        ThreadPoolExecutor(max_workers=args.requests + 1) as pool,
-        llama_servers(fleet, binary, log_dir / f"{name}-llama") as (ports, server_pids),
-    ):
+    with llama_servers(fleet, binary, log_dir / f"{name}-llama") as (ports, server_pids):
         deadline = time.monotonic() + 180
         while not all(llama_server_ready(port) for port in ports):
             if time.monotonic() > deadline:
@@ -305,8 +308,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.report:
         log_dir = Path(tempfile.mkdtemp(prefix="bench-routing-"))
         log(f"logs in {log_dir}; results in {args.results}")
-        for name in args.fleets:
-            asyncio.run(bench_fleet(name, args, log_dir, Grid(name, args, store)))
+        with ThreadPoolExecutor(max_workers=args.requests + 1) as pool:
+            for name in args.fleets:
+                asyncio.run(bench_fleet(name, args, log_dir, Grid(name, args, store), pool))
     print(report(store.runs))
     print(
         f"\n{args.requests} requests per run, {args.tokens} tokens each, greedy, one llama.cpp "

@@ -24,6 +24,7 @@ import grpc
 from paddler.agent.default_model import default_model_path
 from paddler.agent.model_source import resolve_model
 from paddler.agent.state_report import StateReport
+from paddler.common.addresses import split_host_port
 from paddler.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -246,7 +247,7 @@ async def paddler_fleet(
                 inference_pb2_grpc.InferenceServiceStub(channel),
                 agent_pb2_grpc.AgentServiceStub(direct),
                 tuple(pids),
-                int(str(openai["address"]).rsplit(":", 1)[1]),
+                split_host_port(str(openai["address"]))[1],
             )
 
 

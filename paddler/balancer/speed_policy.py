@@ -144,11 +144,12 @@ class SpeedPolicy:
             ]
             free = [ttft for timeline, ttft, _ in options if timeline.free]
             soonest_free = min(free, default=float("inf"))
-            spare = any(timeline.spare for timeline, _, _ in options)
+            spares = [timeline.spare for timeline, _, _ in options]
+            takes = spares if any(spares) else [timeline.free for timeline, _, _ in options]
             eligible = [
                 option
-                for option in options
-                if (option[0].spare if spare else option[0].free) or option[1] < soonest_free
+                for option, taken in zip(options, takes, strict=True)
+                if taken or option[1] < soonest_free
             ]
             if not eligible:
                 grants.append(None)

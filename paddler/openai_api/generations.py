@@ -55,12 +55,9 @@ async def generate(
     choices are cancelled), and leaving early cancels them all, freeing their slots. A single
     choice is read in the caller's own task (no queue between the relay and the client)."""
     if len(generations) == 1:
-        single = _choice(relay, generations[0], request_id, 0)
-        try:
+        async with contextlib.aclosing(_choice(relay, generations[0], request_id, 0)) as single:
             async for event in single:
                 yield event
-        finally:
-            await single.aclose()
         return
     events: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
     tasks = [

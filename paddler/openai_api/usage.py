@@ -1,4 +1,5 @@
-"""OpenAI's ``usage`` and ``finish_reason`` from our generation summaries."""
+"""OpenAI's ``usage`` and ``finish_reason``, and our ``paddler`` field, from our generation
+summaries."""
 
 from __future__ import annotations
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import jsonschema
 import pytest
 
 from tests.processes import AgentProcess, ServerProcess, run_paddler
@@ -27,7 +31,7 @@ def test_an_unreachable_balancer_is_one_line_and_exit_1() -> None:
 
 
 @pytest.mark.timeout(180)
-def test_with_no_flags_everything_finds_the_local_balancer() -> None:
+def test_with_no_flags_everything_finds_the_local_balancer(tmp_path: Path) -> None:
     balancer = ServerProcess("balancer", [], "balancer listening", None)
     agent = AgentProcess([])
     try:
@@ -45,6 +49,7 @@ def test_with_no_flags_everything_finds_the_local_balancer() -> None:
         chat = paddler("chat", "--max-tokens", "8", stdin="Hi!\nWhat did I just say?\n\n")
         assert chat.returncode == 0, chat.stderr
         assert chat.stdout.count("model> ") == 2
+        _check_grammar_files(tmp_path)
     finally:
         agent.stop()
         assert balancer.stop() == 0
@@ -57,3 +62,29 @@ def test_an_agent_stale_after_below_twice_the_status_interval_is_refused() -> No
     assert len(errors) == 1, result.stderr  # one line says what is wrong and why
     assert "must be at least 2 s, got 1.5" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def _check_grammar_files(folder: Path) -> None:
+    """--json-schema and --grammar constrain the reply; a bad grammar is one line, exit 1."""
+    schema = {
+        "type": "object",
+        "properties": {"colour": {"enum": ["red", "blue"]}, "count": {"type": "integer"}},
+        "required": ["colour", "count"],
+    }
+    schema_file = folder / "schema.json"
+    schema_file.write_text(json.dumps(schema))
+    reply = paddler("generate", "--json-schema", str(schema_file), "Pick a colour.")
+    assert reply.returncode == 0, reply.stderr
+    jsonschema.validate(json.loads(reply.stdout), schema)
+    grammar_file = folder / "yes-no.gbnf"
+    grammar_file.write_text('root ::= "yes" | "no"\n')
+    reply = paddler("generate", "--grammar", str(grammar_file), "Is the sky blue?")
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout.strip() in {"yes", "no"}
+    grammar_file.write_text('root ::= "yes" | "no\n')
+    refused = paddler("generate", "--grammar", str(grammar_file), "Is the sky blue?")
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert lines[0].startswith("paddler: INVALID_ARGUMENT")
+    assert "input.grammar.gbnf" in lines[0]

@@ -75,7 +75,9 @@ def test_the_stream_runs_from_created_to_the_end_with_the_same_text(
     ("extra", "param"),
     [
         ({"tools": [{"type": "function", "name": "f"}]}, "tools"),
-        ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+        ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
+        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"enum": []}}}},
+         "text.format.schema"),
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
          "input[0].content[0].type"),

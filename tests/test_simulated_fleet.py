@@ -75,6 +75,10 @@ def test_simulated_agents_serve_through_the_balancer_like_a_real_one() -> None:
                 bad = prompt_request("Hi", max_tokens=2)
                 bad.input.sampling.top_p = 2
                 assert invalid_field(stub, bad) == "input.sampling.top_p", name
+                if name != "real":  # the fake engine refuses what it cannot honour
+                    constrained = prompt_request("Hi", max_tokens=2)
+                    constrained.input.grammar.gbnf = 'root ::= "a"'
+                    assert invalid_field(stub, constrained) == "input.grammar", name
         for call in holders:
             call.cancel()
         c.wait_for(lambda agents: all(a.slots_processing == 0 for a in agents))

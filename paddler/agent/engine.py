@@ -230,11 +230,17 @@ class Engine:
     def _sample(self, slot: Slot) -> None:
         job, sampler, text = slot.job, slot.sampler, slot.text
         assert job is not None and sampler is not None and text is not None
+        grammar = job.grammar
+        if grammar is not None:
+            grammar.restrict(llama.llama_get_logits_ith(self._context, slot.batch_index))
         token = sampler.sample(self._context, slot.batch_index)
         slot.batch_index = -1
         slot.completion_tokens += 1
         if slot.first_token_at is None:
             slot.first_token_at = time.perf_counter()
+        if grammar is not None and not grammar.accept(token):
+            self._fail(slot, InternalError(f"the grammar refused a sampled token: {grammar.error}"))
+            return
         if self.model.is_end_of_generation(token):
             self._finish(slot, FinishReason.FINISH_REASON_END_OF_GENERATION)
             return
@@ -243,6 +249,8 @@ class Engine:
             self._outbox.append((job, piece))
         if stopped:
             self._finish(slot, FinishReason.FINISH_REASON_STOP_STRING, flush=False)
+        elif grammar is not None and grammar.complete:  # the JSON value is closed
+            self._finish(slot, FinishReason.FINISH_REASON_END_OF_GENERATION)
         elif slot.completion_tokens >= job.max_tokens:
             self._finish(slot, FinishReason.FINISH_REASON_MAX_TOKENS)
         elif len(slot.cached) >= self.context_per_slot:

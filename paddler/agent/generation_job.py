@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from paddler.agent.grammar_constraint import GrammarConstraint
 from paddler.common.errors import PaddlerError
 from paddler.common.generation_input import SamplingSettings
 from paddler.v1 import generation_pb2
@@ -41,6 +42,7 @@ class GenerationJob:
     max_tokens: int
     sampling: SamplingSettings
     stop: tuple[str, ...]
+    grammar: GrammarConstraint | None = None
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     created_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False

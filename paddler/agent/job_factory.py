@@ -53,7 +53,7 @@ class JobFactory:
         Blocking (renders and tokenizes up to MAX_INPUT_BYTES): run it off the event loop.
         """
         generation = request.input
-        check_generation_input(generation)
+        grammar = check_generation_input(generation)
         tokens = self._prompt_tokens(generation)
         if not tokens:
             raise InvalidArgumentError(
@@ -75,12 +75,17 @@ class JobFactory:
                 "leave it unset to generate until the context is full",
             )
         conversation = generation.WhichOneof("source") == "conversation"
+        constraint = None
+        if grammar is not None:
+            field = f"input.grammar.{generation.grammar.WhichOneof('kind')}"
+            constraint = self._model.grammars.constraint(grammar, field)
         return GenerationJob(
             request_id=request.request_id or uuid.uuid4().hex,
             prompt_tokens=tokens,
             max_tokens=max_tokens,
             sampling=self._defaults.overridden_by(generation.sampling),
             stop=(*generation.stop, *(self._turn_end if conversation else ())),
+            grammar=constraint,
         )
 
     def _prompt_tokens(self, generation: generation_pb2.GenerationInput) -> list[int]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import llama_cpp as llama
 
+from paddler.agent.grammar_constraint import GrammarCompiler
 from paddler.common.errors import PaddlerError
 
 GGUF_MAGIC = b"GGUF"
@@ -47,6 +48,7 @@ class LlamaModel:
         self.add_bos: bool = llama.llama_vocab_get_add_bos(self.vocab)
         self._piece = ctypes.create_string_buffer(_PIECE_BUFFER)
         self._piece_capacity = _PIECE_BUFFER
+        self.grammars = GrammarCompiler(self.vocab, self.n_vocab)
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """Tokenize ``text`` (special tokens such as ``<|im_start|>`` are parsed)."""

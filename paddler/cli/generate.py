@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -28,6 +29,11 @@ TemperatureOption = Annotated[
 TimeoutOption = Annotated[
     float, typer.Option(min=0.1, envvar="PADDLER_TIMEOUT", help="Seconds for each reply.")
 ]
+
+
+def _grammar_file(envvar: str, help_text: str) -> Any:
+    """A typer option naming a readable file."""
+    return typer.Option(exists=True, dir_okay=False, readable=True, envvar=envvar, help=help_text)
 
 
 def _input(
@@ -59,11 +65,31 @@ def generate(
     ] = False,
     max_tokens: MaxTokensOption = 256,
     temperature: TemperatureOption = None,
+    json_schema: Annotated[
+        Path | None,
+        _grammar_file(
+            "PADDLER_JSON_SCHEMA",
+            "A JSON schema file: the reply is one JSON value that validates against it.",
+        ),
+    ] = None,
+    grammar: Annotated[
+        Path | None,
+        _grammar_file(
+            "PADDLER_GRAMMAR",
+            "A GBNF grammar file (llama.cpp's format, start rule `root`) the reply matches.",
+        ),
+    ] = None,
     timeout: TimeoutOption = 120.0,
 ) -> None:
     """Stream one reply to stdout (the prompt is a user message unless --raw)."""
+    if json_schema is not None and grammar is not None:
+        raise typer.BadParameter("give --json-schema or --grammar, not both")
     messages = None if raw else [("user", prompt)]
     generation = _input(max_tokens, temperature, prompt=prompt, messages=messages)
+    if json_schema is not None:
+        generation.grammar.json_schema = json_schema.read_text()
+    if grammar is not None:
+        generation.grammar.gbnf = grammar.read_text()
     with grpc.insecure_channel(address) as channel:
         _, summary = stream_reply(
             inference_pb2_grpc.InferenceServiceStub(channel), generation, timeout

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from paddler.common.errors import InvalidArgumentError
+from paddler.common.grammar import compile_grammar
 from paddler.v1 import generation_pb2
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -61,8 +62,9 @@ class SamplingSettings:
                 )
 
 
-def check_generation_input(generation: generation_pb2.GenerationInput) -> None:
-    """Raise InvalidArgumentError for anything wrong that needs no model to see."""
+def check_generation_input(generation: generation_pb2.GenerationInput) -> str | None:
+    """Raise InvalidArgumentError for anything wrong that needs no model to see; return the
+    compiled grammar (None without one)."""
     source = generation.WhichOneof("source")
     if source is None:
         raise InvalidArgumentError("input", "set either input.prompt or input.conversation")
@@ -80,6 +82,7 @@ def check_generation_input(generation: generation_pb2.GenerationInput) -> None:
             "leave it unset to generate until the context is full",
         )
     SamplingSettings().overridden_by(generation.sampling)
+    return compile_grammar(generation.grammar)
 
 
 def _check_size(field: str, size: int, subject: str = "is") -> None:

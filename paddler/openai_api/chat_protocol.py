@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from paddler.common.errors import InvalidArgumentError
+from paddler.openai_api.output_format import ResponseFormat
 from paddler.openai_api.sampling_fields import SamplingFields
 from paddler.v1 import generation_pb2
 
@@ -40,10 +41,10 @@ class ChatCompletionRequest(SamplingFields):
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+    response_format: ResponseFormat | None = None
     # Fields that change generation and are not served yet: refused when set.
     tools: list[Any] | None = None
     tool_choice: Any = None
-    response_format: Any = None
     top_logprobs: int | None = None
 
     def generation_input(self) -> generation_pb2.GenerationInput:
@@ -51,7 +52,6 @@ class ChatCompletionRequest(SamplingFields):
         self.refuse_unsupported(
             ("tools", self.tools),
             ("tool_choice", self.tool_choice),
-            ("response_format", self.response_format),
             ("top_logprobs", self.top_logprobs),
         )
         messages = [
@@ -64,7 +64,8 @@ class ChatCompletionRequest(SamplingFields):
         generation = generation_pb2.GenerationInput(
             conversation=generation_pb2.Conversation(messages=messages)
         )
-        self.fill(generation, self.max_completion_tokens or self.max_tokens)
+        output = self.response_format.grammar() if self.response_format else None
+        self.fill(generation, self.max_completion_tokens or self.max_tokens, output)
         return generation
 
 

@@ -54,7 +54,7 @@ class ResponseBuilder:
             "parallel_tool_calls": False,
             "tool_choice": "none",
             "tools": [],
-            "text": {"format": {"type": "text"}},
+            "text": {"format": _format_of(request)},
             "error": None,
             "incomplete_details": None,
             "metadata": {},
@@ -121,3 +121,10 @@ async def stream(
     yield sse("response.output_item.done", output_index=0, item=builder.message("completed"))
     final = "response.incomplete" if finished["status"] == "incomplete" else "response.completed"
     yield sse(final, response=finished)
+
+
+def _format_of(request: ResponseRequest) -> dict[str, object]:
+    """The request's ``text.format`` as the response echoes it."""
+    if request.text is None or request.text.format is None:
+        return {"type": "text"}
+    return request.text.format.model_dump(by_alias=True, exclude_none=True)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import check_generation_input
+from paddler.openai_api.output_format import TextOptions
 from paddler.openai_api.sampling_fields import SamplingFields
 from paddler.v1 import generation_pb2
 
@@ -53,18 +54,16 @@ class ResponseRequest(BaseModel):
     tools: list[Any] | None = None
     tool_choice: Any = None
     previous_response_id: str | None = None
-    text: dict[str, Any] | None = None
+    text: TextOptions | None = None
     top_logprobs: int | None = None
     reasoning: dict[str, Any] | None = None
 
     def generation_input(self) -> generation_pb2.GenerationInput:
         """Our GenerationInput; refuses what we do not serve yet."""
-        text_format = (self.text or {}).get("format", {"type": "text"})
         SamplingFields.refuse_unsupported(
             ("tools", self.tools),
             ("tool_choice", self.tool_choice),
             ("previous_response_id", self.previous_response_id),
-            ("text.format", None if text_format.get("type") == "text" else text_format),
             ("top_logprobs", self.top_logprobs),
             ("reasoning", self.reasoning),
         )
@@ -86,6 +85,10 @@ class ResponseRequest(BaseModel):
             value = getattr(self, name)
             if value is not None:
                 setattr(generation.sampling, name, value)
+        if self.text is not None and self.text.format is not None:
+            output = self.text.format.grammar()
+            if output is not None:
+                generation.grammar.CopyFrom(output)
         check_generation_input(generation)
         return generation
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import check_generation_input
+from paddler.openai_api.output_format import llama_server_grammar
 from paddler.v1 import generation_pb2
 
 MAX_CHOICES = 8
@@ -42,6 +43,8 @@ class SamplingFields(BaseModel):
     top_k: Annotated[int | None, Field(ge=0)] = None
     min_p: Annotated[float | None, Field(ge=0, le=1)] = None
     repeat_penalty: Annotated[float | None, Field(gt=0)] = None
+    json_schema: dict[str, Any] | None = None
+    grammar: str | None = None
     # Fields that change generation and are not served yet: refused when set.
     logprobs: Any = None
     logit_bias: dict[str, float] | None = None
@@ -58,9 +61,23 @@ class SamplingFields(BaseModel):
         """Whether a stream ends with a usage chunk."""
         return self.stream_options is not None and self.stream_options.include_usage
 
-    def fill(self, generation: generation_pb2.GenerationInput, max_tokens: int | None) -> None:
-        """Set the cap, stop strings and sampling on ``generation``, then check it."""
+    def fill(
+        self,
+        generation: generation_pb2.GenerationInput,
+        max_tokens: int | None,
+        output: generation_pb2.Grammar | None = None,
+    ) -> None:
+        """Set the cap, stop strings, sampling and the grammar (``output``, the endpoint's own
+        format, or llama-server's fields) on ``generation``, then check it."""
         self.refuse_unsupported(("logprobs", self.logprobs), ("logit_bias", self.logit_bias))
+        extra = llama_server_grammar(self.json_schema, self.grammar)
+        if output is not None and extra is not None:
+            raise InvalidArgumentError(
+                "json_schema" if self.json_schema is not None else "grammar",
+                "the response format already constrains the reply; send one or the other",
+            )
+        if grammar := output or extra:
+            generation.grammar.CopyFrom(grammar)
         if max_tokens is not None:
             generation.max_tokens = max_tokens
         if self.stop is not None:

@@ -58,7 +58,10 @@ class SimulatedAgent(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.GenerateRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
         """Wait the time to first token, then send a piece per token time, then the summary."""
-        check_generation_input(request.input)
+        if check_generation_input(request.input) is not None:
+            raise InvalidArgumentError(
+                "input.grammar", "a simulated agent applies no grammar; leave input.grammar unset"
+            )
         if request.input.HasField("conversation"):
             raise InvalidArgumentError(
                 "input.conversation", "a simulated agent has no chat template; send a prompt"

@@ -179,6 +179,36 @@ class SamplingParameters(_message.Message):
 Global___SamplingParameters: _TypeAlias = SamplingParameters  # noqa: Y015
 
 @_typing.final
+class Grammar(_message.Message):
+    """A constraint on what may be generated: the reply must match it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GBNF_FIELD_NUMBER: _builtins.int
+    JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    gbnf: _builtins.str
+    """A GBNF grammar (llama.cpp's format) whose start rule is `root`."""
+    json_schema: _builtins.str
+    """A JSON schema, as JSON text: the reply is one JSON value that validates against it,
+    written compactly, and generation ends when that value is complete.
+    """
+    def __init__(
+        self,
+        *,
+        gbnf: _builtins.str = ...,
+        json_schema: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gbnf", b"gbnf", "json_schema", b"json_schema", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gbnf", b"gbnf", "json_schema", b"json_schema", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["gbnf", "json_schema"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Grammar: _TypeAlias = Grammar  # noqa: Y015
+
+@_typing.final
 class GenerationInput(_message.Message):
     """What to generate: the input (a raw prompt or a conversation) and how."""
 
@@ -189,6 +219,7 @@ class GenerationInput(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    GRAMMAR_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Raw text, tokenized as is (special tokens parsed)."""
     max_tokens: _builtins.int
@@ -203,6 +234,10 @@ class GenerationInput(_message.Message):
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Generation ends before the first occurrence of any of these strings."""
 
+    @_builtins.property
+    def grammar(self) -> Global___Grammar:
+        """Constrains the reply; unset generates freely."""
+
     def __init__(
         self,
         *,
@@ -211,10 +246,11 @@ class GenerationInput(_message.Message):
         max_tokens: _builtins.int | None = ...,
         sampling: Global___SamplingParameters | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
+        grammar: Global___Grammar | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "conversation", b"conversation", "max_tokens", b"max_tokens", "prompt", b"prompt", "sampling", b"sampling", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "conversation", b"conversation", "grammar", b"grammar", "max_tokens", b"max_tokens", "prompt", b"prompt", "sampling", b"sampling", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "conversation", b"conversation", "max_tokens", b"max_tokens", "prompt", b"prompt", "sampling", b"sampling", "source", b"source", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "conversation", b"conversation", "grammar", b"grammar", "max_tokens", b"max_tokens", "prompt", b"prompt", "sampling", b"sampling", "source", b"source", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015

@@ -68,6 +68,7 @@ class Server:
 
     name: str
     pid: int
+    port: int
     request: RequestFn
 
 
@@ -194,7 +195,7 @@ async def serving_llama_server(
             return sample, 0
 
         await wait_ready(process, probe, args.startup_timeout)
-        yield Server(name, process.pid, request)
+        yield Server(name, process.pid, port, request)
 
 
 @contextlib.asynccontextmanager
@@ -261,4 +262,4 @@ async def serving_agent(
                 raise RuntimeError("Generate: RESOURCE_EXHAUSTED 100 times in a row")
 
             await wait_ready(process, probe, args.startup_timeout)
-            yield Server(name, process.pid, request)
+            yield Server(name, process.pid, port, request)

@@ -78,6 +78,14 @@ class RefusingAgent(agent_pb2_grpc.AgentServiceServicer):
         context.abort(self._status.code, self._status.details)
         yield agent_pb2.GenerateResponse()  # unreachable: abort raises
 
+    def Embed(  # noqa: N802 - the gRPC method's name
+        self, request: agent_pb2.EmbedRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.EmbedResponse:
+        """Refuse."""
+        self.refusals += 1
+        context.set_trailing_metadata(self._status.trailing_metadata)
+        context.abort(self._status.code, self._status.details)
+
     def GetStatus(  # noqa: N802
         self, request: agent_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> agent_pb2.GetStatusResponse:

@@ -15,11 +15,11 @@ paddler = run_paddler
 
 def test_every_command_documents_its_flags_and_variables() -> None:
     listing = paddler("--help").stdout
-    for command in ("balancer", "agent", "generate", "chat", "agents"):
+    for command in ("balancer", "agent", "generate", "chat", "embed", "agents"):
         assert command in listing
         text = paddler(command, "--help").stdout
         assert "PADDLER_" in text
-        assert "default" in text or command in ("generate", "chat", "agents")
+        assert "default" in text or command in ("generate", "chat", "agents", "embed")
 
 
 def test_an_unreachable_balancer_is_one_line_and_exit_1() -> None:
@@ -50,6 +50,7 @@ def test_with_no_flags_everything_finds_the_local_balancer(tmp_path: Path) -> No
         assert chat.returncode == 0, chat.stderr
         assert chat.stdout.count("model> ") == 2
         _check_grammar_files(tmp_path)
+        _check_embed()
     finally:
         agent.stop()
         assert balancer.stop() == 0
@@ -88,3 +89,20 @@ def _check_grammar_files(folder: Path) -> None:
     assert len(lines) == 1, refused.stderr
     assert lines[0].startswith("paddler: INVALID_ARGUMENT")
     assert "input.grammar.gbnf" in lines[0]
+
+
+def _check_embed() -> None:
+    """JSON lines of unit vectors, or a similarity matrix with ones on its diagonal."""
+    lines = paddler("embed", "The cat sat.", "A kitten rested.")
+    assert lines.returncode == 0, lines.stderr
+    rows = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1]
+    for row in rows:
+        assert row["tokens"] > 0
+        assert abs(sum(value * value for value in row["embedding"]) - 1) < 1e-3
+    matrix = paddler("embed", "--similarity", "The cat sat.", "A kitten rested.", "Taxes rose.")
+    assert matrix.returncode == 0, matrix.stderr
+    cells = [[float(cell) for cell in line.split()] for line in matrix.stdout.splitlines()]
+    assert len(cells) == 3
+    assert all(len(row) == 3 and abs(row[index] - 1) < 1e-3 for index, row in enumerate(cells))
+    assert "tokens]" in matrix.stderr

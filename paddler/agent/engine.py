@@ -12,6 +12,7 @@ import llama_cpp as llama
 import setproctitle
 import structlog
 
+from paddler.agent.embedder import Embedder
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
 from paddler.agent.sampling import SamplerChain
@@ -72,6 +73,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: list[tuple[GenerationJob, Event]] = []
         self._thread = threading.Thread(target=self._run, name="paddler-engine", daemon=True)
+        self.embedder = Embedder(model, config.threads, config.context_size)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the step loop; events are delivered on ``loop``."""
@@ -99,6 +101,7 @@ class Engine:
             self._wakeup.notify()
         if self._thread.is_alive():
             self._thread.join()
+        self.embedder.close()
         for slot in self._slots:
             slot.release()
         llama.llama_batch_free(self._batch)

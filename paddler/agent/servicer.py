@@ -15,9 +15,10 @@ from paddler.agent.generation_job import Failed, Finished, GenerationJob
 from paddler.agent.job_factory import JobFactory
 from paddler.agent.slot_claims import SlotClaims
 from paddler.agent.state_report import StateReport
+from paddler.common.embedding_input import check_embedding_input
 from paddler.common.errors import UnavailableError
 from paddler.common.rpc_status import NOT_READY
-from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2, status_pb2
+from paddler.v1 import agent_pb2, agent_pb2_grpc, embedding_pb2, generation_pb2, status_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +105,37 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 if outcome != "ok":
                     engine.cancel(job)
                     log.info("request ended", request_id=job.request_id, outcome=outcome)
+
+    async def Embed(
+        self, request: agent_pb2.EmbedRequest, context: aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.EmbedResponse:
+        """One vector per text, on the engine's embedding context; holds a slot meanwhile."""
+        engine = self._engine
+        if engine is None:
+            raise UnavailableError("the agent has no model loaded right now", reason=NOT_READY)
+        check_embedding_input(request.input)
+        started = time.perf_counter()
+        with self.claims.claim():
+            embedded = await engine.embedder.embed(
+                request.input.texts, request.input, request.first_index
+            )
+        result = embedding_pb2.EmbeddingResult(
+            embeddings=[
+                embedding_pb2.Embedding(values=text.values.tolist(), tokens=text.tokens)
+                for text in embedded
+            ],
+            prompt_tokens=sum(text.tokens for text in embedded),
+            model=engine.model.name,
+            agent_names=[self.name],
+        )
+        log.info(
+            "embeddings served",
+            request_id=request.request_id,
+            texts=len(embedded),
+            prompt_tokens=result.prompt_tokens,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return agent_pb2.EmbedResponse(result=result)
 
     def _summary(self, event: Finished, model: str) -> generation_pb2.GenerationSummary:
         summary = generation_pb2.GenerationSummary(

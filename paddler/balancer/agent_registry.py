@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 GENERATE_METHOD = "/paddler.v1.AgentService/Generate"
+EMBED_METHOD = "/paddler.v1.AgentService/Embed"
 
 
 @dataclass(eq=False)
@@ -92,6 +93,22 @@ class RegisteredAgent:
     ) -> aio.UnaryStreamCall[agent_pb2.GenerateRequest, bytes]:
         """Start a Generate call whose responses arrive as raw bytes, relayed unparsed."""
         return self._generate(request, timeout=timeout)
+
+    @functools.cached_property
+    def _embed(
+        self,
+    ) -> aio.UnaryUnaryMultiCallable[agent_pb2.EmbedRequest, agent_pb2.EmbedResponse]:
+        return self.channel.unary_unary(
+            EMBED_METHOD,
+            request_serializer=agent_pb2.EmbedRequest.SerializeToString,
+            response_deserializer=agent_pb2.EmbedResponse.FromString,
+        )
+
+    def embed(
+        self, request: agent_pb2.EmbedRequest, timeout: float | None
+    ) -> aio.UnaryUnaryCall[agent_pb2.EmbedRequest, agent_pb2.EmbedResponse]:
+        """Start an Embed call."""
+        return self._embed(request, timeout=timeout)
 
 
 class AgentRegistry:

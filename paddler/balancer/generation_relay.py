@@ -9,34 +9,24 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import grpc
 import structlog
 from grpc import aio
 
 from paddler.balancer.agent_registry import RegisteredAgent
+from paddler.balancer.failover import Failover
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.stream_claim import Demand
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import AgentCallError, PaddlerError, RelayedError, UnavailableError
-from paddler.common.rpc_status import NOT_READY, STATUS_DETAILS_KEY, error_reason
+from paddler.common.rpc_status import STATUS_DETAILS_KEY, error_reason
 from paddler.v1 import agent_pb2, generation_pb2
 
 log = structlog.get_logger(__name__)
 
-# Failures that say nothing about the request itself: another agent may well serve it.
-RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-    }
-)
 _RELAYED_TRAILERS = (STATUS_DETAILS_KEY,)
 
 
-def _agent_failure(
+def agent_failure(
     agent: RegisteredAgent, error: aio.AioRpcError | aio.UsageError | asyncio.CancelledError
 ) -> PaddlerError:
     """The agent's error as the client should see it.
@@ -63,7 +53,7 @@ def _agent_failure(
     return AgentCallError(error.code(), f"the call to {where} failed: {error.details()}")
 
 
-def _remaining(deadline: float | None) -> float | None:
+def remaining(deadline: float | None) -> float | None:
     """Seconds left until ``deadline`` (monotonic); None without one."""
     return None if deadline is None else deadline - time.monotonic()
 
@@ -90,13 +80,12 @@ class GenerationRelay:
     async def _attempts(
         self, forwarded: agent_pb2.GenerateRequest, deadline: float | None, progress: _Progress
     ) -> AsyncIterator[bytes]:
-        excluded: set[str] = set()
-        failures = 0
+        failover = Failover(self._dispatcher, self._max_attempts, forwarded.request_id)
         demand = Demand.of(forwarded.input)
         while True:
             claim = await self._dispatcher.acquire(
-                _remaining(deadline),
-                frozenset(excluded),
+                remaining(deadline),
+                frozenset(failover.excluded),
                 retry=progress.attempts > 0,
                 arrived_at=progress.arrived_at,
                 demand=demand,
@@ -106,39 +95,20 @@ class GenerationRelay:
             progress.attempts += 1
             call = None
             try:
-                call = agent.generate(forwarded, timeout=_remaining(deadline))
+                call = agent.generate(forwarded, timeout=remaining(deadline))
                 async for chunk in call:
                     progress.last = chunk
                     claim.relayed += 1
                     yield chunk
             except (aio.AioRpcError, aio.UsageError, asyncio.CancelledError) as error:
-                failure = _agent_failure(agent, error)
+                failure = agent_failure(agent, error)
                 if progress.last:
                     raise UnavailableError(
                         f"agent {agent.name} ({agent.address}) failed mid-stream: "
                         f"{failure.code.name} {failure.message}",
                         reason="AGENT_FAILED_MID_STREAM",
                     ) from None
-                if failure.reason == NOT_READY:  # swapping its model: wait for its next status
-                    agent.status.ready = False
-                    continue
-                if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    agent.external_busy += 1  # others took the slot; its next status says more
-                    continue
-                failures += 1
-                excluded.add(agent.agent_id)
-                if (
-                    failure.code not in RETRYABLE
-                    or failures == self._max_attempts
-                    or not self._dispatcher.could_serve(frozenset(excluded))
-                ):
-                    raise failure from None
-                log.info(
-                    "retrying on another agent",
-                    request_id=forwarded.request_id,
-                    agent=agent.name,
-                    code=failure.code.name,
-                )
+                failover.after(agent, failure)
             else:
                 claim.completed = True
                 return

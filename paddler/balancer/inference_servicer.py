@@ -1,4 +1,5 @@
-"""``paddler.v1.InferenceService``: wait for a slot, then relay the agent's stream."""
+"""``paddler.v1.InferenceService``: wait for a slot, then relay the agent's stream; embeddings
+split across the agents."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from paddler.balancer.embedding_relay import EmbeddingRelay
 from paddler.balancer.generation_relay import GenerationRelay
+from paddler.common.embedding_input import check_embedding_input
 from paddler.common.generation_input import check_generation_input
 from paddler.v1 import agent_pb2, inference_pb2
 
@@ -20,8 +23,9 @@ SERVICE = "paddler.v1.InferenceService"
 class InferenceServicer:
     """Generate: the relay's stream, sent to the client as the agent serialized it."""
 
-    def __init__(self, relay: GenerationRelay) -> None:
+    def __init__(self, relay: GenerationRelay, embeddings: EmbeddingRelay) -> None:
         self._relay = relay
+        self._embeddings = embeddings
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The method table; responses are the agent's serialized messages, sent as they are."""
@@ -30,7 +34,12 @@ class InferenceServicer:
             request_deserializer=inference_pb2.InferenceServiceGenerateRequest.FromString,
             response_serializer=bytes,
         )
-        return grpc.method_handlers_generic_handler(SERVICE, {"Generate": generate})
+        embed = grpc.unary_unary_rpc_method_handler(
+            self.embed,
+            request_deserializer=inference_pb2.InferenceServiceEmbedRequest.FromString,
+            response_serializer=inference_pb2.InferenceServiceEmbedResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE, {"Generate": generate, "Embed": embed})
 
     async def generate(
         self,
@@ -46,3 +55,17 @@ class InferenceServicer:
         deadline = None if remaining is None else time.monotonic() + remaining
         async for chunk in self._relay.stream(forwarded, deadline, "grpc"):
             yield chunk
+
+    async def embed(
+        self,
+        request: inference_pb2.InferenceServiceEmbedRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> inference_pb2.InferenceServiceEmbedResponse:
+        """The vectors of the request's texts, in order, from whichever agents were free."""
+        check_embedding_input(request.input)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        result = await self._embeddings.embed(
+            request.request_id or uuid.uuid4().hex, request.input, deadline, "grpc"
+        )
+        return inference_pb2.InferenceServiceEmbedResponse(result=result)

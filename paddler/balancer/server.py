@@ -9,6 +9,7 @@ import structlog
 
 from paddler.balancer.agent_registry import AgentRegistry
 from paddler.balancer.config import BalancerConfig
+from paddler.balancer.embedding_relay import EmbeddingRelay
 from paddler.balancer.generation_relay import GenerationRelay
 from paddler.balancer.inference_servicer import SERVICE as INFERENCE_SERVICE
 from paddler.balancer.inference_servicer import InferenceServicer
@@ -67,8 +68,9 @@ async def run_balancer(config: BalancerConfig) -> None:
         routing_policy(config.routing),
     )
     relay = GenerationRelay(dispatcher, config.max_attempts)
+    embeddings = EmbeddingRelay(dispatcher, config.max_attempts)
     inference = ManagedServer([INFERENCE_SERVICE])
-    inference.server.add_generic_rpc_handlers((InferenceServicer(relay).handler(),))
+    inference.server.add_generic_rpc_handlers((InferenceServicer(relay, embeddings).handler(),))
     management = ManagedServer([REGISTRY_SERVICE, MANAGEMENT_SERVICE])
     agent_registry_pb2_grpc.add_AgentRegistryServiceServicer_to_server(
         AgentRegistryServicer(registry, states), management.server
@@ -83,7 +85,7 @@ async def run_balancer(config: BalancerConfig) -> None:
     if config.openai_address:
         models = ServedModels(registry, states, config.openai_model_aliases)
         settings = OpenAISettings(config.openai_model_aliases, config.openai_cors_origins)
-        http = HttpServer(create_app(relay, models, settings))
+        http = HttpServer(create_app(relay, embeddings, models, settings))
         openai_address = await http.start(config.openai_address, config.grace_period_s)
         log.info("openai listening", address=openai_address)
     await inference.set_serving(serving=True)

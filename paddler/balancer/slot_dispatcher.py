@@ -143,6 +143,11 @@ class SlotDispatcher:
         self._registry.released(agent)
         self.dispatch()
 
+    def serving(self) -> int:
+        """Agents serving the desired state now."""
+        desired = self._states.current
+        return sum(1 for agent in self._registry.agents() if agent.serves(desired))
+
     def could_serve(self, exclude: frozenset[str]) -> bool:
         """Whether any registered agent is left once ``exclude`` is set aside."""
         return any(a.agent_id not in exclude for a in self._registry.agents())

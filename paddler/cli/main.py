@@ -5,6 +5,7 @@ import typer
 from paddler.cli.agent import agent
 from paddler.cli.agents import agents
 from paddler.cli.balancer import balancer
+from paddler.cli.embed import embed
 from paddler.cli.generate import chat, generate
 from paddler.cli.simulated_fleet import simulated_fleet
 from paddler.cli.state import state_app
@@ -17,6 +18,6 @@ def paddler() -> None:
     """Paddler: slot-aware serving of llama.cpp models over gRPC."""
 
 
-for command in (balancer, agent, generate, chat, agents, simulated_fleet):
+for command in (balancer, agent, generate, chat, embed, agents, simulated_fleet):
     app.command()(command)
 app.add_typer(state_app, name="state")

@@ -16,9 +16,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from paddler.balancer.embedding_relay import EmbeddingRelay
 from paddler.balancer.generation_relay import GenerationRelay
 from paddler.common.errors import ModelNotFoundError, PaddlerError
-from paddler.openai_api import chat_completions, completions, responses
+from paddler.openai_api import chat_completions, completions, embeddings, responses
 from paddler.openai_api.chat_protocol import ChatCompletionRequest
 from paddler.openai_api.completion_protocol import CompletionRequest
 from paddler.openai_api.errors import (
@@ -97,8 +98,8 @@ def _model_card(name: str) -> dict[str, object]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "paddler"}
 
 
-def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISettings) -> FastAPI:
-    """The app; it shares the balancer's relay (and so its dispatcher and buffer)."""
+def _base_app(settings: OpenAISettings) -> FastAPI:
+    """An app with OpenAI's error mapping, request ids and CORS, and no routes yet."""
     app = FastAPI(title=TITLE, version="1")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -114,6 +115,17 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
             expose_headers=[HEADER],
         )
     app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def create_app(
+    relay: GenerationRelay,
+    embedder: EmbeddingRelay,
+    models: ServedModels,
+    settings: OpenAISettings,
+) -> FastAPI:
+    """The app; it shares the balancer's relays (and so its dispatcher and buffer)."""
+    app = _base_app(settings)
 
     @app.get("/health", responses={503: {"description": "No agent serves."}})
     async def health() -> JSONResponse:
@@ -174,6 +186,17 @@ def create_app(relay: GenerationRelay, models: ServedModels, settings: OpenAISet
             return JSONResponse(responses.whole(body, request_id, collected))
         first = await _unless_disconnected(request, anext(events))
         return _sse(responses.stream(body, request_id, _prepend(first, events)), request_id)
+
+    @app.post("/v1/embeddings", responses=ERROR_RESPONSES)
+    async def create_embeddings(
+        body: embeddings.EmbeddingRequest, request: Request
+    ) -> dict[str, object]:
+        """One vector per input, in order (``encoding_format`` float or base64)."""
+        request_id: str = request.state.request_id
+        _log_user(body.user)
+        models.check(body.model)
+        work = embedder.embed(request_id, body.embedding_input(), None, "openai")
+        return embeddings.response(body, await _unless_disconnected(request, work))
 
     return app
 

@@ -54,6 +54,12 @@ class SimulatedAgent(agent_pb2_grpc.AgentServiceServicer):
         """Return the current snapshot."""
         return agent_pb2.GetStatusResponse(status=self.status())
 
+    async def Embed(
+        self, request: agent_pb2.EmbedRequest, context: aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.EmbedResponse:
+        """Refused: the fake engine has no vectors to give."""
+        raise InvalidArgumentError("input", "a simulated agent computes no embeddings")
+
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:

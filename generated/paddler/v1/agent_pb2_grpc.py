@@ -45,6 +45,11 @@ class AgentServiceStub:
                 request_serializer=paddler_dot_v1_dot_agent__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=paddler_dot_v1_dot_agent__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/paddler.v1.AgentService/Embed',
+                request_serializer=paddler_dot_v1_dot_agent__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=paddler_dot_v1_dot_agent__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -65,6 +70,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """One vector per text, on a context of its own beside the generating slots; holds one slot
+        while it runs. All slots busy: RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=paddler_dot_v1_dot_agent__pb2.GetStatusRequest.FromString,
                     response_serializer=paddler_dot_v1_dot_agent__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=paddler_dot_v1_dot_agent__pb2.EmbedRequest.FromString,
+                    response_serializer=paddler_dot_v1_dot_agent__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +152,33 @@ class AgentService:
             '/paddler.v1.AgentService/GetStatus',
             paddler_dot_v1_dot_agent__pb2.GetStatusRequest.SerializeToString,
             paddler_dot_v1_dot_agent__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paddler.v1.AgentService/Embed',
+            paddler_dot_v1_dot_agent__pb2.EmbedRequest.SerializeToString,
+            paddler_dot_v1_dot_agent__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class AgentServiceStub:
     """Streams text pieces, then one summary. All slots busy: RESOURCE_EXHAUSTED."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetStatusRequest, _agent_pb2.GetStatusResponse]
     """The agent's slot-aggregated status snapshot."""
+    Embed: _grpc.UnaryUnaryMultiCallable[_agent_pb2.EmbedRequest, _agent_pb2.EmbedResponse]
+    """One vector per text, on a context of its own beside the generating slots; holds one slot
+    while it runs. All slots busy: RESOURCE_EXHAUSTED.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -47,6 +51,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Streams text pieces, then one summary. All slots busy: RESOURCE_EXHAUSTED."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetStatusRequest, _agent_pb2.GetStatusResponse]  # type: ignore[assignment]
     """The agent's slot-aggregated status snapshot."""
+    Embed: _aio.UnaryUnaryMultiCallable[_agent_pb2.EmbedRequest, _agent_pb2.EmbedResponse]  # type: ignore[assignment]
+    """One vector per text, on a context of its own beside the generating slots; holds one slot
+    while it runs. All slots busy: RESOURCE_EXHAUSTED.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by every agent: runs generations on the agent's slots."""
@@ -66,5 +74,15 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.GetStatusResponse, _abc.Awaitable[_agent_pb2.GetStatusResponse]]:
         """The agent's slot-aggregated status snapshot."""
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _agent_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.EmbedResponse, _abc.Awaitable[_agent_pb2.EmbedResponse]]:
+        """One vector per text, on a context of its own beside the generating slots; holds one slot
+        while it runs. All slots busy: RESOURCE_EXHAUSTED.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

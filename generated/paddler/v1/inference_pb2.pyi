@@ -5,6 +5,7 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from paddler.v1 import embedding_pb2 as _embedding_pb2
 from paddler.v1 import generation_pb2 as _generation_pb2
 import builtins as _builtins
 import sys
@@ -16,6 +17,50 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class InferenceServiceEmbedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional caller-chosen id, passed to the agents and echoed in logs."""
+    @_builtins.property
+    def input(self) -> _embedding_pb2.EmbeddingInput: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        input: _embedding_pb2.EmbeddingInput | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InferenceServiceEmbedRequest: _TypeAlias = InferenceServiceEmbedRequest  # noqa: Y015
+
+@_typing.final
+class InferenceServiceEmbedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _embedding_pb2.EmbeddingResult: ...
+    def __init__(
+        self,
+        *,
+        result: _embedding_pb2.EmbeddingResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InferenceServiceEmbedResponse: _TypeAlias = InferenceServiceEmbedResponse  # noqa: Y015
 
 @_typing.final
 class InferenceServiceGenerateRequest(_message.Message):

@@ -40,6 +40,11 @@ class InferenceServiceStub:
                 request_serializer=paddler_dot_v1_dot_inference__pb2.InferenceServiceGenerateRequest.SerializeToString,
                 response_deserializer=paddler_dot_v1_dot_inference__pb2.InferenceServiceGenerateResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/paddler.v1.InferenceService/Embed',
+                request_serializer=paddler_dot_v1_dot_inference__pb2.InferenceServiceEmbedRequest.SerializeToString,
+                response_deserializer=paddler_dot_v1_dot_inference__pb2.InferenceServiceEmbedResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -54,6 +59,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """One vector per text, in input order. A large batch is split into parts that run at once
+        on whichever agents have free slots (each part waits in the same FIFO buffer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +74,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=paddler_dot_v1_dot_inference__pb2.InferenceServiceGenerateRequest.FromString,
                     response_serializer=paddler_dot_v1_dot_inference__pb2.InferenceServiceGenerateResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=paddler_dot_v1_dot_inference__pb2.InferenceServiceEmbedRequest.FromString,
+                    response_serializer=paddler_dot_v1_dot_inference__pb2.InferenceServiceEmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +109,33 @@ class InferenceService:
             '/paddler.v1.InferenceService/Generate',
             paddler_dot_v1_dot_inference__pb2.InferenceServiceGenerateRequest.SerializeToString,
             paddler_dot_v1_dot_inference__pb2.InferenceServiceGenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paddler.v1.InferenceService/Embed',
+            paddler_dot_v1_dot_inference__pb2.InferenceServiceEmbedRequest.SerializeToString,
+            paddler_dot_v1_dot_inference__pb2.InferenceServiceEmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class InferenceServiceStub:
     """Streams text pieces, then one summary naming the agent that served it. Waits in a FIFO
     buffer while no slot is free: full buffer RESOURCE_EXHAUSTED, no slot in time UNAVAILABLE.
     """
+    Embed: _grpc.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceEmbedRequest, _inference_pb2.InferenceServiceEmbedResponse]
+    """One vector per text, in input order. A large batch is split into parts that run at once
+    on whichever agents have free slots (each part waits in the same FIFO buffer).
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -46,6 +50,10 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     Generate: _aio.UnaryStreamMultiCallable[_inference_pb2.InferenceServiceGenerateRequest, _inference_pb2.InferenceServiceGenerateResponse]  # type: ignore[assignment]
     """Streams text pieces, then one summary naming the agent that served it. Waits in a FIFO
     buffer while no slot is free: full buffer RESOURCE_EXHAUSTED, no slot in time UNAVAILABLE.
+    """
+    Embed: _aio.UnaryUnaryMultiCallable[_inference_pb2.InferenceServiceEmbedRequest, _inference_pb2.InferenceServiceEmbedResponse]  # type: ignore[assignment]
+    """One vector per text, in input order. A large batch is split into parts that run at once
+    on whichever agents have free slots (each part waits in the same FIFO buffer).
     """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -59,6 +67,16 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_inference_pb2.InferenceServiceGenerateResponse], _abc.AsyncIterator[_inference_pb2.InferenceServiceGenerateResponse]]:
         """Streams text pieces, then one summary naming the agent that served it. Waits in a FIFO
         buffer while no slot is free: full buffer RESOURCE_EXHAUSTED, no slot in time UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _inference_pb2.InferenceServiceEmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.InferenceServiceEmbedResponse, _abc.Awaitable[_inference_pb2.InferenceServiceEmbedResponse]]:
+        """One vector per text, in input order. A large batch is split into parts that run at once
+        on whichever agents have free slots (each part waits in the same FIFO buffer).
         """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,114 @@
+"""Embeds a batch of texts on the cluster: the batch is split into parts, and one worker per
+serving agent takes the parts in turn, each waiting for a slot like a generation, so the parts
+run at once on whichever agents have one while a request holds at most that many places in
+the buffer. The vectors come back in input order. A part an agent fails is retried on
+another, as a generation before its first piece is."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import structlog
+from grpc import aio
+
+from paddler.balancer.failover import Failover
+from paddler.balancer.generation_relay import agent_failure, remaining
+from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.balancer.stream_claim import BYTES_PER_TOKEN, Demand
+from paddler.v1 import agent_pb2, embedding_pb2
+
+log = structlog.get_logger(__name__)
+
+# Texts per part: a batch larger than this is spread over the agents with free slots.
+PART_TEXTS = 16
+
+
+class EmbeddingRelay:
+    """Split, route, retry and reassemble."""
+
+    def __init__(self, dispatcher: SlotDispatcher, max_attempts: int) -> None:
+        self._dispatcher = dispatcher
+        self._max_attempts = max_attempts
+
+    async def embed(
+        self,
+        request_id: str,
+        embedding: embedding_pb2.EmbeddingInput,
+        deadline: float | None,
+        api: str,
+    ) -> embedding_pb2.EmbeddingResult:
+        """The vectors of ``embedding``'s texts (checked already), in order; logs one line."""
+        started = time.perf_counter()
+        arrived_at = time.monotonic()
+        texts = list(embedding.texts)
+        parts = []
+        for first in range(0, len(texts), PART_TEXTS):
+            part = embedding_pb2.EmbeddingInput(
+                texts=texts[first : first + PART_TEXTS],
+                pooling=embedding.pooling,
+                normalization=embedding.normalization,
+            )
+            parts.append(
+                agent_pb2.EmbedRequest(request_id=request_id, input=part, first_index=first)
+            )
+        results: list[embedding_pb2.EmbeddingResult | None] = [None] * len(parts)
+        queue = collections.deque(enumerate(parts))
+
+        async def worker() -> None:
+            while queue:
+                index, part = queue.popleft()
+                results[index] = await self._part(part, deadline, arrived_at)
+
+        workers = max(1, min(len(parts), self._dispatcher.serving()))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(worker())
+        except ExceptionGroup as errors:  # the first failure cancels the other parts
+            raise errors.exceptions[0] from None
+        merged = embedding_pb2.EmbeddingResult()
+        for result in results:
+            assert result is not None
+            merged.embeddings.extend(result.embeddings)
+            merged.prompt_tokens += result.prompt_tokens
+            merged.model = merged.model or result.model
+            merged.agent_names.extend(result.agent_names)
+        log.info(
+            "embeddings served",
+            request_id=request_id,
+            api=api,
+            texts=len(texts),
+            parts=len(parts),
+            agents=sorted(set(merged.agent_names)),
+            prompt_tokens=merged.prompt_tokens,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return merged
+
+    async def _part(
+        self, request: agent_pb2.EmbedRequest, deadline: float | None, arrived_at: float
+    ) -> embedding_pb2.EmbeddingResult:
+        size = sum(len(text.encode()) for text in request.input.texts) // BYTES_PER_TOKEN
+        demand = Demand(prompt_tokens=max(size, 1), max_tokens=1)
+        failover = Failover(self._dispatcher, self._max_attempts, request.request_id)
+        attempts = 0
+        while True:
+            claim = await self._dispatcher.acquire(
+                remaining(deadline),
+                frozenset(failover.excluded),
+                retry=attempts > 0,
+                arrived_at=arrived_at,
+                demand=demand,
+            )
+            agent = claim.agent
+            attempts += 1
+            try:
+                response = await agent.embed(request, timeout=remaining(deadline))
+            except (aio.AioRpcError, aio.UsageError, asyncio.CancelledError) as error:
+                failover.after(agent, agent_failure(agent, error))
+            else:
+                return response.result
+            finally:
+                self._dispatcher.release(claim)

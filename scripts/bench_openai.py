@@ -111,7 +111,10 @@ async def bench(args: argparse.Namespace, log_dir: Path) -> dict[int, dict[str, 
         def by_grpc(
             generation_input: generation_pb2.GenerationInput, timeout: float
         ) -> AsyncIterable[inference_pb2.InferenceServiceGenerateResponse]:
-            messages = [generation_pb2.ChatMessage(**m) for m in conversation(generation_input)]
+            messages = [
+                generation_pb2.ChatMessage(role=m["role"], content=m["content"])
+                for m in conversation(generation_input)
+            ]
             chat = generation_pb2.GenerationInput(
                 conversation=generation_pb2.Conversation(messages=messages),
                 max_tokens=generation_input.max_tokens,

@@ -9,6 +9,10 @@ did not parse as JSON or validate against their schema. Tokens are counted as ea
 reports them: llama-server's grammar allows whitespace between JSON tokens and SmolLM2 uses it,
 the agent writes compact JSON, so the same reply takes llama-server more tokens.
 
+A second part, `embeddings`, compares the agent's `Embed` with llama-server's `/v1/embeddings`
+(texts/s, tokens/s, and the cosine between the two servers' vectors); it lives in
+`scripts/bench_embeddings.py`. `--parts json embeddings` (the default) runs both.
+
 Run: `.venv/bin/python scripts/bench_structured.py` (see `--help`).
 """
 
@@ -35,6 +39,7 @@ from paddler.agent.default_model import default_model_path
 from paddler.v1 import agent_pb2, generation_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_embeddings
 import bench_servers as bs
 from bench_agent import RunResult, closed_loop
 from llama_server_build import ensure_llama_server
@@ -224,6 +229,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         default=[1, 4], help="comma-separated (default 1,4)")  # fmt: skip
     parser.add_argument("--requests-per-worker", type=int, default=6)
     parser.add_argument("--max-tokens", type=int, default=192, help="cap per reply")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["json", "embeddings"],
+        default=["json", "embeddings"],
+        help="what to compare (default both)",
+    )
+    bench_embeddings.add_arguments(parser)
     args = parser.parse_args(argv)
     args.model = args.model or default_model_path()
     # What serving_llama_server / serving_agent read besides the flags above.
@@ -235,6 +248,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--concurrency, --requests-per-worker and --max-tokens must be >= 1")
     if max(args.concurrency) > args.slots:
         parser.error("--concurrency above --slots: the agent rejects requests beyond its slots")
+    bench_embeddings.check_arguments(parser, args)
     return args
 
 
@@ -244,6 +258,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     log_dir = Path(tempfile.mkdtemp(prefix="paddler-bench-structured-"))
     binary = ensure_llama_server()
+    if "json" in args.parts:
+        run_json(binary, args, log_dir)
+    if "embeddings" in args.parts:
+        print(("\n" if "json" in args.parts else "") + bench_embeddings.run(binary, args, log_dir))
+
+
+def run_json(binary: Path, args: argparse.Namespace, log_dir: Path) -> None:
     runs = {
         bs.LLAMA_SERVER: asyncio.run(bench_llama_server(binary, args, log_dir)),
         bs.AGENT: asyncio.run(bench_agent(args, log_dir)),

@@ -8,6 +8,8 @@ import structlog
 
 from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
+from paddler.agent.tool_prompt import template_messages
+from paddler.agent.tool_reply import ToolReply
 from paddler.common.chat_template import (
     CHATML,
     CHATML_END_OF_TURN,
@@ -16,6 +18,7 @@ from paddler.common.chat_template import (
 )
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import SamplingSettings, check_generation_input
+from paddler.common.tool_calls import offered, parameters_of
 from paddler.v1 import agent_pb2, generation_pb2
 
 log = structlog.get_logger(__name__)
@@ -75,9 +78,11 @@ class JobFactory:
                 "leave it unset to generate until the context is full",
             )
         conversation = generation.WhichOneof("source") == "conversation"
+        tools = offered(generation.conversation) if conversation else []
         constraint = None
         if grammar is not None:
-            field = f"input.grammar.{generation.grammar.WhichOneof('kind')}"
+            kind = generation.grammar.WhichOneof("kind")
+            field = f"input.grammar.{kind}" if kind else "input.conversation.tools"
             constraint = self._model.grammars.constraint(grammar, field)
         return GenerationJob(
             request_id=request.request_id or uuid.uuid4().hex,
@@ -86,13 +91,13 @@ class JobFactory:
             sampling=self._defaults.overridden_by(generation.sampling),
             stop=(*generation.stop, *(self._turn_end if conversation else ())),
             grammar=constraint,
+            tool_reply=ToolReply({t.name: parameters_of(t) for t in tools}) if tools else None,
         )
 
     def _prompt_tokens(self, generation: generation_pb2.GenerationInput) -> list[int]:
         if generation.WhichOneof("source") == "prompt":
             return self._model.tokenize(generation.prompt)
-        messages = [(m.role, m.content) for m in generation.conversation.messages]
-        text = self._template.render(messages)
+        text = self._template.render(template_messages(generation.conversation))
         if self._model.add_bos and text.startswith(self._model.bos_text):
             text = text[len(self._model.bos_text) :]
         return self._model.tokenize(text)

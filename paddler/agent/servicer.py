@@ -82,6 +82,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise UnavailableError("the agent has no model loaded right now", reason=NOT_READY)
         # Rendering and tokenizing can take long on a big input: never on the event loop.
         job = await asyncio.to_thread(jobs.build, request)
+        reply = job.tool_reply
         with self.claims.claim():
             engine.submit(job)
             outcome = "cancelled"
@@ -89,11 +90,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 while True:  # the per-token path: one queue read, one message
                     event = await job.events.get()
                     if isinstance(event, str):
-                        yield agent_pb2.GenerateResponse(text=event)
+                        text = reply.feed(event) if reply is not None else event
+                        if text:
+                            yield agent_pb2.GenerateResponse(text=text)
                         continue
                     if isinstance(event, Failed):
                         raise event.error  # noqa: TRY301 - the engine failed this request
                     summary = self._summary(event, engine.model.name)
+                    if reply is not None and (call := reply.call()) is not None:
+                        yield agent_pb2.GenerateResponse(tool_call=call)
+                        summary.finish_reason = generation_pb2.FINISH_REASON_TOOL_CALLS
                     outcome = "ok"
                     _log_summary(job, summary)
                     yield agent_pb2.GenerateResponse(summary=summary)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.grammar import compile_grammar
+from paddler.common.tool_calls import check_tools, reply_schema
 from paddler.v1 import generation_pb2
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -74,6 +76,7 @@ def check_generation_input(generation: generation_pb2.GenerationInput) -> str | 
         _check_size("input.prompt", len(generation.prompt.encode()))
     if source == "conversation":
         _check_conversation(generation.conversation.messages)
+        check_tools(generation.conversation)
     _check_stop(generation.stop)
     if generation.HasField("max_tokens") and generation.max_tokens < 1:
         raise InvalidArgumentError(
@@ -82,6 +85,13 @@ def check_generation_input(generation: generation_pb2.GenerationInput) -> str | 
             "leave it unset to generate until the context is full",
         )
     SamplingSettings().overridden_by(generation.sampling)
+    if source == "conversation" and (schema := reply_schema(generation.conversation)):
+        if generation.grammar.WhichOneof("kind"):
+            raise InvalidArgumentError(
+                "input.grammar", "the tools constrain the reply already; send one or the other"
+            )
+        tools = generation_pb2.Grammar(json_schema=json.dumps(schema))
+        return compile_grammar(tools, "input.conversation.tools")
     return compile_grammar(generation.grammar)
 
 

@@ -99,23 +99,29 @@ class GenerateResponse(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The next piece of generated text (whole UTF-8 characters)."""
     @_builtins.property
     def summary(self) -> _generation_pb2.GenerationSummary:
         """Sent once, last."""
 
+    @_builtins.property
+    def tool_call(self) -> _generation_pb2.ToolCall:
+        """A call of one of the request's tools, whole (then the summary, finish reason TOOL_CALLS)."""
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         summary: _generation_pb2.GenerationSummary | None = ...,
+        tool_call: _generation_pb2.ToolCall | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text", "summary"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text", "summary", "tool_call"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -25,27 +25,35 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpaddler/v1/generation.proto\x12\npaddler.v1\x1a\x1egoogle/protobuf/duration.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43onversation\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.paddler.v1.ChatMessage\"\xce\x02\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\rH\x07\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x11\n\x0f_repeat_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seed\"8\n\x07Grammar\x12\x0e\n\x04gbnf\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\xed\x01\n\x0fGenerationInput\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\x30\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x18.paddler.v1.ConversationH\x00\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.paddler.v1.SamplingParameters\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12$\n\x07grammar\x18\x06 \x01(\x0b\x32\x13.paddler.v1.GrammarB\x08\n\x06sourceB\r\n\x0b_max_tokens\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"\xc1\x01\n\x11GenerationSummary\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.paddler.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.paddler.v1.Usage\x12\x36\n\x13time_to_first_token\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nagent_name\x18\x05 \x01(\t*\xaf\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x46INISH_REASON_END_OF_GENERATION\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x03\x12\x1e\n\x1a\x46INISH_REASON_CONTEXT_FULL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpaddler/v1/generation.proto\x12\npaddler.v1\x1a\x1egoogle/protobuf/duration.proto\"l\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.paddler.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"=\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"V\n\nToolChoice\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.paddler.v1.ToolChoiceModeH\x00\x12\x12\n\x08\x66unction\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"\x87\x01\n\x0c\x43onversation\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.paddler.v1.ChatMessage\x12\x1f\n\x05tools\x18\x02 \x03(\x0b\x32\x10.paddler.v1.Tool\x12+\n\x0btool_choice\x18\x03 \x01(\x0b\x32\x16.paddler.v1.ToolChoice\"\xce\x02\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\rH\x07\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x11\n\x0f_repeat_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seed\"8\n\x07Grammar\x12\x0e\n\x04gbnf\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\xed\x01\n\x0fGenerationInput\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\x30\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x18.paddler.v1.ConversationH\x00\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.paddler.v1.SamplingParameters\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12$\n\x07grammar\x18\x06 \x01(\x0b\x32\x13.paddler.v1.GrammarB\x08\n\x06sourceB\r\n\x0b_max_tokens\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"\xc1\x01\n\x11GenerationSummary\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.paddler.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.paddler.v1.Usage\x12\x36\n\x13time_to_first_token\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nagent_name\x18\x05 \x01(\t*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\xcd\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x46INISH_REASON_END_OF_GENERATION\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x03\x12\x1e\n\x1a\x46INISH_REASON_CONTEXT_FULL\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paddler.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1094
-  _globals['_FINISHREASON']._serialized_end=1269
+  _globals['_TOOLCHOICEMODE']._serialized_start=1445
+  _globals['_TOOLCHOICEMODE']._serialized_end=1580
+  _globals['_FINISHREASON']._serialized_start=1583
+  _globals['_FINISHREASON']._serialized_end=1788
   _globals['_CHATMESSAGE']._serialized_start=75
-  _globals['_CHATMESSAGE']._serialized_end=119
-  _globals['_CONVERSATION']._serialized_start=121
-  _globals['_CONVERSATION']._serialized_end=178
-  _globals['_SAMPLINGPARAMETERS']._serialized_start=181
-  _globals['_SAMPLINGPARAMETERS']._serialized_end=515
-  _globals['_GRAMMAR']._serialized_start=517
-  _globals['_GRAMMAR']._serialized_end=573
-  _globals['_GENERATIONINPUT']._serialized_start=576
-  _globals['_GENERATIONINPUT']._serialized_end=813
-  _globals['_USAGE']._serialized_start=815
-  _globals['_USAGE']._serialized_end=895
-  _globals['_GENERATIONSUMMARY']._serialized_start=898
-  _globals['_GENERATIONSUMMARY']._serialized_end=1091
+  _globals['_CHATMESSAGE']._serialized_end=183
+  _globals['_TOOL']._serialized_start=185
+  _globals['_TOOL']._serialized_end=246
+  _globals['_TOOLCALL']._serialized_start=248
+  _globals['_TOOLCALL']._serialized_end=303
+  _globals['_TOOLCHOICE']._serialized_start=305
+  _globals['_TOOLCHOICE']._serialized_end=391
+  _globals['_CONVERSATION']._serialized_start=394
+  _globals['_CONVERSATION']._serialized_end=529
+  _globals['_SAMPLINGPARAMETERS']._serialized_start=532
+  _globals['_SAMPLINGPARAMETERS']._serialized_end=866
+  _globals['_GRAMMAR']._serialized_start=868
+  _globals['_GRAMMAR']._serialized_end=924
+  _globals['_GENERATIONINPUT']._serialized_start=927
+  _globals['_GENERATIONINPUT']._serialized_end=1164
+  _globals['_USAGE']._serialized_start=1166
+  _globals['_USAGE']._serialized_end=1246
+  _globals['_GENERATIONSUMMARY']._serialized_start=1249
+  _globals['_GENERATIONSUMMARY']._serialized_end=1442
 # @@protoc_insertion_point(module_scope)

@@ -2,8 +2,8 @@
 
 The `embeddings` part of `scripts/bench_structured.py` (`--parts embeddings`). Both servers get
 the same GGUF, threads, slots and context; llama-server runs with `--embeddings --pooling mean`
-(L2-normalized, its default), the agent is asked for mean pooling and L2. The same deterministic
-sentences (8-40 words) go out in batches of `--embed-batch` texts from each of
+(L2-normalized, its default) and `-kvu`, the agent is asked for mean pooling and L2. The same
+deterministic sentences (8-40 words) go out in batches of `--embed-batch` texts from each of
 `--embed-concurrency` clients, which take the next batch until all are sent, one server after
 the other. Prints texts/s, tokens/s (as each server counts them), batch latency and the ratio
 agent / llama-server of texts/s; then how well the two servers' vectors for the same text agree
@@ -57,6 +57,8 @@ def sentences(count: int, seed: int = 13) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embed-texts", type=int, default=256, help="sentences per round")
     parser.add_argument("--embed-batch", type=int, default=32, help="texts per request")
+    parser.add_argument("--embed-kv-unified", action=argparse.BooleanOptionalAction, default=True,
+                        help="llama-server -kvu (default; see serving_llama_server)")  # fmt: skip
     parser.add_argument("--embed-concurrency", type=lambda s: [int(c) for c in s.split(",")],
                         default=[1, 2], help="comma-separated clients (default 1,2)")  # fmt: skip
 
@@ -153,6 +155,11 @@ async def serving_llama_server(
         "-c", str(args.slots * args.context_size), "--no-repack", "--embeddings",
         "--pooling", "mean", "--host", bs.HOST, "--port", str(port),
     ]  # fmt: skip
+    # One KV buffer for all slots, as the agent's embedding context has. Without it llama-server
+    # 0.3.36 decodes the texts of several slots together on split KV streams, and a text's
+    # vector depends on its neighbours (cosine 0.80 to the same text sent alone); with it, or
+    # with -np 1, the vector is the same either way.
+    command += ["-kvu"] if args.embed_kv_unified else []
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(1) as pool, bs.started(bs.LLAMA_SERVER, command, log_dir) as process:
 
@@ -232,7 +239,8 @@ def report(llama: Side, agent: Side, args: argparse.Namespace) -> str:
         "",
         f"Embeddings: model `{args.model.name}`, {args.threads} thread(s), {args.slots} slots, "
         f"context {args.context_size} per slot, {args.embed_texts} sentences of 8-40 words in "
-        f"batches of {args.embed_batch}, mean pooling, L2, one server at a time.",
+        f"batches of {args.embed_batch}, mean pooling, L2, llama-server "
+        f"{'-kvu' if args.embed_kv_unified else '-no-kvu'}, one server at a time.",
         f"Cosine agent vs llama-server over {len(cosines)} texts (width {sorted(widths)}): "
         f"min {min(cosines):.6f} (text {worst}), median {statistics.median(cosines):.6f}.",
     ]

@@ -111,3 +111,14 @@ SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
+
+# A tool's parameters, for the tool-calling tests.
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}

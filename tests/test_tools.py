@@ -14,16 +14,8 @@ import pytest
 from paddler.v1 import agent_pb2, generation_pb2
 from tests.client import Reply, invalid_field
 from tests.cluster import Cluster, cluster, to_inference
+from tests.grammar_cases import WEATHER
 
-WEATHER_PARAMETERS = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 20},
-        "unit": {"enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
 TIME_PARAMETERS = {
     "type": "object",
     "properties": {"timezone": {"type": "string", "maxLength": 20}},
@@ -34,7 +26,7 @@ TOOLS = [
     generation_pb2.Tool(
         name="get_weather",
         description="The current weather in a city.",
-        parameters=json.dumps(WEATHER_PARAMETERS),
+        parameters=json.dumps(WEATHER),
     ),
     generation_pb2.Tool(
         name="get_time",
@@ -101,7 +93,7 @@ def run(stub: Any, request: agent_pb2.GenerateRequest) -> tuple[Reply, list[Any]
 
 def check_call(call: Any) -> None:
     """The call names one of the tools and its arguments validate against that tool."""
-    schemas = {"get_weather": WEATHER_PARAMETERS, "get_time": TIME_PARAMETERS}
+    schemas = {"get_weather": WEATHER, "get_time": TIME_PARAMETERS}
     assert call.id.startswith("call_")
     jsonschema.validate(json.loads(call.arguments), schemas[call.name])
 

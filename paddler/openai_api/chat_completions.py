@@ -26,7 +26,7 @@ def completion(
         "choices": [
             {
                 "index": index,
-                "message": {"role": "assistant", "content": gathered.texts[index]},
+                "message": _message(gathered.texts[index], gathered.tool_calls[index]),
                 "finish_reason": finish_reason(gathered.summaries[index]),
                 "logprobs": None,
                 "paddler": served_by(gathered.summaries[index]),
@@ -35,6 +35,26 @@ def completion(
         ],
         "usage": usage(gathered.summaries, request.n),
     }
+
+
+def _message(text: str, calls: list[generation_pb2.ToolCall]) -> dict[str, object]:
+    if not calls:
+        return {"role": "assistant", "content": text}
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [_call(call) for call in calls],
+    }
+
+
+def _call(call: generation_pb2.ToolCall, index: int | None = None) -> dict[str, object]:
+    """A call as OpenAI writes it (``index`` in a stream's delta)."""
+    body: dict[str, object] = {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+    return body if index is None else {"index": index, **body}
 
 
 def _sse(payload: dict[str, object]) -> str:
@@ -62,7 +82,15 @@ async def chunks(
     for index in range(request.n):
         delta = {"role": "assistant", "content": ""}
         yield _sse(chunk([{"index": index, "delta": delta, "finish_reason": None}], model))
+    calls: dict[int, int] = {}
     async for event in events:
+        if event.tool_call is not None:
+            number = calls[event.index] = calls.get(event.index, -1) + 1
+            called = {"tool_calls": [_call(event.tool_call, number)]}
+            yield _sse(
+                chunk([{"index": event.index, "delta": called, "finish_reason": None}], model)
+            )
+            continue
         if event.summary is None:
             if event.text:
                 delta = {"content": event.text}

@@ -3,13 +3,25 @@ and how it becomes our ``GenerationInput``."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from paddler.common.errors import InvalidArgumentError
+from paddler.common.tool_calls import MAX_TOOLS
 from paddler.openai_api.output_format import ResponseFormat
 from paddler.openai_api.sampling_fields import SamplingFields
+from paddler.openai_api.tool_protocol import (
+    ChatNamedChoice,
+    ChatTool,
+    ChatToolCall,
+    Mode,
+    call,
+    chat_field,
+    choice,
+    openai_fields,
+    tool,
+)
 from paddler.v1 import generation_pb2
 
 
@@ -31,9 +43,12 @@ class ChatMessage(BaseModel):
     """One message of the conversation."""
 
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart | OtherPart] | None = None
     name: str | None = None
+    # Role "assistant": the calls it made; role "tool": the call this message answers.
+    tool_calls: list[ChatToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -42,31 +57,41 @@ class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
     response_format: ResponseFormat | None = None
+    tools: Annotated[list[ChatTool] | None, Field(max_length=MAX_TOOLS)] = None
+    tool_choice: Mode | ChatNamedChoice | None = None
+    # At most one call per reply is made either way.
+    parallel_tool_calls: bool | None = None
     # Fields that change generation and are not served yet: refused when set.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
     top_logprobs: int | None = None
 
     def generation_input(self) -> generation_pb2.GenerationInput:
         """Our GenerationInput for one choice; refuses what we do not serve yet."""
-        self.refuse_unsupported(
-            ("tools", self.tools),
-            ("tool_choice", self.tool_choice),
-            ("top_logprobs", self.top_logprobs),
-        )
-        messages = [
-            generation_pb2.ChatMessage(
-                role="system" if message.role == "developer" else message.role,
-                content=_text(message, index),
-            )
-            for index, message in enumerate(self.messages)
-        ]
-        generation = generation_pb2.GenerationInput(
-            conversation=generation_pb2.Conversation(messages=messages)
-        )
+        self.refuse_unsupported(("top_logprobs", self.top_logprobs))
+        conversation = generation_pb2.Conversation(
+            messages=[_message(message, index) for index, message in enumerate(self.messages)],
+            tools=[tool(t.function.name, t.function.description, t.function.parameters)
+                   for t in self.tools or ()],
+        )  # fmt: skip
+        if isinstance(self.tool_choice, ChatNamedChoice):
+            conversation.tool_choice.CopyFrom(choice(None, self.tool_choice.function.name))
+        elif self.tool_choice is not None:
+            conversation.tool_choice.CopyFrom(choice(self.tool_choice, None))
+        generation = generation_pb2.GenerationInput(conversation=conversation)
         output = self.response_format.grammar() if self.response_format else None
-        self.fill(generation, self.max_completion_tokens or self.max_tokens, output)
+        with openai_fields(chat_field):
+            self.fill(generation, self.max_completion_tokens or self.max_tokens, output)
         return generation
+
+
+def _message(message: ChatMessage, index: int) -> generation_pb2.ChatMessage:
+    return generation_pb2.ChatMessage(
+        role="system" if message.role == "developer" else message.role,
+        content=_text(message, index),
+        tool_calls=[
+            call(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ()
+        ],
+        tool_call_id=message.tool_call_id or "",
+    )
 
 
 def _text(message: ChatMessage, index: int) -> str:

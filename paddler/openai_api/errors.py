@@ -106,15 +106,24 @@ def stream_error_event(error: PaddlerError, request_id: str) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
 def _location(loc: Sequence[int | str]) -> str:
     """A pydantic error location (``("body", "messages", 0, "role")``) as ``messages[0].role``."""
     path = ""
     for part in loc[1:] if loc and loc[0] == "body" else loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part and not str(part).startswith(("function-", "tagged-union")):
+        elif _is_field(str(part)):
             path += f".{part}" if path else str(part)
     return path
+
+
+def _is_field(part: str) -> bool:
+    """Whether a location part names a field, not the member of a union pydantic tried
+    (``literal['auto','none']``, ``ChatNamedChoice``, ``str``, ``function-after[...]``)."""
+    return part.isidentifier() and part.islower() and part not in _TYPE_TAGS
 
 
 async def validation_error(request: Request, error: Exception) -> JSONResponse:

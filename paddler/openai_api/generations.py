@@ -16,11 +16,12 @@ API = "openai"
 
 @dataclass(frozen=True)
 class Event:
-    """A piece of text or the summary of choice ``index``."""
+    """A piece of text, a tool call or the summary of choice ``index``."""
 
     index: int
     text: str = ""
     summary: generation_pb2.GenerationSummary | None = None
+    tool_call: generation_pb2.ToolCall | None = None
 
 
 async def _choice(
@@ -30,8 +31,11 @@ async def _choice(
     forwarded = agent_pb2.GenerateRequest(request_id=request_id, input=generation)
     async for chunk in relay.stream(forwarded, None, API):
         response = agent_pb2.GenerateResponse.FromString(chunk)
-        if response.HasField("summary"):
+        kind = response.WhichOneof("event")
+        if kind == "summary":
             yield Event(index, summary=response.summary)
+        elif kind == "tool_call":
+            yield Event(index, tool_call=response.tool_call)
         else:
             yield Event(index, text=response.text)
 
@@ -86,9 +90,10 @@ async def generate(
 
 @dataclass(frozen=True)
 class Choices:
-    """Every choice of a finished request: its text and summary, in choice order."""
+    """Every choice of a finished request: its text, tool calls and summary, in choice order."""
 
     texts: list[str]
+    tool_calls: list[list[generation_pb2.ToolCall]]
     summaries: list[generation_pb2.GenerationSummary]
     model: str
 
@@ -96,10 +101,13 @@ class Choices:
 def gather_choices(events: list[Event], count: int, model: str) -> Choices:
     """The ``count`` choices the events make up; ``model`` as the summaries name it."""
     texts = [""] * count
+    calls: list[list[generation_pb2.ToolCall]] = [[] for _ in range(count)]
     summaries: dict[int, generation_pb2.GenerationSummary] = {}
     for event in events:
         texts[event.index] += event.text
+        if event.tool_call is not None:
+            calls[event.index].append(event.tool_call)
         if event.summary is not None:
             summaries[event.index] = event.summary
             model = event.summary.model or model
-    return Choices(texts, [summaries[index] for index in range(count)], model)
+    return Choices(texts, calls, [summaries[index] for index in range(count)], model)

@@ -9,8 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import check_generation_input
+from paddler.common.tool_calls import MAX_TOOLS
 from paddler.openai_api.output_format import TextOptions
 from paddler.openai_api.sampling_fields import SamplingFields
+from paddler.openai_api.tool_protocol import (
+    FunctionTool,
+    Mode,
+    NamedChoice,
+    call,
+    choice,
+    openai_fields,
+    responses_field,
+    tool,
+)
 from paddler.v1 import generation_pb2
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
@@ -33,13 +44,35 @@ class InputMessage(BaseModel):
     content: str | list[ContentPart]
 
 
+class FunctionCallItem(BaseModel):
+    """A call the model made earlier, sent back in ``input``."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function_call"]
+    call_id: Annotated[str, Field(min_length=1)]
+    name: str
+    arguments: str
+
+
+class FunctionCallOutputItem(BaseModel):
+    """A call's result, in ``input``."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function_call_output"]
+    call_id: Annotated[str, Field(min_length=1)]
+    output: str
+
+
+InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
+
+
 class ResponseRequest(BaseModel):
     """``POST /v1/responses``."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    input: str | Annotated[list[InputMessage], Field(min_length=1)]
+    input: str | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None
     max_output_tokens: Annotated[int | None, Field(ge=1)] = None
     temperature: Annotated[float | None, Field(ge=0, le=2)] = None
@@ -50,9 +83,11 @@ class ResponseRequest(BaseModel):
     top_k: Annotated[int | None, Field(ge=0)] = None
     min_p: Annotated[float | None, Field(ge=0, le=1)] = None
     repeat_penalty: Annotated[float | None, Field(gt=0)] = None
+    tools: Annotated[list[FunctionTool] | None, Field(max_length=MAX_TOOLS)] = None
+    tool_choice: Mode | NamedChoice | None = None
+    # At most one call per reply is made either way.
+    parallel_tool_calls: bool | None = None
     # Fields that change generation and are not served yet: refused when set.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
     previous_response_id: str | None = None
     text: TextOptions | None = None
     top_logprobs: int | None = None
@@ -61,8 +96,6 @@ class ResponseRequest(BaseModel):
     def generation_input(self) -> generation_pb2.GenerationInput:
         """Our GenerationInput; refuses what we do not serve yet."""
         SamplingFields.refuse_unsupported(
-            ("tools", self.tools),
-            ("tool_choice", self.tool_choice),
             ("previous_response_id", self.previous_response_id),
             ("top_logprobs", self.top_logprobs),
             ("reasoning", self.reasoning),
@@ -73,12 +106,16 @@ class ResponseRequest(BaseModel):
         if isinstance(self.input, str):
             messages.append(generation_pb2.ChatMessage(role="user", content=self.input))
         else:
-            for index, item in enumerate(self.input):
-                role = "system" if item.role == "developer" else item.role
-                messages.append(generation_pb2.ChatMessage(role=role, content=_text(item, index)))
-        generation = generation_pb2.GenerationInput(
-            conversation=generation_pb2.Conversation(messages=messages)
+            messages.extend(_messages(self.input))
+        conversation = generation_pb2.Conversation(
+            messages=messages,
+            tools=[tool(t.name, t.description, t.parameters) for t in self.tools or ()],
         )
+        if isinstance(self.tool_choice, NamedChoice):
+            conversation.tool_choice.CopyFrom(choice(None, self.tool_choice.name))
+        elif self.tool_choice is not None:
+            conversation.tool_choice.CopyFrom(choice(self.tool_choice, None))
+        generation = generation_pb2.GenerationInput(conversation=conversation)
         if self.max_output_tokens is not None:
             generation.max_tokens = self.max_output_tokens
         for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
@@ -89,8 +126,32 @@ class ResponseRequest(BaseModel):
             output = self.text.format.grammar()
             if output is not None:
                 generation.grammar.CopyFrom(output)
-        check_generation_input(generation)
+        with openai_fields(responses_field):
+            check_generation_input(generation)
         return generation
+
+
+def _messages(items: list[InputItem]) -> list[generation_pb2.ChatMessage]:
+    """Input items as messages: consecutive calls make one assistant message, each output a
+    tool message."""
+    messages: list[generation_pb2.ChatMessage] = []
+    for index, item in enumerate(items):
+        if isinstance(item, FunctionCallItem):
+            made = call(item.call_id, item.name, item.arguments)
+            if messages and messages[-1].role == "assistant" and messages[-1].tool_calls:
+                messages[-1].tool_calls.append(made)
+            else:
+                messages.append(generation_pb2.ChatMessage(role="assistant", tool_calls=[made]))
+        elif isinstance(item, FunctionCallOutputItem):
+            messages.append(
+                generation_pb2.ChatMessage(
+                    role="tool", tool_call_id=item.call_id, content=item.output
+                )
+            )
+        else:
+            role = "system" if item.role == "developer" else item.role
+            messages.append(generation_pb2.ChatMessage(role=role, content=_text(item, index)))
+    return messages
 
 
 def _text(item: InputMessage, index: int) -> str:

@@ -14,8 +14,10 @@ _STOPPED = (
 
 
 def finish_reason(summary: generation_pb2.GenerationSummary) -> str:
-    """``stop`` for an end of generation or a stop string; ``length`` for the token cap or a
-    full context."""
+    """``stop`` for an end of generation or a stop string; ``tool_calls`` for a call; ``length``
+    for the token cap or a full context."""
+    if summary.finish_reason == generation_pb2.FINISH_REASON_TOOL_CALLS:
+        return "tool_calls"
     return "stop" if summary.finish_reason in _STOPPED else "length"
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from paddler.agent.tool_reply import ToolReply
+from paddler.agent.tool_reply import GenericReply, HermesReply
 from paddler.common.errors import InternalError
 
 WEATHER = {
@@ -26,7 +26,7 @@ def reply_of(text: str) -> str:
 def test_a_text_reply_comes_out_whole_wherever_the_pieces_split(ascii_only: bool) -> None:
     raw = json.dumps({"response": TRICKY}, separators=(",", ":"), ensure_ascii=ascii_only)
     for cut in range(1, len(raw)):
-        reply = ToolReply({"weather": WEATHER})
+        reply = GenericReply({"weather": WEATHER})
         text = reply.feed(raw[:cut]) + reply.feed(raw[cut:])
         assert text == TRICKY, cut
         assert reply.call() is None
@@ -34,7 +34,7 @@ def test_a_text_reply_comes_out_whole_wherever_the_pieces_split(ascii_only: bool
 
 def test_one_character_at_a_time_never_sends_half_a_surrogate_pair() -> None:
     raw = json.dumps({"response": "😀😀"}, separators=(",", ":"))  # \ud83d\ude00 twice
-    reply = ToolReply({})
+    reply = GenericReply({})
     sent = [reply.feed(char) for char in raw]
     assert "".join(sent) == "😀😀"
     for piece in sent:
@@ -42,7 +42,7 @@ def test_one_character_at_a_time_never_sends_half_a_surrogate_pair() -> None:
 
 
 def test_a_call_becomes_one_tool_call_with_compact_arguments() -> None:
-    reply = ToolReply({"weather": WEATHER})
+    reply = GenericReply({"weather": WEATHER})
     raw = '{"tool_call":{"name":"weather","arguments":{"city":"Paris","days":2}}}'
     assert "".join(reply.feed(raw[i : i + 5]) for i in range(0, len(raw), 5)) == ""
     call = reply.call()
@@ -53,13 +53,30 @@ def test_a_call_becomes_one_tool_call_with_compact_arguments() -> None:
 
 
 def test_a_call_cut_short_is_no_call() -> None:
-    reply = ToolReply({"weather": WEATHER})
+    reply = GenericReply({"weather": WEATHER})
     reply.feed('{"tool_call":{"name":"weather","argu')
     assert reply.call() is None
 
 
 def test_arguments_that_break_the_schema_are_an_internal_error() -> None:
-    reply = ToolReply({"weather": WEATHER})
+    reply = GenericReply({"weather": WEATHER})
     reply.feed('{"tool_call":{"name":"weather","arguments":{"days":0}}}')
     with pytest.raises(InternalError, match="does not match its parameters"):
         reply.call()
+
+
+def test_a_hermes_reply_sends_text_before_the_tag_and_holds_a_partial_tag_back() -> None:
+    reply = HermesReply({"weather": WEATHER})
+    assert reply.feed("Let me check. <tool") == "Let me check. "
+    assert reply.feed('_call>\n{"name":"weather","arguments":{"city":"Rome"}}\n</tool_call>') == ""
+    assert reply.flush() == ""
+    call = reply.call()
+    assert call is not None
+    assert (call.name, json.loads(call.arguments)) == ("weather", {"city": "Rome"})
+
+
+def test_a_hermes_reply_without_a_call_flushes_what_it_held_back() -> None:
+    reply = HermesReply({"weather": WEATHER})
+    assert reply.feed("a < b, and <to") == "a < b, and "
+    assert reply.flush() == "<to"
+    assert reply.call() is None

@@ -241,7 +241,7 @@ class Engine:
         slot.completion_tokens += 1
         if slot.first_token_at is None:
             slot.first_token_at = time.perf_counter()
-        if grammar is not None and not grammar.accept(token):
+        if grammar is not None and not grammar.accept(token, self.model.piece(token)):
             self._fail(slot, InternalError(f"the grammar refused a sampled token: {grammar.error}"))
             return
         if self.model.is_end_of_generation(token):

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from paddler.agent.grammar_constraint import GrammarConstraint
-from paddler.agent.tool_reply import ToolReply
+from paddler.agent.tool_reply import ReplyReader
 from paddler.common.errors import PaddlerError
 from paddler.common.generation_input import SamplingSettings
 from paddler.v1 import generation_pb2
@@ -45,7 +45,7 @@ class GenerationJob:
     stop: tuple[str, ...]
     grammar: GrammarConstraint | None = None
     # Set when tools may be called: reads the reply's generic format.
-    tool_reply: ToolReply | None = None
+    tool_reply: ReplyReader | None = None
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     created_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False

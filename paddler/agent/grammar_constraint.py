@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import llama_cpp as llama
@@ -14,28 +15,52 @@ from paddler.common.errors import InvalidArgumentError
 
 
 class GrammarConstraint:
-    """Tokens the grammar does not allow get a logit of -inf, so no sampler can draw them."""
+    """Tokens the grammar does not allow get a logit of -inf, so no sampler can draw them.
 
-    def __init__(self, matcher: LLMatcher, n_vocab: int) -> None:
+    With a ``trigger`` the grammar is lazy: the text is free until the trigger has been
+    generated, and the grammar holds for what follows it.
+    """
+
+    def __init__(
+        self,
+        matcher: LLMatcher,
+        n_vocab: int,
+        tokenizer: LLTokenizer,
+        trigger: str | None = None,
+    ) -> None:
         self._matcher = matcher
         self._n_vocab = n_vocab
+        self._tokenizer = tokenizer
         self._mask = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
+        self._trigger = trigger.encode() if trigger else b""
+        self._seen = b""
 
     def restrict(self, logits: Any) -> None:
         """Mask the ``n_vocab`` floats at ``logits`` (llama.cpp's row for one batch position)."""
+        if self._trigger:
+            return
         self._matcher.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
         allowed = np.unpackbits(self._mask.view(np.uint8), count=self._n_vocab, bitorder="little")
         row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
         row[allowed == 0] = -np.inf
 
-    def accept(self, token: int) -> bool:
-        """Advance past ``token``; False when the grammar refuses it."""
-        return bool(self._matcher.consume_token(token))
+    def accept(self, token: int, piece: bytes) -> bool:
+        """Advance past ``token`` (whose text is ``piece``); False when the grammar refuses it."""
+        if not self._trigger:
+            return bool(self._matcher.consume_token(token))
+        self._seen += piece
+        found = self._seen.find(self._trigger)
+        if found < 0:
+            self._seen = self._seen[-len(self._trigger) :]
+            return True
+        rest = self._seen[found + len(self._trigger) :]
+        self._trigger = b""  # from here on the grammar holds
+        return not rest or bool(self._matcher.consume_tokens(self._tokenizer.tokenize_bytes(rest)))
 
     @property
     def complete(self) -> bool:
-        """Whether the grammar allows nothing more (a JSON value is closed)."""
-        return bool(self._matcher.is_stopped())
+        """Whether the grammar allows nothing more (a JSON value, or a call, is closed)."""
+        return not self._trigger and bool(self._matcher.is_stopped())
 
     @property
     def error(self) -> str:
@@ -52,17 +77,23 @@ class GrammarCompiler:
         self._tokenizer: LLTokenizer | None = None
         self._lock = threading.Lock()
 
-    def constraint(self, grammar: str, field: str) -> GrammarConstraint:
-        """A fresh constraint for ``grammar`` (compiled by ``compile_grammar``). Blocking."""
-        matcher = LLMatcher(self._tokenizer_once(), grammar)
+    def constraint(self, grammar: str, field: str, trigger: str | None = None) -> GrammarConstraint:
+        """A fresh constraint for ``grammar`` (an llguidance grammar), lazy until ``trigger``
+        when one is given. Blocking."""
+        tokenizer = self._tokenizer_once()
+        matcher = LLMatcher(tokenizer, grammar)
         if matcher.is_error():
             raise InvalidArgumentError(field, f"cannot be served: {matcher.get_error()}")
-        return GrammarConstraint(matcher, self._n_vocab)
+        return GrammarConstraint(matcher, self._n_vocab, tokenizer, trigger)
 
     def _tokenizer_once(self) -> LLTokenizer:
         # About 0.3 s for a 49k vocabulary, 2 s for 262k: only models that get a grammar pay it.
         with self._lock:
             if self._tokenizer is None:
                 ends = [t for t in range(self._n_vocab) if llama.llama_vocab_is_eog(self._vocab, t)]
-                self._tokenizer = lltokenizer_from_vocab(self._vocab, eos_token=ends)
+                # llguidance reads each token's attributes through a name llama-cpp-python
+                # deprecated: one warning per token of the vocabulary, otherwise.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._tokenizer = lltokenizer_from_vocab(self._vocab, eos_token=ends)
             return self._tokenizer

@@ -8,8 +8,7 @@ import structlog
 
 from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
-from paddler.agent.tool_prompt import template_messages
-from paddler.agent.tool_reply import ToolReply
+from paddler.agent.tool_prompt import ToolPrompt, generic_prompt, hermes_prompt, uses_hermes_calls
 from paddler.common.chat_template import (
     CHATML,
     CHATML_END_OF_TURN,
@@ -18,7 +17,6 @@ from paddler.common.chat_template import (
 )
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import SamplingSettings, check_generation_input
-from paddler.common.tool_calls import offered, parameters_of
 from paddler.v1 import agent_pb2, generation_pb2
 
 log = structlog.get_logger(__name__)
@@ -47,6 +45,7 @@ class JobFactory:
             source, self.template_name = CHATML, "chatml"
             log.info("no chat template in the model: using ChatML", model=model.name)
         self._template = ChatTemplate(source, model.bos_text, model.eos_text, template_timeout_s)
+        self._prompt_of = hermes_prompt if uses_hermes_calls(source) else generic_prompt
         # ChatML's end of turn is plain text to a model that was not trained on it.
         self._turn_end = (CHATML_END_OF_TURN,) if self.template_name == "chatml" else ()
 
@@ -57,7 +56,9 @@ class JobFactory:
         """
         generation = request.input
         grammar = check_generation_input(generation)
-        tokens = self._prompt_tokens(generation)
+        conversation = generation.WhichOneof("source") == "conversation"
+        prompt = self._prompt_of(generation.conversation) if conversation else None
+        tokens = self._prompt_tokens(generation, prompt)
         if not tokens:
             raise InvalidArgumentError(
                 "input", "the input renders to no tokens at all; send some text to continue"
@@ -77,13 +78,14 @@ class JobFactory:
                 f"must be at most the slot's context size {limit}, got {max_tokens}; "
                 "leave it unset to generate until the context is full",
             )
-        conversation = generation.WhichOneof("source") == "conversation"
-        tools = offered(generation.conversation) if conversation else []
+        trigger = None
+        if prompt is not None and prompt.grammar is not None:  # the template's call syntax
+            grammar, trigger = prompt.grammar, prompt.trigger
         constraint = None
         if grammar is not None:
             kind = generation.grammar.WhichOneof("kind")
             field = f"input.grammar.{kind}" if kind else "input.conversation.tools"
-            constraint = self._model.grammars.constraint(grammar, field)
+            constraint = self._model.grammars.constraint(grammar, field, trigger)
         return GenerationJob(
             request_id=request.request_id or uuid.uuid4().hex,
             prompt_tokens=tokens,
@@ -91,13 +93,15 @@ class JobFactory:
             sampling=self._defaults.overridden_by(generation.sampling),
             stop=(*generation.stop, *(self._turn_end if conversation else ())),
             grammar=constraint,
-            tool_reply=ToolReply({t.name: parameters_of(t) for t in tools}) if tools else None,
+            tool_reply=prompt.reader if prompt is not None else None,
         )
 
-    def _prompt_tokens(self, generation: generation_pb2.GenerationInput) -> list[int]:
-        if generation.WhichOneof("source") == "prompt":
+    def _prompt_tokens(
+        self, generation: generation_pb2.GenerationInput, prompt: ToolPrompt | None
+    ) -> list[int]:
+        if prompt is None:
             return self._model.tokenize(generation.prompt)
-        text = self._template.render(template_messages(generation.conversation))
+        text = self._template.render(prompt.messages, prompt.tools)
         if self._model.add_bos and text.startswith(self._model.bos_text):
             text = text[len(self._model.bos_text) :]
         return self._model.tokenize(text)

@@ -97,6 +97,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     if isinstance(event, Failed):
                         raise event.error  # noqa: TRY301 - the engine failed this request
                     summary = self._summary(event, engine.model.name)
+                    if reply is not None and (held := reply.flush()):
+                        yield agent_pb2.GenerateResponse(text=held)
                     if reply is not None and (call := reply.call()) is not None:
                         yield agent_pb2.GenerateResponse(tool_call=call)
                         summary.finish_reason = generation_pb2.FINISH_REASON_TOOL_CALLS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, NoReturn
@@ -95,14 +95,21 @@ class ChatTemplate:
         self._eos_token = eos_token
         self._render_timeout_s = render_timeout_s
 
-    def render(self, messages: Sequence[tuple[str, str]]) -> str:
-        """Render messages with the generation prompt added; a template's own error, or one
-        that runs past its render timeout or ``MAX_RENDERED_CHARS``, rejects the request.
+    def render(
+        self,
+        messages: Sequence[Mapping[str, object]],
+        tools: Sequence[Mapping[str, object]] | None = None,
+    ) -> str:
+        """Render messages (``role``, ``content`` and what else the template reads) and the
+        ``tools`` (OpenAI's shape, for a template with a tool syntax) with the generation prompt
+        added; a template's own error, or one that runs past its render timeout or
+        ``MAX_RENDERED_CHARS``, rejects the request.
 
         Blocking, and traced line by line against the deadline: call it from a worker thread.
         """
         chunks = self._template.generate(
-            messages=[{"role": role, "content": content} for role, content in messages],
+            messages=list(messages),
+            tools=list(tools) if tools else None,
             add_generation_prompt=True,
             bos_token=self._bos_token,
             eos_token=self._eos_token,

@@ -50,11 +50,8 @@ def offered(conversation: generation_pb2.Conversation) -> list[generation_pb2.To
     return list(conversation.tools)
 
 
-def reply_schema(conversation: generation_pb2.Conversation) -> dict[str, Any] | None:
-    """The JSON schema of a reply under the conversation's tools, or None without any."""
-    tools = offered(conversation)
-    if not tools:
-        return None
+def call_schema(tools: Sequence[generation_pb2.Tool]) -> dict[str, Any]:
+    """The JSON schema of one call, ``{"name": ..., "arguments": {...}}``, of one of ``tools``."""
     calls = [
         {
             "type": "object",
@@ -64,13 +61,29 @@ def reply_schema(conversation: generation_pb2.Conversation) -> dict[str, Any] | 
         }
         for tool in tools
     ]
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+
+
+def must_call(choice: generation_pb2.ToolChoice) -> bool:
+    """Whether the reply has to be a call (REQUIRED, or a function named)."""
+    return (
+        choice.WhichOneof("choice") == "function"
+        or choice.mode == generation_pb2.TOOL_CHOICE_MODE_REQUIRED
+    )
+
+
+def reply_schema(conversation: generation_pb2.Conversation) -> dict[str, Any] | None:
+    """The JSON schema of a reply under the conversation's tools, or None without any."""
+    tools = offered(conversation)
+    if not tools:
+        return None
     call_branch = {
         "type": "object",
-        "properties": {"tool_call": calls[0] if len(calls) == 1 else {"anyOf": calls}},
+        "properties": {"tool_call": call_schema(tools)},
         "required": ["tool_call"],
         "additionalProperties": False,
     }
-    if _must_call(conversation.tool_choice):
+    if must_call(conversation.tool_choice):
         return call_branch
     return {"anyOf": [call_branch, _TEXT_BRANCH]}
 
@@ -82,7 +95,7 @@ def instructions(conversation: generation_pb2.Conversation) -> str:
         for t in offered(conversation)
     ]
     call = '{"tool_call": {"name": <tool name>, "arguments": <its arguments>}}'
-    if _must_call(conversation.tool_choice):
+    if must_call(conversation.tool_choice):
         form = f"Reply with one JSON object that calls a tool: {call}."
     else:
         form = (
@@ -114,13 +127,6 @@ def check_tools(conversation: generation_pb2.Conversation) -> None:
     _check_messages(conversation.messages)
 
 
-def _must_call(choice: generation_pb2.ToolChoice) -> bool:
-    return (
-        choice.WhichOneof("choice") == "function"
-        or choice.mode == generation_pb2.TOOL_CHOICE_MODE_REQUIRED
-    )
-
-
 def _check_parameters(text: str, field: str) -> None:
     if not text:
         return
@@ -143,7 +149,7 @@ def _check_choice(choice: generation_pb2.ToolChoice, names: set[str]) -> None:
         )
     if kind == "mode" and choice.mode not in generation_pb2.ToolChoiceMode.values():
         raise InvalidArgumentError(f"{field}.mode", f"unknown tool choice mode {choice.mode}")
-    if _must_call(choice) and not names:
+    if must_call(choice) and not names:
         raise InvalidArgumentError(field, "a tool call is required but no tools are given")
 
 

@@ -48,10 +48,11 @@ def embed(
 
 
 def same_vector(left: np.ndarray, right: np.ndarray) -> bool:
-    """Equal up to llama.cpp's float rounding, which depends on where in a batch a text sits
-    (up to a few 1e-4 on components of about 4e-2)."""
+    """Equal up to llama.cpp's rounding, which depends on where in a batch a text sits: flash
+    attention sums in f16 (a cosine of 0.99986 at worst over 128 texts, measured). A text given
+    another's vector, or pooled another way, is far below this."""
     cosine = float(left @ right) / float(np.linalg.norm(left) * np.linalg.norm(right))
-    return cosine > 0.9999 and bool(np.allclose(left, right, atol=1e-3))
+    return cosine > 0.9995
 
 
 def vectors(result: embedding_pb2.EmbeddingResult) -> np.ndarray:

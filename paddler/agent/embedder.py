@@ -125,9 +125,6 @@ class Embedder:
             params.n_ctx = params.n_batch = params.n_ubatch = self.max_tokens
             params.n_seq_max = EMBEDDING_SEQUENCES
             params.kv_unified = True
-            # Flash attention's f16 sums make a text's vector depend on where in the batch it
-            # sits (1e-3 on components of 4e-2); without it the drift is a few 1e-4 at most.
-            params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
             params.n_threads = params.n_threads_batch = self._threads
             params.no_perf = True
             context = llama.llama_init_from_model(self._model.handle, params)

@@ -17,6 +17,8 @@ from paddler.v1 import (
     agent_pb2_grpc,
     agent_registry_pb2,
     agent_registry_pb2_grpc,
+    embedding_pb2,
+    inference_pb2,
     status_pb2,
 )
 from tests.client import error_of, error_reason, generate, prompt_request, retry_delay_s
@@ -153,6 +155,28 @@ def test_a_request_whose_agent_fails_before_the_first_piece_is_retried() -> None
         finally:
             ghost.close()
         c.wait_for(lambda agents: [a.name for a in agents] == ["real"])
+
+
+def test_embedding_parts_an_agent_fails_are_retried_on_another_in_order() -> None:
+    with cluster(("real", 2)) as c:
+        ghost = Registration(c.balancer.management, status_every_s=0.5)
+        try:
+            c.wait_for(lambda agents: {(a.name, a.ready) for a in agents} == {
+                ("real", True), ("ghost", True)
+            })  # fmt: skip
+            # Text i is i + 1 words long: the token counts show the order the vectors came in.
+            texts = [" ".join(["sea"] * (i + 1)) for i in range(40)]
+            embedding = embedding_pb2.EmbeddingInput(texts=texts)
+            request = inference_pb2.InferenceServiceEmbedRequest(input=embedding)
+            result = c.inference.Embed(request, timeout=120).result
+            assert set(result.agent_names) == {"real"}
+            tokens = [e.tokens for e in result.embeddings]
+            assert len(tokens) == 40
+            assert tokens == sorted(tokens) and len(set(tokens)) == 40
+            retried = c.balancer.logs("retrying on another agent")
+            assert retried and {r["agent"] for r in retried} == {"ghost"}
+        finally:
+            ghost.close()
 
 
 def test_an_agent_stopped_with_sigterm_finishes_its_relayed_streams() -> None:

@@ -82,6 +82,11 @@ def _check_grammar_files(folder: Path) -> None:
     reply = paddler("generate", "--grammar", str(grammar_file), "Is the sky blue?")
     assert reply.returncode == 0, reply.stderr
     assert reply.stdout.strip() in {"yes", "no"}
+    both = paddler(
+        "generate", "--json-schema", str(schema_file), "--grammar", str(grammar_file), "Hi"
+    )
+    assert both.returncode == 2
+    assert "not both" in both.stderr
     grammar_file.write_text('root ::= "yes" | "no\n')
     refused = paddler("generate", "--grammar", str(grammar_file), "Is the sky blue?")
     assert refused.returncode == 1

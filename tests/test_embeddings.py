@@ -140,14 +140,24 @@ def test_a_text_too_long_is_refused_naming_it_in_the_clients_numbering(shared: C
 
 
 @pytest.mark.parametrize(
-    ("texts", "field"),
-    [([], "input.texts"), (["a"] * 513, "input.texts"), (["a", ""], "input.texts[1]")],
+    ("texts", "enums", "field"),
+    [
+        ([], {}, "input.texts"),
+        (["a"] * 513, {}, "input.texts"),
+        (["a", ""], {}, "input.texts[1]"),
+        (["x" * 600_000] * 2, {}, "input.texts"),  # over 1 MiB together
+        (["a"], {"pooling": 9}, "input.pooling"),  # a number no enum value has
+        (["a"], {"normalization": 9}, "input.normalization"),
+    ],
 )
-def test_a_bad_batch_is_refused_before_any_agent(texts: list[str], field: str) -> None:
+def test_a_bad_batch_is_refused_before_any_agent(
+    texts: list[str], enums: dict[str, int], field: str
+) -> None:
     with cluster() as empty:
-        request = inference_pb2.InferenceServiceEmbedRequest(
-            input=embedding_pb2.EmbeddingInput(texts=texts)
-        )
+        embedding = embedding_pb2.EmbeddingInput(texts=texts)
+        for name, number in enums.items():
+            setattr(embedding, name, number)
+        request = inference_pb2.InferenceServiceEmbedRequest(input=embedding)
         stub: inference_pb2_grpc.InferenceServiceStub = empty.inference
         with pytest.raises(grpc.RpcError) as raised:
             stub.Embed(request, timeout=30)

@@ -76,6 +76,8 @@ def test_the_stream_runs_from_created_to_the_end_with_the_same_text(
     [
         ({"tools": [{"type": "function", "name": "f g"}]}, "tools[0].name"),
         ({"tool_choice": {"type": "function", "name": "f"}}, "tool_choice.name"),
+        ({"tools": [{"type": "function", "name": "f"}],
+          "text": {"format": {"type": "json_object"}}}, "text.format"),
         ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
         ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"enum": []}}}},
          "text.format.schema"),

@@ -184,6 +184,8 @@ def test_streamed_responses_events_carry_the_call(client: openai.OpenAI) -> None
         ({"tools": [], "tool_choice": "required"}, "tool_choice"),
         ({"messages": [*ASK, {"role": "tool", "content": "18"}]}, "messages[1].tool_call_id"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"grammar": 'root ::= "a"'}, "grammar"),
+        ({"json_schema": {"type": "object"}}, "json_schema"),
         ({"tool_choice": "sometimes"}, "tool_choice"),
     ],
 )  # fmt: skip

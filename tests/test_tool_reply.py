@@ -9,6 +9,7 @@ import pytest
 
 from paddler.agent.tool_reply import GenericReply, HermesReply
 from paddler.common.errors import InternalError
+from paddler.common.rpc_status import INVALID_TOOL_CALL
 
 WEATHER = {
     "type": "object",
@@ -61,8 +62,9 @@ def test_a_call_cut_short_is_no_call() -> None:
 def test_arguments_that_break_the_schema_are_an_internal_error() -> None:
     reply = GenericReply({"weather": WEATHER})
     reply.feed('{"tool_call":{"name":"weather","arguments":{"days":0}}}')
-    with pytest.raises(InternalError, match="does not match its parameters"):
+    with pytest.raises(InternalError, match="does not match its parameters") as raised:
         reply.call()
+    assert raised.value.reason == INVALID_TOOL_CALL  # no other agent is tried
 
 
 def test_a_hermes_reply_sends_text_before_the_tag_and_holds_a_partial_tag_back() -> None:

@@ -192,6 +192,19 @@ def bad(messages: list[generation_pb2.ChatMessage] | None = None, **fields: Any)
             ),
             "input.conversation.tools[0].parameters",
         ),
+        (  # the grammar engine takes it, jsonschema (which checks the calls) does not
+            lambda: bad(
+                tools=[
+                    generation_pb2.Tool(
+                        name="f",
+                        parameters=json.dumps(
+                            {"type": "object", "properties": {"a": {"description": 5}}}
+                        ),
+                    )
+                ]
+            ),
+            "input.conversation.tools[0].parameters",
+        ),
         (
             lambda: bad(tool_choice=generation_pb2.ToolChoice(function="get_date")),
             "input.conversation.tool_choice.function",

@@ -15,7 +15,16 @@ from paddler.v1 import desired_state_pb2, generation_pb2
 from tests.cluster import Cluster, cluster
 from tests.grammar_cases import WEATHER
 from tests.hermes_template import HERMES_TEMPLATE
-from tests.test_tools import AUTO, NONE, REQUIRED, TOOLS, run, tool_request, user
+from tests.test_tools import (
+    AUTO,
+    NONE,
+    REQUIRED,
+    TIME_PARAMETERS,
+    TOOLS,
+    run,
+    tool_request,
+    user,
+)
 
 ASK = "What is the weather like in Paris right now?"
 
@@ -47,9 +56,8 @@ def test_a_required_call_comes_from_the_tags_and_validates(hermes: Cluster) -> N
     assert reply.summary.finish_reason == generation_pb2.FINISH_REASON_TOOL_CALLS
     assert reply.text == ""
     assert len(calls) == 1
-    schemas: dict[str, Any] = {"get_weather": WEATHER}
-    if calls[0].name in schemas:
-        jsonschema.validate(json.loads(calls[0].arguments), schemas[calls[0].name])
+    schemas: dict[str, Any] = {"get_weather": WEATHER, "get_time": TIME_PARAMETERS}
+    jsonschema.validate(json.loads(calls[0].arguments), schemas[calls[0].name])
 
 
 def test_a_named_call_and_its_result_go_back_through_the_template(hermes: Cluster) -> None:
@@ -62,7 +70,21 @@ def test_a_named_call_and_its_result_go_back_through_the_template(hermes: Cluste
         generation_pb2.ChatMessage(role="assistant", tool_calls=calls),
         generation_pb2.ChatMessage(role="tool", tool_call_id=calls[0].id, content="18 C, sunny"),
     ]
-    reply, more = run(hermes.inference, tool_request(history, AUTO, max_tokens=48))
-    assert reply.text or more  # text, or (lazily constrained) another valid call
-    for call in more:
-        assert call.name in {"get_weather", "get_time"}
+    reply, more = run(hermes.inference, tool_request(history, NONE, max_tokens=48))
+    assert more == []
+    assert reply.text
+    assert "<tool_call>" not in reply.text
+
+
+def test_under_auto_text_streams_and_a_call_in_tags_is_constrained(hermes: Cluster) -> None:
+    """Under auto the text is free until the model opens a tag; what follows is a valid call."""
+    for question in (ASK, "Write one short sentence about dogs.", "Call get_time for Tokyo."):
+        reply, calls = run(hermes.inference, tool_request([user(question)], AUTO))
+        assert "<tool_call>" not in reply.text
+        for call in calls:
+            schema = WEATHER if call.name == "get_weather" else TIME_PARAMETERS
+            jsonschema.validate(json.loads(call.arguments), schema)
+        if calls:
+            assert reply.summary.finish_reason == generation_pb2.FINISH_REASON_TOOL_CALLS
+        else:
+            assert reply.text

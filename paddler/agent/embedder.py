@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -54,13 +55,20 @@ class Embedder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paddler-embed")
 
     async def embed(
-        self, texts: Sequence[str], embedding: embedding_pb2.EmbeddingInput, first_index: int
+        self, embedding: embedding_pb2.EmbeddingInput, first_index: int
     ) -> list[EmbeddedText]:
-        """One vector per text (``first_index`` numbers them in errors)."""
+        """One vector per text (``first_index`` numbers them in errors). Cancelled, it returns
+        only once the embedding thread has stopped (after the decode under way), so the slot
+        its caller holds is held as long as the work goes on."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self._embed, list(texts), embedding, first_index
-        )
+        stop = threading.Event()
+        work = loop.run_in_executor(self._executor, self._embed, embedding, first_index, stop)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            stop.set()
+            await asyncio.wait([work])
+            raise
 
     def close(self) -> None:
         """Free the context (after any embedding in progress)."""
@@ -68,9 +76,9 @@ class Embedder:
         self._executor.shutdown()
 
     def _embed(
-        self, texts: list[str], embedding: embedding_pb2.EmbeddingInput, first_index: int
+        self, embedding: embedding_pb2.EmbeddingInput, first_index: int, stop: threading.Event
     ) -> list[EmbeddedText]:
-        token_lists = [self._model.tokenize(text) for text in texts]
+        token_lists = [self._model.tokenize(text) for text in embedding.texts]
         for index, tokens in enumerate(token_lists):
             if len(tokens) > self.max_tokens:
                 raise InvalidArgumentError(
@@ -82,6 +90,8 @@ class Embedder:
         normalize = embedding.normalization != embedding_pb2.NORMALIZATION_NONE
         embedded: list[EmbeddedText] = []
         for group in _packed(token_lists, self.max_tokens, EMBEDDING_SEQUENCES):
+            if stop.is_set():  # the caller went away
+                break
             for tokens, vectors in zip(group, self._decode(group), strict=True):
                 pooled = _pooled(vectors, pooling)
                 if normalize:

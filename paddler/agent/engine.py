@@ -241,15 +241,16 @@ class Engine:
         slot.completion_tokens += 1
         if slot.first_token_at is None:
             slot.first_token_at = time.perf_counter()
-        if grammar is not None and not grammar.accept(token, self.model.piece(token)):
+        piece = self.model.piece(token)
+        if grammar is not None and not grammar.accept(token, piece):
             self._fail(slot, InternalError(f"the grammar refused a sampled token: {grammar.error}"))
             return
         if self.model.is_end_of_generation(token):
             self._finish(slot, FinishReason.FINISH_REASON_END_OF_GENERATION)
             return
-        piece, stopped = text.push(self.model.piece(token))
-        if piece:
-            self._outbox.append((job, piece))
+        shown, stopped = text.push(piece)
+        if shown:
+            self._outbox.append((job, shown))
         if stopped:
             self._finish(slot, FinishReason.FINISH_REASON_STOP_STRING, flush=False)
         elif grammar is not None and grammar.complete:  # the JSON value is closed

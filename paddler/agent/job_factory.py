@@ -9,6 +9,7 @@ import structlog
 from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.tool_prompt import ToolPrompt, generic_prompt, hermes_prompt, uses_hermes_calls
+from paddler.agent.tool_reply import check_parameter_schemas
 from paddler.common.chat_template import (
     CHATML,
     CHATML_END_OF_TURN,
@@ -57,6 +58,8 @@ class JobFactory:
         generation = request.input
         grammar = check_generation_input(generation)
         conversation = generation.WhichOneof("source") == "conversation"
+        if conversation:
+            check_parameter_schemas(generation.conversation)
         prompt = self._prompt_of(generation.conversation) if conversation else None
         tokens = self._prompt_tokens(generation, prompt)
         if not tokens:

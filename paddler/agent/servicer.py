@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -80,39 +81,50 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         engine, jobs = self._engine, self._jobs
         if engine is None or jobs is None:
             raise UnavailableError("the agent has no model loaded right now", reason=NOT_READY)
-        # Rendering and tokenizing can take long on a big input: never on the event loop.
-        job = await asyncio.to_thread(jobs.build, request)
+        # Rendering, tokenizing and compiling a grammar can take long: never on the event loop.
+        # The slot is claimed before the model is let go, so a swap waiting for the agent to go
+        # idle never frees the model under a request still being prepared.
+        with contextlib.ExitStack() as slot:
+            with self.claims.preparing():
+                job = await asyncio.to_thread(jobs.build, request)
+                slot.enter_context(self.claims.claim())
+            async for response in self._stream(engine, job):
+                yield response
+
+    async def _stream(
+        self, engine: Engine, job: GenerationJob
+    ) -> AsyncIterator[agent_pb2.GenerateResponse]:
+        """Submit ``job`` and turn its events into responses; cancel it unless it finished."""
         reply = job.tool_reply
-        with self.claims.claim():
-            engine.submit(job)
-            outcome = "cancelled"
-            try:
-                while True:  # the per-token path: one queue read, one message
-                    event = await job.events.get()
-                    if isinstance(event, str):
-                        text = reply.feed(event) if reply is not None else event
-                        if text:
-                            yield agent_pb2.GenerateResponse(text=text)
-                        continue
-                    if isinstance(event, Failed):
-                        raise event.error  # noqa: TRY301 - the engine failed this request
-                    summary = self._summary(event, engine.model.name)
-                    if reply is not None and (held := reply.flush()):
-                        yield agent_pb2.GenerateResponse(text=held)
-                    if reply is not None and (call := reply.call()) is not None:
-                        yield agent_pb2.GenerateResponse(tool_call=call)
-                        summary.finish_reason = generation_pb2.FINISH_REASON_TOOL_CALLS
-                    outcome = "ok"
-                    _log_summary(job, summary)
-                    yield agent_pb2.GenerateResponse(summary=summary)
-                    return
-            except Exception:
-                outcome = "error"
-                raise
-            finally:
-                if outcome != "ok":
-                    engine.cancel(job)
-                    log.info("request ended", request_id=job.request_id, outcome=outcome)
+        engine.submit(job)
+        outcome = "cancelled"
+        try:
+            while True:  # the per-token path: one queue read, one message
+                event = await job.events.get()
+                if isinstance(event, str):
+                    text = reply.feed(event) if reply is not None else event
+                    if text:
+                        yield agent_pb2.GenerateResponse(text=text)
+                    continue
+                if isinstance(event, Failed):
+                    raise event.error  # noqa: TRY301 - the engine failed this request
+                summary = self._summary(event, engine.model.name)
+                if reply is not None and (held := reply.flush()):
+                    yield agent_pb2.GenerateResponse(text=held)
+                if reply is not None and (call := reply.call()) is not None:
+                    yield agent_pb2.GenerateResponse(tool_call=call)
+                    summary.finish_reason = generation_pb2.FINISH_REASON_TOOL_CALLS
+                outcome = "ok"
+                _log_summary(job, summary)
+                yield agent_pb2.GenerateResponse(summary=summary)
+                return
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            if outcome != "ok":
+                engine.cancel(job)
+                log.info("request ended", request_id=job.request_id, outcome=outcome)
 
     async def Embed(
         self, request: agent_pb2.EmbedRequest, context: aio.ServicerContext[Any, Any]
@@ -124,9 +136,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         check_embedding_input(request.input)
         started = time.perf_counter()
         with self.claims.claim():
-            embedded = await engine.embedder.embed(
-                request.input.texts, request.input, request.first_index
-            )
+            embedded = await engine.embedder.embed(request.input, request.first_index)
         result = embedding_pb2.EmbeddingResult(
             embeddings=[
                 embedding_pb2.Embedding(values=text.values.tolist(), tokens=text.tokens)

@@ -18,6 +18,8 @@ class SlotClaims:
     def __init__(self, total: int, on_change: Callable[[], None]) -> None:
         self.total = total
         self.in_use = 0
+        # Requests being checked against the model (no slot yet): a model swap waits for them.
+        self._preparing = 0
         self._on_change = on_change
         self._idle = asyncio.Event()
         self._idle.set()
@@ -37,10 +39,25 @@ class SlotClaims:
             yield
         finally:
             self.in_use -= 1
-            if not self.in_use:
-                self._idle.set()
+            self._settle()
             self._on_change()
 
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Hold the model (not a slot) while a request is rendered, tokenized and compiled
+        against it, so that a swap cannot free it underneath."""
+        self._preparing += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._preparing -= 1
+            self._settle()
+
+    def _settle(self) -> None:
+        if not self.in_use and not self._preparing:
+            self._idle.set()
+
     async def wait_idle(self) -> None:
-        """Return once no slot is claimed."""
+        """Return once no slot is claimed and no request is being prepared."""
         await self._idle.wait()

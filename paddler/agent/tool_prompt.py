@@ -21,7 +21,6 @@ from paddler.agent.tool_reply import CALL_CLOSE, CALL_OPEN, GenericReply, Hermes
 from paddler.common.tool_calls import (
     call_schema,
     compact,
-    instructions,
     must_call,
     offered,
     parameters_of,
@@ -133,6 +132,23 @@ def hermes_prompt(conversation: generation_pb2.Conversation) -> ToolPrompt:
         trigger=None if forced else CALL_OPEN,
         reader=HermesReply(parameters),
     )
+
+
+def instructions(conversation: generation_pb2.Conversation) -> str:
+    """What the system message tells the model about its tools and the reply's form."""
+    tools = [
+        {"name": t.name, "description": t.description, "parameters": parameters_of(t)}
+        for t in offered(conversation)
+    ]
+    call = '{"tool_call": {"name": <tool name>, "arguments": <its arguments>}}'
+    if must_call(conversation.tool_choice):
+        form = f"Reply with one JSON object that calls a tool: {call}."
+    else:
+        form = (
+            f"Reply with one JSON object: {call} to call a tool, or "
+            '{"response": <your answer as text>} to answer directly.'
+        )
+    return f"You can call these tools:\n{json.dumps(tools, indent=1)}\n{form}"
 
 
 def _plain(role: str, content: str) -> Message:

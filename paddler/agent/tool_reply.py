@@ -10,8 +10,9 @@ from typing import Any, Protocol
 
 import jsonschema
 
-from paddler.common.errors import InternalError
-from paddler.common.tool_calls import compact
+from paddler.common.errors import InternalError, InvalidArgumentError
+from paddler.common.rpc_status import INVALID_TOOL_CALL
+from paddler.common.tool_calls import compact, parameters_of
 from paddler.v1 import generation_pb2
 
 _TEXT = '{"response":"'
@@ -119,9 +120,11 @@ def checked_call(
     try:
         jsonschema.validate(arguments, parameters[name])
     except jsonschema.ValidationError as error:
-        raise InternalError(
+        failure = InternalError(
             f"the call of {name} does not match its parameters: {error.message}"
-        ) from None
+        )
+        failure.reason = INVALID_TOOL_CALL
+        raise failure from None
     return generation_pb2.ToolCall(
         id=f"call_{uuid.uuid4().hex[:24]}", name=name, arguments=compact(arguments)
     )
@@ -155,3 +158,17 @@ def _decodable(body: str) -> int:
             return index
         index += 6
     return index
+
+
+def check_parameter_schemas(conversation: generation_pb2.Conversation) -> None:
+    """Raise InvalidArgumentError for a tool whose parameters are no valid JSON schema to
+    ``jsonschema`` (which checks the calls), though the grammar engine took them."""
+    for index, tool in enumerate(conversation.tools):
+        schema = parameters_of(tool)
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as error:
+            raise InvalidArgumentError(
+                f"input.conversation.tools[{index}].parameters",
+                f"is not a valid JSON schema: {error.message}",
+            ) from None

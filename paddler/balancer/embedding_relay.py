@@ -13,10 +13,10 @@ import time
 import structlog
 from grpc import aio
 
-from paddler.balancer.failover import Failover
-from paddler.balancer.generation_relay import agent_failure, remaining
+from paddler.balancer.failover import Failover, agent_failure, remaining
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.stream_claim import BYTES_PER_TOKEN, Demand
+from paddler.common.errors import UnavailableError
 from paddler.v1 import agent_pb2, embedding_pb2
 
 log = structlog.get_logger(__name__)
@@ -68,6 +68,14 @@ class EmbeddingRelay:
                     group.create_task(worker())
         except ExceptionGroup as errors:  # the first failure cancels the other parts
             raise errors.exceptions[0] from None
+        models = sorted({result.model for result in results if result is not None})
+        if len(models) > 1:
+            raise UnavailableError(
+                f"the batch was split across agents serving different models ({', '.join(models)})"
+                f"; set a desired state so that every agent serves one model, or send at most "
+                f"{PART_TEXTS} texts per request",
+                reason="MIXED_MODELS",
+            )
         merged = embedding_pb2.EmbeddingResult()
         for result in results:
             assert result is not None

@@ -1,18 +1,29 @@
-"""One request's attempts across agents: which failures wait for the same agent, which move on
-to another, and which end the request."""
+"""One request's attempts across agents: an agent's failure as the client should see it, and
+which failures wait for the same agent, which move on to another, and which end the request."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 import structlog
+from grpc import aio
 
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.slot_dispatcher import SlotDispatcher
-from paddler.common.errors import PaddlerError
-from paddler.common.rpc_status import NOT_READY
+from paddler.common.cancellation import being_cancelled
+from paddler.common.errors import AgentCallError, PaddlerError, RelayedError, UnavailableError
+from paddler.common.rpc_status import (
+    INVALID_TOOL_CALL,
+    NOT_READY,
+    STATUS_DETAILS_KEY,
+    error_reason,
+)
 
 log = structlog.get_logger(__name__)
 
+_RELAYED_TRAILERS = (STATUS_DETAILS_KEY,)
 # Failures that say nothing about the request itself: another agent may well serve it.
 RETRYABLE = frozenset(
     {
@@ -23,6 +34,38 @@ RETRYABLE = frozenset(
         grpc.StatusCode.INTERNAL,
     }
 )
+
+
+def agent_failure(
+    agent: RegisteredAgent, error: aio.AioRpcError | aio.UsageError | asyncio.CancelledError
+) -> PaddlerError:
+    """The agent's error as the client should see it.
+
+    An error with the agent's own rich status is relayed unchanged. Anything else is gRPC's
+    own failure of the call (no connection, a reset, a closed channel) and gets a status of
+    ours, with ErrorInfo and RetryInfo like every other. A call cancelled while this task is not
+    being cancelled, or refused by a closed channel, means the registry gave the agent up (it
+    went silent); a cancelled task means the client went away.
+    """
+    where = f"agent {agent.name} ({agent.address})"
+    if isinstance(error, asyncio.CancelledError) and being_cancelled():
+        raise error
+    if isinstance(error, aio.UsageError | asyncio.CancelledError):
+        return UnavailableError(f"{where} left the cluster", reason="AGENT_LEFT")
+    trailers = tuple(
+        (key, value)
+        for key, value in error.trailing_metadata() or ()
+        if key in _RELAYED_TRAILERS and isinstance(value, bytes)
+    )
+    reason = error_reason(trailers)
+    if reason:
+        return RelayedError(error.code(), error.details() or "", trailers, reason)
+    return AgentCallError(error.code(), f"the call to {where} failed: {error.details()}")
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (monotonic); None without one."""
+    return None if deadline is None else deadline - time.monotonic()
 
 
 class Failover:
@@ -52,10 +95,11 @@ class Failover:
         self.excluded.add(agent.agent_id)
         if (
             failure.code not in RETRYABLE
+            or failure.reason == INVALID_TOOL_CALL
             or self._failures == self._max_attempts
             or not self._dispatcher.could_serve(frozenset(self.excluded))
         ):
-            raise failure
+            raise failure from None
         log.info(
             "retrying on another agent",
             request_id=self._request_id,

@@ -14,6 +14,8 @@ from paddler.cli.failure import exit_on_rpc_error
 from paddler.cli.streaming import DEFAULT_INFERENCE_ADDRESS, INFERENCE_ADDRESS_HELP
 from paddler.v1 import embedding_pb2, inference_pb2, inference_pb2_grpc
 
+MAX_REPLY_BYTES = 64 << 20
+
 
 class PoolingChoice(enum.StrEnum):
     """How a text's token vectors become one."""
@@ -62,7 +64,9 @@ def embed(
         if normalize
         else embedding_pb2.NORMALIZATION_NONE,
     )
-    with grpc.insecure_channel(address) as channel, exit_on_rpc_error():
+    # A batch of wide vectors passes gRPC's default 4 MiB receive limit (512 x 4096 floats).
+    options = [("grpc.max_receive_message_length", MAX_REPLY_BYTES)]
+    with grpc.insecure_channel(address, options=options) as channel, exit_on_rpc_error():
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         request = inference_pb2.InferenceServiceEmbedRequest(input=embedding)
         result = stub.Embed(request, timeout=timeout).result

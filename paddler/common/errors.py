@@ -82,6 +82,13 @@ class InternalError(PaddlerError):
     reason = "INTERNAL"
 
 
+class UnimplementedError(PaddlerError):
+    """This server does not do what was asked (a simulated agent asked for embeddings)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNIMPLEMENTED"
+
+
 class DeadlineExceededError(PaddlerError):
     """The client's deadline passed before the request could be served."""
 

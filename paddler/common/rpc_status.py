@@ -15,6 +15,9 @@ ERROR_DOMAIN = "paddler.v1"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # The agent has no model loaded right now (starting, or swapping to a new desired state).
 NOT_READY = "NOT_READY"
+# The model's tool call broke its tool's parameters: greedy decoding would do it again, so no
+# other agent is tried.
+INVALID_TOOL_CALL = "INVALID_TOOL_CALL"
 
 
 def _packed(message: object) -> any_pb2.Any:

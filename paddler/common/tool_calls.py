@@ -88,23 +88,6 @@ def reply_schema(conversation: generation_pb2.Conversation) -> dict[str, Any] | 
     return {"anyOf": [call_branch, _TEXT_BRANCH]}
 
 
-def instructions(conversation: generation_pb2.Conversation) -> str:
-    """What the system message tells the model about its tools and the reply's form."""
-    tools = [
-        {"name": t.name, "description": t.description, "parameters": parameters_of(t)}
-        for t in offered(conversation)
-    ]
-    call = '{"tool_call": {"name": <tool name>, "arguments": <its arguments>}}'
-    if must_call(conversation.tool_choice):
-        form = f"Reply with one JSON object that calls a tool: {call}."
-    else:
-        form = (
-            f"Reply with one JSON object: {call} to call a tool, or "
-            '{"response": <your answer as text>} to answer directly.'
-        )
-    return f"You can call these tools:\n{json.dumps(tools, indent=1)}\n{form}"
-
-
 def check_tools(conversation: generation_pb2.Conversation) -> None:
     """Raise InvalidArgumentError naming the first tool field to fix."""
     names = set()

@@ -20,6 +20,7 @@ from paddler.openai_api.tool_protocol import (
     chat_field,
     choice,
     openai_fields,
+    refuse_beside_tools,
     tool,
 )
 from paddler.v1 import generation_pb2
@@ -78,6 +79,13 @@ class ChatCompletionRequest(SamplingFields):
             conversation.tool_choice.CopyFrom(choice(self.tool_choice, None))
         generation = generation_pb2.GenerationInput(conversation=conversation)
         output = self.response_format.grammar() if self.response_format else None
+        refuse_beside_tools(
+            self.tools,
+            self.tool_choice,
+            ("response_format", output),
+            ("json_schema", self.json_schema),
+            ("grammar", self.grammar),
+        )
         with openai_fields(chat_field):
             self.fill(generation, self.max_completion_tokens or self.max_tokens, output)
         return generation

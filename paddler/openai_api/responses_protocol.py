@@ -19,6 +19,7 @@ from paddler.openai_api.tool_protocol import (
     call,
     choice,
     openai_fields,
+    refuse_beside_tools,
     responses_field,
     tool,
 )
@@ -124,6 +125,7 @@ class ResponseRequest(BaseModel):
                 setattr(generation.sampling, name, value)
         if self.text is not None and self.text.format is not None:
             output = self.text.format.grammar()
+            refuse_beside_tools(self.tools, self.tool_choice, ("text.format", output))
             if output is not None:
                 generation.grammar.CopyFrom(output)
         with openai_fields(responses_field):

@@ -130,13 +130,23 @@ def responses_field(field: str) -> str:
     return "tool_choice.name" if field == "tool_choice.function" else field
 
 
+def refuse_beside_tools(tools: object, choice: object, *formats: tuple[str, object]) -> None:
+    """400 naming the first of ``formats`` (a constraint on the reply's form) that is set while
+    tools may be called: the tools constrain the reply already."""
+    if not tools or choice == "none":
+        return
+    for name, value in formats:
+        if value is not None:
+            raise InvalidArgumentError(
+                name, "tools constrain the reply already; send one or the other"
+            )
+
+
 def chat_field(field: str) -> str:
     """``input.conversation.tools[0].name`` -> ``tools[0].function.name``, and so on."""
     field = field.removeprefix("input.conversation.")
     if field == "tool_choice.function":
         return "tool_choice.function.name"
-    if field.startswith("input.grammar"):  # a grammar beside tools
-        return "response_format"
     if match := _TOOL_FIELD.fullmatch(field):
         return f"{match[1]}.function.{match[2]}"
     return field

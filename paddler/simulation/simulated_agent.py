@@ -11,7 +11,7 @@ from typing import Any
 from grpc import aio
 
 from paddler.agent.slot_claims import SlotClaims
-from paddler.common.errors import InvalidArgumentError
+from paddler.common.errors import InvalidArgumentError, UnimplementedError
 from paddler.common.generation_input import check_generation_input
 from paddler.simulation.simulated_speed import SimulatedSpeed
 from paddler.v1 import agent_pb2, agent_pb2_grpc, generation_pb2, status_pb2
@@ -58,7 +58,7 @@ class SimulatedAgent(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.EmbedRequest, context: aio.ServicerContext[Any, Any]
     ) -> agent_pb2.EmbedResponse:
         """Refused: the fake engine has no vectors to give."""
-        raise InvalidArgumentError("input", "a simulated agent computes no embeddings")
+        raise UnimplementedError("a simulated agent computes no embeddings")
 
     async def Generate(
         self, request: agent_pb2.GenerateRequest, context: aio.ServicerContext[Any, Any]

@@ -118,7 +118,7 @@ async def balanced_agent(args: argparse.Namespace, log_dir: Path) -> AsyncIterat
     balancer_command = [
         *args.balancer_prefix, sys.executable, "-m", "paddler", "balancer",
         "--inference-addr", f"{HOST}:0", "--management-addr", f"{HOST}:0",
-        "--openai-addr", f"{HOST}:0",
+        "--openai-addr", f"{HOST}:0", "--web-addr", f"{HOST}:0",
     ]  # fmt: skip
     with started(BALANCER, balancer_command, log_dir) as balancer:
         addresses = await listening(

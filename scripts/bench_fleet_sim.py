@@ -117,6 +117,7 @@ async def sim_cluster(
                 "balancer",
                 [
                     *paddler, "balancer", "--inference-addr", f"{HOST}:0", "--openai-addr", "",
+                    "--web-addr", "",
                     "--management-addr", f"{HOST}:0", "--max-buffered-requests", "100000",
                     "--buffered-request-timeout", "600", "--routing", routing,
                 ],

@@ -210,7 +210,7 @@ async def paddler_fleet(
                 "balancer",
                 [
                     *paddler, "balancer", "--inference-addr", f"{HOST}:0",
-                    "--openai-addr", f"{HOST}:0", "--openai-model-alias", "any",
+                    "--openai-addr", f"{HOST}:0", "--web-addr", "", "--openai-model-alias", "any",
                     "--management-addr", f"{HOST}:0", "--max-buffered-requests", "1000",
                     "--buffered-request-timeout", str(args.request_timeout),
                     "--routing", routing,

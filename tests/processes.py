@@ -172,7 +172,7 @@ class BalancerProcess(ServerProcess):
     def __init__(self, args: list[str], management: str = "127.0.0.1:0") -> None:
         addresses = [
             "--inference-addr", "127.0.0.1:0", "--management-addr", management,
-            "--openai-addr", "127.0.0.1:0",
+            "--openai-addr", "127.0.0.1:0", "--web-addr", "127.0.0.1:0",
         ]  # fmt: skip
         super().__init__("balancer", [*addresses, *args], "balancer listening", None)
         self.wait_serving("inference")
@@ -191,6 +191,11 @@ class BalancerProcess(ServerProcess):
     def openai(self) -> str:
         """The OpenAI-compatible API's base URL."""
         return f"http://{self.listening['openai']}/v1"
+
+    @property
+    def web(self) -> str:
+        """The web server's base URL (metrics)."""
+        return f"http://{self.listening['web']}"
 
 
 @contextmanager

@@ -28,3 +28,5 @@ class BalancerConfig:
     openai_model_aliases: tuple[str, ...] = ()
     # Origins browsers may call the OpenAI API from (CORS); none by default.
     openai_cors_origins: tuple[str, ...] = ()
+    # Where the web server (Prometheus metrics) listens; "" turns it off.
+    web_address: str = ""

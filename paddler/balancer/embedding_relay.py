@@ -14,9 +14,10 @@ import structlog
 from grpc import aio
 
 from paddler.balancer.failover import Failover, agent_failure, remaining
+from paddler.balancer.metrics import BalancerMetrics, RequestMeter
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.stream_claim import BYTES_PER_TOKEN, Demand
-from paddler.common.errors import UnavailableError
+from paddler.common.errors import PaddlerError, UnavailableError
 from paddler.v1 import agent_pb2, embedding_pb2
 
 log = structlog.get_logger(__name__)
@@ -28,9 +29,12 @@ PART_TEXTS = 16
 class EmbeddingRelay:
     """Split, route, retry and reassemble."""
 
-    def __init__(self, dispatcher: SlotDispatcher, max_attempts: int) -> None:
+    def __init__(
+        self, dispatcher: SlotDispatcher, max_attempts: int, metrics: BalancerMetrics
+    ) -> None:
         self._dispatcher = dispatcher
         self._max_attempts = max_attempts
+        self._metrics = metrics
 
     async def embed(
         self,
@@ -39,7 +43,31 @@ class EmbeddingRelay:
         deadline: float | None,
         api: str,
     ) -> embedding_pb2.EmbeddingResult:
-        """The vectors of ``embedding``'s texts (checked already), in order; logs one line."""
+        """The vectors of ``embedding``'s texts (checked already), in order; logs one line and
+        counts the request."""
+        meter = RequestMeter(self._metrics, api, "embed")
+        try:
+            result = await self._embed(request_id, embedding, deadline, api, meter)
+        except PaddlerError as error:
+            meter.ended("failed", error.code.name)
+            raise
+        except asyncio.CancelledError:
+            meter.ended("cancelled", "CANCELLED")
+            raise
+        except Exception:
+            meter.ended("failed", "UNKNOWN")
+            raise
+        meter.ended("served", "OK", result.prompt_tokens)
+        return result
+
+    async def _embed(
+        self,
+        request_id: str,
+        embedding: embedding_pb2.EmbeddingInput,
+        deadline: float | None,
+        api: str,
+        meter: RequestMeter,
+    ) -> embedding_pb2.EmbeddingResult:
         started = time.perf_counter()
         arrived_at = time.monotonic()
         texts = list(embedding.texts)
@@ -59,7 +87,7 @@ class EmbeddingRelay:
         async def worker() -> None:
             while queue:
                 index, part = queue.popleft()
-                results[index] = await self._part(part, deadline, arrived_at)
+                results[index] = await self._part(part, deadline, arrived_at, meter)
 
         workers = max(1, min(len(parts), self._dispatcher.serving()))
         try:
@@ -96,13 +124,18 @@ class EmbeddingRelay:
         return merged
 
     async def _part(
-        self, request: agent_pb2.EmbedRequest, deadline: float | None, arrived_at: float
+        self,
+        request: agent_pb2.EmbedRequest,
+        deadline: float | None,
+        arrived_at: float,
+        meter: RequestMeter,
     ) -> embedding_pb2.EmbeddingResult:
         size = sum(len(text.encode()) for text in request.input.texts) // BYTES_PER_TOKEN
         demand = Demand(prompt_tokens=max(size, 1), max_tokens=1)
-        failover = Failover(self._dispatcher, self._max_attempts, request.request_id)
+        failover = Failover(self._dispatcher, self._max_attempts, request.request_id, self._metrics)
         attempts = 0
         while True:
+            waiting = time.perf_counter()
             claim = await self._dispatcher.acquire(
                 remaining(deadline),
                 frozenset(failover.excluded),
@@ -110,6 +143,7 @@ class EmbeddingRelay:
                 arrived_at=arrived_at,
                 demand=demand,
             )
+            meter.waited(waiting)
             agent = claim.agent
             attempts += 1
             try:

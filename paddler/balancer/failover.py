@@ -11,6 +11,7 @@ import structlog
 from grpc import aio
 
 from paddler.balancer.agent_registry import RegisteredAgent
+from paddler.balancer.metrics import BalancerMetrics
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import AgentCallError, PaddlerError, RelayedError, UnavailableError
@@ -71,8 +72,15 @@ def remaining(deadline: float | None) -> float | None:
 class Failover:
     """The agents a request has given up on, and how many failed it."""
 
-    def __init__(self, dispatcher: SlotDispatcher, max_attempts: int, request_id: str) -> None:
+    def __init__(
+        self,
+        dispatcher: SlotDispatcher,
+        max_attempts: int,
+        request_id: str,
+        metrics: BalancerMetrics,
+    ) -> None:
         self._dispatcher = dispatcher
+        self._retries = metrics.retries
         self._max_attempts = max_attempts
         self._request_id = request_id
         self._failures = 0
@@ -87,9 +95,11 @@ class Failover:
         """
         if failure.reason == NOT_READY:
             agent.status.ready = False
+            self._retries.labels("not_ready").inc()
             return
         if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             agent.external_busy += 1  # others took the slot; its next status says more
+            self._retries.labels("busy").inc()
             return
         self._failures += 1
         self.excluded.add(agent.agent_id)
@@ -100,6 +110,7 @@ class Failover:
             or not self._dispatcher.could_serve(frozenset(self.excluded))
         ):
             raise failure from None
+        self._retries.labels("agent_failed").inc()
         log.info(
             "retrying on another agent",
             request_id=self._request_id,

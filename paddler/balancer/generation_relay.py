@@ -14,10 +14,11 @@ from grpc import aio
 
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.failover import Failover, agent_failure, remaining
+from paddler.balancer.metrics import BalancerMetrics, RequestMeter
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.stream_claim import Demand
 from paddler.common.cancellation import being_cancelled
-from paddler.common.errors import UnavailableError
+from paddler.common.errors import PaddlerError, UnavailableError
 from paddler.v1 import agent_pb2, generation_pb2
 
 log = structlog.get_logger(__name__)
@@ -26,28 +27,52 @@ log = structlog.get_logger(__name__)
 class GenerationRelay:
     """Generate with failover: an agent that fails before its first piece is replaced."""
 
-    def __init__(self, dispatcher: SlotDispatcher, max_attempts: int) -> None:
+    def __init__(
+        self, dispatcher: SlotDispatcher, max_attempts: int, metrics: BalancerMetrics
+    ) -> None:
         self._dispatcher = dispatcher
         self._max_attempts = max_attempts
+        self._metrics = metrics
 
     async def stream(
         self, forwarded: agent_pb2.GenerateRequest, deadline: float | None, api: str
     ) -> AsyncIterator[bytes]:
         """The agent's serialized ``GenerateResponse`` messages, summary last; logs one line
-        (``api`` names the surface the request came in by)."""
+        and counts the request (``api`` names the surface the request came in by)."""
         progress = _Progress()
+        meter = RequestMeter(self._metrics, api, "generate")
+        outcome, code = "failed", "UNKNOWN"
         try:
-            async for chunk in self._attempts(forwarded, deadline, progress):
+            async for chunk in self._attempts(forwarded, deadline, progress, meter):
+                meter.piece()
                 yield chunk
+        except PaddlerError as error:
+            code = error.code.name
+            raise
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away
+            outcome, code = "cancelled", "CANCELLED"
+            raise
         finally:
-            progress.log(forwarded.request_id, api)
+            summary = progress.log(forwarded.request_id, api)
+            if summary is not None:
+                usage = summary.usage
+                meter.ended("served", "OK", usage.prompt_tokens, usage.completion_tokens)
+            else:
+                meter.ended(outcome, code)
 
     async def _attempts(
-        self, forwarded: agent_pb2.GenerateRequest, deadline: float | None, progress: _Progress
+        self,
+        forwarded: agent_pb2.GenerateRequest,
+        deadline: float | None,
+        progress: _Progress,
+        meter: RequestMeter,
     ) -> AsyncIterator[bytes]:
-        failover = Failover(self._dispatcher, self._max_attempts, forwarded.request_id)
+        failover = Failover(
+            self._dispatcher, self._max_attempts, forwarded.request_id, self._metrics
+        )
         demand = Demand.of(forwarded.input)
         while True:
+            waiting = time.perf_counter()
             claim = await self._dispatcher.acquire(
                 remaining(deadline),
                 frozenset(failover.excluded),
@@ -55,6 +80,7 @@ class GenerationRelay:
                 arrived_at=progress.arrived_at,
                 demand=demand,
             )
+            meter.waited(waiting)
             agent = claim.agent
             progress.agent = agent
             progress.attempts += 1
@@ -94,12 +120,13 @@ class _Progress:
     attempts: int = 0
     last: bytes = b""
 
-    def log(self, request_id: str, api: str) -> None:
-        """One line: served (the summary went out) or cancelled; errors are logged where mapped."""
+    def log(self, request_id: str, api: str) -> generation_pb2.GenerationSummary | None:
+        """One line: served (the summary went out) or cancelled; errors are logged where mapped.
+        Returns the summary of a served request."""
         last = agent_pb2.GenerateResponse.FromString(self.last)
         if last.HasField("summary") and self.agent is not None:
             self._log_served(request_id, api, self.agent, last.summary)
-            return
+            return last.summary
         if being_cancelled():
             log.info(
                 "request cancelled",
@@ -108,6 +135,7 @@ class _Progress:
                 stage="streaming" if self.last else "waiting for a slot",
                 agent=self.agent.name if self.agent else None,
             )
+        return None
 
     def _log_served(
         self,

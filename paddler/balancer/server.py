@@ -14,6 +14,7 @@ from paddler.balancer.generation_relay import GenerationRelay
 from paddler.balancer.inference_servicer import SERVICE as INFERENCE_SERVICE
 from paddler.balancer.inference_servicer import InferenceServicer
 from paddler.balancer.management_servicer import ManagementServicer
+from paddler.balancer.metrics import BalancerMetrics
 from paddler.balancer.registry_servicer import AgentRegistryServicer
 from paddler.balancer.round_robin_policy import RoundRobinPolicy
 from paddler.balancer.routing_policy import RoutingName, RoutingPolicy
@@ -22,8 +23,8 @@ from paddler.balancer.slot_policy import SlotPolicy
 from paddler.balancer.speed_policy import SpeedPolicy
 from paddler.balancer.state_store import StateStore
 from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
+from paddler.common.http_server import HttpServer
 from paddler.openai_api.app import OpenAISettings, create_app
-from paddler.openai_api.http_server import HttpServer
 from paddler.openai_api.served_models import ServedModels
 from paddler.v1 import (
     agent_registry_pb2,
@@ -31,6 +32,7 @@ from paddler.v1 import (
     management_pb2,
     management_pb2_grpc,
 )
+from paddler.web.app import create_web_app
 
 log = structlog.get_logger(__name__)
 
@@ -67,8 +69,10 @@ async def run_balancer(config: BalancerConfig) -> None:
         config.buffered_request_timeout_s,
         routing_policy(config.routing),
     )
-    relay = GenerationRelay(dispatcher, config.max_attempts)
-    embeddings = EmbeddingRelay(dispatcher, config.max_attempts)
+    metrics = BalancerMetrics()
+    metrics.watch(registry, states, lambda: dispatcher.buffered)
+    relay = GenerationRelay(dispatcher, config.max_attempts, metrics)
+    embeddings = EmbeddingRelay(dispatcher, config.max_attempts, metrics)
     inference = ManagedServer([INFERENCE_SERVICE])
     inference.server.add_generic_rpc_handlers((InferenceServicer(relay, embeddings).handler(),))
     management = ManagedServer([REGISTRY_SERVICE, MANAGEMENT_SERVICE])
@@ -88,6 +92,11 @@ async def run_balancer(config: BalancerConfig) -> None:
         http = HttpServer(create_app(relay, embeddings, models, settings))
         openai_address = await http.start(config.openai_address, config.grace_period_s)
         log.info("openai listening", address=openai_address)
+    web = None
+    web_address = None
+    if config.web_address:
+        web = HttpServer(create_web_app(metrics))
+        web_address = await web.start(config.web_address, config.grace_period_s)
     await inference.set_serving(serving=True)
     await management.set_serving(serving=True)
     log.info(
@@ -95,12 +104,15 @@ async def run_balancer(config: BalancerConfig) -> None:
         inference=inference_address,
         management=management_address,
         openai=openai_address,
+        web=web_address,
         routing=config.routing,
     )
     watchdog = asyncio.create_task(_remove_stale_agents(registry, config.agent_stale_after_s))
     await wait_for_termination_signal()
     await asyncio.gather(
-        inference.drain(config.grace_period_s), http.stop() if http else asyncio.sleep(0)
+        inference.drain(config.grace_period_s),
+        http.stop() if http else asyncio.sleep(0),
+        web.stop() if web else asyncio.sleep(0),
     )
     watchdog.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -112,6 +112,14 @@ def balancer(
             help="An origin browsers may call the OpenAI API from (repeatable; none by default).",
         ),
     ] = None,
+    web_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_WEB_ADDR",
+            help="Where the web server listens: Prometheus metrics at /metrics (port 0 picks "
+            "one; empty: off).",
+        ),
+    ] = "0.0.0.0:8081",
     grace_period: GracePeriodOption = 30.0,
     log_level: LogLevelOption = "info",
 ) -> None:
@@ -130,6 +138,7 @@ def balancer(
         openai_address=openai_addr,
         openai_model_aliases=tuple(openai_model_alias or ()),
         openai_cors_origins=tuple(openai_cors_origin or ()),
+        web_address=web_addr,
     )
     with exit_on_domain_error():
         # uvloop: the balancer relays every token through its event loop (about half of its

@@ -1,4 +1,5 @@
-"""Runs the OpenAI-compatible app on uvicorn inside the balancer's own event loop."""
+"""Runs an HTTP app (the OpenAI-compatible API, the web server) on uvicorn inside the
+balancer's own event loop."""
 
 from __future__ import annotations
 

@@ -1,0 +1,181 @@
+"""The balancer's Prometheus metrics: what happened to requests (counters and histograms,
+recorded as they run) and how the cluster stands (gauges read from the registry and the buffer
+at each scrape). Names and units follow prometheus-client's conventions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from paddler.balancer.agent_registry import AgentRegistry
+from paddler.balancer.state_store import StateStore
+
+# Seconds: from a millisecond (the balancer's own hop) to minutes (a long reply in a queue).
+_TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
+_TOKEN_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+class BalancerMetrics:
+    """Every metric of one balancer, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "paddler_requests",
+            "Requests by API (grpc, openai), kind (generate, embed), outcome (served, "
+            "cancelled, failed) and gRPC status code.",
+            ["api", "kind", "outcome", "code"],
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "paddler_time_to_first_token_seconds",
+            "From a generation's arrival at the balancer to its first piece leaving it.",
+            ["api"],
+            buckets=_TIME_BUCKETS,
+            registry=registry,
+        )
+        self.inter_token_latency = Histogram(
+            "paddler_inter_token_latency_seconds",
+            "Between consecutive pieces of one generation, as the balancer relays them.",
+            ["api"],
+            buckets=_TOKEN_GAP_BUCKETS,
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "paddler_request_duration_seconds",
+            "From a request's arrival to its end, whatever the outcome.",
+            ["api", "kind"],
+            buckets=_TIME_BUCKETS,
+            registry=registry,
+        )
+        self.buffer_wait = Histogram(
+            "paddler_buffer_wait_seconds",
+            "Time a request (or one part of an embedding batch) waited for a slot.",
+            buckets=_TIME_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = Histogram(
+            "paddler_prompt_tokens",
+            "Prompt tokens of each served request (the texts' tokens for embeddings).",
+            ["kind"],
+            buckets=_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.completion_tokens = Histogram(
+            "paddler_completion_tokens",
+            "Generated tokens of each served generation.",
+            buckets=_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.generated_tokens = Counter(
+            "paddler_generated_tokens",
+            "Tokens generated for served generations.",
+            registry=registry,
+        )
+        self.retries = Counter(
+            "paddler_retries",
+            "Requests sent again after an agent failed them (reason: agent_failed, "
+            "not_ready, busy).",
+            ["reason"],
+            registry=registry,
+        )
+
+    def watch(self, agents: AgentRegistry, states: StateStore, buffered: Callable[[], int]) -> None:
+        """Report the cluster's state at each scrape."""
+        self.registry.register(_ClusterCollector(agents, states, buffered))
+
+
+class _ClusterCollector(Collector):
+    """Gauges read at scrape time, so they are never stale."""
+
+    def __init__(
+        self, agents: AgentRegistry, states: StateStore, buffered: Callable[[], int]
+    ) -> None:
+        self._agents = agents
+        self._states = states
+        self._buffered = buffered
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per agent and state, and the cluster's totals."""
+        agents = self._agents.agents()
+        slots = GaugeMetricFamily(
+            "paddler_agent_slots",
+            "An agent's slots: busy (this balancer's claims and others' use) and total.",
+            labels=["agent", "state"],
+        )
+        ready = GaugeMetricFamily(
+            "paddler_agent_ready",
+            "1 while the agent serves the desired state, else 0.",
+            labels=["agent"],
+        )
+        version = GaugeMetricFamily(
+            "paddler_agent_applied_state_version",
+            "The desired-state version the agent last applied (0: none).",
+            labels=["agent"],
+        )
+        issues = GaugeMetricFamily(
+            "paddler_agent_issues", "Issues the agent reports now.", labels=["agent"]
+        )
+        desired = self._states.current
+        for agent in agents:
+            status = agent.status
+            slots.add_metric([agent.name, "busy"], agent.busy_slots)
+            slots.add_metric([agent.name, "total"], status.slots_total)
+            ready.add_metric([agent.name], 1 if agent.serves(desired) else 0)
+            version.add_metric([agent.name], status.applied_state_version)
+            issues.add_metric([agent.name], len(status.issues))
+        yield from (slots, ready, version, issues)
+        yield GaugeMetricFamily(
+            "paddler_agents_registered", "Agents connected to the balancer.", value=len(agents)
+        )
+        yield GaugeMetricFamily(
+            "paddler_buffered_requests", "Requests waiting for a slot.", value=self._buffered()
+        )
+
+
+class RequestMeter:
+    """One request's timings and end, as the balancer relays it."""
+
+    def __init__(self, metrics: BalancerMetrics, api: str, kind: str) -> None:
+        self._metrics = metrics
+        self._api = api
+        self._kind = kind
+        self._started = time.perf_counter()
+        self._last: float | None = None
+        # The gap before the latest piece: observed once another piece follows it, so the gap
+        # before the summary (the stream's last message) is never taken for a token's.
+        self._gap: float | None = None
+
+    def waited(self, since: float) -> None:
+        """A wait for a slot that began at ``since`` (time.perf_counter) just ended."""
+        self._metrics.buffer_wait.observe(time.perf_counter() - since)
+
+    def piece(self) -> None:
+        """A message of the stream went out."""
+        now = time.perf_counter()
+        if self._last is None:
+            self._metrics.time_to_first_token.labels(self._api).observe(now - self._started)
+        else:
+            if self._gap is not None:
+                self._metrics.inter_token_latency.labels(self._api).observe(self._gap)
+            self._gap = now - self._last
+        self._last = now
+
+    def ended(self, outcome: str, code: str, prompt_tokens: int = 0, completion: int = 0) -> None:
+        """Count the request (served, cancelled or failed, with its status code)."""
+        metrics = self._metrics
+        metrics.requests.labels(self._api, self._kind, outcome, code).inc()
+        duration = time.perf_counter() - self._started
+        metrics.request_duration.labels(self._api, self._kind).observe(duration)
+        if outcome != "served":
+            return
+        metrics.prompt_tokens.labels(self._kind).observe(prompt_tokens)
+        if self._kind == "generate":
+            metrics.completion_tokens.observe(completion)
+            metrics.generated_tokens.inc(completion)

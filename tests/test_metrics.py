@@ -7,7 +7,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+import grpc
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -139,3 +141,29 @@ def test_embeddings_are_counted_with_their_tokens(shared: Cluster) -> None:
         before, "paddler_prompt_tokens_sum", kind="embed"
     )
     assert tokens == reply.usage.prompt_tokens
+
+
+def test_requests_refused_before_routing_are_counted_with_their_code(shared: Cluster) -> None:
+    before = scrape(shared)
+    bad = prompt_request("Hello", 4)
+    bad.input.sampling.top_p = 2
+    with pytest.raises(grpc.RpcError):
+        generate(shared.inference, to_inference(bad))
+    with client_of(shared) as client:
+        with pytest.raises(openai.BadRequestError):  # pydantic refuses the body
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Hi"}], temperature=-1
+            )
+        with pytest.raises(openai.NotFoundError):
+            client.embeddings.create(model="nope", input="Hi")
+    after = scrape(shared)
+
+    def moved(**labels: str) -> float:
+        return total(after, "paddler_requests_total", outcome="refused", **labels) - total(
+            before, "paddler_requests_total", outcome="refused", **labels
+        )
+
+    assert moved(api="grpc", kind="generate", code="INVALID_ARGUMENT") == 1
+    assert moved(api="openai", kind="generate", code="INVALID_ARGUMENT") == 1
+    assert moved(api="openai", kind="embed", code="NOT_FOUND") == 1
+    assert moved() == 3

@@ -13,6 +13,7 @@ from grpc import aio
 
 from paddler.balancer.embedding_relay import EmbeddingRelay
 from paddler.balancer.generation_relay import GenerationRelay
+from paddler.balancer.metrics import BalancerMetrics
 from paddler.common.embedding_input import check_embedding_input
 from paddler.common.generation_input import check_generation_input
 from paddler.v1 import agent_pb2, inference_pb2
@@ -23,9 +24,12 @@ SERVICE = "paddler.v1.InferenceService"
 class InferenceServicer:
     """Generate: the relay's stream, sent to the client as the agent serialized it."""
 
-    def __init__(self, relay: GenerationRelay, embeddings: EmbeddingRelay) -> None:
+    def __init__(
+        self, relay: GenerationRelay, embeddings: EmbeddingRelay, metrics: BalancerMetrics
+    ) -> None:
         self._relay = relay
         self._embeddings = embeddings
+        self._metrics = metrics
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The method table; responses are the agent's serialized messages, sent as they are."""
@@ -47,7 +51,8 @@ class InferenceServicer:
         context: aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[bytes]:
         """Stream the chosen agent's pieces and summary to the client; log one line."""
-        check_generation_input(request.input)
+        with self._metrics.refusals("grpc", "generate"):
+            check_generation_input(request.input)
         forwarded = agent_pb2.GenerateRequest(
             request_id=request.request_id or uuid.uuid4().hex, input=request.input
         )
@@ -62,7 +67,8 @@ class InferenceServicer:
         context: aio.ServicerContext[Any, Any],
     ) -> inference_pb2.InferenceServiceEmbedResponse:
         """The vectors of the request's texts, in order, from whichever agents were free."""
-        check_embedding_input(request.input)
+        with self._metrics.refusals("grpc", "embed"):
+            check_embedding_input(request.input)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         result = await self._embeddings.embed(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -13,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from paddler.balancer.agent_registry import AgentRegistry
 from paddler.balancer.state_store import StateStore
+from paddler.common.errors import PaddlerError
 
 # Seconds: from a millisecond (the balancer's own hop) to minutes (a long reply in a queue).
 _TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -29,7 +31,8 @@ class BalancerMetrics:
         self.requests = Counter(
             "paddler_requests",
             "Requests by API (grpc, openai), kind (generate, embed), outcome (served, "
-            "cancelled, failed) and gRPC status code.",
+            "cancelled, failed; refused: before routing, for their input or model) and gRPC "
+            "status code.",
             ["api", "kind", "outcome", "code"],
             registry=registry,
         )
@@ -85,6 +88,19 @@ class BalancerMetrics:
             ["reason"],
             registry=registry,
         )
+
+    @contextmanager
+    def refusals(self, api: str, kind: str) -> Iterator[None]:
+        """Count a request refused before routing (its input, its model) as it is raised."""
+        try:
+            yield
+        except PaddlerError as error:
+            self.refused(api, kind, error.code.name)
+            raise
+
+    def refused(self, api: str, kind: str, code: str) -> None:
+        """Count a request refused before routing."""
+        self.requests.labels(api, kind, "refused", code).inc()
 
     def watch(self, agents: AgentRegistry, states: StateStore, buffered: Callable[[], int]) -> None:
         """Report the cluster's state at each scrape."""

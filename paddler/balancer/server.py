@@ -74,7 +74,9 @@ async def run_balancer(config: BalancerConfig) -> None:
     relay = GenerationRelay(dispatcher, config.max_attempts, metrics)
     embeddings = EmbeddingRelay(dispatcher, config.max_attempts, metrics)
     inference = ManagedServer([INFERENCE_SERVICE])
-    inference.server.add_generic_rpc_handlers((InferenceServicer(relay, embeddings).handler(),))
+    inference.server.add_generic_rpc_handlers(
+        (InferenceServicer(relay, embeddings, metrics).handler(),)
+    )
     management = ManagedServer([REGISTRY_SERVICE, MANAGEMENT_SERVICE])
     agent_registry_pb2_grpc.add_AgentRegistryServiceServicer_to_server(
         AgentRegistryServicer(registry, states), management.server
@@ -89,7 +91,7 @@ async def run_balancer(config: BalancerConfig) -> None:
     if config.openai_address:
         models = ServedModels(registry, states, config.openai_model_aliases)
         settings = OpenAISettings(config.openai_model_aliases, config.openai_cors_origins)
-        http = HttpServer(create_app(relay, embeddings, models, settings))
+        http = HttpServer(create_app(relay, embeddings, models, settings, metrics))
         openai_address = await http.start(config.openai_address, config.grace_period_s)
         log.info("openai listening", address=openai_address)
     web = None

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paddler.balancer.embedding_relay import EmbeddingRelay
 from paddler.balancer.generation_relay import GenerationRelay
+from paddler.balancer.metrics import BalancerMetrics
 from paddler.common.errors import ModelNotFoundError, PaddlerError
 from paddler.openai_api import chat_completions, completions, embeddings, responses
 from paddler.openai_api.chat_protocol import ChatCompletionRequest
@@ -29,7 +30,7 @@ from paddler.openai_api.errors import (
     stream_error_event,
     validation_error,
 )
-from paddler.openai_api.generations import Event, generate
+from paddler.openai_api.generations import API, Event, generate
 from paddler.openai_api.request_ids import HEADER, RequestIdMiddleware
 from paddler.openai_api.responses_protocol import ResponseRequest
 from paddler.openai_api.served_models import ServedModels
@@ -98,11 +99,17 @@ def _model_card(name: str) -> dict[str, object]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "paddler"}
 
 
-def _base_app(settings: OpenAISettings) -> FastAPI:
+def _base_app(settings: OpenAISettings, metrics: BalancerMetrics) -> FastAPI:
     """An app with OpenAI's error mapping, request ids and CORS, and no routes yet."""
     app = FastAPI(title=TITLE, version="1")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_exception_handler(RequestValidationError, validation_error)
+
+    async def refused_body(request: Request, error: Exception) -> Response:
+        kind = "embed" if request.url.path.endswith("/embeddings") else "generate"
+        metrics.refused(API, kind, "INVALID_ARGUMENT")
+        return await validation_error(request, error)
+
+    app.add_exception_handler(RequestValidationError, refused_body)
     app.add_exception_handler(PaddlerError, paddler_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnectedError, _client_gone)
@@ -118,14 +125,8 @@ def _base_app(settings: OpenAISettings) -> FastAPI:
     return app
 
 
-def create_app(
-    relay: GenerationRelay,
-    embedder: EmbeddingRelay,
-    models: ServedModels,
-    settings: OpenAISettings,
-) -> FastAPI:
-    """The app; it shares the balancer's relays (and so its dispatcher and buffer)."""
-    app = _base_app(settings)
+def _add_model_routes(app: FastAPI, models: ServedModels) -> None:
+    """``/health`` and ``/v1/models``."""
 
     @app.get("/health", responses={503: {"description": "No agent serves."}})
     async def health() -> JSONResponse:
@@ -148,13 +149,29 @@ def create_app(
             raise ModelNotFoundError(model_id, served)
         return _model_card(model_id)
 
+
+def create_app(
+    relay: GenerationRelay,
+    embedder: EmbeddingRelay,
+    models: ServedModels,
+    settings: OpenAISettings,
+    metrics: BalancerMetrics,
+) -> FastAPI:
+    """The app; it shares the balancer's relays (and so its dispatcher and buffer) and
+    metrics."""
+    app = _base_app(settings, metrics)
+
+    _add_model_routes(app, models)
+
     @app.post("/v1/chat/completions", response_model=None, responses=ERROR_RESPONSES)
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
         """A chat completion: one JSON object, or SSE chunks with ``stream``."""
         request_id: str = request.state.request_id
         _log_user(body.user)
-        models.check(body.model)
-        events = generate(relay, [body.generation_input()] * body.n, request_id)
+        with metrics.refusals(API, "generate"):
+            models.check(body.model)
+            inputs = [body.generation_input()] * body.n
+        events = generate(relay, inputs, request_id)
         if not body.stream:
             collected = await _unless_disconnected(request, _collect(events))
             return JSONResponse(chat_completions.completion(body, request_id, collected))
@@ -166,8 +183,10 @@ def create_app(
         """A text completion per prompt and per ``n``: one JSON object, or SSE events."""
         request_id: str = request.state.request_id
         _log_user(body.user)
-        models.check(body.model)
-        events = generate(relay, body.generation_inputs(), request_id)
+        with metrics.refusals(API, "generate"):
+            models.check(body.model)
+            inputs = body.generation_inputs()
+        events = generate(relay, inputs, request_id)
         if not body.stream:
             collected = await _unless_disconnected(request, _collect(events))
             return JSONResponse(completions.completion(body, request_id, collected))
@@ -179,8 +198,10 @@ def create_app(
         """A model response (text): one JSON object, or the Responses event stream."""
         request_id: str = request.state.request_id
         _log_user(body.user)
-        models.check(body.model)
-        events = generate(relay, [body.generation_input()], request_id)
+        with metrics.refusals(API, "generate"):
+            models.check(body.model)
+            inputs = [body.generation_input()]
+        events = generate(relay, inputs, request_id)
         if not body.stream:
             collected = await _unless_disconnected(request, _collect(events))
             return JSONResponse(responses.whole(body, request_id, collected))
@@ -194,8 +215,10 @@ def create_app(
         """One vector per input, in order (``encoding_format`` float or base64)."""
         request_id: str = request.state.request_id
         _log_user(body.user)
-        models.check(body.model)
-        work = embedder.embed(request_id, body.embedding_input(), None, "openai")
+        with metrics.refusals(API, "embed"):
+            models.check(body.model)
+            embedding = body.embedding_input()
+        work = embedder.embed(request_id, embedding, None, API)
         return embeddings.response(body, await _unless_disconnected(request, work))
 
     return app

@@ -153,13 +153,21 @@ class AgentProcess(ServerProcess):
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         super().__init__(
-            "agent", ["--host", "127.0.0.1", "--port", "0", *args], "agent listening", env
+            "agent",
+            ["--host", "127.0.0.1", "--port", "0", "--metrics-addr", "127.0.0.1:0", *args],
+            "agent listening",
+            env,
         )
 
     @property
     def address(self) -> str:
         """Where its AgentService listens."""
         return self.listening["address"]
+
+    @property
+    def metrics(self) -> str:
+        """Where its Prometheus metrics are served."""
+        return f"http://{self.listening['metrics']}/metrics"
 
     def wait_ready(self) -> None:
         """Block until the model is loaded."""

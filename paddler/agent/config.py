@@ -28,3 +28,5 @@ class AgentConfig:
     balancer: str
     # host:port the balancer should dial; "" derives it from POD_IP or --host and the bound port.
     advertise: str
+    # Where the agent's Prometheus metrics are served; "" turns it off.
+    metrics_address: str = ""

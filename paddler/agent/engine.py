@@ -15,6 +15,7 @@ import structlog
 from paddler.agent.embedder import Embedder
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
+from paddler.agent.metrics import AgentMetrics
 from paddler.agent.sampling import SamplerChain
 from paddler.agent.slot import Slot, choose_slot, common_prefix_length, step_shape
 from paddler.agent.step_timings import StepTimings
@@ -40,7 +41,9 @@ class EngineConfig:
 class Engine:
     """Owns the context, the batch and the slots; the asyncio side only submits and cancels."""
 
-    def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+    def __init__(
+        self, model: LlamaModel, config: EngineConfig, metrics: AgentMetrics | None = None
+    ) -> None:
         # Every generating slot gets its token each step, however small n_batch was set.
         config = replace(config, batch_size=max(config.batch_size, config.slots))
         params = llama.llama_context_default_params()
@@ -67,6 +70,7 @@ class Engine:
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
         self._slots = [Slot(seq_id) for seq_id in range(config.slots)]
         self.step_timings = StepTimings()
+        self._metrics = metrics
         self._pending: collections.deque[GenerationJob] = collections.deque()
         self._wakeup = threading.Condition()
         self._stopping = False
@@ -79,6 +83,11 @@ class Engine:
         """Start the step loop; events are delivered on ``loop``."""
         self._loop = loop
         self._thread.start()
+
+    def kv_cache(self) -> tuple[int, int]:
+        """Tokens the slots hold in the KV cache, and its capacity (read from any thread)."""
+        used = sum(len(slot.cached) for slot in self._slots)
+        return used, self.config.slots * self.config.context_size
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job; it joins the running batch at the next step with a free slot."""
@@ -144,7 +153,10 @@ class Engine:
         began = time.perf_counter()
         status = llama.llama_decode(self._context, self._batch)
         streams, prompt, backlog = step_shape(fed, self._slots)
-        self.step_timings.record(streams, prompt, time.perf_counter() - began, backlog)
+        seconds = time.perf_counter() - began
+        self.step_timings.record(streams, prompt, seconds, backlog)
+        if self._metrics is not None:
+            self._metrics.step(streams, prompt, seconds)
         if status != 0:
             error = InternalError(f"llama_decode failed with status {status}")
             for slot, _ in fed:

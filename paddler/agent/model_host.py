@@ -13,6 +13,7 @@ from paddler.agent.default_model import default_model_path
 from paddler.agent.engine import Engine, EngineConfig
 from paddler.agent.job_factory import JobFactory
 from paddler.agent.llama_model import LlamaModel, check_model_file
+from paddler.agent.metrics import AgentMetrics
 from paddler.agent.model_source import resolve_model
 from paddler.agent.servicer import AgentServicer
 from paddler.common.chat_template import ChatTemplate
@@ -37,11 +38,13 @@ class EngineSettings:
     chat_template_timeout_s: float
 
 
-def build_engine(settings: EngineSettings) -> tuple[Engine, JobFactory]:
+def build_engine(
+    settings: EngineSettings, metrics: AgentMetrics | None = None
+) -> tuple[Engine, JobFactory]:
     """Load the model and build the context (blocking; run it off the event loop)."""
     model = LlamaModel(settings.model)
     try:
-        engine = Engine(model, settings.engine)
+        engine = Engine(model, settings.engine, metrics)
     except BaseException:
         model.close()
         raise
@@ -58,8 +61,11 @@ def build_engine(settings: EngineSettings) -> tuple[Engine, JobFactory]:
 class ModelHost:
     """Owns the agent's engine across model swaps; the newest desired state always wins."""
 
-    def __init__(self, config: AgentConfig, servicer: AgentServicer) -> None:
+    def __init__(
+        self, config: AgentConfig, servicer: AgentServicer, metrics: AgentMetrics | None = None
+    ) -> None:
         self._config = config
+        self._metrics = metrics
         self._servicer = servicer
         self._report = servicer.report
         self._pending: desired_state_pb2.VersionedDesiredState | None = None
@@ -140,7 +146,7 @@ class ModelHost:
         self._engine = None
         if old is not None:
             await asyncio.to_thread(old.stop)
-        engine, jobs = await asyncio.to_thread(build_engine, settings)
+        engine, jobs = await asyncio.to_thread(build_engine, settings, self._metrics)
         engine.start(asyncio.get_running_loop())
         self._engine, self._settings_in_use = engine, settings
         self._servicer.attach(engine, jobs)

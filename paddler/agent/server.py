@@ -13,11 +13,14 @@ from paddler.agent.config import AgentConfig
 from paddler.agent.default_model import default_model_path
 from paddler.agent.llama_logging import route_llama_logs
 from paddler.agent.llama_model import check_model_file
+from paddler.agent.metrics import AgentMetrics
 from paddler.agent.model_host import ModelHost
 from paddler.agent.servicer import AgentServicer
 from paddler.common.addresses import is_local_host, join_host_port, loopback_for, split_host_port
 from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
+from paddler.common.http_server import HttpServer
 from paddler.v1 import agent_pb2, agent_pb2_grpc, desired_state_pb2
+from paddler.web.app import create_web_app
 
 log = structlog.get_logger(__name__)
 
@@ -49,11 +52,25 @@ async def run_agent(config: AgentConfig) -> None:
         check_model_file(config.model or default_model_path())
     route_llama_logs()
     servicer = AgentServicer(config.name, config.slots)
-    host = ModelHost(config, servicer)
+    metrics = AgentMetrics()
+    metrics.watch(servicer.occupancy)
+    host = ModelHost(config, servicer, metrics)
     managed = ManagedServer([AGENT_SERVICE])
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, managed.server)
     address = await managed.start(join_host_port(config.host, config.port))
-    log.info("agent listening", address=address, name=config.name, slots=config.slots)
+    web = HttpServer(create_web_app(metrics.registry, "Paddler agent"))
+    metrics_address = (
+        await web.start(config.metrics_address, config.grace_period_s)
+        if config.metrics_address
+        else None
+    )
+    log.info(
+        "agent listening",
+        address=address,
+        metrics=metrics_address,
+        name=config.name,
+        slots=config.slots,
+    )
     hosting = asyncio.create_task(host.run())
     if serves_local_model:
         host.submit(desired_state_pb2.VersionedDesiredState())
@@ -69,6 +86,7 @@ async def run_agent(config: AgentConfig) -> None:
         await _cancel(link)
     await _cancel(serving)
     await managed.drain(config.grace_period_s)
+    await web.stop()
     await _cancel(hosting)
     log.info("agent stopped")
 

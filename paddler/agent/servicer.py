@@ -48,6 +48,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.notify()
         return engine
 
+    def occupancy(self) -> tuple[int, int, int, int]:
+        """Slots busy and total, and the KV cache's tokens held and capacity (0 without a
+        model)."""
+        used, capacity = self._engine.kv_cache() if self._engine is not None else (0, 0)
+        return self.claims.in_use, self.claims.total, used, capacity
+
     def notify(self) -> None:
         """The model or the state changed: send a snapshot now and re-check health."""
         self.status_changed.set()

@@ -97,7 +97,7 @@ async def run_balancer(config: BalancerConfig) -> None:
     web = None
     web_address = None
     if config.web_address:
-        web = HttpServer(create_web_app(metrics))
+        web = HttpServer(create_web_app(metrics.registry, "Paddler balancer"))
         web_address = await web.start(config.web_address, config.grace_period_s)
     await inference.set_serving(serving=True)
     await management.set_serving(serving=True)

@@ -87,6 +87,14 @@ def agent(
             help="host:port the balancer dials; empty means $POD_IP (or --host) and the port.",
         ),
     ] = "",
+    metrics_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_METRICS_ADDR",
+            help="Where the agent serves Prometheus metrics at /metrics (port 0 picks one; "
+            "empty: off).",
+        ),
+    ] = "",
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a GGUF model on N slots (continuous batching) as paddler.v1.AgentService."""
@@ -109,5 +117,6 @@ def agent(
             grace_period_s=grace_period,
             balancer=balancer,
             advertise=advertise,
+            metrics_address=metrics_addr,
         )
         asyncio.run(run_agent(config))

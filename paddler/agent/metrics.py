@@ -1,0 +1,82 @@
+"""The agent's Prometheus metrics: what each decode step did (recorded by the engine thread)
+and how full the slots and the KV cache are (read at each scrape)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
+_STREAM_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+class AgentMetrics:
+    """Every metric of one agent, in a registry of its own; kept across model swaps."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.step_duration = Histogram(
+            "paddler_agent_step_duration_seconds",
+            "Wall time of one llama_decode step (prefill and decode together).",
+            buckets=_STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self.step_streams = Histogram(
+            "paddler_agent_step_streams",
+            "Slots that got a generated token in one step (the batch's generating streams).",
+            buckets=_STREAM_BUCKETS,
+            registry=self.registry,
+        )
+        self.prefilled_tokens = Counter(
+            "paddler_agent_prefilled_tokens",
+            "Prompt tokens decoded (prefill; tokens reused from a slot's cache are not).",
+            registry=self.registry,
+        )
+        self.decoded_tokens = Counter(
+            "paddler_agent_decoded_tokens",
+            "Tokens decoded for generating streams (one per stream per step).",
+            registry=self.registry,
+        )
+
+    def step(self, streams: int, prompt_tokens: int, seconds: float) -> None:
+        """One step of the engine thread."""
+        self.step_duration.observe(seconds)
+        if streams:
+            self.step_streams.observe(streams)
+            self.decoded_tokens.inc(streams)
+        if prompt_tokens:
+            self.prefilled_tokens.inc(prompt_tokens)
+
+    def watch(self, occupancy: Callable[[], Occupancy]) -> None:
+        """Report slots and KV cache use at each scrape."""
+        self.registry.register(_OccupancyCollector(occupancy))
+
+
+Occupancy = tuple[int, int, int, int]
+"""Slots busy and total, KV cache tokens held and the cache's capacity."""
+
+
+class _OccupancyCollector(Collector):
+    def __init__(self, occupancy: Callable[[], Occupancy]) -> None:
+        self._occupancy = occupancy
+
+    def collect(self) -> Iterator[Metric]:
+        """Slots and KV cache, busy or used against total."""
+        busy, total, cached, capacity = self._occupancy()
+        slots = GaugeMetricFamily(
+            "paddler_agent_slots", "This agent's slots: busy and total.", labels=["state"]
+        )
+        slots.add_metric(["busy"], busy)
+        slots.add_metric(["total"], total)
+        cache = GaugeMetricFamily(
+            "paddler_agent_kv_cache_tokens",
+            "Tokens whose keys and values the slots hold (kept for prompt reuse too), and the "
+            "context's capacity.",
+            labels=["state"],
+        )
+        cache.add_metric(["used"], cached)
+        cache.add_metric(["capacity"], capacity)
+        yield from (slots, cache)

@@ -30,3 +30,6 @@ class BalancerConfig:
     openai_cors_origins: tuple[str, ...] = ()
     # Where the web server (Prometheus metrics) listens; "" turns it off.
     web_address: str = ""
+    # A StatsD server to push the gauges to every second; "" turns it off.
+    statsd_address: str = ""
+    statsd_prefix: str = "paddler"

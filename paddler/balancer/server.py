@@ -22,6 +22,7 @@ from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.slot_policy import SlotPolicy
 from paddler.balancer.speed_policy import SpeedPolicy
 from paddler.balancer.state_store import StateStore
+from paddler.balancer.statsd_reporter import report_to_statsd
 from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
 from paddler.common.http_server import HttpServer
 from paddler.openai_api.app import OpenAISettings, create_app
@@ -110,14 +111,26 @@ async def run_balancer(config: BalancerConfig) -> None:
         routing=config.routing,
     )
     watchdog = asyncio.create_task(_remove_stale_agents(registry, config.agent_stale_after_s))
+    reporter = None
+    if config.statsd_address:
+        reporter = asyncio.create_task(
+            report_to_statsd(
+                config.statsd_address,
+                config.statsd_prefix,
+                registry,
+                lambda: dispatcher.buffered,
+            )
+        )
     await wait_for_termination_signal()
     await asyncio.gather(
         inference.drain(config.grace_period_s),
         http.stop() if http else asyncio.sleep(0),
         web.stop() if web else asyncio.sleep(0),
     )
-    watchdog.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watchdog
+    for task in (watchdog, reporter):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     await management.drain(0)
     log.info("balancer stopped")

@@ -120,6 +120,18 @@ def balancer(
             "one; empty: off).",
         ),
     ] = "0.0.0.0:8081",
+    statsd_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_STATSD_ADDR",
+            help="A StatsD server (host:port) to push the cluster's gauges to every second "
+            "(empty: off).",
+        ),
+    ] = "",
+    statsd_prefix: Annotated[
+        str,
+        typer.Option(envvar="PADDLER_STATSD_PREFIX", help="Prefix of the StatsD gauge names."),
+    ] = "paddler",
     grace_period: GracePeriodOption = 30.0,
     log_level: LogLevelOption = "info",
 ) -> None:
@@ -139,6 +151,8 @@ def balancer(
         openai_model_aliases=tuple(openai_model_alias or ()),
         openai_cors_origins=tuple(openai_cors_origin or ()),
         web_address=web_addr,
+        statsd_address=statsd_addr,
+        statsd_prefix=statsd_prefix,
     )
     with exit_on_domain_error():
         # uvloop: the balancer relays every token through its event loop (about half of its

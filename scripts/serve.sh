@@ -25,6 +25,7 @@ Serving SmolLM2-135M-Instruct through a balancer. In another terminal:
   curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \
     -d '{"model": "SmolLM2-135M-Instruct.Q4_1", "messages": [{"role": "user", "content": "Hi"}]}'
   curl http://127.0.0.1:8081/metrics
+  the admin panel: http://127.0.0.1:8081/
 Ctrl-C stops the balancer and the agent.
 HOW
 wait

@@ -81,6 +81,8 @@ class BalancerMetrics:
             "Tokens generated for served generations.",
             registry=registry,
         )
+        # The same count as a plain number, for the admin panel's throughput.
+        self.tokens_generated = 0
         self.retries = Counter(
             "paddler_retries",
             "Requests sent again after an agent failed them (reason: agent_failed, "
@@ -195,3 +197,4 @@ class RequestMeter:
         if self._kind == "generate":
             metrics.completion_tokens.observe(completion)
             metrics.generated_tokens.inc(completion)
+            metrics.tokens_generated += completion

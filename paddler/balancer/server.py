@@ -34,6 +34,7 @@ from paddler.v1 import (
     management_pb2_grpc,
 )
 from paddler.web.app import create_web_app
+from paddler.web.panel import add_panel
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +99,16 @@ async def run_balancer(config: BalancerConfig) -> None:
     web = None
     web_address = None
     if config.web_address:
-        web = HttpServer(create_web_app(metrics.registry, "Paddler balancer"))
+        app = create_web_app(metrics.registry, "Paddler balancer")
+        add_panel(
+            app,
+            registry=registry,
+            dispatcher=dispatcher,
+            states=states,
+            relay=relay,
+            metrics=metrics,
+        )
+        web = HttpServer(app)
         web_address = await web.start(config.web_address, config.grace_period_s)
     await inference.set_serving(serving=True)
     await management.set_serving(serving=True)

@@ -116,8 +116,8 @@ def balancer(
         str,
         typer.Option(
             envvar="PADDLER_WEB_ADDR",
-            help="Where the web server listens: Prometheus metrics at /metrics (port 0 picks "
-            "one; empty: off).",
+            help="Where the web server listens: the admin panel at / and Prometheus metrics at "
+            "/metrics (port 0 picks one; empty: off).",
         ),
     ] = "0.0.0.0:8081",
     statsd_addr: Annotated[

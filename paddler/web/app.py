@@ -1,5 +1,5 @@
 """The HTTP app that serves Prometheus metrics at ``/metrics``: the balancer's web server
-(``--web-addr``) and the agent's (``--metrics-addr``)."""
+(``--web-addr``, which adds the admin panel) and the agent's (``--metrics-addr``)."""
 
 from __future__ import annotations
 

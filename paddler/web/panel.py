@@ -1,0 +1,209 @@
+"""The admin panel's JSON and SSE endpoints: the cluster live, the desired state to view and
+edit (the same validation as ``SetDesiredState``), and a prompt playground that streams a
+conversation through the same relay, checks and buffer as every other API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from google.protobuf import json_format
+from pydantic import BaseModel, Field
+
+from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
+from paddler.balancer.generation_relay import GenerationRelay
+from paddler.balancer.metrics import BalancerMetrics
+from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.balancer.state_store import StateStore
+from paddler.common.errors import InvalidArgumentError, PaddlerError
+from paddler.common.generation_input import check_generation_input
+from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
+
+STATIC = Path(__file__).parent / "static"
+API = "web"
+# How often the live view refreshes when nothing changes (throughput moves on its own).
+TICK_S = 1.0
+
+
+class PanelMessage(BaseModel):
+    """One turn of the playground's conversation."""
+
+    role: str
+    content: str
+
+
+class PlaygroundRequest(BaseModel):
+    """What the playground sends: a conversation and its sampling."""
+
+    messages: Annotated[list[PanelMessage], Field(min_length=1)]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+
+
+def add_panel(
+    app: FastAPI,
+    *,
+    registry: AgentRegistry,
+    dispatcher: SlotDispatcher,
+    states: StateStore,
+    relay: GenerationRelay,
+    metrics: BalancerMetrics,
+) -> None:
+    """The panel's page, assets and endpoints on ``app``."""
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def asset(name: str) -> Response:
+        path = STATIC / name
+        if path.parent != STATIC or not path.is_file():
+            return JSONResponse({"error": f"no asset {name!r}"}, status_code=404)
+        return FileResponse(path)
+
+    @app.get("/api/events")
+    async def events(request: Request) -> StreamingResponse:
+        """The cluster as SSE: a snapshot now, on every change, and every second."""
+        return StreamingResponse(
+            _snapshots(request, registry, dispatcher, metrics), media_type="text/event-stream"
+        )
+
+    @app.get("/api/state")
+    async def get_state() -> dict[str, Any]:
+        """The desired state, its version and epoch (version 0: none set)."""
+        return _as_dict(states.current)
+
+    @app.put("/api/state")
+    async def put_state(request: Request) -> JSONResponse:
+        """Validate and set a new desired state; 400 names the field to fix."""
+        try:
+            body = await request.json()
+            state = json_format.ParseDict(body, desired_state_pb2.DesiredState())
+            return JSONResponse(_as_dict(states.set(state)))
+        except (json.JSONDecodeError, json_format.ParseError) as error:
+            return _refused(None, f"the body is not a desired state: {error}")
+        except InvalidArgumentError as error:
+            return _refused(error.violations[0].field, error.message)
+
+    @app.post("/api/generate")
+    async def generate(body: PlaygroundRequest) -> StreamingResponse:
+        """The reply as SSE: ``{"text"}`` pieces, then ``{"summary"}`` or ``{"error"}``."""
+        return StreamingResponse(_reply(relay, metrics, body), media_type="text/event-stream")
+
+
+def _refused(field: str | None, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"field": field, "message": message}}, status_code=400)
+
+
+def _as_dict(state: desired_state_pb2.VersionedDesiredState) -> dict[str, Any]:
+    return json_format.MessageToDict(state, always_print_fields_with_no_presence=True)
+
+
+def _agent(agent: RegisteredAgent, now: float) -> dict[str, Any]:
+    status = agent.status
+    return {
+        "name": agent.name,
+        "address": agent.address,
+        "model": status.model,
+        "slots_busy": agent.busy_slots,
+        "slots_total": status.slots_total,
+        "claimed": agent.claims,
+        "ready": status.ready,
+        "applied_version": status.applied_state_version,
+        "issues": list(status.issues),
+        "download": {
+            "done": status.download.bytes_done,
+            "total": status.download.bytes_total,
+        }
+        if status.HasField("download")
+        else None,
+        "last_seen_s": round(now - agent.last_status_at, 1),
+    }
+
+
+async def _snapshots(
+    request: Request, registry: AgentRegistry, dispatcher: SlotDispatcher, metrics: BalancerMetrics
+) -> AsyncIterator[str]:
+    changed = asyncio.Event()
+    stop_listening = registry.listen(changed.set)
+    previous = (time.monotonic(), metrics.tokens_generated)
+    try:
+        while not await request.is_disconnected():
+            changed.clear()
+            now = time.monotonic()
+            tokens = metrics.tokens_generated
+            rate = (tokens - previous[1]) / max(now - previous[0], 1e-6)
+            if now - previous[0] >= TICK_S:
+                previous = (now, tokens)
+            snapshot = {
+                "agents": [_agent(agent, now) for agent in registry.agents()],
+                "buffered": dispatcher.buffered,
+                "buffer_capacity": dispatcher.capacity,
+                "tokens_per_second": round(rate, 1),
+            }
+            yield f"data: {json.dumps(snapshot)}\n\n"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), TICK_S)
+    finally:
+        stop_listening()
+
+
+async def _reply(
+    relay: GenerationRelay, metrics: BalancerMetrics, body: PlaygroundRequest
+) -> AsyncIterator[str]:
+    def event(payload: dict[str, Any]) -> str:
+        return f"data: {json.dumps(payload)}\n\n"
+
+    try:
+        with metrics.refusals(API, "generate"):
+            generation = _generation_input(body)
+        forwarded = agent_pb2.GenerateRequest(request_id=uuid.uuid4().hex, input=generation)
+        async for chunk in relay.stream(forwarded, None, API):
+            response = agent_pb2.GenerateResponse.FromString(chunk)
+            if response.HasField("summary"):
+                summary = response.summary
+                yield event(
+                    {
+                        "summary": {
+                            "agent": summary.agent_name,
+                            "model": summary.model,
+                            "completion_tokens": summary.usage.completion_tokens,
+                            "time_to_first_token_ms": round(
+                                summary.time_to_first_token.ToNanoseconds() / 1e6, 1
+                            ),
+                        }
+                    }
+                )
+            elif response.text:
+                yield event({"text": response.text})
+    except PaddlerError as error:
+        yield event({"error": {"code": error.code.name, "message": error.message}})
+
+
+def _generation_input(body: PlaygroundRequest) -> generation_pb2.GenerationInput:
+    generation = generation_pb2.GenerationInput(
+        conversation=generation_pb2.Conversation(
+            messages=[
+                generation_pb2.ChatMessage(role=m.role, content=m.content) for m in body.messages
+            ]
+        )
+    )
+    if body.max_tokens is not None:
+        generation.max_tokens = body.max_tokens
+    for name in ("temperature", "top_p", "top_k"):
+        value = getattr(body, name)
+        if value is not None:
+            setattr(generation.sampling, name, value)
+    check_generation_input(generation)
+    return generation

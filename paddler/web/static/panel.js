@@ -1,0 +1,191 @@
+"use strict";
+// The admin panel: the cluster live (SSE), the desired state form, the prompt playground.
+
+const $ = (id) => document.getElementById(id);
+const history = [];
+const rates = [];
+let state = null;
+
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  return td;
+}
+
+function bar(busy, total) {
+  const td = document.createElement("td");
+  const outer = document.createElement("span");
+  outer.className = "bar";
+  const inner = document.createElement("span");
+  inner.style.width = total ? `${(100 * busy) / total}%` : "0";
+  outer.appendChild(inner);
+  td.append(outer, ` ${busy}/${total}`);
+  td.dataset.busy = String(busy);
+  return td;
+}
+
+function showCluster(snapshot) {
+  const rows = snapshot.agents.map((agent) => {
+    const tr = document.createElement("tr");
+    tr.dataset.agent = agent.name;
+    const download = agent.download
+      ? `${agent.download.done}${agent.download.total ? ` / ${agent.download.total}` : ""} B`
+      : "";
+    tr.append(
+      cell(agent.name), cell(agent.address), cell(agent.model),
+      bar(agent.slots_busy, agent.slots_total), cell(String(agent.claimed)),
+      cell(agent.ready ? "yes" : "no"), cell(`v${agent.applied_version}`),
+      cell(agent.issues.join("; ")), cell(download), cell(`${agent.last_seen_s} s ago`),
+    );
+    return tr;
+  });
+  $("agents").replaceChildren(...rows);
+  $("buffered").textContent = String(snapshot.buffered);
+  $("capacity").textContent = String(snapshot.buffer_capacity);
+  $("throughput").textContent = String(snapshot.tokens_per_second);
+  rates.push(snapshot.tokens_per_second);
+  if (rates.length > 120) rates.shift();
+  drawChart();
+}
+
+function drawChart() {
+  const canvas = $("chart");
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  const top = Math.max(1, ...rates);
+  context.strokeStyle = "#3b82f6";
+  context.beginPath();
+  rates.forEach((rate, index) => {
+    const x = (index / 119) * canvas.width;
+    const y = canvas.height - (rate / top) * (canvas.height - 4) - 2;
+    if (index === 0) context.moveTo(x, y); else context.lineTo(x, y);
+  });
+  context.stroke();
+}
+
+function watchCluster() {
+  const source = new EventSource("/api/events");
+  source.onopen = () => { $("connection").textContent = "live"; };
+  source.onerror = () => { $("connection").textContent = "reconnecting…"; };
+  source.onmessage = (message) => showCluster(JSON.parse(message.data));
+}
+
+async function loadState() {
+  const reply = await fetch("/api/state");
+  const versioned = await reply.json();
+  state = versioned.state || {};
+  $("state-version").textContent = versioned.version ? `v${versioned.version}` : "(none set)";
+  const model = state.model || {};
+  const kind = ["packaged", "localPath", "huggingFace"].find((k) => k in model) || "packaged";
+  $("source-kind").value = kind;
+  const hf = model.huggingFace;
+  $("source-value").value = kind === "huggingFace"
+    ? `${hf.repo}/${hf.file}${hf.revision ? `@${hf.revision}` : ""}` : (model[kind] || "");
+  const defaults = state.defaults || {};
+  $("default-temperature").value = (defaults.sampling || {}).temperature ?? "";
+  $("default-context").value = defaults.contextSize ?? "";
+  $("template").value = state.chatTemplateOverride ?? "";
+}
+
+function modelSource(kind, value) {
+  if (kind !== "huggingFace") return { [kind]: value };
+  const [path, revision] = value.split("@");
+  const slash = path.lastIndexOf("/");
+  const source = { repo: path.slice(0, slash), file: path.slice(slash + 1) };
+  if (revision) source.revision = revision;
+  return { huggingFace: source };
+}
+
+async function applyState(event) {
+  event.preventDefault();
+  const next = { ...state, model: modelSource($("source-kind").value, $("source-value").value) };
+  const defaults = { ...(next.defaults || {}) };
+  const temperature = $("default-temperature").value;
+  defaults.sampling = { ...(defaults.sampling || {}) };
+  if (temperature === "") delete defaults.sampling.temperature;
+  else defaults.sampling.temperature = Number(temperature);
+  const context = $("default-context").value;
+  if (context === "") delete defaults.contextSize; else defaults.contextSize = Number(context);
+  next.defaults = defaults;
+  const template = $("template").value;
+  if (template) next.chatTemplateOverride = template; else delete next.chatTemplateOverride;
+  const reply = await fetch("/api/state", {
+    method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(next),
+  });
+  const body = await reply.json();
+  const message = $("state-message");
+  if (reply.ok) {
+    message.className = "ok";
+    message.textContent = `Applied as v${body.version}.`;
+    await loadState();
+  } else {
+    message.className = "error";
+    message.textContent = body.error.message;
+  }
+}
+
+function addTurn(role, text) {
+  const turn = document.createElement("div");
+  turn.className = `turn ${role}`;
+  turn.textContent = text;
+  $("conversation").appendChild(turn);
+  return turn;
+}
+
+async function send(event) {
+  event.preventDefault();
+  const prompt = $("prompt").value.trim();
+  if (!prompt) return;
+  history.push({ role: "user", content: prompt });
+  addTurn("user", prompt);
+  $("prompt").value = "";
+  const reply = addTurn("assistant", "");
+  const summary = $("summary");
+  summary.className = "";
+  summary.textContent = "…";
+  const response = await fetch("/api/generate", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({
+      messages: history,
+      max_tokens: Number($("max-tokens").value),
+      temperature: Number($("temperature").value),
+      top_p: Number($("top-p").value),
+    }),
+  });
+  if (!response.ok) {
+    summary.className = "error";
+    summary.textContent = `The request was refused (${response.status}).`;
+    return;
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let pending = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    pending += decoder.decode(value, { stream: true });
+    const events = pending.split("\n\n");
+    pending = events.pop();
+    for (const raw of events) {
+      const data = JSON.parse(raw.replace(/^data: /, ""));
+      if (data.text) reply.textContent += data.text;
+      if (data.error) {
+        summary.className = "error";
+        summary.textContent = `${data.error.code}: ${data.error.message}`;
+      }
+      if (data.summary) {
+        const s = data.summary;
+        summary.className = "ok";
+        summary.textContent =
+          `${s.agent} · ${s.model} · ${s.completion_tokens} tokens · first token ${s.time_to_first_token_ms} ms`;
+      }
+    }
+  }
+  history.push({ role: "assistant", content: reply.textContent });
+}
+
+$("state-form").addEventListener("submit", applyState);
+$("prompt-form").addEventListener("submit", send);
+watchCluster();
+loadState();

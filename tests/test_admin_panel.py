@@ -1,0 +1,101 @@
+"""The admin panel in a real browser (Debian's chromium, driven headless by Playwright): the
+agent's busy bar rises and falls under load, the desired state is refused with the balancer's
+message and then applied from the form, and the playground streams a reply with its summary.
+Screenshots go to the test's own folder; no page logs an error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+
+from tests.client import COUNTING_PROMPT, prompt_request
+from tests.cluster import Cluster, cluster, to_inference
+
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def panel(browser: Browser) -> Iterator[tuple[Cluster, Page, list[str]]]:
+    """A cluster with one agent, and the panel open on it; yields the console's errors too."""
+    with cluster(("solo", 2)) as c:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+
+        def on_console(message: ConsoleMessage) -> None:
+            # The browser logs every non-2xx response; the one 400 the test provokes on
+            # purpose (a refused desired state) is the API working, not the page failing.
+            provoked = message.location.get("url", "").endswith("/api/state") and (
+                "status of 400" in message.text
+            )
+            if message.type == "error" and not provoked:
+                errors.append(f"{message.text} ({message.location.get('url')})")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(c.balancer.web)
+        yield c, page, errors
+        page.close()
+
+
+def test_the_panel_shows_load_edits_the_state_and_streams_a_prompt(
+    panel: tuple[Cluster, Page, list[str]], tmp_path: Path
+) -> None:
+    c, page, errors = panel
+    row = page.locator("tr[data-agent='solo']")
+    expect(row).to_contain_text("SmolLM2-135M-Instruct.Q4_1")
+    expect(page.locator("#connection")).to_have_text("live")
+    page.screenshot(path=tmp_path / "agents.png", full_page=True)
+
+    # Load: one stream holds a slot until cancelled; the bar follows it up and down.
+    stream = c.inference.Generate(to_inference(prompt_request(COUNTING_PROMPT, 400)))
+    assert next(stream).HasField("text")
+    expect(row.locator("td[data-busy='1']")).to_be_visible()
+    page.screenshot(path=tmp_path / "busy.png", full_page=True)
+    stream.cancel()
+    expect(row.locator("td[data-busy='0']")).to_be_visible()
+
+    # A bad value is refused with the balancer's own message; a good one is applied.
+    page.fill("#source-value", "no-such-model")
+    page.click("#state-form button[type=submit]")
+    message = page.locator("#state-message")
+    expect(message).to_have_class("error")
+    expect(message).to_contain_text("unknown packaged model 'no-such-model'")
+    page.screenshot(path=tmp_path / "state-refused.png", full_page=True)
+    page.fill("#source-value", "smollm2-135m")
+    page.fill("#default-temperature", "0")
+    page.click("#state-form button[type=submit]")
+    expect(message).to_have_text("Applied as v1.")
+    expect(page.locator("#state-version")).to_have_text("v1")
+    c.wait_applied(1)
+    expect(row).to_contain_text("v1")
+
+    # The playground streams the reply, then says who served it.
+    page.fill("#prompt", "Say hello to the sea.")
+    page.fill("#max-tokens", "12")
+    page.click("#prompt-form button[type=submit]")
+    summary = page.locator("#summary")
+    expect(summary).to_contain_text("solo · SmolLM2-135M-Instruct.Q4_1")
+    expect(summary).to_contain_text("12 tokens")
+    reply = page.locator(".turn.assistant")
+    assert reply.inner_text().strip()
+    page.screenshot(path=tmp_path / "playground.png", full_page=True)
+
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "agents.png", "busy.png", "playground.png", "state-refused.png"
+    ]  # fmt: skip

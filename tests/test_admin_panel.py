@@ -77,10 +77,13 @@ def test_the_panel_shows_load_edits_the_state_and_streams_a_prompt(
     expect(message).to_contain_text("unknown packaged model 'no-such-model'")
     page.screenshot(path=tmp_path / "state-refused.png", full_page=True)
     page.fill("#source-value", "smollm2-135m")
-    page.fill("#default-temperature", "0")
+    page.fill("[data-sampling='temperature']", "0")
+    page.fill("[data-sampling='topK']", "40")
     page.click("#state-form button[type=submit]")
     expect(message).to_have_text("Applied as v1.")
     expect(page.locator("#state-version")).to_have_text("v1")
+    defaults = c.desired_state().state.defaults.sampling
+    assert (defaults.temperature, defaults.top_k) == (0, 40)
     c.wait_applied(1)
     expect(row).to_contain_text("v1")
 

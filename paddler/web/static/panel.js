@@ -82,8 +82,12 @@ async function loadState() {
   $("source-value").value = kind === "huggingFace"
     ? `${hf.repo}/${hf.file}${hf.revision ? `@${hf.revision}` : ""}` : (model[kind] || "");
   const defaults = state.defaults || {};
-  $("default-temperature").value = (defaults.sampling || {}).temperature ?? "";
-  $("default-context").value = defaults.contextSize ?? "";
+  for (const input of document.querySelectorAll("[data-sampling]")) {
+    input.value = (defaults.sampling || {})[input.dataset.sampling] ?? "";
+  }
+  for (const input of document.querySelectorAll("[data-size]")) {
+    input.value = defaults[input.dataset.size] ?? "";
+  }
   $("template").value = state.chatTemplateOverride ?? "";
 }
 
@@ -99,13 +103,13 @@ function modelSource(kind, value) {
 async function applyState(event) {
   event.preventDefault();
   const next = { ...state, model: modelSource($("source-kind").value, $("source-value").value) };
-  const defaults = { ...(next.defaults || {}) };
-  const temperature = $("default-temperature").value;
-  defaults.sampling = { ...(defaults.sampling || {}) };
-  if (temperature === "") delete defaults.sampling.temperature;
-  else defaults.sampling.temperature = Number(temperature);
-  const context = $("default-context").value;
-  if (context === "") delete defaults.contextSize; else defaults.contextSize = Number(context);
+  const defaults = { sampling: {} };
+  for (const input of document.querySelectorAll("[data-sampling]")) {
+    if (input.value !== "") defaults.sampling[input.dataset.sampling] = Number(input.value);
+  }
+  for (const input of document.querySelectorAll("[data-size]")) {
+    if (input.value !== "") defaults[input.dataset.size] = Number(input.value);
+  }
   next.defaults = defaults;
   const template = $("template").value;
   if (template) next.chatTemplateOverride = template; else delete next.chatTemplateOverride;

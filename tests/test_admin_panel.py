@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
@@ -39,7 +40,8 @@ def panel(browser: Browser) -> Iterator[tuple[Cluster, Page, list[str]]]:
         def on_console(message: ConsoleMessage) -> None:
             # The browser logs every non-2xx response; the one 400 the test provokes on
             # purpose (a refused desired state) is the API working, not the page failing.
-            provoked = message.location.get("url", "").endswith("/api/state") and (
+            url = message.location.get("url", "")
+            provoked = url.endswith(("/api/state", "/api/generate")) and (
                 "status of 400" in message.text
             )
             if message.type == "error" and not provoked:
@@ -87,11 +89,18 @@ def test_the_panel_shows_load_edits_the_state_and_streams_a_prompt(
     c.wait_applied(1)
     expect(row).to_contain_text("v1")
 
-    # The playground streams the reply, then says who served it.
+    # The playground refuses what the checks refuse, with their message...
+    page.fill("#prompt", "Say hello to the sea.")
+    page.fill("#max-tokens", "100000")  # more than a slot's context: the agent refuses it
+    page.click("#prompt-form button[type=submit]")
+    summary = page.locator("#summary")
+    expect(summary).to_have_class("error")
+    expect(summary).to_contain_text("max_tokens")
+    expect(page.locator(".turn")).to_have_count(0)
+    # ... and streams the reply, then says who served it.
     page.fill("#prompt", "Say hello to the sea.")
     page.fill("#max-tokens", "12")
     page.click("#prompt-form button[type=submit]")
-    summary = page.locator("#summary")
     expect(summary).to_contain_text("solo · SmolLM2-135M-Instruct.Q4_1")
     expect(summary).to_contain_text("12 tokens")
     reply = page.locator(".turn.assistant")
@@ -99,6 +108,15 @@ def test_the_panel_shows_load_edits_the_state_and_streams_a_prompt(
     page.screenshot(path=tmp_path / "playground.png", full_page=True)
 
     assert errors == []
+    # The same endpoints refuse bad bodies with 400 and the field, for any client.
+    refused = httpx.post(
+        f"{c.balancer.web}/api/generate", json={"messages": [], "max_tokens": 4}, timeout=30
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["field"] == "messages"
+    refused = httpx.put(f"{c.balancer.web}/api/state", content=b"{", timeout=30)
+    assert refused.status_code == 400
+    assert "not a desired state" in refused.json()["error"]["message"]
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "agents.png", "busy.png", "playground.png", "state-refused.png"
     ]  # fmt: skip

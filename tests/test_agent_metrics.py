@@ -44,12 +44,12 @@ def test_steps_and_tokens_are_counted_exactly(
         return value(after, name) - value(before, name)
 
     # One at a time, each request is one prefill step, then a step per token after the first.
-    assert moved("paddler_agent_step_duration_seconds_count") == completions
-    assert moved("paddler_agent_step_streams_count") == completions - 3
-    assert moved("paddler_agent_decoded_tokens_total") == completions - 3
-    assert moved("paddler_agent_prefilled_tokens_total") == prefills
-    assert value(after, "paddler_agent_slots", state="total") == 4
-    assert value(after, "paddler_agent_slots", state="busy") == 0
-    capacity = value(after, "paddler_agent_kv_cache_tokens", state="capacity")
+    assert moved("paddler_engine_step_duration_seconds_count") == completions
+    assert moved("paddler_engine_step_streams_count") == completions - 3
+    assert moved("paddler_engine_decoded_tokens_total") == completions - 3
+    assert moved("paddler_engine_prefilled_tokens_total") == prefills
+    assert value(after, "paddler_engine_slots", state="total") == 4
+    assert value(after, "paddler_engine_slots", state="busy") == 0
+    capacity = value(after, "paddler_engine_kv_cache_tokens", state="capacity")
     assert capacity == 4 * 512
-    assert 0 < value(after, "paddler_agent_kv_cache_tokens", state="used") <= capacity
+    assert 0 < value(after, "paddler_engine_kv_cache_tokens", state="used") <= capacity

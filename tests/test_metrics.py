@@ -63,12 +63,13 @@ def wait_until(c: Cluster, holds: Callable[[Samples], bool]) -> Samples:
 
 def test_the_cluster_gauges_show_the_agent(shared: Cluster) -> None:
     samples = wait_until(
-        shared, lambda s: value(s, "paddler_agent_slots", agent="solo", state="total") == 2
+        shared, lambda s: total(s, "paddler_agent_slots", agent="solo", state="total") == 2
     )
+    address = shared.agents["solo"].address
     assert value(samples, "paddler_agents_registered") == 1
-    assert value(samples, "paddler_agent_ready", agent="solo") == 1
-    assert value(samples, "paddler_agent_slots", agent="solo", state="busy") == 0
-    assert value(samples, "paddler_agent_issues", agent="solo") == 0
+    assert value(samples, "paddler_agent_ready", agent="solo", address=address) == 1
+    assert value(samples, "paddler_agent_slots", agent="solo", address=address, state="busy") == 0
+    assert value(samples, "paddler_agent_issues", agent="solo", address=address) == 0
     assert value(samples, "paddler_buffered_requests") == 0
 
 
@@ -85,12 +86,20 @@ def test_counters_and_histograms_move_by_exactly_the_requests_served(shared: Clu
             )
             assert chat.usage is not None
             completion_tokens += chat.usage.completion_tokens
-    after = scrape(shared)
+    served = {"kind": "generate", "outcome": "served", "code": "OK"}
+    # A request is counted as its stream ends, a moment after the client has its summary.
+    after = wait_until(
+        shared,
+        lambda s: (
+            total(s, "paddler_requests_total", **served)
+            - total(before, "paddler_requests_total", **served)
+            >= 5
+        ),
+    )
 
     def moved(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
 
-    served = {"kind": "generate", "outcome": "served", "code": "OK"}
     assert moved("paddler_requests_total", api="grpc", **served) == 3
     assert moved("paddler_requests_total", api="openai", **served) == 2
     assert moved("paddler_time_to_first_token_seconds_count") == 5
@@ -108,12 +117,12 @@ def test_the_busy_gauge_follows_a_stream_and_a_cancel_is_counted(shared: Cluster
     before = scrape(shared)
     stream = shared.inference.Generate(to_inference(prompt_request(COUNTING_PROMPT, 400)))
     assert next(stream).HasField("text")
-    wait_until(shared, lambda s: value(s, "paddler_agent_slots", agent="solo", state="busy") == 1)
+    wait_until(shared, lambda s: total(s, "paddler_agent_slots", agent="solo", state="busy") == 1)
     stream.cancel()
     after = wait_until(
         shared,
         lambda s: (
-            value(s, "paddler_agent_slots", agent="solo", state="busy") == 0
+            total(s, "paddler_agent_slots", agent="solo", state="busy") == 0
             and total(s, "paddler_requests_total", outcome="cancelled")
             > total(before, "paddler_requests_total", outcome="cancelled")
         ),
@@ -130,8 +139,14 @@ def test_embeddings_are_counted_with_their_tokens(shared: Cluster) -> None:
     before = scrape(shared)
     with client_of(shared) as client:
         reply = client.embeddings.create(model=MODEL, input=["one", "two", "three"])
-    after = scrape(shared)
     labels = {"api": "openai", "kind": "embed", "outcome": "served", "code": "OK"}
+    after = wait_until(
+        shared,
+        lambda s: (
+            total(s, "paddler_requests_total", **labels)
+            > total(before, "paddler_requests_total", **labels)
+        ),
+    )
     assert (
         total(after, "paddler_requests_total", **labels)
         - total(before, "paddler_requests_total", **labels)

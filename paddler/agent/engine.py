@@ -87,7 +87,7 @@ class Engine:
     def kv_cache(self) -> tuple[int, int]:
         """Tokens the slots hold in the KV cache, and its capacity (read from any thread)."""
         used = sum(len(slot.cached) for slot in self._slots)
-        return used, self.config.slots * self.config.context_size
+        return used, self.config.slots * self.context_per_slot
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job; it joins the running batch at the next step with a free slot."""

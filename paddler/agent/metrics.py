@@ -1,4 +1,5 @@
-"""The agent's Prometheus metrics: what each decode step did (recorded by the engine thread)
+"""The agent's Prometheus metrics (``paddler_engine_*``, apart from the balancer's
+``paddler_agent_*`` view of each agent): what each decode step did (recorded by the engine thread)
 and how full the slots and the KV cache are (read at each scrape)."""
 
 from __future__ import annotations
@@ -19,24 +20,24 @@ class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.step_duration = Histogram(
-            "paddler_agent_step_duration_seconds",
+            "paddler_engine_step_duration_seconds",
             "Wall time of one llama_decode step (prefill and decode together).",
             buckets=_STEP_BUCKETS,
             registry=self.registry,
         )
         self.step_streams = Histogram(
-            "paddler_agent_step_streams",
+            "paddler_engine_step_streams",
             "Slots that got a generated token in one step (the batch's generating streams).",
             buckets=_STREAM_BUCKETS,
             registry=self.registry,
         )
         self.prefilled_tokens = Counter(
-            "paddler_agent_prefilled_tokens",
+            "paddler_engine_prefilled_tokens",
             "Prompt tokens decoded (prefill; tokens reused from a slot's cache are not).",
             registry=self.registry,
         )
         self.decoded_tokens = Counter(
-            "paddler_agent_decoded_tokens",
+            "paddler_engine_decoded_tokens",
             "Tokens decoded for generating streams (one per stream per step).",
             registry=self.registry,
         )
@@ -67,12 +68,12 @@ class _OccupancyCollector(Collector):
         """Slots and KV cache, busy or used against total."""
         busy, total, cached, capacity = self._occupancy()
         slots = GaugeMetricFamily(
-            "paddler_agent_slots", "This agent's slots: busy and total.", labels=["state"]
+            "paddler_engine_slots", "This agent's slots: busy and total.", labels=["state"]
         )
         slots.add_metric(["busy"], busy)
         slots.add_metric(["total"], total)
         cache = GaugeMetricFamily(
-            "paddler_agent_kv_cache_tokens",
+            "paddler_engine_kv_cache_tokens",
             "Tokens whose keys and values the slots hold (kept for prompt reuse too), and the "
             "context's capacity.",
             labels=["state"],

@@ -136,14 +136,16 @@ class EmbeddingRelay:
         attempts = 0
         while True:
             waiting = time.perf_counter()
-            claim = await self._dispatcher.acquire(
-                remaining(deadline),
-                frozenset(failover.excluded),
-                retry=attempts > 0,
-                arrived_at=arrived_at,
-                demand=demand,
-            )
-            meter.waited(waiting)
+            try:  # a wait that ends in a timeout or a full buffer counts too
+                claim = await self._dispatcher.acquire(
+                    remaining(deadline),
+                    frozenset(failover.excluded),
+                    retry=attempts > 0,
+                    arrived_at=arrived_at,
+                    demand=demand,
+                )
+            finally:
+                meter.waited(waiting)
             agent = claim.agent
             attempts += 1
             try:

@@ -73,14 +73,16 @@ class GenerationRelay:
         demand = Demand.of(forwarded.input)
         while True:
             waiting = time.perf_counter()
-            claim = await self._dispatcher.acquire(
-                remaining(deadline),
-                frozenset(failover.excluded),
-                retry=progress.attempts > 0,
-                arrived_at=progress.arrived_at,
-                demand=demand,
-            )
-            meter.waited(waiting)
+            try:  # a wait that ends in a timeout or a full buffer counts too
+                claim = await self._dispatcher.acquire(
+                    remaining(deadline),
+                    frozenset(failover.excluded),
+                    retry=progress.attempts > 0,
+                    arrived_at=progress.arrived_at,
+                    demand=demand,
+                )
+            finally:
+                meter.waited(waiting)
             agent = claim.agent
             progress.agent = agent
             progress.attempts += 1

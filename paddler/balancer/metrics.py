@@ -16,7 +16,7 @@ from paddler.balancer.agent_registry import AgentRegistry
 from paddler.balancer.state_store import StateStore
 from paddler.common.errors import PaddlerError
 
-# Seconds: from a millisecond (the balancer's own hop) to minutes (a long reply in a queue).
+# Seconds: from 5 ms (the balancer's own hop) to minutes (a long reply in a queue).
 _TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -81,8 +81,9 @@ class BalancerMetrics:
             "Tokens generated for served generations.",
             registry=registry,
         )
-        # The same count as a plain number, for the admin panel's throughput.
-        self.tokens_generated = 0
+        # Messages relayed (one per generated piece, one summary per reply): the admin
+        # panel's throughput, counted as they go out.
+        self.pieces_relayed = 0
         self.retries = Counter(
             "paddler_retries",
             "Requests sent again after an agent failed them (reason: agent_failed, "
@@ -125,29 +126,30 @@ class _ClusterCollector(Collector):
         slots = GaugeMetricFamily(
             "paddler_agent_slots",
             "An agent's slots: busy (this balancer's claims and others' use) and total.",
-            labels=["agent", "state"],
+            labels=["agent", "address", "state"],
         )
         ready = GaugeMetricFamily(
             "paddler_agent_ready",
             "1 while the agent serves the desired state, else 0.",
-            labels=["agent"],
+            labels=["agent", "address"],
         )
         version = GaugeMetricFamily(
             "paddler_agent_applied_state_version",
             "The desired-state version the agent last applied (0: none).",
-            labels=["agent"],
+            labels=["agent", "address"],
         )
         issues = GaugeMetricFamily(
-            "paddler_agent_issues", "Issues the agent reports now.", labels=["agent"]
+            "paddler_agent_issues", "Issues the agent reports now.", labels=["agent", "address"]
         )
         desired = self._states.current
         for agent in agents:
             status = agent.status
-            slots.add_metric([agent.name, "busy"], agent.busy_slots)
-            slots.add_metric([agent.name, "total"], status.slots_total)
-            ready.add_metric([agent.name], 1 if agent.serves(desired) else 0)
-            version.add_metric([agent.name], status.applied_state_version)
-            issues.add_metric([agent.name], len(status.issues))
+            named = [agent.name, agent.address]  # names may repeat; addresses do not
+            slots.add_metric([*named, "busy"], agent.busy_slots)
+            slots.add_metric([*named, "total"], status.slots_total)
+            ready.add_metric(named, 1 if agent.serves(desired) else 0)
+            version.add_metric(named, status.applied_state_version)
+            issues.add_metric(named, len(status.issues))
         yield from (slots, ready, version, issues)
         yield GaugeMetricFamily(
             "paddler_agents_registered", "Agents connected to the balancer.", value=len(agents)
@@ -176,6 +178,7 @@ class RequestMeter:
 
     def piece(self) -> None:
         """A message of the stream went out."""
+        self._metrics.pieces_relayed += 1
         now = time.perf_counter()
         if self._last is None:
             self._metrics.time_to_first_token.labels(self._api).observe(now - self._started)
@@ -197,4 +200,3 @@ class RequestMeter:
         if self._kind == "generate":
             metrics.completion_tokens.observe(completion)
             metrics.generated_tokens.inc(completion)
-            metrics.tokens_generated += completion

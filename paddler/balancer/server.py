@@ -98,6 +98,7 @@ async def run_balancer(config: BalancerConfig) -> None:
         log.info("openai listening", address=openai_address)
     web = None
     web_address = None
+    stopping = asyncio.Event()
     if config.web_address:
         app = create_web_app(metrics.registry, "Paddler balancer")
         add_panel(
@@ -107,6 +108,7 @@ async def run_balancer(config: BalancerConfig) -> None:
             states=states,
             relay=relay,
             metrics=metrics,
+            stopping=stopping,
         )
         web = HttpServer(app)
         web_address = await web.start(config.web_address, config.grace_period_s)
@@ -132,6 +134,7 @@ async def run_balancer(config: BalancerConfig) -> None:
             )
         )
     await wait_for_termination_signal()
+    stopping.set()
     await asyncio.gather(
         inference.drain(config.grace_period_s),
         http.stop() if http else asyncio.sleep(0),

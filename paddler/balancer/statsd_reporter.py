@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import statsd
 import structlog
@@ -20,16 +21,22 @@ INTERVAL_S = 1.0
 async def report_to_statsd(
     address: str, prefix: str, agents: AgentRegistry, buffered: Callable[[], int]
 ) -> None:
-    """Send the gauges every ``INTERVAL_S`` until cancelled."""
+    """Send the gauges every ``INTERVAL_S`` until cancelled. A send that fails (the host does
+    not resolve, the network is down) is logged and tried again a second later."""
     host, port = split_host_port(address)
-    client = statsd.StatsClient(host, port, prefix=prefix or None)
     log.info("statsd reporting", address=address, prefix=prefix)
+    client: Any = None
     while True:
-        registered = agents.agents()
-        pipe = client.pipeline()
-        pipe.gauge("slots_busy", sum(agent.busy_slots for agent in registered))
-        pipe.gauge("slots_total", sum(agent.status.slots_total for agent in registered))
-        pipe.gauge("buffered_requests", buffered())
-        pipe.gauge("agents_registered", len(registered))
-        pipe.send()
+        try:
+            if client is None:  # resolves the host: off the event loop
+                client = await asyncio.to_thread(statsd.StatsClient, host, port, prefix or None)
+            registered = agents.agents()
+            pipe = client.pipeline()
+            pipe.gauge("slots_busy", sum(agent.busy_slots for agent in registered))
+            pipe.gauge("slots_total", sum(agent.status.slots_total for agent in registered))
+            pipe.gauge("buffered_requests", buffered())
+            pipe.gauge("agents_registered", len(registered))
+            pipe.send()
+        except OSError as error:
+            log.warning("statsd send failed", address=address, error=str(error))
         await asyncio.sleep(INTERVAL_S)

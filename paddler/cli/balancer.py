@@ -13,6 +13,7 @@ from paddler.balancer.routing_policy import RoutingName
 from paddler.balancer.server import run_balancer
 from paddler.cli.failure import exit_on_domain_error
 from paddler.cli.options import GracePeriodOption, LogLevelOption
+from paddler.common.addresses import split_host_port
 from paddler.common.logging import configure_logging
 from paddler.common.status_interval import MIN_STALE_AFTER_S, STATUS_INTERVAL_S
 
@@ -24,6 +25,16 @@ def _check_stale_after(value: float) -> float:
             f"{STATUS_INTERVAL_S:g} s, so a shorter limit would remove healthy agents"
         )
     return value
+
+
+def _checked_address(address: str) -> str:
+    """An empty address, or one with a host and a port."""
+    if address:
+        try:
+            split_host_port(address)
+        except ValueError as error:
+            raise typer.BadParameter(f"{error}; use host:port") from None
+    return address
 
 
 def balancer(
@@ -126,6 +137,7 @@ def balancer(
             envvar="PADDLER_STATSD_ADDR",
             help="A StatsD server (host:port) to push the cluster's gauges to every second "
             "(empty: off).",
+            callback=_checked_address,
         ),
     ] = "",
     statsd_prefix: Annotated[

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from google.protobuf import json_format
 from pydantic import BaseModel, Field
@@ -44,10 +45,10 @@ class PlaygroundRequest(BaseModel):
     """What the playground sends: a conversation and its sampling."""
 
     messages: Annotated[list[PanelMessage], Field(min_length=1)]
-    max_tokens: int | None = None
+    max_tokens: Annotated[int | None, Field(ge=1, le=2**31 - 1)] = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None
+    top_k: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None
 
 
 def add_panel(
@@ -58,8 +59,18 @@ def add_panel(
     states: StateStore,
     relay: GenerationRelay,
     metrics: BalancerMetrics,
+    stopping: asyncio.Event,
 ) -> None:
-    """The panel's page, assets and endpoints on ``app``."""
+    """The panel's page, assets and endpoints on ``app``; live views end once ``stopping``
+    is set, so an open tab does not hold the balancer's shutdown for its grace period."""
+
+    async def refused_body(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestValidationError)
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+        return _refused(field, f"{field}: {first.get('msg', 'invalid request')}")
+
+    app.add_exception_handler(RequestValidationError, refused_body)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -75,9 +86,8 @@ def add_panel(
     @app.get("/api/events")
     async def events(request: Request) -> StreamingResponse:
         """The cluster as SSE: a snapshot now, on every change, and every second."""
-        return StreamingResponse(
-            _snapshots(request, registry, dispatcher, metrics), media_type="text/event-stream"
-        )
+        snapshots = _snapshots(request, registry, dispatcher, metrics, stopping)
+        return StreamingResponse(snapshots, media_type="text/event-stream")
 
     @app.get("/api/state")
     async def get_state() -> dict[str, Any]:
@@ -95,11 +105,19 @@ def add_panel(
             return _refused(None, f"the body is not a desired state: {error}")
         except InvalidArgumentError as error:
             return _refused(error.violations[0].field, error.message)
+        except PaddlerError as error:  # the state file could not be written, say
+            return JSONResponse({"error": {"field": None, "message": error.message}}, 500)
 
     @app.post("/api/generate")
-    async def generate(body: PlaygroundRequest) -> StreamingResponse:
-        """The reply as SSE: ``{"text"}`` pieces, then ``{"summary"}`` or ``{"error"}``."""
-        return StreamingResponse(_reply(relay, metrics, body), media_type="text/event-stream")
+    async def generate(body: PlaygroundRequest) -> Response:
+        """The reply as SSE: ``{"text"}`` pieces, then ``{"summary"}`` or ``{"error"}``; a
+        request the checks refuse gets a 400 naming the field."""
+        try:
+            with metrics.refusals(API, "generate"):
+                generation = _generation_input(body)
+        except InvalidArgumentError as error:
+            return _refused(error.violations[0].field, error.message)
+        return StreamingResponse(_reply(relay, generation), media_type="text/event-stream")
 
 
 def _refused(field: str | None, message: str) -> JSONResponse:
@@ -133,16 +151,20 @@ def _agent(agent: RegisteredAgent, now: float) -> dict[str, Any]:
 
 
 async def _snapshots(
-    request: Request, registry: AgentRegistry, dispatcher: SlotDispatcher, metrics: BalancerMetrics
+    request: Request,
+    registry: AgentRegistry,
+    dispatcher: SlotDispatcher,
+    metrics: BalancerMetrics,
+    stopping: asyncio.Event,
 ) -> AsyncIterator[str]:
     changed = asyncio.Event()
     stop_listening = registry.listen(changed.set)
-    previous = (time.monotonic(), metrics.tokens_generated)
+    previous = (time.monotonic(), metrics.pieces_relayed)
     try:
-        while not await request.is_disconnected():
+        while not stopping.is_set() and not await request.is_disconnected():
             changed.clear()
             now = time.monotonic()
-            tokens = metrics.tokens_generated
+            tokens = metrics.pieces_relayed
             rate = (tokens - previous[1]) / max(now - previous[0], 1e-6)
             if now - previous[0] >= TICK_S:
                 previous = (now, tokens)
@@ -150,7 +172,7 @@ async def _snapshots(
                 "agents": [_agent(agent, now) for agent in registry.agents()],
                 "buffered": dispatcher.buffered,
                 "buffer_capacity": dispatcher.capacity,
-                "tokens_per_second": round(rate, 1),
+                "pieces_per_second": round(rate, 1),
             }
             yield f"data: {json.dumps(snapshot)}\n\n"
             with contextlib.suppress(TimeoutError):
@@ -160,14 +182,12 @@ async def _snapshots(
 
 
 async def _reply(
-    relay: GenerationRelay, metrics: BalancerMetrics, body: PlaygroundRequest
+    relay: GenerationRelay, generation: generation_pb2.GenerationInput
 ) -> AsyncIterator[str]:
     def event(payload: dict[str, Any]) -> str:
         return f"data: {json.dumps(payload)}\n\n"
 
     try:
-        with metrics.refusals(API, "generate"):
-            generation = _generation_input(body)
         forwarded = agent_pb2.GenerateRequest(request_id=uuid.uuid4().hex, input=generation)
         async for chunk in relay.stream(forwarded, None, API):
             response = agent_pb2.GenerateResponse.FromString(chunk)

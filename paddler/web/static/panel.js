@@ -2,7 +2,7 @@
 // The admin panel: the cluster live (SSE), the desired state form, the prompt playground.
 
 const $ = (id) => document.getElementById(id);
-const history = [];
+const turns = [];
 const rates = [];
 let state = null;
 
@@ -42,8 +42,8 @@ function showCluster(snapshot) {
   $("agents").replaceChildren(...rows);
   $("buffered").textContent = String(snapshot.buffered);
   $("capacity").textContent = String(snapshot.buffer_capacity);
-  $("throughput").textContent = String(snapshot.tokens_per_second);
-  rates.push(snapshot.tokens_per_second);
+  $("throughput").textContent = String(snapshot.pieces_per_second);
+  rates.push(snapshot.pieces_per_second);
   if (rates.length > 120) rates.shift();
   drawChart();
 }
@@ -103,12 +103,17 @@ function modelSource(kind, value) {
 async function applyState(event) {
   event.preventDefault();
   const next = { ...state, model: modelSource($("source-kind").value, $("source-value").value) };
-  const defaults = { sampling: {} };
+  // What the form does not show (a seed, say) is kept as it was.
+  const defaults = structuredClone(state.defaults || {});
+  defaults.sampling = defaults.sampling || {};
   for (const input of document.querySelectorAll("[data-sampling]")) {
-    if (input.value !== "") defaults.sampling[input.dataset.sampling] = Number(input.value);
+    const key = input.dataset.sampling;
+    if (input.value === "") delete defaults.sampling[key];
+    else defaults.sampling[key] = Number(input.value);
   }
   for (const input of document.querySelectorAll("[data-size]")) {
-    if (input.value !== "") defaults[input.dataset.size] = Number(input.value);
+    const key = input.dataset.size;
+    if (input.value === "") delete defaults[key]; else defaults[key] = Number(input.value);
   }
   next.defaults = defaults;
   const template = $("template").value;
@@ -140,8 +145,8 @@ async function send(event) {
   event.preventDefault();
   const prompt = $("prompt").value.trim();
   if (!prompt) return;
-  history.push({ role: "user", content: prompt });
-  addTurn("user", prompt);
+  turns.push({ role: "user", content: prompt });
+  const asked = addTurn("user", prompt);
   $("prompt").value = "";
   const reply = addTurn("assistant", "");
   const summary = $("summary");
@@ -151,15 +156,19 @@ async function send(event) {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({
-      messages: history,
+      messages: turns,
       max_tokens: Number($("max-tokens").value),
       temperature: Number($("temperature").value),
       top_p: Number($("top-p").value),
     }),
   });
   if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
     summary.className = "error";
-    summary.textContent = `The request was refused (${response.status}).`;
+    summary.textContent = body.error ? body.error.message : `Refused (${response.status}).`;
+    turns.pop();  // the refused question does not stay in the conversation
+    asked.remove();
+    reply.remove();
     return;
   }
   const reader = response.body.getReader();
@@ -177,6 +186,10 @@ async function send(event) {
       if (data.error) {
         summary.className = "error";
         summary.textContent = `${data.error.code}: ${data.error.message}`;
+        turns.pop();  // the refused question does not stay in the conversation
+        asked.remove();
+        reply.remove();
+        return;
       }
       if (data.summary) {
         const s = data.summary;
@@ -186,7 +199,7 @@ async function send(event) {
       }
     }
   }
-  history.push({ role: "assistant", content: reply.textContent });
+  turns.push({ role: "assistant", content: reply.textContent });
 }
 
 $("state-form").addEventListener("submit", applyState);

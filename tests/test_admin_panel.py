@@ -5,6 +5,7 @@ Screenshots go to the test's own folder; no page logs an error."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,8 +102,10 @@ def test_the_panel_shows_load_edits_the_state_and_streams_a_prompt(
     page.fill("#prompt", "Say hello to the sea.")
     page.fill("#max-tokens", "12")
     page.click("#prompt-form button[type=submit]")
-    expect(summary).to_contain_text("solo · SmolLM2-135M-Instruct.Q4_1")
-    expect(summary).to_contain_text("12 tokens")
+    # Sampled at the panel's default temperature: the model may end before the cap.
+    expect(summary).to_have_text(
+        re.compile(r"^solo · SmolLM2-135M-Instruct\.Q4_1 · ([1-9]|1[0-2]) tokens · first token ")
+    )
     reply = page.locator(".turn.assistant")
     assert reply.inner_text().strip()
     page.screenshot(path=tmp_path / "playground.png", full_page=True)

@@ -17,7 +17,7 @@ from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
 from paddler.agent.metrics import AgentMetrics
 from paddler.agent.sampling import SamplerChain
-from paddler.agent.slot import Slot, choose_slot, common_prefix_length, step_shape
+from paddler.agent.slot import Slot, choose_slot, common_prefix_length, fill_batch, step_shape
 from paddler.agent.step_timings import StepTimings
 from paddler.common.errors import InternalError, PaddlerError, UnavailableError
 from paddler.v1 import generation_pb2
@@ -147,7 +147,7 @@ class Engine:
     def _step(self) -> None:
         self._drop_cancelled()
         self._admit()
-        fed = self._fill_batch()
+        fed = fill_batch(self._batch, self._slots, self.config.batch_size)
         if not fed:
             return
         began = time.perf_counter()
@@ -208,39 +208,6 @@ class Engine:
             llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             reused = 0
         slot.start(job, reused, SamplerChain(job.sampling, self.model.n_vocab))
-
-    def _fill_batch(self) -> list[tuple[Slot, list[int]]]:
-        """One token per generating slot, then prompt chunks (oldest request first), up to
-        ``batch_size`` tokens; written into the batch in sequence order, which llama.cpp
-        decodes about 15 % faster than an interleaved order (measured with bench_agent)."""
-        budget = self.config.batch_size
-        fed: list[tuple[Slot, list[int]]] = []
-        active = [slot for slot in self._slots if slot.job is not None and slot.pending]
-        for slot in sorted(active, key=Slot.feeding_order):
-            if budget == 0:
-                break
-            chunk = slot.pending[:budget]
-            del slot.pending[: len(chunk)]
-            budget -= len(chunk)
-            fed.append((slot, chunk))
-        fed.sort(key=lambda item: item[0].seq_id)
-        batch = self._batch
-        count = 0
-        for slot, chunk in fed:
-            position = len(slot.cached)
-            for offset, token in enumerate(chunk):
-                batch.token[count] = token
-                batch.pos[count] = position + offset
-                batch.n_seq_id[count] = 1
-                batch.seq_id[count][0] = slot.seq_id
-                batch.logits[count] = False
-                count += 1
-            slot.batch_index = -1
-            if not slot.pending:
-                batch.logits[count - 1] = True
-                slot.batch_index = count - 1
-        batch.n_tokens = count
-        return fed
 
     def _sample(self, slot: Slot) -> None:
         job, sampler, text = slot.job, slot.sampler, slot.text

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from paddler.v1 import agent_pb2_grpc
 from tests.client import generate, prompt_request
-from tests.processes import AgentProcess, process_env
+from tests.processes import AgentProcess, free_port, process_env, run_paddler
 
 
 def _start_fails(model: Path) -> subprocess.CompletedProcess[str]:
@@ -70,6 +70,26 @@ def test_health_and_reflection(agent4: AgentProcess) -> None:
         assert {"paddler.v1.AgentService", "grpc.health.v1.Health"} <= names
 
 
+def test_paddler_health_tells_readiness_from_liveness(agent4: AgentProcess) -> None:
+    ready = run_paddler("health", agent4.address)
+    assert (ready.returncode, ready.stdout.strip()) == (0, "SERVING")
+    waiting = AgentProcess(["--balancer", f"127.0.0.1:{free_port()}"])  # no state, no model
+    try:
+        waiting.wait_logs("agent listening")
+        not_ready = run_paddler("health", waiting.address)
+        assert (not_ready.returncode, not_ready.stdout.strip()) == (1, "NOT_SERVING")
+        alive = run_paddler("health", waiting.address, "--service", "liveness")
+        assert (alive.returncode, alive.stdout.strip()) == (0, "SERVING")
+    finally:
+        waiting.stop()
+    gone = run_paddler("health", waiting.address, "--timeout", "2")
+    assert gone.returncode == 1
+    assert gone.stderr.startswith(("paddler: UNAVAILABLE", "paddler: DEADLINE_EXCEEDED"))
+    unknown = run_paddler("health", agent4.address, "--service", "no.Such")
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("paddler: NOT_FOUND")
+
+
 def test_sigterm_lets_in_flight_streams_finish_and_refuses_new_ones() -> None:
     agent = AgentProcess(["--slots", "2", "--grace-period", "30", "--balancer", ""])
     agent.wait_ready()
@@ -79,6 +99,7 @@ def test_sigterm_lets_in_flight_streams_finish_and_refuses_new_ones() -> None:
         first = next(stream)
         agent.process.send_signal(signal.SIGTERM)
         agent.wait_logs("termination signal received")
+        assert run_paddler("health", agent.address).returncode == 1  # not ready while draining
         pieces = [first.text] + [r.text for r in stream if r.HasField("text")]
         assert stream.code() == grpc.StatusCode.OK
         assert len(pieces) > 1

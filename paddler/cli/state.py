@@ -10,6 +10,7 @@ from google.protobuf import json_format
 
 from paddler.cli.management_client import CALL_TIMEOUT_S, management_stub
 from paddler.cli.options import DEFAULT_MANAGEMENT_ADDRESS, ManagementAddressOption
+from paddler.cli.state_file import read_state_file, watch_state_file
 from paddler.common.desired_state import PACKAGED_MODELS
 from paddler.v1 import desired_state_pb2, management_pb2
 
@@ -53,13 +54,13 @@ def show(address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS) -> None:
 @state_app.command("set")
 def set_state(
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             envvar="PADDLER_STATE_MODEL",
             help=f"{' or '.join(PACKAGED_MODELS)}, hf:OWNER/REPO/FILE.gguf[@REVISION], "
             "or a GGUF path on the agents.",
         ),
-    ],
+    ] = None,
     address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS,
     context_size: Annotated[
         int | None, typer.Option(help="Context per slot; default: each agent's flag.")
@@ -84,30 +85,96 @@ def set_state(
             exists=True, dir_okay=False, help="Jinja file overriding the GGUF's template."
         ),
     ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PADDLER_DESIRED_STATE_FILE",
+            dir_okay=False,
+            help="JSON file holding the whole desired state (as 'state show' prints under "
+            '"state"), instead of the other flags.',
+        ),
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            envvar="PADDLER_STATE_WATCH",
+            help="With --file: keep running and set the file's state again whenever the file "
+            "changes or the balancer's state differs from it (a restarted balancer, a change "
+            "made elsewhere).",
+        ),
+    ] = False,
+    watch_interval: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            envvar="PADDLER_STATE_WATCH_INTERVAL",
+            help="Seconds between two checks with --watch.",
+        ),
+    ] = 5.0,
 ) -> None:
     """Replace the desired state; every agent applies it (unset values keep the defaults)."""
+    if file is not None:
+        flags = {
+            "model": model,
+            "context-size": context_size,
+            "batch-size": batch_size,
+            "temperature": temperature,
+            "top-k": top_k,
+            "top-p": top_p,
+            "min-p": min_p,
+            "repeat-penalty": repeat_penalty,
+            "presence-penalty": presence_penalty,
+            "frequency-penalty": frequency_penalty,
+            "chat-template": chat_template,
+        }
+        given = [name for name, value in flags.items() if value is not None]
+        if given:
+            raise typer.BadParameter(
+                f"--file holds the whole state; leave out --{given[0]}",
+                param_hint="--file",
+            )
+        if watch:
+            watch_state_file(file, address, watch_interval)
+            return
+        state = read_state_file(file)
+    elif watch:
+        raise typer.BadParameter("--watch needs --file", param_hint="--watch")
+    elif model is None:
+        raise typer.BadParameter("give --model, or --file with the whole state")
+    else:
+        sampling = {
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "min_p": min_p,
+            "repeat_penalty": repeat_penalty,
+            "presence_penalty": presence_penalty,
+            "frequency_penalty": frequency_penalty,
+        }
+        state = _state_from_flags(model, context_size, batch_size, chat_template, sampling)
+    with management_stub(address) as stub:
+        reply = stub.SetDesiredState(
+            management_pb2.SetDesiredStateRequest(state=state), timeout=CALL_TIMEOUT_S
+        )
+    _print(reply.desired_state)
+
+
+def _state_from_flags(
+    model: str,
+    context_size: int | None,
+    batch_size: int | None,
+    chat_template: Path | None,
+    sampling: dict[str, float | None],
+) -> desired_state_pb2.DesiredState:
     defaults = desired_state_pb2.InferenceDefaults()
     if context_size is not None:
         defaults.context_size = context_size
     if batch_size is not None:
         defaults.batch_size = batch_size
-    sampling = {
-        "temperature": temperature,
-        "top_k": top_k,
-        "top_p": top_p,
-        "min_p": min_p,
-        "repeat_penalty": repeat_penalty,
-        "presence_penalty": presence_penalty,
-        "frequency_penalty": frequency_penalty,
-    }
     for name, value in sampling.items():
         if value is not None:
             setattr(defaults.sampling, name, value)
     state = desired_state_pb2.DesiredState(model=model_source(model), defaults=defaults)
     if chat_template is not None:
         state.chat_template_override = chat_template.read_text()
-    with management_stub(address) as stub:
-        reply = stub.SetDesiredState(
-            management_pb2.SetDesiredStateRequest(state=state), timeout=CALL_TIMEOUT_S
-        )
-    _print(reply.desired_state)
+    return state

@@ -30,8 +30,16 @@ SERVER_OPTIONS = (
 )
 
 
+LIVENESS_SERVICE = "liveness"
+"""A health entry that is SERVING from start to exit, draining included (liveness probes)."""
+
+
 class ManagedServer:
-    """Owns the aio server and its health servicer; ``service_names`` are reported in health."""
+    """Owns the aio server and its health servicer; ``service_names`` are reported in health.
+
+    The overall entry ("") and each service say whether calls are served now (readiness);
+    ``LIVENESS_SERVICE`` says only that the process answers.
+    """
 
     def __init__(self, service_names: Iterable[str]) -> None:
         self.server = aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
@@ -55,6 +63,7 @@ class ManagedServer:
         except ValueError:  # no port given: gRPC bound its default one
             host = address
         await self.server.start()
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(serving=False)
         return join_host_port(host, port)
 

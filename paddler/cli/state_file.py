@@ -1,0 +1,76 @@
+"""The desired state kept in a JSON file (a ConfigMap in Kubernetes): set once, or kept in force."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import structlog
+import typer
+from google.protobuf import json_format
+
+from paddler.cli.management_client import CALL_TIMEOUT_S
+from paddler.cli.stop_signal import stop_requested
+from paddler.common.logging import configure_logging
+from paddler.v1 import desired_state_pb2, management_pb2, management_pb2_grpc
+
+log = structlog.get_logger("paddler.state")
+
+
+def read_state_file(path: Path) -> desired_state_pb2.DesiredState:
+    """The DesiredState in ``path`` (protobuf's JSON form); a bad file is a BadParameter."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise typer.BadParameter(
+            f"cannot read {path}: {error.strerror}", param_hint="--file"
+        ) from None
+    try:
+        return json_format.Parse(text, desired_state_pb2.DesiredState())
+    except json_format.ParseError as error:
+        raise typer.BadParameter(
+            f"{path} is not a desired state in JSON: {error}", param_hint="--file"
+        ) from None
+
+
+def watch_state_file(path: Path, address: str, interval_s: float) -> None:
+    """Keep the balancer's desired state equal to the file's until SIGTERM or SIGINT."""
+    configure_logging()
+    stop = stop_requested()
+    last_problem = ""
+    with grpc.insecure_channel(address) as channel:
+        stub = management_pb2_grpc.ManagementServiceStub(channel)
+        while not stop.is_set():
+            problem = _reconcile(stub, path)
+            if problem and problem != last_problem:  # once per new problem, not every interval
+                log.warning("desired state not set", file=str(path), problem=problem)
+            last_problem = problem
+            stop.wait(interval_s)
+    log.info("state watch stopped", file=str(path))
+
+
+def _reconcile(stub: management_pb2_grpc.ManagementServiceStub, path: Path) -> str:
+    """Set the file's state if the balancer's differs; return what went wrong, or ""."""
+    try:
+        wanted = read_state_file(path)
+    except typer.BadParameter as error:
+        return error.message
+    try:
+        current = stub.GetDesiredState(
+            management_pb2.GetDesiredStateRequest(), timeout=CALL_TIMEOUT_S
+        ).desired_state
+        if current.version and current.state == wanted:
+            return ""
+        reply = stub.SetDesiredState(
+            management_pb2.SetDesiredStateRequest(state=wanted), timeout=CALL_TIMEOUT_S
+        )
+    except grpc.RpcError as error:
+        assert isinstance(error, grpc.Call)
+        return f"{error.code().name}: {error.details()}"
+    log.info(
+        "desired state set",
+        file=str(path),
+        version=reply.desired_state.version,
+        epoch=reply.desired_state.epoch,
+    )
+    return ""

@@ -1,0 +1,125 @@
+"""``paddler state set --file`` (a ConfigMap's JSON) and ``--watch``, against a real balancer."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.processes import LOG_TIMEOUT_S, BalancerProcess, process_env, run_paddler
+
+STATE = {"model": {"packaged": "smollm2-135m"}, "defaults": {"sampling": {"temperature": 0.5}}}
+
+
+@pytest.fixture(scope="module")
+def balancer() -> Iterator[BalancerProcess]:
+    process = BalancerProcess([])
+    yield process
+    process.stop()
+
+
+def _shown(balancer: BalancerProcess) -> dict[str, object]:
+    result = run_paddler("state", "show", "--address", balancer.management)
+    assert result.returncode == 0, result.stderr
+    shown: dict[str, object] = json.loads(result.stdout)
+    return shown
+
+
+def _wait_for_temperature(balancer: BalancerProcess, value: float) -> dict[str, object]:
+    deadline = time.monotonic() + LOG_TIMEOUT_S
+    while (shown := _shown(balancer))["state"].get(  # type: ignore[attr-defined]
+        "defaults", {}
+    ).get("sampling", {}).get("temperature") != value:
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.1)
+    return shown
+
+
+def test_a_state_file_sets_the_whole_state(tmp_path: Path, balancer: BalancerProcess) -> None:
+    file = tmp_path / "state.json"
+    file.write_text(json.dumps(STATE))
+    result = run_paddler("state", "set", "--file", str(file), "--address", balancer.management)
+    assert result.returncode == 0, result.stderr
+    state = _shown(balancer)["state"]
+    assert isinstance(state, dict)
+    assert state["model"] == {"packaged": "smollm2-135m"}
+    assert state["defaults"]["sampling"]["temperature"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        ("{not json", [], "is not a desired state in JSON"),
+        ('{"model": {"packaged": "x"}, "colour": 1}', [], 'no field named "colour"'),
+        (json.dumps(STATE), ["--temperature", "0.1"], "leave out --temperature"),
+        (None, [], "cannot read"),
+    ],
+)
+def test_a_bad_state_file_is_refused_before_any_call(
+    tmp_path: Path, content: str | None, args: list[str], message: str
+) -> None:
+    file = tmp_path / "state.json"
+    if content is not None:
+        file.write_text(content)
+    result = run_paddler("state", "set", "--file", str(file), "--address", "127.0.0.1:1", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_watch_needs_a_file_and_set_needs_a_model_or_a_file() -> None:
+    assert "--watch needs --file" in run_paddler("state", "set", "--watch").stderr
+    assert "give --model, or --file" in run_paddler("state", "set").stderr
+
+
+def test_an_invalid_state_in_the_file_is_the_balancers_invalid_argument(
+    tmp_path: Path, balancer: BalancerProcess
+) -> None:
+    file = tmp_path / "state.json"
+    file.write_text(json.dumps({"model": {"packaged": "no-such-model"}}))
+    result = run_paddler("state", "set", "--file", str(file), "--address", balancer.management)
+    assert result.returncode == 1
+    assert result.stderr.startswith("paddler: INVALID_ARGUMENT")
+    assert "no-such-model" in result.stderr
+
+
+def test_watch_keeps_the_balancer_on_the_files_state(
+    tmp_path: Path, balancer: BalancerProcess
+) -> None:
+    file = tmp_path / "state.json"
+    file.write_text(json.dumps({**STATE, "defaults": {"sampling": {"temperature": 0.75}}}))
+    args = ["--file", str(file), "--watch", "--watch-interval", "0.2"]
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "paddler", "state", "set", *args, "--address", balancer.management],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=process_env()[0],
+    )
+    try:
+        first = _wait_for_temperature(balancer, 0.75)
+        # A change made elsewhere is undone; the file is the truth.
+        changed = run_paddler(
+            "state", "set", "--model", "smollm2-135m", "--address", balancer.management
+        )
+        assert changed.returncode == 0, changed.stderr
+        restored = _wait_for_temperature(balancer, 0.75)
+        assert int(str(restored["version"])) > int(str(first["version"])) + 1
+        # Editing the file (as kubelet updates a mounted ConfigMap) sets the new state.
+        file.write_text(json.dumps({**STATE, "defaults": {"sampling": {"temperature": 0.25}}}))
+        edited = _wait_for_temperature(balancer, 0.25)
+        # An unchanged file sets nothing more: the version stays.
+        time.sleep(1)
+        assert _shown(balancer)["version"] == edited["version"]
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(timeout=30) == 0
+    finally:
+        watcher.kill()
+    assert watcher.stderr is not None
+    logs = [json.loads(line) for line in watcher.stderr if line.startswith("{")]
+    assert [r["event"] for r in logs].count("desired state set") == 3
+    assert logs[-1]["event"] == "state watch stopped"

@@ -65,11 +65,18 @@ class ServerProcess:
     """A running ``paddler COMMAND``; ``listening`` is its parsed 'listening' log record."""
 
     def __init__(
-        self, command: str, args: list[str], listening_event: str, env: dict[str, str] | None
+        self,
+        command: str,
+        args: list[str],
+        listening_event: str,
+        env: dict[str, str] | None,
+        python: str = sys.executable,
+        cwd: Path | None = None,
     ) -> None:
         environment, self._home = process_env(env)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "paddler", command, *args],
+            [python, "-m", "paddler", command, *args],
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -6,6 +6,7 @@ from paddler.cli.agent import agent
 from paddler.cli.agents import agents
 from paddler.cli.balancer import balancer
 from paddler.cli.embed import embed
+from paddler.cli.fleet import fleet
 from paddler.cli.generate import chat, generate
 from paddler.cli.health import health
 from paddler.cli.simulated_fleet import simulated_fleet
@@ -19,6 +20,6 @@ def paddler() -> None:
     """Paddler: slot-aware serving of llama.cpp models over gRPC."""
 
 
-for command in (balancer, agent, generate, chat, embed, agents, health, simulated_fleet):
+for command in (balancer, agent, fleet, generate, chat, embed, agents, health, simulated_fleet):
     app.command()(command)
 app.add_typer(state_app, name="state")

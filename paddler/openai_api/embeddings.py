@@ -4,9 +4,9 @@ response (floats, or base64 of little-endian float32 as the official clients ask
 from __future__ import annotations
 
 import base64
+import struct
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from paddler.common.embedding_input import check_embedding_input
@@ -75,5 +75,5 @@ def response(body: EmbeddingRequest, result: embedding_pb2.EmbeddingResult) -> d
 def _encoded(vector: embedding_pb2.Embedding, encoding: str) -> list[float] | str:
     if encoding == "float":
         return list(vector.values)
-    raw = np.asarray(vector.values, dtype="<f4").tobytes()
+    raw = struct.pack(f"<{len(vector.values)}f", *vector.values)  # little-endian float32
     return base64.b64encode(raw).decode()

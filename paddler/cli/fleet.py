@@ -1,0 +1,148 @@
+"""``paddler fleet``: a balancer and K agents on this machine, stopped together by Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from paddler.cli.local_fleet import (
+    FleetFailedError,
+    FleetPlan,
+    Member,
+    check_running,
+    members,
+    start,
+    stop_all,
+    wait_ready,
+)
+from paddler.cli.options import GracePeriodOption, LogLevelOption
+from paddler.cli.stop_signal import stop_requested
+
+
+def fleet(
+    agents: Annotated[
+        int, typer.Option(min=1, envvar="PADDLER_FLEET_AGENTS", help="Agents to start.")
+    ] = 2,
+    slots: Annotated[
+        int, typer.Option(min=1, envvar="PADDLER_SLOTS", help="Slots of each agent.")
+    ] = 4,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="PADDLER_THREADS",
+            help="llama.cpp threads of each agent (default: the CPUs shared out among them).",
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PADDLER_MODEL",
+            help="GGUF file every agent serves (default: the desired state, else SmolLM2).",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(envvar="PADDLER_FLEET_HOST", help="Address every server binds.")
+    ] = "127.0.0.1",
+    inference_port: Annotated[
+        int,
+        typer.Option(
+            min=0, envvar="PADDLER_FLEET_INFERENCE_PORT", help="Balancer inference gRPC port."
+        ),
+    ] = 50051,
+    management_port: Annotated[
+        int,
+        typer.Option(
+            min=0, envvar="PADDLER_FLEET_MANAGEMENT_PORT", help="Balancer management gRPC port."
+        ),
+    ] = 50053,
+    openai_port: Annotated[
+        int, typer.Option(min=0, envvar="PADDLER_FLEET_OPENAI_PORT", help="OpenAI API port.")
+    ] = 8080,
+    web_port: Annotated[
+        int,
+        typer.Option(min=0, envvar="PADDLER_FLEET_WEB_PORT", help="Admin panel and metrics port."),
+    ] = 8081,
+    agent_port: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            envvar="PADDLER_FLEET_AGENT_PORT",
+            help="The first agent's gRPC port; agent i takes this plus i-1 (0: free ports).",
+        ),
+    ] = 50100,
+    agent_metrics_port: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            envvar="PADDLER_FLEET_AGENT_METRICS_PORT",
+            help="The first agent's metrics port; agent i takes this plus i-1 (0: free ports).",
+        ),
+    ] = 50200,
+    grace_period: GracePeriodOption = 30.0,
+    log_level: LogLevelOption = "warning",
+) -> None:
+    """Start a balancer and K agents as separate processes with the flags the pods get, print
+    where everything listens, and stop them all (agents first, each draining) on Ctrl-C."""
+    plan = FleetPlan(
+        agents=agents,
+        slots=slots,
+        threads=threads or max(1, (os.cpu_count() or 1) // agents),
+        model=model,
+        host=host,
+        inference_port=inference_port,
+        management_port=management_port,
+        openai_port=openai_port,
+        web_port=web_port,
+        agent_port=agent_port,
+        agent_metrics_port=agent_metrics_port,
+        grace_period_s=grace_period,
+        log_level=log_level,
+    )
+    stop = stop_requested()
+    fleet_members = members(plan)
+    balancer = fleet_members[0]
+    management = balancer.args[balancer.args.index("--management-addr") + 1]
+    try:
+        for member in fleet_members:
+            start(member)
+        if wait_ready(fleet_members, management, stop):
+            _print_listening(fleet_members)
+            while not stop.wait(0.5):
+                check_running(fleet_members)
+    except FleetFailedError as error:
+        typer.echo(f"paddler: {error}; stopping the fleet", err=True)
+        stop_all(fleet_members)
+        raise typer.Exit(1) from None
+    typer.echo("stopping: agents first (each drains its streams), then the balancer")
+    clean = stop_all(fleet_members)
+    typer.echo("fleet stopped" if clean else "fleet stopped; a process exited with an error")
+    if not clean:
+        raise typer.Exit(1)
+
+
+def _flag(member: Member, flag: str) -> str:
+    return member.args[member.args.index(flag) + 1]
+
+
+def _print_listening(fleet_members: list[Member]) -> None:
+    """One line per process: its pid and where it listens."""
+    balancer, *agents = fleet_members
+    assert balancer.process is not None
+    typer.echo(
+        f"balancer pid={balancer.process.pid} inference={_flag(balancer, '--inference-addr')} "
+        f"management={_flag(balancer, '--management-addr')} "
+        f"openai=http://{_flag(balancer, '--openai-addr')}/v1 "
+        f"panel=http://{_flag(balancer, '--web-addr')}/ "
+        f"metrics=http://{_flag(balancer, '--web-addr')}/metrics"
+    )
+    for agent in agents:
+        assert agent.process is not None
+        typer.echo(
+            f"{agent.name} pid={agent.process.pid} grpc={agent.address} "
+            f"metrics=http://{_flag(agent, '--metrics-addr')}/metrics"
+        )
+    typer.echo(f"fleet ready: {len(agents)} agents; Ctrl-C stops them all")

@@ -1,0 +1,166 @@
+"""A balancer and K agents as separate processes on this machine, with the pods' flags."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from paddler.v1 import management_pb2, management_pb2_grpc
+
+STOP_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """Where everything listens; a port of 0 is replaced by a free one."""
+
+    agents: int
+    slots: int
+    threads: int
+    model: Path | None
+    host: str
+    inference_port: int
+    management_port: int
+    openai_port: int
+    web_port: int
+    agent_port: int
+    agent_metrics_port: int
+    grace_period_s: float
+    log_level: str
+
+
+@dataclass
+class Member:
+    """One process of the fleet."""
+
+    name: str
+    role: str
+    address: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+
+class FleetFailedError(Exception):
+    """A process of the fleet exited on its own, or the agents never became ready."""
+
+
+def _port(host: str, port: int) -> int:
+    if port:
+        return port
+    with socket.socket() as probe:  # a free port now; the child binds it a moment later
+        probe.bind((host, 0))
+        free: int = probe.getsockname()[1]
+        return free
+
+
+def members(plan: FleetPlan) -> list[Member]:
+    """The balancer first, then the agents, each with the flags its pod would get."""
+    at = plan.host
+    inference = f"{at}:{_port(at, plan.inference_port)}"
+    management = f"{at}:{_port(at, plan.management_port)}"
+    common = ["--grace-period", f"{plan.grace_period_s:g}", "--log-level", plan.log_level]
+    balancer = Member(
+        "balancer",
+        "balancer",
+        inference,
+        [
+            "balancer",
+            "--inference-addr", inference,
+            "--management-addr", management,
+            "--openai-addr", f"{at}:{_port(at, plan.openai_port)}",
+            "--web-addr", f"{at}:{_port(at, plan.web_port)}",
+            *common,
+        ],
+    )  # fmt: skip
+    fleet = [balancer]
+    for index in range(plan.agents):
+        port = _port(at, plan.agent_port + index if plan.agent_port else 0)
+        metrics = _port(at, plan.agent_metrics_port + index if plan.agent_metrics_port else 0)
+        model = ["--model", str(plan.model)] if plan.model else []
+        fleet.append(
+            Member(
+                f"agent-{index + 1}",
+                "agent",
+                f"{at}:{port}",
+                [
+                    "agent",
+                    "--name", f"agent-{index + 1}",
+                    "--balancer", management,
+                    "--host", at,
+                    "--port", str(port),
+                    "--metrics-addr", f"{at}:{metrics}",
+                    "--slots", str(plan.slots),
+                    "--threads", str(plan.threads),
+                    *model,
+                    *common,
+                ],
+            )
+        )  # fmt: skip
+    return fleet
+
+
+def start(member: Member) -> None:
+    """Start ``paddler ARGS`` in a session of its own (Ctrl-C reaches only the fleet)."""
+    environment = {k: v for k, v in os.environ.items() if k != "POD_IP"}
+    member.process = subprocess.Popen(
+        [sys.executable, "-m", "paddler", *member.args],
+        stdin=subprocess.DEVNULL,
+        env=environment,
+        start_new_session=True,
+    )
+
+
+def wait_ready(fleet: list[Member], management: str, stop: threading.Event) -> bool:
+    """Wait until every agent is registered and ready (False if asked to stop first)."""
+    names = {m.name for m in fleet if m.role == "agent"}
+    with grpc.insecure_channel(management) as channel:
+        stub = management_pb2_grpc.ManagementServiceStub(channel)
+        while not stop.is_set():
+            check_running(fleet)
+            try:
+                reply = stub.ListAgents(management_pb2.ListAgentsRequest(), timeout=5)
+            except grpc.RpcError:  # the balancer is still starting
+                reply = management_pb2.ListAgentsResponse()
+            if names <= {a.name for a in reply.agents if a.ready}:
+                return True
+            stop.wait(0.3)
+    return False
+
+
+def check_running(fleet: list[Member]) -> None:
+    """Raise FleetFailedError if a member has exited."""
+    for member in fleet:
+        assert member.process is not None
+        code = member.process.poll()
+        if code is not None:
+            raise FleetFailedError(f"{member.name} exited with code {code}")
+
+
+def stop_all(fleet: list[Member]) -> bool:
+    """SIGTERM the agents (they drain and leave), then the balancer; True if all exit 0."""
+    clean = True
+    agents = [m for m in fleet if m.role == "agent"]
+    balancers = [m for m in fleet if m.role == "balancer"]
+    for group in (agents, balancers):
+        started = [m.process for m in group if m.process is not None]
+        for process in started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in started:
+            try:
+                code = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait()
+            clean = clean and code == 0
+    return clean

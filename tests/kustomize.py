@@ -85,13 +85,16 @@ def _patch(directory: Path, patch: Manifest, objects: list[Manifest]) -> None:
     if not isinstance(operations, list):
         raise TypeError(f"{patch['path']}: only JSON 6902 patches (a list of operations)")
     target = patch["target"]
+    if set(target) - {"kind", "name"}:
+        raise ValueError(f"{patch['path']}: targets by kind and name only")
     matched = [
         o
         for o in objects
-        if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]
+        if o["kind"] == target["kind"]
+        and target.get("name", o["metadata"]["name"]) == o["metadata"]["name"]
     ]
     if not matched:
-        raise ValueError(f"{patch['path']}: no {target['kind']} {target['name']}")
+        raise ValueError(f"{patch['path']}: nothing matches {target}")
     for manifest in matched:
         jsonpatch.apply_patch(manifest, operations, in_place=True)
 

@@ -63,6 +63,9 @@ def test_health_and_reflection(agent4: AgentProcess) -> None:
         for service in ("", "paddler.v1.AgentService"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="liveness"), timeout=10)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # streamed health
+        watch.cancel()
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         reply = next(iter(reflection.ServerReflectionInfo(iter([request]))))

@@ -8,23 +8,26 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import kubernetes_validate
 import pytest
+import typer
 import yaml
 from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
 from paddler.cli.agent import agent
 from paddler.cli.balancer import balancer
+from paddler.cli.main import app
 from paddler.v1 import desired_state_pb2
 from tests.client import generate, prompt_request
-from tests.cluster import cluster, to_inference
+from tests.cluster import Cluster, cluster, to_inference
 from tests.kustomize import Manifest, containers, render
-from tests.processes import BalancerProcess, run_paddler
+from tests.processes import process_env, run_paddler
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -63,22 +66,60 @@ def _port(address: str) -> int:
 
 
 @pytest.fixture(scope="module", params=KUSTOMIZATIONS, ids=lambda path: path.name)
-def manifests(request: pytest.FixtureRequest) -> list[Manifest]:
-    directory: Path = request.param
+def directory(request: pytest.FixtureRequest) -> Path:
+    path: Path = request.param
+    return path
+
+
+@pytest.fixture(scope="module")
+def manifests(directory: Path) -> list[Manifest]:
     return render(directory)
 
 
-@pytest.fixture(scope="module")
-def help_texts() -> dict[str, str]:
-    commands = {"agent": ["agent"], "balancer": ["balancer"], "state set": ["state", "set"]}
-    return {name: run_paddler(*args, "--help").stdout for name, args in commands.items()}
+@dataclass(frozen=True)
+class Documented:
+    """A command's flags and variables, as its ``--help`` lists them."""
+
+    flags: set[str]
+    variables: set[str]
+    help: str
 
 
 @pytest.fixture(scope="module")
-def live_balancer() -> Iterator[BalancerProcess]:
-    process = BalancerProcess([])
-    yield process
-    process.stop()
+def documented() -> dict[str, Documented]:
+    """What ``paddler agent``, ``balancer`` and ``state set`` take, from the commands' own
+    parameters (what ``--help`` renders), each checked against the rendered ``--help``."""
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    state = group.commands["state"]
+    assert isinstance(state, typer.core.TyperGroup)
+    commands = {
+        "agent": group.commands["agent"],
+        "balancer": group.commands["balancer"],
+        "state set": state.commands["set"],
+    }
+    found = {}
+    for name, command in commands.items():
+        options = [p for p in command.params if isinstance(p, typer.core.TyperOption)]
+        flags = {flag for option in options for flag in option.opts + option.secondary_opts}
+        variables = {str(option.envvar) for option in options if option.envvar}
+        text = subprocess.run(
+            [sys.executable, "-m", "paddler", *name.split(), "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=process_env({"COLUMNS": "250"})[0],
+        ).stdout
+        assert all(variable in text for variable in variables), name
+        found[name] = Documented(flags, variables, text)
+    return found
+
+
+@pytest.fixture(scope="module")
+def one_agent() -> Iterator[Cluster]:
+    """A balancer with one agent of 2 slots, as a pod would register."""
+    with cluster(("pod", 2)) as c:
+        yield c
 
 
 def test_hadolint_finds_nothing_above_info() -> None:
@@ -121,22 +162,28 @@ def test_a_misspelt_field_fails_validation(manifests: list[Manifest]) -> None:
 
 
 def test_every_variable_and_flag_passed_exists(
-    manifests: list[Manifest], help_texts: dict[str, str]
+    manifests: list[Manifest], documented: dict[str, Documented]
 ) -> None:
     commands = {"balancer": "balancer", "agent": "agent", "desired-state": "state set"}
     for container in containers(manifests):
-        text = help_texts[commands[container["name"]]]
+        known = documented[commands[container["name"]]]
         for name in _env(container):
-            assert name in READ_BY_CODE or name in text, f"{container['name']}: {name}"
+            assert name in READ_BY_CODE | known.variables, f"{container['name']}: {name}"
         for flag in [arg for arg in container.get("args", []) if arg.startswith("--")]:
-            assert f"{flag} " in text, f"{container['name']}: {flag}"
+            assert flag in known.flags, f"{container['name']}: {flag}"
         if "command" in container:
             assert container["command"] == ["paddler", "state", "set"]
     for dockerfile, command in DOCKERFILES.items():
         text = (ROOT / dockerfile).read_text()
         for name in re.findall(r"\b([A-Z][A-Z0-9_]+)=", _env_block(text)):
-            assert name in READ_BY_CODE or name in help_texts[command], f"{dockerfile}: {name}"
+            assert name in READ_BY_CODE | documented[command].variables, f"{dockerfile}: {name}"
         assert f'ENTRYPOINT ["paddler", "{command}"]' in text
+
+
+def test_a_misspelt_variable_is_not_documented(documented: dict[str, Documented]) -> None:
+    assert "PADDLER_SLOTS" in documented["agent"].variables
+    assert "PADDLER_SLOT" not in documented["agent"].variables  # a prefix is not a match
+    assert "--watch" in documented["state set"].flags
 
 
 def _env_block(dockerfile: str) -> str:
@@ -211,7 +258,7 @@ def test_the_agents_threads_follow_their_cpu_limit(manifests: list[Manifest]) ->
 
 
 def test_the_service_monitors_select_services_and_their_ports(
-    manifests: list[Manifest],
+    directory: Path, manifests: list[Manifest]
 ) -> None:
     monitors = [m for m in manifests if m["kind"] == "ServiceMonitor"]
     services = _by_kind(manifests, "Service")
@@ -222,12 +269,14 @@ def test_the_service_monitors_select_services_and_their_ports(
         ]
         names = {p["name"] for p in service["spec"]["ports"]}
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= names
-    # The base has none (no Prometheus Operator assumed); the example overlay adds them.
-    assert bool(monitors) == ("registry.example.com" in json.dumps(manifests))
+    # The base has none (no Prometheus Operator assumed); the component adds them.
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    component = "../../components/prometheus-operator"
+    assert bool(monitors) == (component in kustomization.get("components", []))
 
 
 def test_the_autoscaler_reads_metrics_the_balancer_exports(
-    manifests: list[Manifest], live_balancer: BalancerProcess
+    manifests: list[Manifest], one_agent: Cluster
 ) -> None:
     hpa = _by_kind(manifests, "HorizontalPodAutoscaler")["paddler-agent"]
     assert hpa["spec"]["scaleTargetRef"]["name"] in _by_kind(manifests, "Deployment")
@@ -244,15 +293,23 @@ def test_the_autoscaler_reads_metrics_the_balancer_exports(
             "paddler_slot_use",
         }
     )
-    text = httpx.get(f"{live_balancer.web}/metrics", timeout=30).text
-    exported = {family.name for family in text_string_to_metric_families(text)}
+    text = httpx.get(f"{one_agent.balancer.web}/metrics", timeout=30).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
     for rule in custom:
-        series = re.findall(r"paddler_[a-z_]+", rule["seriesQuery"] + rule["metricsQuery"])
-        assert set(series) <= exported, series
+        query = rule["seriesQuery"] + rule["metricsQuery"]
+        for name in set(re.findall(r"paddler_[a-z_]+", query)):
+            exported = [labels for sample, labels in samples if sample == name]
+            assert exported, name  # a series with samples, not only a declared family
+            for label, value in re.findall(rf'{name}{{[^}}]*?(\w+)="(\w+)"', query):
+                assert any((label, value) in labels for labels in exported), (name, label, value)
 
 
 def test_the_desired_state_files_are_served_by_an_agent(
-    manifests: list[Manifest], tmp_path: Path
+    manifests: list[Manifest], one_agent: Cluster, tmp_path: Path
 ) -> None:
     config_map = _by_kind(manifests, "ConfigMap")["paddler-desired-state"]
     ((name, text),) = config_map["data"].items()
@@ -264,11 +321,9 @@ def test_the_desired_state_files_are_served_by_an_agent(
     assert args[args.index("--file") + 1] == f"{sidecar['volumeMounts'][0]['mountPath']}/{name}"
     path = tmp_path / name
     path.write_text(text)
-    with cluster(("pod", 2)) as c:
-        result = run_paddler(
-            "state", "set", "--file", str(path), "--address", c.balancer.management
-        )
-        assert result.returncode == 0, result.stderr
-        (agent,) = c.wait_applied(int(json.loads(result.stdout)["version"]))
-        reply = generate(c.inference, to_inference(prompt_request("Hi", max_tokens=4)))
-        assert reply.summary.agent_name == agent.name == "pod"
+    c = one_agent
+    result = run_paddler("state", "set", "--file", str(path), "--address", c.balancer.management)
+    assert result.returncode == 0, result.stderr
+    (agent,) = c.wait_applied(int(json.loads(result.stdout)["version"]))
+    reply = generate(c.inference, to_inference(prompt_request("Hi", max_tokens=4)))
+    assert reply.summary.agent_name == agent.name == "pod"

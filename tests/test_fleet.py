@@ -46,9 +46,9 @@ def test_a_fleet_of_three_serves_on_every_agent_and_stops_on_sigint() -> None:
         text=True,
         env=process_env()[0],
     )
+    lines: list[str] = []
     try:
         assert fleet.stdout is not None
-        lines: list[str] = []
         deadline = time.monotonic() + STARTUP_TIMEOUT_S * 2
         while not lines or not lines[-1].startswith("fleet ready"):
             line = fleet.stdout.readline()
@@ -76,19 +76,45 @@ def test_a_fleet_of_three_serves_on_every_agent_and_stops_on_sigint() -> None:
         for process in (balancer, *agents):
             assert _gone(int(process["pid"])), process
     finally:
-        fleet.kill()
-        fleet.wait()
+        _stop_everything(fleet, lines)
 
 
-def test_a_fleet_member_that_cannot_start_stops_the_fleet_with_exit_1() -> None:
-    missing = "/nonexistent/model.gguf"
+def _stop_everything(fleet: subprocess.Popen[str], lines: list[str]) -> None:
+    """After a failure too: the fleet's processes run in sessions of their own."""
+    if fleet.poll() is None:
+        fleet.send_signal(signal.SIGINT)
+        try:
+            fleet.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            fleet.kill()
+            fleet.wait()
+    for line in [line for line in lines if " pid=" in line]:
+        pid = int(_fields(line)["pid"])
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _failed_fleet(*args: str) -> subprocess.CompletedProcess[str]:
+    """``paddler fleet ARGS`` (free ports) run to its end, which must be exit code 1."""
     result = subprocess.run(
-        [sys.executable, "-m", "paddler", "fleet", "--agents", "1", "--model", missing, *PORTS],
+        [sys.executable, "-m", "paddler", "fleet", *args, *PORTS],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
         env=process_env()[0],
     )
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
+    assert "fleet ready" not in result.stdout
+    return result
+
+
+def test_a_fleet_member_that_cannot_start_stops_the_fleet_with_exit_1() -> None:
+    result = _failed_fleet("--agents", "1", "--model", "/nonexistent/model.gguf")
     assert "paddler: agent-1 exited with code 1; stopping the fleet" in result.stderr
+
+
+def test_agents_not_ready_in_time_stop_the_fleet_with_exit_1() -> None:
+    # A timeout of 0: the agents cannot have loaded and registered at the first look.
+    result = _failed_fleet("--agents", "2", "--ready-timeout", "0")
+    assert "paddler: not ready after 0 s: agent-1, agent-2" in result.stderr

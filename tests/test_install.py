@@ -61,7 +61,15 @@ def build_context(target: Path) -> Path:
     return target
 
 
-def _install(dockerfile: str, venv: Path) -> Path:
+def _cpu_cmake_args() -> str:
+    """The CMAKE_ARGS the agent image's CPU build stage sets."""
+    text = (ROOT / "Dockerfile.agent").read_text()
+    cpu_stage = text[text.index("AS build-cpu") : text.index("AS run-cpu")]
+    (args,) = re.findall(r'CMAKE_ARGS="([^"]*)"', cpu_stage)
+    return str(args)
+
+
+def _install(dockerfile: str, venv: Path, cmake_args: str = "") -> Path:
     """Run scripts/install.sh as the Dockerfile does (in a copy of the build context, like
     ``COPY . .``), into ``venv``; return its python."""
     args = _install_args(dockerfile)
@@ -74,7 +82,7 @@ def _install(dockerfile: str, venv: Path) -> Path:
         text=True,
         timeout=1200,
         check=False,
-        env=process_env()[0],
+        env=process_env({"CMAKE_ARGS": cmake_args} if cmake_args else None)[0],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return venv / "bin" / "python"
@@ -152,8 +160,19 @@ def test_the_balancer_image_install_serves_without_an_inference_stack(tmp_path: 
 
 @pytest.mark.timeout(1500)
 def test_the_agent_image_install_serves_the_default_model(tmp_path: Path) -> None:
-    python = _install("Dockerfile.agent", tmp_path / "venv")
+    # The CPU image's flags: llama-cpp-python builds anew (about 4 minutes on 2 cores).
+    cmake_args = _cpu_cmake_args()
+    assert "-DGGML_NATIVE=OFF" in cmake_args
+    assert "-DGGML_OPENMP=OFF" in cmake_args
+    python = _install("Dockerfile.agent", tmp_path / "venv", cmake_args)
     assert _runs(python, "import llama_cpp")
+    libraries = list(
+        (python.parent.parent / "lib").glob("python3.11/site-packages/llama_cpp/lib/*.so")
+    )
+    assert libraries
+    for library in libraries:  # the slim image has no libgomp
+        linked = subprocess.run(["ldd", str(library)], capture_output=True, text=True, check=True)
+        assert "libgomp" not in linked.stdout, library
     arguments = ["--host", "127.0.0.1", "--port", "0", "--balancer", ""]
     agent = ServerProcess("agent", arguments, "agent listening", None, str(python), cwd=tmp_path)
     try:

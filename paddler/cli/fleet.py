@@ -82,6 +82,15 @@ def fleet(
             help="The first agent's metrics port; agent i takes this plus i-1 (0: free ports).",
         ),
     ] = 50200,
+    ready_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="PADDLER_FLEET_READY_TIMEOUT",
+            help="Seconds the agents get to load their model and register; then the fleet "
+            "stops with exit code 1, naming the agents not ready.",
+        ),
+    ] = 600.0,
     grace_period: GracePeriodOption = 30.0,
     log_level: LogLevelOption = "warning",
 ) -> None:
@@ -104,45 +113,32 @@ def fleet(
     )
     stop = stop_requested()
     fleet_members = members(plan)
-    balancer = fleet_members[0]
-    management = balancer.args[balancer.args.index("--management-addr") + 1]
+    failure: FleetFailedError | None = None
     try:
         for member in fleet_members:
             start(member)
-        if wait_ready(fleet_members, management, stop):
+        if wait_ready(fleet_members, stop, ready_timeout):
             _print_listening(fleet_members)
             while not stop.wait(0.5):
                 check_running(fleet_members)
     except FleetFailedError as error:
+        failure = error
         typer.echo(f"paddler: {error}; stopping the fleet", err=True)
-        stop_all(fleet_members)
-        raise typer.Exit(1) from None
-    typer.echo("stopping: agents first (each drains its streams), then the balancer")
-    clean = stop_all(fleet_members)
+    finally:  # whatever ended the run, no process is left behind
+        if failure is None:
+            typer.echo("stopping: agents first (each drains its streams), then the balancer")
+        clean = stop_all(fleet_members)
+    if failure is not None:
+        raise typer.Exit(1)
     typer.echo("fleet stopped" if clean else "fleet stopped; a process exited with an error")
     if not clean:
         raise typer.Exit(1)
 
 
-def _flag(member: Member, flag: str) -> str:
-    return member.args[member.args.index(flag) + 1]
-
-
 def _print_listening(fleet_members: list[Member]) -> None:
     """One line per process: its pid and where it listens."""
-    balancer, *agents = fleet_members
-    assert balancer.process is not None
-    typer.echo(
-        f"balancer pid={balancer.process.pid} inference={_flag(balancer, '--inference-addr')} "
-        f"management={_flag(balancer, '--management-addr')} "
-        f"openai=http://{_flag(balancer, '--openai-addr')}/v1 "
-        f"panel=http://{_flag(balancer, '--web-addr')}/ "
-        f"metrics=http://{_flag(balancer, '--web-addr')}/metrics"
-    )
-    for agent in agents:
-        assert agent.process is not None
-        typer.echo(
-            f"{agent.name} pid={agent.process.pid} grpc={agent.address} "
-            f"metrics=http://{_flag(agent, '--metrics-addr')}/metrics"
-        )
-    typer.echo(f"fleet ready: {len(agents)} agents; Ctrl-C stops them all")
+    for member in fleet_members:
+        assert member.process is not None
+        places = " ".join(f"{what}={where}" for what, where in member.listens.items())
+        typer.echo(f"{member.name} pid={member.process.pid} {places}")
+    typer.echo(f"fleet ready: {len(fleet_members) - 1} agents; Ctrl-C stops them all")

@@ -18,7 +18,7 @@ def health(
         typer.Option(
             envvar="PADDLER_HEALTH_SERVICE",
             help="Health entry to ask: empty for readiness (serving now), 'liveness' for a "
-            "process that answers (draining included), or a service name.",
+            "process that answers (loading a model or not), or a service name.",
         ),
     ] = "",
     timeout: Annotated[

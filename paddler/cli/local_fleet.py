@@ -44,7 +44,7 @@ class Member:
 
     name: str
     role: str
-    address: str
+    listens: dict[str, str]  # what it serves -> where, as printed
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
 
@@ -67,37 +67,47 @@ def members(plan: FleetPlan) -> list[Member]:
     at = plan.host
     inference = f"{at}:{_port(at, plan.inference_port)}"
     management = f"{at}:{_port(at, plan.management_port)}"
+    openai = f"{at}:{_port(at, plan.openai_port)}"
+    web = f"{at}:{_port(at, plan.web_port)}"
     common = ["--grace-period", f"{plan.grace_period_s:g}", "--log-level", plan.log_level]
     balancer = Member(
         "balancer",
         "balancer",
-        inference,
+        {
+            "inference": inference,
+            "management": management,
+            "openai": f"http://{openai}/v1",
+            "panel": f"http://{web}/",
+            "metrics": f"http://{web}/metrics",
+        },
         [
             "balancer",
             "--inference-addr", inference,
             "--management-addr", management,
-            "--openai-addr", f"{at}:{_port(at, plan.openai_port)}",
-            "--web-addr", f"{at}:{_port(at, plan.web_port)}",
+            "--openai-addr", openai,
+            "--web-addr", web,
             *common,
         ],
     )  # fmt: skip
     fleet = [balancer]
     for index in range(plan.agents):
-        port = _port(at, plan.agent_port + index if plan.agent_port else 0)
-        metrics = _port(at, plan.agent_metrics_port + index if plan.agent_metrics_port else 0)
+        name = f"agent-{index + 1}"
+        grpc_address = f"{at}:{_port(at, plan.agent_port + index if plan.agent_port else 0)}"
+        metrics_port = plan.agent_metrics_port + index if plan.agent_metrics_port else 0
+        metrics = f"{at}:{_port(at, metrics_port)}"
         model = ["--model", str(plan.model)] if plan.model else []
         fleet.append(
             Member(
-                f"agent-{index + 1}",
+                name,
                 "agent",
-                f"{at}:{port}",
+                {"grpc": grpc_address, "metrics": f"http://{metrics}/metrics"},
                 [
                     "agent",
-                    "--name", f"agent-{index + 1}",
+                    "--name", name,
                     "--balancer", management,
                     "--host", at,
-                    "--port", str(port),
-                    "--metrics-addr", f"{at}:{metrics}",
+                    "--port", grpc_address.rsplit(":", 1)[1],
+                    "--metrics-addr", metrics,
                     "--slots", str(plan.slots),
                     "--threads", str(plan.threads),
                     *model,
@@ -119,10 +129,11 @@ def start(member: Member) -> None:
     )
 
 
-def wait_ready(fleet: list[Member], management: str, stop: threading.Event) -> bool:
+def wait_ready(fleet: list[Member], stop: threading.Event, timeout_s: float) -> bool:
     """Wait until every agent is registered and ready (False if asked to stop first)."""
     names = {m.name for m in fleet if m.role == "agent"}
-    with grpc.insecure_channel(management) as channel:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(fleet[0].listens["management"]) as channel:
         stub = management_pb2_grpc.ManagementServiceStub(channel)
         while not stop.is_set():
             check_running(fleet)
@@ -130,8 +141,14 @@ def wait_ready(fleet: list[Member], management: str, stop: threading.Event) -> b
                 reply = stub.ListAgents(management_pb2.ListAgentsRequest(), timeout=5)
             except grpc.RpcError:  # the balancer is still starting
                 reply = management_pb2.ListAgentsResponse()
-            if names <= {a.name for a in reply.agents if a.ready}:
+            waiting = names - {a.name for a in reply.agents if a.ready}
+            if not waiting:
                 return True
+            if time.monotonic() > deadline:
+                raise FleetFailedError(
+                    f"not ready after {timeout_s:g} s: {', '.join(sorted(waiting))} "
+                    "(see their logs above)"
+                )
             stop.wait(0.3)
     return False
 

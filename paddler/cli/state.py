@@ -9,7 +9,11 @@ import typer
 from google.protobuf import json_format
 
 from paddler.cli.management_client import CALL_TIMEOUT_S, management_stub
-from paddler.cli.options import DEFAULT_MANAGEMENT_ADDRESS, ManagementAddressOption
+from paddler.cli.options import (
+    DEFAULT_MANAGEMENT_ADDRESS,
+    LogLevelOption,
+    ManagementAddressOption,
+)
 from paddler.cli.state_file import read_state_file, watch_state_file
 from paddler.common.desired_state import PACKAGED_MODELS
 from paddler.v1 import desired_state_pb2, management_pb2
@@ -111,6 +115,7 @@ def set_state(
             help="Seconds between two checks with --watch.",
         ),
     ] = 5.0,
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Replace the desired state; every agent applies it (unset values keep the defaults)."""
     if file is not None:
@@ -134,7 +139,7 @@ def set_state(
                 param_hint="--file",
             )
         if watch:
-            watch_state_file(file, address, watch_interval)
+            watch_state_file(file, address, watch_interval, log_level)
             return
         state = read_state_file(file)
     elif watch:

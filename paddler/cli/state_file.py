@@ -33,9 +33,9 @@ def read_state_file(path: Path) -> desired_state_pb2.DesiredState:
         ) from None
 
 
-def watch_state_file(path: Path, address: str, interval_s: float) -> None:
+def watch_state_file(path: Path, address: str, interval_s: float, log_level: str) -> None:
     """Keep the balancer's desired state equal to the file's until SIGTERM or SIGINT."""
-    configure_logging()
+    configure_logging(log_level)
     stop = stop_requested()
     last_problem = ""
     with grpc.insecure_channel(address) as channel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -46,7 +47,11 @@ def _wrap_unary(
 _Context = aio.ServicerContext[Any, Any]
 
 
-def _wrap_stream(behavior: Any, method: str) -> Callable[[Any, _Context], AsyncIterator[Any]]:
+def _wrap_stream(behavior: Any, method: str) -> Callable[[Any, _Context], Any]:
+    if not inspect.isasyncgenfunction(behavior):
+        # A coroutine that streams with context.write (grpc.health's Watch): wrapped as such.
+        return _wrap_unary(behavior, method)
+
     async def handler(request: Any, context: _Context) -> AsyncIterator[Any]:
         try:
             async for response in behavior(request, context):

@@ -31,7 +31,8 @@ SERVER_OPTIONS = (
 
 
 LIVENESS_SERVICE = "liveness"
-"""A health entry that is SERVING from start to exit, draining included (liveness probes)."""
+"""A health entry that is SERVING from the start until the drain (liveness probes): downloads,
+model loads and swaps leave it SERVING. The drain refuses every new call, health included."""
 
 
 class ManagedServer:

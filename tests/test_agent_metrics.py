@@ -4,27 +4,17 @@ exactly as the requests used them, slots and KV cache against their capacity."""
 from __future__ import annotations
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from paddler.v1 import agent_pb2_grpc
 from tests.client import generate, prompt_request
+from tests.metric_samples import Samples, parse_samples, value
 from tests.processes import AgentProcess
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(agent: AgentProcess) -> Samples:
     reply = httpx.get(agent.metrics, timeout=10)
     assert reply.status_code == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(reply.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return parse_samples(reply.text)
 
 
 def test_steps_and_tokens_are_counted_exactly(

@@ -18,15 +18,16 @@ import pytest
 import typer
 import yaml
 from google.protobuf import json_format
-from prometheus_client.parser import text_string_to_metric_families
 
 from paddler.cli.agent import agent
 from paddler.cli.balancer import balancer
 from paddler.cli.main import app
+from paddler.common.addresses import split_host_port
 from paddler.v1 import desired_state_pb2
 from tests.client import generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
 from tests.kustomize import Manifest, containers, render
+from tests.metric_samples import parse_samples
 from tests.processes import process_env, run_paddler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ def _default(command: object, parameter: str) -> Any:
 
 
 def _port(address: str) -> int:
-    return int(address.rsplit(":", 1)[1])
+    return split_host_port(address)[1]
 
 
 @pytest.fixture(scope="module", params=KUSTOMIZATIONS, ids=lambda path: path.name)
@@ -293,12 +294,7 @@ def test_the_autoscaler_reads_metrics_the_balancer_exports(
             "paddler_slot_use",
         }
     )
-    text = httpx.get(f"{one_agent.balancer.web}/metrics", timeout=30).text
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items())))
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    samples = parse_samples(httpx.get(f"{one_agent.balancer.web}/metrics", timeout=30).text)
     for rule in custom:
         query = rule["seriesQuery"] + rule["metricsQuery"]
         for name in set(re.findall(r"paddler_[a-z_]+", query)):

@@ -11,13 +11,12 @@ import grpc
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.client import COUNTING_PROMPT, generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
+from tests.metric_samples import Samples, parse_samples, value
 from tests.openai_clients import MODEL, client_of
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 WAIT_S = 60.0
 
 
@@ -33,16 +32,7 @@ def scrape(c: Cluster) -> Samples:
     reply = httpx.get(f"{c.balancer.web}/metrics", timeout=10)
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(reply.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; 0 when it has not been recorded yet."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return parse_samples(reply.text)
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.processes import LOG_TIMEOUT_S, BalancerProcess, process_env, run_paddler
+from tests.processes import BalancerProcess, ServerProcess, run_paddler
 
 STATE = {"model": {"packaged": "smollm2-135m"}, "defaults": {"sampling": {"temperature": 0.5}}}
 
@@ -31,14 +27,10 @@ def _shown(balancer: BalancerProcess) -> dict[str, object]:
     return shown
 
 
-def _wait_for_temperature(balancer: BalancerProcess, value: float) -> dict[str, object]:
-    deadline = time.monotonic() + LOG_TIMEOUT_S
-    while (shown := _shown(balancer))["state"].get(  # type: ignore[attr-defined]
-        "defaults", {}
-    ).get("sampling", {}).get("temperature") != value:
-        assert time.monotonic() < deadline, shown
-        time.sleep(0.1)
-    return shown
+def _temperature(shown: dict[str, object]) -> object:
+    state = shown["state"]
+    assert isinstance(state, dict)
+    return state.get("defaults", {}).get("sampling", {}).get("temperature")
 
 
 def test_a_state_file_sets_the_whole_state(tmp_path: Path, balancer: BalancerProcess) -> None:
@@ -93,33 +85,37 @@ def test_watch_keeps_the_balancer_on_the_files_state(
 ) -> None:
     file = tmp_path / "state.json"
     file.write_text(json.dumps({**STATE, "defaults": {"sampling": {"temperature": 0.75}}}))
-    args = ["--file", str(file), "--watch", "--watch-interval", "0.2"]
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "paddler", "state", "set", *args, "--address", balancer.management],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=process_env()[0],
+    args = ["set", "--file", str(file), "--watch", "--watch-interval", "0.2"]
+    # Its log says when it set the state and when it found nothing to set (debug).
+    watcher = ServerProcess(
+        "state",
+        [*args, "--address", balancer.management, "--log-level", "debug"],
+        "desired state set",
+        None,
     )
     try:
-        first = _wait_for_temperature(balancer, 0.75)
+        watcher.wait_logs("desired state set", 1)
+        first = _shown(balancer)
+        assert _temperature(first) == 0.75
         # A change made elsewhere is undone; the file is the truth.
         changed = run_paddler(
             "state", "set", "--model", "smollm2-135m", "--address", balancer.management
         )
         assert changed.returncode == 0, changed.stderr
-        restored = _wait_for_temperature(balancer, 0.75)
+        watcher.wait_logs("desired state set", 2)
+        restored = _shown(balancer)
+        assert _temperature(restored) == 0.75
         assert int(str(restored["version"])) > int(str(first["version"])) + 1
         # Editing the file (as kubelet updates a mounted ConfigMap) sets the new state.
         file.write_text(json.dumps({**STATE, "defaults": {"sampling": {"temperature": 0.25}}}))
-        edited = _wait_for_temperature(balancer, 0.25)
-        # An unchanged file sets nothing more: the version stays.
-        time.sleep(1)
+        watcher.wait_logs("desired state set", 3)
+        edited = _shown(balancer)
+        assert _temperature(edited) == 0.25
+        # An unchanged file sets nothing more: checks go by and the version stays.
+        checks = len(watcher.logs("desired state checked"))
+        watcher.wait_logs("desired state checked", checks + 3)
         assert _shown(balancer)["version"] == edited["version"]
-        watcher.send_signal(signal.SIGTERM)
-        assert watcher.wait(timeout=30) == 0
+        assert len(watcher.logs("desired state set")) == 3
     finally:
-        watcher.kill()
-    assert watcher.stderr is not None
-    logs = [json.loads(line) for line in watcher.stderr if line.startswith("{")]
-    assert [r["event"] for r in logs].count("desired state set") == 3
-    assert logs[-1]["event"] == "state watch stopped"
+        assert watcher.stop() == 0
+    assert json.loads(watcher.lines[-1])["event"] == "state watch stopped"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from paddler.common.addresses import join_host_port
 from paddler.v1 import management_pb2, management_pb2_grpc
 
 STOP_TIMEOUT_S = 120.0
@@ -65,10 +66,10 @@ def _port(host: str, port: int) -> int:
 def members(plan: FleetPlan) -> list[Member]:
     """The balancer first, then the agents, each with the flags its pod would get."""
     at = plan.host
-    inference = f"{at}:{_port(at, plan.inference_port)}"
-    management = f"{at}:{_port(at, plan.management_port)}"
-    openai = f"{at}:{_port(at, plan.openai_port)}"
-    web = f"{at}:{_port(at, plan.web_port)}"
+    inference = join_host_port(at, _port(at, plan.inference_port))
+    management = join_host_port(at, _port(at, plan.management_port))
+    openai = join_host_port(at, _port(at, plan.openai_port))
+    web = join_host_port(at, _port(at, plan.web_port))
     common = ["--grace-period", f"{plan.grace_period_s:g}", "--log-level", plan.log_level]
     balancer = Member(
         "balancer",
@@ -92,21 +93,21 @@ def members(plan: FleetPlan) -> list[Member]:
     fleet = [balancer]
     for index in range(plan.agents):
         name = f"agent-{index + 1}"
-        grpc_address = f"{at}:{_port(at, plan.agent_port + index if plan.agent_port else 0)}"
+        port = _port(at, plan.agent_port + index if plan.agent_port else 0)
         metrics_port = plan.agent_metrics_port + index if plan.agent_metrics_port else 0
-        metrics = f"{at}:{_port(at, metrics_port)}"
+        metrics = join_host_port(at, _port(at, metrics_port))
         model = ["--model", str(plan.model)] if plan.model else []
         fleet.append(
             Member(
                 name,
                 "agent",
-                {"grpc": grpc_address, "metrics": f"http://{metrics}/metrics"},
+                {"grpc": join_host_port(at, port), "metrics": f"http://{metrics}/metrics"},
                 [
                     "agent",
                     "--name", name,
                     "--balancer", management,
                     "--host", at,
-                    "--port", grpc_address.rsplit(":", 1)[1],
+                    "--port", str(port),
                     "--metrics-addr", metrics,
                     "--slots", str(plan.slots),
                     "--threads", str(plan.threads),

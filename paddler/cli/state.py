@@ -118,24 +118,27 @@ def set_state(
     log_level: LogLevelOption = "info",
 ) -> None:
     """Replace the desired state; every agent applies it (unset values keep the defaults)."""
+    sampling = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repeat_penalty": repeat_penalty,
+        "presence_penalty": presence_penalty,
+        "frequency_penalty": frequency_penalty,
+    }
     if file is not None:
         flags = {
             "model": model,
-            "context-size": context_size,
-            "batch-size": batch_size,
-            "temperature": temperature,
-            "top-k": top_k,
-            "top-p": top_p,
-            "min-p": min_p,
-            "repeat-penalty": repeat_penalty,
-            "presence-penalty": presence_penalty,
-            "frequency-penalty": frequency_penalty,
-            "chat-template": chat_template,
+            "context_size": context_size,
+            "batch_size": batch_size,
+            "chat_template": chat_template,
+            **sampling,
         }
         given = [name for name, value in flags.items() if value is not None]
         if given:
             raise typer.BadParameter(
-                f"--file holds the whole state; leave out --{given[0]}",
+                f"--file holds the whole state; leave out --{given[0].replace('_', '-')}",
                 param_hint="--file",
             )
         if watch:
@@ -147,15 +150,6 @@ def set_state(
     elif model is None:
         raise typer.BadParameter("give --model, or --file with the whole state")
     else:
-        sampling = {
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "min_p": min_p,
-            "repeat_penalty": repeat_penalty,
-            "presence_penalty": presence_penalty,
-            "frequency_penalty": frequency_penalty,
-        }
         state = _state_from_flags(model, context_size, batch_size, chat_template, sampling)
     with management_stub(address) as stub:
         reply = stub.SetDesiredState(

@@ -60,6 +60,7 @@ def _reconcile(stub: management_pb2_grpc.ManagementServiceStub, path: Path) -> s
             management_pb2.GetDesiredStateRequest(), timeout=CALL_TIMEOUT_S
         ).desired_state
         if current.version and current.state == wanted:
+            log.debug("desired state checked", file=str(path), version=current.version)
             return ""
         reply = stub.SetDesiredState(
             management_pb2.SetDesiredStateRequest(state=wanted), timeout=CALL_TIMEOUT_S

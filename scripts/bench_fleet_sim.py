@@ -34,11 +34,11 @@ import grpc
 
 from paddler.balancer.agent_registry import AgentRegistry
 from paddler.balancer.routing_policy import RoutingName
-from paddler.balancer.server import routing_policy
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.state_store import StateStore
 from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.common.logging import configure_logging
+from paddler.processes.balancer import routing_policy
 from paddler.v1 import (
     agent_pb2,
     agent_pb2_grpc,

@@ -72,8 +72,12 @@ class ServerProcess:
         env: dict[str, str] | None,
         python: str = sys.executable,
         cwd: Path | None = None,
+        tls_ca: Path | None = None,
+        tls_pair: tuple[Path, Path] | None = None,
     ) -> None:
         environment, self._home = process_env(env)
+        self._tls_ca = tls_ca
+        self._tls_pair = tls_pair
         self.process = subprocess.Popen(
             [python, "-m", "paddler", command, *args],
             cwd=cwd,
@@ -120,7 +124,7 @@ class ServerProcess:
         self._listening_seen.wait(STARTUP_TIMEOUT_S)
         if not self.listening:
             raise RuntimeError(f"process did not start:\n{''.join(self.lines)}")
-        with grpc.insecure_channel(self.listening[address_key]) as channel:
+        with self.channel(address_key) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
@@ -133,6 +137,17 @@ class ServerProcess:
                     return
                 time.sleep(0.05)
         raise RuntimeError(f"never became SERVING:\n{''.join(self.lines)}")
+
+    def channel(self, address_key: str) -> grpc.Channel:
+        """A channel to ``listening[address_key]``: TLS when the process was given a CA (with a
+        client certificate when it was given a pair)."""
+        address = self.listening[address_key]
+        if self._tls_ca is None:
+            return grpc.insecure_channel(address)
+        pair = self._tls_pair
+        key, chain = (pair[1].read_bytes(), pair[0].read_bytes()) if pair else (None, None)
+        credentials = grpc.ssl_channel_credentials(self._tls_ca.read_bytes(), key, chain)
+        return grpc.secure_channel(address, credentials)
 
     def stop(self) -> int:
         """SIGTERM, wait, and return the exit code."""
@@ -158,12 +173,20 @@ class ServerProcess:
 class AgentProcess(ServerProcess):
     """``paddler agent`` on 127.0.0.1, port 0."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        tls_ca: Path | None = None,
+        tls_pair: tuple[Path, Path] | None = None,
+    ) -> None:
         super().__init__(
             "agent",
             ["--host", "127.0.0.1", "--port", "0", "--metrics-addr", "127.0.0.1:0", *args],
             "agent listening",
             env,
+            tls_ca=tls_ca,
+            tls_pair=tls_pair,
         )
 
     @property
@@ -184,12 +207,18 @@ class AgentProcess(ServerProcess):
 class BalancerProcess(ServerProcess):
     """``paddler balancer`` with both servers on 127.0.0.1, port 0 unless given."""
 
-    def __init__(self, args: list[str], management: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self,
+        args: list[str],
+        management: str = "127.0.0.1:0",
+        env: dict[str, str] | None = None,
+        tls_ca: Path | None = None,
+    ) -> None:
         addresses = [
             "--inference-addr", "127.0.0.1:0", "--management-addr", management,
             "--openai-addr", "127.0.0.1:0", "--web-addr", "127.0.0.1:0",
         ]  # fmt: skip
-        super().__init__("balancer", [*addresses, *args], "balancer listening", None)
+        super().__init__("balancer", [*addresses, *args], "balancer listening", env, tls_ca=tls_ca)
         self.wait_serving("inference")
 
     @property

@@ -9,7 +9,6 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from paddler.agent.server import advertised_address
 from paddler.balancer.registry_servicer import reachable_address
 from paddler.common.addresses import (
     is_ipv6,
@@ -20,6 +19,7 @@ from paddler.common.addresses import (
     split_host_port,
 )
 from paddler.common.grpc_server import ManagedServer
+from paddler.processes.agent import advertised_address
 from paddler.v1 import inference_pb2_grpc, management_pb2_grpc
 from tests.client import generate, prompt_request
 from tests.cluster import Cluster, to_inference

@@ -47,7 +47,10 @@ def packaged(name: str) -> desired_state_pb2.ModelSource:
 def test_swapping_models_under_steady_load_fails_no_request() -> None:
     with cluster(("left", 2), ("right", 2)) as c:
         stop = threading.Event()
-        served: list[tuple[float, str]] = []
+        # (sent, state version that served it, model): each request is judged by the state
+        # that served it, never by when it was sent (a request sent just before a swap may be
+        # routed after it).
+        served: list[tuple[float, int, str]] = []
         failed: list[grpc.RpcError] = []
 
         def load() -> None:
@@ -55,38 +58,42 @@ def test_swapping_models_under_steady_load_fails_no_request() -> None:
             while not stop.is_set():
                 sent = time.monotonic()
                 try:
-                    served.append((sent, generate(c.inference, request).summary.model))
+                    summary = generate(c.inference, request).summary
+                    served.append((sent, summary.state_version, summary.model))
                 except grpc.RpcError as error:
                     failed.append(error)
 
-        def served_after(moment: float, count: int) -> None:
-            """Wait until ``count`` requests sent after ``moment`` were served."""
+        def served_by(version: int, count: int) -> None:
+            """Wait until ``count`` requests were served by state ``version``."""
             deadline = time.monotonic() + 120
-            while sum(1 for sent, _ in list(served) if sent > moment) < count:
+            while sum(1 for _, v, _ in list(served) if v == version) < count:
                 assert time.monotonic() < deadline, f"served: {served}, failed: {failed}"
                 time.sleep(0.05)
 
         workers = [threading.Thread(target=load) for _ in range(3)]
         for worker in workers:
             worker.start()
-        served_after(0, 3)
-        to_gemma = time.monotonic()
+        served_by(0, 3)
         c.set_state(state(packaged("gemma3-270m")))
         c.wait_applied(1)
         on_gemma = time.monotonic()
-        served_after(on_gemma, 3)
-        back = time.monotonic()
+        served_by(1, 3)
         c.set_state(state(packaged("smollm2-135m")))
         c.wait_applied(2)
         on_smollm = time.monotonic()
-        served_after(on_smollm, 3)
+        served_by(2, 3)
         stop.set()
         for worker in workers:
             worker.join(timeout=60)
     assert failed == []
-    assert {model for sent, model in served if sent < to_gemma} == {SMOLLM}
-    assert {model for sent, model in served if on_gemma < sent < back} == {GEMMA}
-    assert {model for sent, model in served if sent > on_smollm} == {SMOLLM}
+    assert {(version, model) for _, version, model in served} == {
+        (0, SMOLLM),
+        (1, GEMMA),
+        (2, SMOLLM),
+    }
+    # Once every agent has applied a state, nothing older serves a request sent after.
+    assert all(version >= 1 for sent, version, _ in served if sent > on_gemma)
+    assert all(version == 2 for sent, version, _ in served if sent > on_smollm)
 
 
 def test_a_chat_template_override_and_sampling_defaults_apply() -> None:
@@ -190,6 +197,13 @@ def test_an_agent_told_to_load_a_missing_file_stays_registered_and_gets_no_reque
         served_before = len(c.agents["solo"].logs("request served"))
         error = error_of(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
+        # The client learns where to look, not the agents' issues (paths, download errors) ...
+        details = error.details() or ""
+        assert "`paddler agents` or the admin panel" in details
+        assert "/nonexistent" not in details and "does not exist" not in details
+        # ... which the balancer logs.
+        logged_issues = c.balancer.wait_logs("no agent serves the desired state")[0]["issues"]
+        assert "/nonexistent/model.gguf" in str(logged_issues)
         assert len(c.agents["solo"].logs("request served")) == served_before
         assert c.agent_slots_processing("solo") == 0
 

@@ -117,7 +117,13 @@ def test_the_busy_gauge_follows_a_stream_and_a_cancel_is_counted(shared: Cluster
             > total(before, "paddler_requests_total", outcome="cancelled")
         ),
     )
-    cancelled = {"api": "grpc", "kind": "generate", "outcome": "cancelled", "code": "CANCELLED"}
+    cancelled = {
+        "api": "grpc",
+        "kind": "generate",
+        "outcome": "cancelled",
+        "code": "CANCELLED",
+        "key": "",
+    }
     assert (
         value(after, "paddler_requests_total", **cancelled)
         - value(before, "paddler_requests_total", **cancelled)

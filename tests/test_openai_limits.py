@@ -164,6 +164,7 @@ def test_no_agent_serving_the_desired_state_within_the_buffer_timeout_is_503() -
             client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=3)
     assert raised.value.status_code == 503
     assert raised.value.code == "no_agent_serves_desired_state"
+    assert "/nonexistent" not in raised.value.message  # the agent's issue stays in the logs
     assert int(raised.value.response.headers["Retry-After"]) >= 1
 
 

@@ -8,10 +8,10 @@ import typing
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.round_robin_policy import RoundRobinPolicy
 from paddler.balancer.routing_policy import PendingRequest, RoutingName
-from paddler.balancer.server import routing_policy
 from paddler.balancer.slot_policy import SlotPolicy
 from paddler.balancer.speed_policy import SpeedPolicy
 from paddler.balancer.stream_claim import Demand, StreamClaim
+from paddler.processes.balancer import routing_policy
 from paddler.v1 import desired_state_pb2, status_pb2
 
 NO_STATE = desired_state_pb2.VersionedDesiredState()

@@ -11,7 +11,7 @@ import grpc
 import structlog
 from grpc import aio
 
-from paddler.common.grpc_server import CHANNEL_OPTIONS
+from paddler.common.dialer import Dialer
 from paddler.common.status_interval import STATUS_INTERVAL_S
 from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc, desired_state_pb2, status_pb2
 
@@ -49,8 +49,10 @@ class BalancerLink:
         advertise: str,
         servicer: StatusSource,
         on_desired_state: Callable[[desired_state_pb2.VersionedDesiredState], None],
+        dialer: Dialer | None = None,
     ) -> None:
         self._balancer = balancer
+        self._dialer = dialer or Dialer()
         self._registration = agent_registry_pb2.AgentRegistration(
             name=servicer.name, address=advertise
         )
@@ -60,27 +62,43 @@ class BalancerLink:
     async def run(self) -> None:
         """Stay connected until cancelled, retrying with capped exponential backoff."""
         backoff = BACKOFF_FIRST_S
+        said = ""  # each kind of failure is logged once until the agent registers again
         while True:
-            try:
-                async with aio.insecure_channel(self._balancer, options=CHANNEL_OPTIONS) as channel:
-                    stub = agent_registry_pb2_grpc.AgentRegistryServiceStub(channel)
-                    async for response in stub.Connect(self._messages()):
-                        if response.HasField("accepted"):
-                            backoff = BACKOFF_FIRST_S
-                            log.info(
-                                "registered with balancer",
-                                balancer=self._balancer,
-                                agent_id=response.accepted.agent_id,
-                                advertise=self._registration.address,
-                            )
-                        elif response.HasField("desired_state"):
-                            self._on_desired_state(response.desired_state)
-                log.warning("balancer closed the registration stream", balancer=self._balancer)
-            except grpc.RpcError as error:
-                if backoff == BACKOFF_FIRST_S:  # first failure after a success: say it once
-                    log.warning("balancer unreachable", balancer=self._balancer, error=str(error))
+            async with self._dialer.aio_channel(self._balancer) as channel:
+                registered, event, detail = await self._session(channel)
+            if registered:
+                backoff, said = BACKOFF_FIRST_S, ""
+            if event != said:
+                log.warning(event, balancer=self._balancer, error=detail)
+                said = event
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _session(self, channel: aio.Channel) -> tuple[bool, str, str]:
+        """Register and follow one Connect stream until it ends: whether the balancer accepted
+        the agent, the event to log and its detail."""
+        stub = agent_registry_pb2_grpc.AgentRegistryServiceStub(channel)
+        call = stub.Connect(self._messages(), metadata=self._dialer.metadata())
+        registered = False
+        try:
+            async for response in call:
+                if response.HasField("accepted"):
+                    registered = True
+                    log.info(
+                        "registered with balancer",
+                        balancer=self._balancer,
+                        agent_id=response.accepted.agent_id,
+                        advertise=self._registration.address,
+                    )
+                elif response.HasField("desired_state"):
+                    self._on_desired_state(response.desired_state)
+        except grpc.RpcError as error:
+            # The call's own status: a refusal can surface first as a failed send.
+            code = await call.code()
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                return registered, "balancer refused the agent token", await call.details()
+            return registered, "balancer unreachable", str(error)
+        return registered, "balancer closed the registration stream", ""
 
     async def _messages(self) -> AsyncIterator[agent_registry_pb2.ConnectRequest]:
         yield agent_registry_pb2.ConnectRequest(registration=self._registration)

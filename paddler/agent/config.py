@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from paddler.common.tls import ClientTls, ServerTls
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -30,3 +32,11 @@ class AgentConfig:
     advertise: str
     # Where the agent's Prometheus metrics are served; "" turns it off.
     metrics_address: str = ""
+    # Listen beyond loopback without the agent token (logged as a warning).
+    allow_insecure: bool = False
+    # TLS on the agent's ports (with client_ca: the balancer must present a certificate).
+    tls: ServerTls | None = None
+    # How the balancer is dialled: TLS (its CA) or plain.
+    balancer_tls: ClientTls | None = None
+    # The agent token: presented to the balancer, required of whoever calls Generate/Embed.
+    agent_token_file: Path | None = None

@@ -41,6 +41,16 @@ class AgentMetrics:
             "Tokens decoded for generating streams (one per stream per step).",
             registry=self.registry,
         )
+        self.credentials_refused = Counter(
+            "paddler_credentials_refused",
+            "Calls refused for a missing or wrong agent token, by surface and reason.",
+            ["surface", "reason"],
+            registry=self.registry,
+        )
+
+    def credential_refused(self, surface: str, reason: str) -> None:
+        """Count a call refused for its credential."""
+        self.credentials_refused.labels(surface, reason.lower()).inc()
 
     def step(self, streams: int, prompt_tokens: int, seconds: float) -> None:
         """One step of the engine thread."""

@@ -19,6 +19,7 @@ from paddler.agent.servicer import AgentServicer
 from paddler.common.chat_template import ChatTemplate
 from paddler.common.errors import PaddlerError
 from paddler.common.generation_input import SamplingSettings
+from paddler.common.status_bounds import MAX_ISSUE_CHARS
 from paddler.v1 import desired_state_pb2, status_pb2
 
 log = structlog.get_logger(__name__)
@@ -198,6 +199,6 @@ class ModelHost:
             error.message if isinstance(error, PaddlerError) else f"{type(error).__name__}: {error}"
         )
         self._report.phase = status_pb2.STATE_PHASE_FAILED
-        self._report.issues = [issue]
+        self._report.issues = [issue[:MAX_ISSUE_CHARS]]
         self._servicer.notify()
         log.error("desired state failed", version=version, issue=issue)

@@ -85,6 +85,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
         """Stream text pieces, then the summary."""
         engine, jobs = self._engine, self._jobs
+        state_version = self.report.applied_version  # the engine's: both change in one step
         if engine is None or jobs is None:
             raise UnavailableError("the agent has no model loaded right now", reason=NOT_READY)
         # Rendering, tokenizing and compiling a grammar can take long: never on the event loop.
@@ -94,11 +95,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             with self.claims.preparing():
                 job = await asyncio.to_thread(jobs.build, request)
                 slot.enter_context(self.claims.claim())
-            async for response in self._stream(engine, job):
+            async for response in self._stream(engine, job, state_version):
                 yield response
 
     async def _stream(
-        self, engine: Engine, job: GenerationJob
+        self, engine: Engine, job: GenerationJob, state_version: int
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
         """Submit ``job`` and turn its events into responses; cancel it unless it finished."""
         reply = job.tool_reply
@@ -114,7 +115,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     continue
                 if isinstance(event, Failed):
                     raise event.error  # noqa: TRY301 - the engine failed this request
-                summary = self._summary(event, engine.model.name)
+                summary = self._summary(event, engine.model.name, state_version)
                 if reply is not None and (held := reply.flush()):
                     yield agent_pb2.GenerateResponse(text=held)
                 if reply is not None and (call := reply.call()) is not None:
@@ -161,7 +162,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
         return agent_pb2.EmbedResponse(result=result)
 
-    def _summary(self, event: Finished, model: str) -> generation_pb2.GenerationSummary:
+    def _summary(
+        self, event: Finished, model: str, state_version: int
+    ) -> generation_pb2.GenerationSummary:
         summary = generation_pb2.GenerationSummary(
             finish_reason=event.finish_reason,
             usage=generation_pb2.Usage(
@@ -171,6 +174,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             ),
             model=model,
             agent_name=self.name,
+            state_version=state_version,
         )
         summary.time_to_first_token.FromNanoseconds(int(event.time_to_first_token_s * 1e9))
         return summary

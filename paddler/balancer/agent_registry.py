@@ -14,7 +14,7 @@ import structlog
 from grpc import aio
 
 from paddler.balancer.agent_speed import AgentSpeed
-from paddler.common.grpc_server import CHANNEL_OPTIONS
+from paddler.common.dialer import Dialer, Metadata
 from paddler.v1 import agent_pb2, agent_registry_pb2, desired_state_pb2, status_pb2
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ class RegisteredAgent:
     outbox: asyncio.Queue[agent_registry_pb2.ConnectResponse | None] = field(
         default_factory=asyncio.Queue
     )
+    # What each call to the agent presents (the agent token, read again when rotated).
+    call_metadata: Callable[[], Metadata | None] = lambda: None
 
     @property
     def claims(self) -> int:
@@ -92,7 +94,7 @@ class RegisteredAgent:
         self, request: agent_pb2.GenerateRequest, timeout: float | None
     ) -> aio.UnaryStreamCall[agent_pb2.GenerateRequest, bytes]:
         """Start a Generate call whose responses arrive as raw bytes, relayed unparsed."""
-        return self._generate(request, timeout=timeout)
+        return self._generate(request, timeout=timeout, metadata=self.call_metadata())
 
     @functools.cached_property
     def _embed(
@@ -108,13 +110,14 @@ class RegisteredAgent:
         self, request: agent_pb2.EmbedRequest, timeout: float | None
     ) -> aio.UnaryUnaryCall[agent_pb2.EmbedRequest, agent_pb2.EmbedResponse]:
         """Start an Embed call."""
-        return self._embed(request, timeout=timeout)
+        return self._embed(request, timeout=timeout, metadata=self.call_metadata())
 
 
 class AgentRegistry:
     """Agents by id; every change is announced to the listeners (dispatcher, watchers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dialer: Dialer | None = None) -> None:
+        self._dialer = dialer or Dialer()
         self._agents: dict[str, RegisteredAgent] = {}
         self._ids = itertools.count(1)
         self._listeners: list[Callable[[], None]] = []
@@ -146,7 +149,9 @@ class AgentRegistry:
             agent_id=f"agent-{next(self._ids)}",
             name=name,
             address=address,
-            channel=aio.insecure_channel(address, options=CHANNEL_OPTIONS),
+            # dns:/// so an address is never read as another scheme (unix:, vsock:).
+            channel=self._dialer.aio_channel(f"dns:///{address}"),
+            call_metadata=self._dialer.metadata,
         )
         self._agents[agent.agent_id] = agent
         log.info("agent registered", agent_id=agent.agent_id, name=name, address=address)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paddler.balancer.routing_policy import RoutingName
+from paddler.common.body_limit import DEFAULT_MAX_BODY_BYTES
+from paddler.common.tls import ClientTls, ServerTls
 
 
 @dataclass(frozen=True)
@@ -33,3 +35,17 @@ class BalancerConfig:
     # A StatsD server to push the gauges to every second; "" turns it off.
     statsd_address: str = ""
     statsd_prefix: str = "paddler"
+    # Prometheus metrics alone, on a port of their own; "" serves them only on the web port.
+    metrics_address: str = ""
+    # Listen beyond loopback even where a surface's credentials are not configured.
+    allow_insecure: bool = False
+    # TLS on every port (the management port asks agents for a certificate with client_ca).
+    tls: ServerTls | None = None
+    # How agents are dialled: TLS (their CA, the name their certificates carry) or plain.
+    agent_tls: ClientTls | None = None
+    # Credentials, each a file re-read when it changes; None leaves that surface open.
+    agent_token_file: Path | None = None
+    admin_key_file: Path | None = None
+    api_keys_file: Path | None = None
+    # HTTP request bodies above this are refused with 413 while they are read.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES

@@ -48,7 +48,9 @@ def agent_failure(
     being cancelled, or refused by a closed channel, means the registry gave the agent up (it
     went silent); a cancelled task means the client went away.
     """
-    where = f"agent {agent.name} ({agent.address})"
+    # Clients see the agent's name (summaries carry it too), never its address or the
+    # transport's own words about it; the balancer's log has both.
+    where = f"agent {agent.name}"
     if isinstance(error, asyncio.CancelledError) and being_cancelled():
         raise error
     if isinstance(error, aio.UsageError | asyncio.CancelledError):
@@ -61,7 +63,14 @@ def agent_failure(
     reason = error_reason(trailers)
     if reason:
         return RelayedError(error.code(), error.details() or "", trailers, reason)
-    return AgentCallError(error.code(), f"the call to {where} failed: {error.details()}")
+    log.warning(
+        "agent call failed",
+        agent=agent.name,
+        address=agent.address,
+        code=error.code().name,
+        details=error.details(),
+    )
+    return AgentCallError(error.code(), f"the call to {where} failed ({error.code().name})")
 
 
 def remaining(deadline: float | None) -> float | None:

@@ -97,7 +97,7 @@ class GenerationRelay:
                 failure = agent_failure(agent, error)
                 if progress.last:
                     raise UnavailableError(
-                        f"agent {agent.name} ({agent.address}) failed mid-stream: "
+                        f"agent {agent.name} failed mid-stream: "
                         f"{failure.code.name} {failure.message}",
                         reason="AGENT_FAILED_MID_STREAM",
                     ) from None

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from paddler.balancer.agent_registry import AgentRegistry
 from paddler.balancer.state_store import StateStore
 from paddler.common.errors import PaddlerError
+from paddler.common.guards import CALLER
 
 # Seconds: from 5 ms (the balancer's own hop) to minutes (a long reply in a queue).
 _TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -32,8 +33,8 @@ class BalancerMetrics:
             "paddler_requests",
             "Requests by API (grpc, openai), kind (generate, embed), outcome (served, "
             "cancelled, failed; refused: before routing, for their input or model) and gRPC "
-            "status code.",
-            ["api", "kind", "outcome", "code"],
+            "status code, and the API key's name (key; empty without keys).",
+            ["api", "kind", "outcome", "code", "key"],
             registry=registry,
         )
         self.time_to_first_token = Histogram(
@@ -84,6 +85,13 @@ class BalancerMetrics:
         # Messages relayed (one per generated piece, one summary per reply): the admin
         # panel's throughput, counted as they go out.
         self.pieces_relayed = 0
+        self.credentials_refused = Counter(
+            "paddler_credentials_refused",
+            "Calls refused for a missing or wrong credential, by surface (a gRPC service, "
+            "openai, panel) and reason (missing_credential, wrong_credential).",
+            ["surface", "reason"],
+            registry=registry,
+        )
         self.retries = Counter(
             "paddler_retries",
             "Requests sent again after an agent failed them (reason: agent_failed, "
@@ -103,7 +111,11 @@ class BalancerMetrics:
 
     def refused(self, api: str, kind: str, code: str) -> None:
         """Count a request refused before routing."""
-        self.requests.labels(api, kind, "refused", code).inc()
+        self.requests.labels(api, kind, "refused", code, CALLER.get()).inc()
+
+    def credential_refused(self, surface: str, reason: str) -> None:
+        """Count a call refused for its credential."""
+        self.credentials_refused.labels(surface, reason.lower()).inc()
 
     def watch(self, agents: AgentRegistry, states: StateStore, buffered: Callable[[], int]) -> None:
         """Report the cluster's state at each scrape."""
@@ -191,7 +203,7 @@ class RequestMeter:
     def ended(self, outcome: str, code: str, prompt_tokens: int = 0, completion: int = 0) -> None:
         """Count the request (served, cancelled or failed, with its status code)."""
         metrics = self._metrics
-        metrics.requests.labels(self._api, self._kind, outcome, code).inc()
+        metrics.requests.labels(self._api, self._kind, outcome, code, CALLER.get()).inc()
         duration = time.perf_counter() - self._started
         metrics.request_duration.labels(self._api, self._kind).observe(duration)
         if outcome != "served":

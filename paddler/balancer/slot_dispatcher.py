@@ -8,6 +8,8 @@ import itertools
 import time
 from dataclasses import dataclass
 
+import structlog
+
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.routing_policy import PendingRequest, RoutingPolicy
 from paddler.balancer.slot_policy import SlotPolicy, pick_agent
@@ -15,6 +17,8 @@ from paddler.balancer.state_store import StateStore
 from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(eq=False)
@@ -117,16 +121,24 @@ class SlotDispatcher:
         raise self._wait_failed()
 
     def _wait_failed(self) -> UnavailableError:
-        """Why a request's --buffered-request-timeout ran out."""
+        """Why a request's --buffered-request-timeout ran out. The agents' issues (local paths,
+        download errors) go to the log only: the client's message says where to look."""
         desired = self._states.current
         agents = self._registry.agents()
         if desired.version and not any(a.serves(desired) for a in agents):
-            issues = "; ".join(
-                f"{a.name}: {', '.join(a.status.issues) or 'not applied yet'}" for a in agents
+            log.info(
+                "no agent serves the desired state",
+                version=desired.version,
+                waited_s=self._timeout_s,
+                issues=[
+                    f"{a.name} ({a.address}): {', '.join(a.status.issues) or 'not applied yet'}"
+                    for a in agents
+                ],
             )
             return UnavailableError(
-                f"no agent serves desired state v{desired.version} after {self._timeout_s:g} s "
-                f"({issues or 'no agents'})",
+                f"no agent serves the desired state (v{desired.version}) yet after "
+                f"{self._timeout_s:g} s; an operator can see why with `paddler agents` or the "
+                "admin panel",
                 reason="NO_AGENT_SERVES_DESIRED_STATE",
             )
         return UnavailableError(

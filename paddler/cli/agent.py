@@ -11,9 +11,28 @@ from typing import Annotated
 import typer
 
 from paddler.cli.failure import exit_on_domain_error
-from paddler.cli.options import GracePeriodOption, LogLevelOption
+from paddler.cli.options import (
+    AgentTokenFileOption,
+    AllowInsecureOption,
+    GracePeriodOption,
+    LogLevelOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsClientCaOption,
+    TlsKeyOption,
+    TlsServerNameOption,
+    client_tls,
+    server_tls,
+)
 from paddler.common.chat_template import DEFAULT_RENDER_TIMEOUT_S
 from paddler.common.logging import configure_logging
+from paddler.common.status_bounds import MAX_NAME_CHARS, MAX_SLOTS
+
+
+def _checked_name(name: str) -> str:
+    if not name or len(name) > MAX_NAME_CHARS:
+        raise typer.BadParameter(f"must be 1 to {MAX_NAME_CHARS} characters")
+    return name
 
 
 def agent(
@@ -26,11 +45,19 @@ def agent(
         ),
     ] = None,
     slots: Annotated[
-        int, typer.Option(min=1, envvar="PADDLER_SLOTS", help="Parallel sequences (slots).")
+        int,
+        typer.Option(
+            min=1, max=MAX_SLOTS, envvar="PADDLER_SLOTS", help="Parallel sequences (slots)."
+        ),
     ] = 4,
-    host: Annotated[str, typer.Option(envvar="PADDLER_HOST", help="Address to listen on.")] = (
-        "0.0.0.0"  # noqa: S104 - a pod listens on all interfaces
-    ),
+    host: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_HOST",
+            help="Address to listen on (beyond loopback only with --agent-token-file or "
+            "--allow-insecure; a pod sets 0.0.0.0).",
+        ),
+    ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option(min=0, envvar="PADDLER_PORT", help="gRPC port (0 picks a free one).")
     ] = 50052,
@@ -70,7 +97,12 @@ def agent(
         ),
     ] = DEFAULT_RENDER_TIMEOUT_S,
     name: Annotated[
-        str, typer.Option(envvar="PADDLER_NAME", help="Agent name shown in status and logs.")
+        str,
+        typer.Option(
+            envvar="PADDLER_NAME",
+            help=f"Agent name shown in status and logs (at most {MAX_NAME_CHARS} characters).",
+            callback=_checked_name,
+        ),
     ] = socket.gethostname(),
     grace_period: GracePeriodOption = 30.0,
     balancer: Annotated[
@@ -95,13 +127,21 @@ def agent(
             "empty: off).",
         ),
     ] = "",
+    agent_token_file: AgentTokenFileOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_client_ca: TlsClientCaOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_server_name: TlsServerNameOption = "",
+    allow_insecure: AllowInsecureOption = False,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a GGUF model on N slots (continuous batching) as paddler.v1.AgentService."""
     configure_logging(log_level)
+    tls = server_tls(tls_cert, tls_key, tls_client_ca)
     with exit_on_domain_error():
         from paddler.agent.config import AgentConfig  # noqa: PLC0415 - the agent extra
-        from paddler.agent.server import run_agent  # noqa: PLC0415
+        from paddler.processes.agent import run_agent  # noqa: PLC0415
 
         config = AgentConfig(
             model=model,
@@ -118,5 +158,9 @@ def agent(
             balancer=balancer,
             advertise=advertise,
             metrics_address=metrics_addr,
+            allow_insecure=allow_insecure,
+            tls=tls,
+            balancer_tls=client_tls(tls_ca, tls_server_name, tls),
+            agent_token_file=agent_token_file,
         )
         asyncio.run(run_agent(config))

@@ -6,14 +6,32 @@ from rich.console import Console
 from rich.table import Table
 
 from paddler.cli.management_client import CALL_TIMEOUT_S, management_stub
-from paddler.cli.options import DEFAULT_MANAGEMENT_ADDRESS, ManagementAddressOption
+from paddler.cli.options import (
+    DEFAULT_MANAGEMENT_ADDRESS,
+    AdminKeyFileOption,
+    ManagementAddressOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TlsServerNameOption,
+    dialer,
+)
 from paddler.v1 import management_pb2, status_pb2
 
 
-def agents(address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS) -> None:
+def agents(
+    address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS,
+    admin_key_file: AdminKeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_server_name: TlsServerNameOption = "",
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+) -> None:
     """Show each agent's slots (busy/total), model, chat template, applied state, issues and
     status age."""
-    with management_stub(address) as stub:
+    with management_stub(
+        address, dialer(tls_ca, tls_server_name, admin_key_file, (tls_cert, tls_key))
+    ) as stub:
         reply = stub.ListAgents(management_pb2.ListAgentsRequest(), timeout=CALL_TIMEOUT_S)
     table = Table(
         "name",

@@ -10,12 +10,26 @@ import uvloop
 
 from paddler.balancer.config import BalancerConfig
 from paddler.balancer.routing_policy import RoutingName
-from paddler.balancer.server import run_balancer
 from paddler.cli.failure import exit_on_domain_error
-from paddler.cli.options import GracePeriodOption, LogLevelOption
+from paddler.cli.options import (
+    AdminKeyFileOption,
+    AgentTokenFileOption,
+    AllowInsecureOption,
+    GracePeriodOption,
+    LogLevelOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsClientCaOption,
+    TlsKeyOption,
+    TlsServerNameOption,
+    client_tls,
+    server_tls,
+)
 from paddler.common.addresses import split_host_port
+from paddler.common.body_limit import DEFAULT_MAX_BODY_BYTES
 from paddler.common.logging import configure_logging
 from paddler.common.status_interval import MIN_STALE_AFTER_S, STATUS_INTERVAL_S
+from paddler.processes.balancer import run_balancer
 
 
 def _check_stale_after(value: float) -> float:
@@ -44,14 +58,14 @@ def balancer(
             envvar="PADDLER_INFERENCE_ADDR",
             help="Where clients call paddler.v1.InferenceService (port 0 picks one).",
         ),
-    ] = "0.0.0.0:50051",
+    ] = "127.0.0.1:50051",
     management_addr: Annotated[
         str,
         typer.Option(
             envvar="PADDLER_MANAGEMENT_ADDR",
             help="Where agents register and operators call paddler.v1.ManagementService.",
         ),
-    ] = "0.0.0.0:50053",
+    ] = "127.0.0.1:50053",
     max_buffered_requests: Annotated[
         int,
         typer.Option(
@@ -108,7 +122,7 @@ def balancer(
             envvar="PADDLER_OPENAI_ADDR",
             help="Where the OpenAI-compatible HTTP API listens (port 0 picks one; empty: off).",
         ),
-    ] = "0.0.0.0:8080",
+    ] = "127.0.0.1:8080",
     openai_model_alias: Annotated[
         list[str] | None,
         typer.Option(
@@ -130,7 +144,41 @@ def balancer(
             help="Where the web server listens: the admin panel at / and Prometheus metrics at "
             "/metrics (port 0 picks one; empty: off).",
         ),
-    ] = "0.0.0.0:8081",
+    ] = "127.0.0.1:8081",
+    metrics_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_METRICS_ADDR",
+            help="Where Prometheus metrics alone are served at /metrics, open to scrapers with "
+            "no key (port 0 picks one; empty: only on --web-addr).",
+        ),
+    ] = "",
+    max_request_body: Annotated[
+        int,
+        typer.Option(
+            min=1024,
+            envvar="PADDLER_MAX_REQUEST_BODY",
+            help="Largest HTTP request body in bytes (OpenAI API, admin panel); bigger ones get "
+            "413 while they are read.",
+        ),
+    ] = DEFAULT_MAX_BODY_BYTES,
+    api_keys_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PADDLER_API_KEYS_FILE",
+            help="File of client API keys, one 'name:key' or 'name:key:max_concurrent' per "
+            "line, re-read when it changes: inference (gRPC and OpenAI) needs one (default: "
+            "none, open).",
+        ),
+    ] = None,
+    admin_key_file: AdminKeyFileOption = None,
+    agent_token_file: AgentTokenFileOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_client_ca: TlsClientCaOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_server_name: TlsServerNameOption = "",
+    allow_insecure: AllowInsecureOption = False,
     statsd_addr: Annotated[
         str,
         typer.Option(
@@ -149,6 +197,7 @@ def balancer(
 ) -> None:
     """Balance generations across agents by their free slots, with a fair bounded buffer."""
     configure_logging(log_level)
+    tls = server_tls(tls_cert, tls_key, tls_client_ca)
     config = BalancerConfig(
         inference_address=inference_addr,
         management_address=management_addr,
@@ -165,6 +214,14 @@ def balancer(
         web_address=web_addr,
         statsd_address=statsd_addr,
         statsd_prefix=statsd_prefix,
+        metrics_address=metrics_addr,
+        allow_insecure=allow_insecure,
+        tls=tls,
+        agent_tls=client_tls(tls_ca, tls_server_name, tls),
+        agent_token_file=agent_token_file,
+        admin_key_file=admin_key_file,
+        api_keys_file=api_keys_file,
+        max_body_bytes=max_request_body,
     )
     with exit_on_domain_error():
         # uvloop: the balancer relays every token through its event loop (about half of its

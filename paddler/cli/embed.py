@@ -5,12 +5,13 @@ from __future__ import annotations
 import enum
 import json
 import math
+from dataclasses import replace
 from typing import Annotated
 
-import grpc
 import typer
 
 from paddler.cli.failure import exit_on_rpc_error
+from paddler.cli.options import ApiKeyFileOption, TlsCaOption, TlsServerNameOption, dialer
 from paddler.cli.streaming import DEFAULT_INFERENCE_ADDRESS, INFERENCE_ADDRESS_HELP
 from paddler.v1 import embedding_pb2, inference_pb2, inference_pb2_grpc
 
@@ -55,6 +56,9 @@ def embed(
     timeout: Annotated[
         float, typer.Option(min=0.1, envvar="PADDLER_TIMEOUT", help="Seconds for the reply.")
     ] = 120.0,
+    api_key_file: ApiKeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_server_name: TlsServerNameOption = "",
 ) -> None:
     """Print one JSON line per text (index, tokens, embedding), or a similarity matrix."""
     embedding = embedding_pb2.EmbeddingInput(
@@ -65,8 +69,12 @@ def embed(
         else embedding_pb2.NORMALIZATION_NONE,
     )
     # A batch of wide vectors passes gRPC's default 4 MiB receive limit (512 x 4096 floats).
-    options = [("grpc.max_receive_message_length", MAX_REPLY_BYTES)]
-    with grpc.insecure_channel(address, options=options) as channel, exit_on_rpc_error():
+    connection = dialer(tls_ca, tls_server_name, api_key_file)
+    connection = replace(
+        connection,
+        options=(*connection.options, ("grpc.max_receive_message_length", MAX_REPLY_BYTES)),
+    )
+    with connection.channel(address) as channel, exit_on_rpc_error():
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         request = inference_pb2.InferenceServiceEmbedRequest(input=embedding)
         result = stub.Embed(request, timeout=timeout).result

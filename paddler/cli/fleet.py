@@ -20,6 +20,7 @@ from paddler.cli.local_fleet import (
 )
 from paddler.cli.options import GracePeriodOption, LogLevelOption
 from paddler.cli.stop_signal import stop_requested
+from paddler.common.status_bounds import MAX_SLOTS
 
 
 def fleet(
@@ -27,7 +28,7 @@ def fleet(
         int, typer.Option(min=1, envvar="PADDLER_FLEET_AGENTS", help="Agents to start.")
     ] = 2,
     slots: Annotated[
-        int, typer.Option(min=1, envvar="PADDLER_SLOTS", help="Slots of each agent.")
+        int, typer.Option(min=1, max=MAX_SLOTS, envvar="PADDLER_SLOTS", help="Slots of each agent.")
     ] = 4,
     threads: Annotated[
         int | None,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import grpc
 import typer
 
+from paddler.cli.options import ApiKeyFileOption, TlsCaOption, TlsServerNameOption, dialer
 from paddler.cli.streaming import (
     DEFAULT_INFERENCE_ADDRESS,
     INFERENCE_ADDRESS_HELP,
@@ -80,6 +80,9 @@ def generate(
         ),
     ] = None,
     timeout: TimeoutOption = 120.0,
+    api_key_file: ApiKeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_server_name: TlsServerNameOption = "",
 ) -> None:
     """Stream one reply to stdout (the prompt is a user message unless --raw)."""
     if json_schema is not None and grammar is not None:
@@ -90,7 +93,7 @@ def generate(
         generation.grammar.json_schema = json_schema.read_text()
     if grammar is not None:
         generation.grammar.gbnf = grammar.read_text()
-    with grpc.insecure_channel(address) as channel:
+    with dialer(tls_ca, tls_server_name, api_key_file).channel(address) as channel:
         _, summary = stream_reply(
             inference_pb2_grpc.InferenceServiceStub(channel), generation, timeout
         )
@@ -105,10 +108,13 @@ def chat(
     max_tokens: MaxTokensOption = 256,
     temperature: TemperatureOption = None,
     timeout: TimeoutOption = 120.0,
+    api_key_file: ApiKeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_server_name: TlsServerNameOption = "",
 ) -> None:
     """Multi-turn chat from the terminal; an empty line or end of input quits."""
     history: list[tuple[str, str]] = [("system", system)] if system else []
-    with grpc.insecure_channel(address) as channel:
+    with dialer(tls_ca, tls_server_name, api_key_file).channel(address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         while True:
             try:

@@ -9,6 +9,7 @@ import uvloop
 
 from paddler.cli.options import LogLevelOption
 from paddler.common.logging import configure_logging
+from paddler.common.status_bounds import MAX_SLOTS
 from paddler.simulation.fleet import FleetConfig, run_fleet
 from paddler.simulation.simulated_speed import SimulatedSpeed
 
@@ -24,7 +25,7 @@ def simulated_fleet(
         int, typer.Option(min=1, envvar="PADDLER_SIM_AGENTS", help="Simulated agents.")
     ] = 10,
     slots: Annotated[
-        int, typer.Option(min=1, envvar="PADDLER_SLOTS", help="Slots of each agent.")
+        int, typer.Option(min=1, max=MAX_SLOTS, envvar="PADDLER_SLOTS", help="Slots of each agent.")
     ] = 4,
     ttft_base: Annotated[
         float,

@@ -11,8 +11,14 @@ from google.protobuf import json_format
 from paddler.cli.management_client import CALL_TIMEOUT_S, management_stub
 from paddler.cli.options import (
     DEFAULT_MANAGEMENT_ADDRESS,
+    AdminKeyFileOption,
     LogLevelOption,
     ManagementAddressOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TlsServerNameOption,
+    dialer,
 )
 from paddler.cli.state_file import read_state_file, watch_state_file
 from paddler.common.desired_state import PACKAGED_MODELS
@@ -46,9 +52,18 @@ def _print(state: desired_state_pb2.VersionedDesiredState) -> None:
 
 
 @state_app.command()
-def show(address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS) -> None:
+def show(
+    address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS,
+    admin_key_file: AdminKeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_server_name: TlsServerNameOption = "",
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+) -> None:
     """Print the desired state and its version as JSON (version 0: none set)."""
-    with management_stub(address) as stub:
+    with management_stub(
+        address, dialer(tls_ca, tls_server_name, admin_key_file, (tls_cert, tls_key))
+    ) as stub:
         reply = stub.GetDesiredState(
             management_pb2.GetDesiredStateRequest(), timeout=CALL_TIMEOUT_S
         )
@@ -116,8 +131,14 @@ def set_state(
         ),
     ] = 5.0,
     log_level: LogLevelOption = "info",
+    admin_key_file: AdminKeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_server_name: TlsServerNameOption = "",
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Replace the desired state; every agent applies it (unset values keep the defaults)."""
+    connection = dialer(tls_ca, tls_server_name, admin_key_file, (tls_cert, tls_key))
     sampling = {
         "temperature": temperature,
         "top_k": top_k,
@@ -142,7 +163,7 @@ def set_state(
                 param_hint="--file",
             )
         if watch:
-            watch_state_file(file, address, watch_interval, log_level)
+            watch_state_file(file, address, connection, watch_interval, log_level)
             return
         state = read_state_file(file)
     elif watch:
@@ -151,7 +172,7 @@ def set_state(
         raise typer.BadParameter("give --model, or --file with the whole state")
     else:
         state = _state_from_flags(model, context_size, batch_size, chat_template, sampling)
-    with management_stub(address) as stub:
+    with management_stub(address, connection) as stub:
         reply = stub.SetDesiredState(
             management_pb2.SetDesiredStateRequest(state=state), timeout=CALL_TIMEOUT_S
         )

@@ -11,6 +11,7 @@ from google.protobuf import json_format
 
 from paddler.cli.management_client import CALL_TIMEOUT_S
 from paddler.cli.stop_signal import stop_requested
+from paddler.common.dialer import Dialer
 from paddler.common.logging import configure_logging
 from paddler.v1 import desired_state_pb2, management_pb2, management_pb2_grpc
 
@@ -33,12 +34,14 @@ def read_state_file(path: Path) -> desired_state_pb2.DesiredState:
         ) from None
 
 
-def watch_state_file(path: Path, address: str, interval_s: float, log_level: str) -> None:
+def watch_state_file(
+    path: Path, address: str, dialer: Dialer, interval_s: float, log_level: str
+) -> None:
     """Keep the balancer's desired state equal to the file's until SIGTERM or SIGINT."""
     configure_logging(log_level)
     stop = stop_requested()
     last_problem = ""
-    with grpc.insecure_channel(address) as channel:
+    with dialer.channel(address) as channel:
         stub = management_pb2_grpc.ManagementServiceStub(channel)
         while not stop.is_set():
             problem = _reconcile(stub, path)

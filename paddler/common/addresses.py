@@ -69,6 +69,16 @@ def is_local_host(host: str) -> bool:
     return ip is not None and (ip.is_loopback or ip.is_unspecified)
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` reaches only this machine: ``localhost``, ``127.x``, ``::1`` (not a
+    wildcard, which listens on every interface)."""
+    bare = _unbracket(host).lower()
+    if bare == "localhost":
+        return True
+    ip = _ip(bare)
+    return ip is not None and ip.is_loopback
+
+
 def loopback_for(host: str) -> str:
     """A loopback host for a local or wildcard ``host``: ``::1`` for IPv6 hosts, else
     ``127.0.0.1``; a loopback IP itself stays as it is."""

@@ -1,16 +1,18 @@
-"""Server interceptor: any PaddlerError raised by a handler ends the call with its rich status."""
+"""Server interceptor: each call's credential is checked once, before its handler runs, and any
+PaddlerError raised by a handler ends the call with its rich status."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
 import structlog
 from grpc import aio
 
-from paddler.common.errors import PaddlerError
+from paddler.common.errors import PaddlerError, UnauthenticatedError
+from paddler.common.guards import AUTHORIZATION, Admission, Guard, bearer
 from paddler.common.rpc_status import to_grpc_status
 
 log = structlog.get_logger(__name__)
@@ -31,12 +33,19 @@ async def _abort(context: aio.ServicerContext[Any, Any], method: str, error: Pad
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+# Admits one call (its credential checked) given its context; None: the surface is open.
+Admit = Callable[[aio.ServicerContext[Any, Any]], Admission] | None
+
+
 def _wrap_unary(
-    behavior: Any, method: str
+    behavior: Any, method: str, admit: Admit
 ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
-            return await behavior(request, context)  # aio behaviours are coroutines
+            if admit is None:
+                return await behavior(request, context)  # aio behaviours are coroutines
+            with admit(context):
+                return await behavior(request, context)
         except PaddlerError as error:
             await _abort(context, method, error)
             raise  # unreachable: abort raises
@@ -47,23 +56,69 @@ def _wrap_unary(
 _Context = aio.ServicerContext[Any, Any]
 
 
-def _wrap_stream(behavior: Any, method: str) -> Callable[[Any, _Context], Any]:
+def _wrap_stream(behavior: Any, method: str, admit: Admit) -> Callable[[Any, _Context], Any]:
     if not inspect.isasyncgenfunction(behavior):
         # A coroutine that streams with context.write (grpc.health's Watch): wrapped as such.
-        return _wrap_unary(behavior, method)
+        return _wrap_unary(behavior, method, admit)
 
     async def handler(request: Any, context: _Context) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(request, context):
-                yield response
+            if admit is None:
+                async for response in behavior(request, context):
+                    yield response
+                return
+            with admit(context):
+                async for response in behavior(request, context):
+                    yield response
         except PaddlerError as error:
             await _abort(context, method, error)
 
     return handler
 
 
+Refused = Callable[[str, str], None]
+"""Told of each refused credential: the service and the reason (a metric counts them)."""
+
+
 class ErrorInterceptor(aio.ServerInterceptor):
-    """Maps domain errors to statuses for unary and response-streaming methods."""
+    """Checks credentials and maps domain errors to statuses for unary and response-streaming
+    methods. ``guards`` maps a service's full name to who may call it; other services (health,
+    reflection) are open."""
+
+    def __init__(
+        self, guards: Mapping[str, Guard] | None = None, on_refused: Refused | None = None
+    ) -> None:
+        self._guards = dict(guards or {})
+        self._on_refused = on_refused
+
+    def _admit(self, details: grpc.HandlerCallDetails) -> Admit:
+        service = details.method.lstrip("/").rpartition("/")[0]
+        guard = self._guards.get(service)
+        if guard is None:
+            return None
+        authorization = None
+        for key, value in details.invocation_metadata or ():
+            if key == AUTHORIZATION and isinstance(value, str):
+                authorization = value
+        presented = bearer(authorization)
+        on_refused = self._on_refused
+
+        def admit(context: aio.ServicerContext[Any, Any]) -> Admission:
+            try:
+                admission = guard.admit(presented)
+            except UnauthenticatedError as error:
+                log.warning(
+                    "credential refused",
+                    method=details.method,
+                    peer=context.peer(),
+                    reason=error.reason,
+                )
+                if on_refused is not None:
+                    on_refused(service, error.reason)
+                raise
+            return admission
+
+        return admit
 
     async def intercept_service(
         self,
@@ -72,26 +127,29 @@ class ErrorInterceptor(aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[_Req, _Res] | None:
-        """Wrap the method's behaviour so domain errors become statuses."""
+        """Wrap the method's behaviour so its credential is checked and domain errors become
+        statuses."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        method = handler_call_details.method
+        admit = self._admit(handler_call_details)
         wrapped: grpc.RpcMethodHandler[_Req, _Res] = handler
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, handler_call_details.method),
+                _wrap_unary(handler.unary_unary, method, admit),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, handler_call_details.method),
+                _wrap_stream(handler.unary_stream, method, admit),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         elif handler.stream_stream is not None:
             wrapped = grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, handler_call_details.method),
+                _wrap_stream(handler.stream_stream, method, admit),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -75,6 +75,24 @@ class AgentCallError(PaddlerError):
         self.retry_after_s = 1.0 if code in retryable else None
 
 
+class UnauthenticatedError(PaddlerError):
+    """The call presented no credential, or not the one this surface takes."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+    def __init__(self, message: str, reason: str = "UNAUTHENTICATED") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ConfigurationError(PaddlerError):
+    """A server cannot start as configured (a credential file missing, an unsafe bind)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "BAD_CONFIGURATION"
+
+
 class InternalError(PaddlerError):
     """A failure inside the server (for example llama.cpp refused to decode)."""
 

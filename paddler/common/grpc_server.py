@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import structlog
 from grpc import aio
@@ -13,7 +13,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from paddler.common.addresses import join_host_port, split_host_port
-from paddler.common.error_interceptor import ErrorInterceptor
+from paddler.common.error_interceptor import ErrorInterceptor, Refused
+from paddler.common.guards import Guard
+from paddler.common.tls import ServerTls
 
 log = structlog.get_logger(__name__)
 
@@ -39,11 +41,18 @@ class ManagedServer:
     """Owns the aio server and its health servicer; ``service_names`` are reported in health.
 
     The overall entry ("") and each service say whether calls are served now (readiness);
-    ``LIVENESS_SERVICE`` says only that the process answers.
+    ``LIVENESS_SERVICE`` says only that the process answers. ``guards`` say who may call each
+    service (health and reflection stay open); ``on_refused`` counts refused credentials.
     """
 
-    def __init__(self, service_names: Iterable[str]) -> None:
-        self.server = aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+    def __init__(
+        self,
+        service_names: Iterable[str],
+        guards: Mapping[str, Guard] | None = None,
+        on_refused: Refused | None = None,
+    ) -> None:
+        interceptor = ErrorInterceptor(guards, on_refused)
+        self.server = aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = tuple(service_names)
@@ -56,9 +65,13 @@ class ManagedServer:
             self.server,
         )
 
-    async def start(self, address: str) -> str:
-        """Bind ``address`` (port 0 picks a free port), start, and return the bound address."""
-        port = self.server.add_insecure_port(address)
+    async def start(self, address: str, tls: ServerTls | None = None) -> str:
+        """Bind ``address`` (port 0 picks a free port), with TLS when ``tls`` is given, start,
+        and return the bound address."""
+        if tls is None:
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, tls.grpc_credentials())
         try:
             host = split_host_port(address)[0]
         except ValueError:  # no port given: gRPC bound its default one

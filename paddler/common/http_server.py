@@ -12,6 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from paddler.common.addresses import join_host_port, split_host_port
+from paddler.common.tls import ServerTls
 
 STARTUP_POLL_S = 0.01
 
@@ -31,9 +32,11 @@ class HttpServer:
         self._app = app
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._rotation: asyncio.Task[None] | None = None
 
-    async def start(self, address: str, grace_period_s: float) -> str:
-        """Listen on ``address`` (port 0 picks one); returns the address bound."""
+    async def start(self, address: str, grace_period_s: float, tls: ServerTls | None = None) -> str:
+        """Listen on ``address`` (port 0 picks one), with TLS when ``tls`` is given (a rotated
+        certificate is served to new connections); returns the address bound."""
         host, port = split_host_port(address)
         config = uvicorn.Config(
             self._app,
@@ -44,6 +47,10 @@ class HttpServer:
             lifespan="off",
             timeout_graceful_shutdown=max(math.ceil(grace_period_s), 1),
         )
+        if tls is not None:
+            config.load()
+            config.ssl = tls.ssl_context()
+            self._rotation = asyncio.create_task(tls.keep_fresh(config.ssl))
         server = _EmbeddedServer(config)
         self._server = server
         self._task = asyncio.create_task(server.serve())
@@ -57,6 +64,10 @@ class HttpServer:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        if self._rotation is not None:
+            self._rotation.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rotation
         if self._server is None or self._task is None:
             return
         self._server.should_exit = True

@@ -15,16 +15,23 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from paddler.balancer.embedding_relay import EmbeddingRelay
 from paddler.balancer.generation_relay import GenerationRelay
 from paddler.balancer.metrics import BalancerMetrics
+from paddler.common.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
+from paddler.common.error_interceptor import Refused
 from paddler.common.errors import ModelNotFoundError, PaddlerError
+from paddler.common.guards import Guard
+from paddler.common.http_guard import BearerGuardMiddleware
 from paddler.openai_api import chat_completions, completions, embeddings, responses
 from paddler.openai_api.chat_protocol import ChatCompletionRequest
 from paddler.openai_api.completion_protocol import CompletionRequest
 from paddler.openai_api.errors import (
     ERROR_RESPONSES,
+    body_too_large,
+    error_response,
     http_error,
     paddler_error,
     stream_error_event,
@@ -39,6 +46,8 @@ T = TypeVar("T")
 TITLE = "Paddler OpenAI-compatible API"
 # What a server logs for a client that closed the connection before the response (nginx's).
 CLIENT_CLOSED_REQUEST = 499
+# The client's ``user`` on the request's log lines, at most this long.
+MAX_LOGGED_USER_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,10 @@ class OpenAISettings:
 
     model_aliases: Sequence[str] = ()
     cors_origins: Sequence[str] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Who may call (clients' API keys); None: anyone. /health stays open.
+    guard: Guard | None = None
+    on_refused: Refused | None = None
 
 
 class ClientDisconnectedError(Exception):
@@ -113,6 +126,23 @@ def _base_app(settings: OpenAISettings, metrics: BalancerMetrics) -> FastAPI:
     app.add_exception_handler(PaddlerError, paddler_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnectedError, _client_gone)
+
+    def too_large(scope: Scope, max_bytes: int) -> Response:
+        kind = "embed" if scope["path"].endswith("/embeddings") else "generate"
+        metrics.refused(API, kind, "INVALID_ARGUMENT")
+        return body_too_large(scope["state"]["request_id"], max_bytes)
+
+    # Inside CORS and request ids, so a 413 carries their headers too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, refusal=too_large)
+    if settings.guard is not None:  # outside the body limit: a stranger's body is never read
+        app.add_middleware(
+            BearerGuardMiddleware,
+            guard=settings.guard,
+            surface=API,
+            refused=lambda scope, error: error_response(error, scope["state"]["request_id"]),
+            open_paths=("/health",),
+            on_refused=settings.on_refused,
+        )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -225,9 +255,17 @@ def create_app(
 
 
 def _log_user(user: str | None) -> None:
-    """The client's ``user`` goes on every log line of this request (its tasks inherit it)."""
+    """The client's ``user`` goes on every log line of this request (its tasks inherit it),
+    shortened to ``MAX_LOGGED_USER_CHARS``."""
     if user is not None:
-        structlog.contextvars.bind_contextvars(user=user)
+        structlog.contextvars.bind_contextvars(user=_shortened(user, MAX_LOGGED_USER_CHARS))
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and a note that says how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... (truncated, {len(text)} characters)"
 
 
 async def _collect(events: AsyncIterator[Event]) -> list[Event]:

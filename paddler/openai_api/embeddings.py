@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from paddler.common.embedding_input import check_embedding_input
 from paddler.common.errors import InvalidArgumentError
+from paddler.openai_api.sampling_fields import User
 from paddler.v1 import embedding_pb2
 
 _POOLING = {
@@ -30,7 +31,7 @@ class EmbeddingRequest(BaseModel):
     input: str | Annotated[list[str], Field(min_length=1)] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
-    user: str | None = None
+    user: User = None
     # Our extras (llama-server has the first): how to pool and whether to scale to length 1.
     pooling: Literal["mean", "cls", "last"] | None = None
     normalize: bool = True

@@ -24,6 +24,7 @@ _BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
     grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
     grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "invalid_request_error"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
     grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable_error"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error"),
@@ -60,6 +61,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     for status, description in (
         (400, "A bad field; `param` names it."),
         (404, "A model the cluster does not serve."),
+        (413, "A body over the balancer's cap (--max-request-body)."),
         (429, "The buffer is full; see Retry-After."),
         (503, "No agent can serve now; see Retry-After."),
         (504, "No slot freed within the buffer timeout."),
@@ -141,6 +143,22 @@ async def paddler_error(request: Request, error: Exception) -> JSONResponse:
     """A domain error raised by an endpoint before any response went out."""
     assert isinstance(error, PaddlerError)
     return error_response(error, getattr(request.state, "request_id", ""))
+
+
+def body_too_large(request_id: str, max_bytes: int) -> JSONResponse:
+    """The 413 for a body over the balancer's cap; logged once."""
+    message = (
+        f"the request body is larger than {max_bytes} bytes, the balancer's cap; send less, or "
+        "have the operator raise it (--max-request-body, PADDLER_MAX_REQUEST_BODY)"
+    )
+    detail = {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_too_large",
+    }
+    log.info("request failed", request_id=request_id, status=413, error=message)
+    return JSONResponse({"error": detail}, status_code=413)
 
 
 async def http_error(request: Request, error: Exception) -> JSONResponse:

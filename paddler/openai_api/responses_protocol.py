@@ -11,7 +11,7 @@ from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import check_generation_input
 from paddler.common.tool_calls import MAX_TOOLS
 from paddler.openai_api.output_format import TextOptions
-from paddler.openai_api.sampling_fields import SamplingFields
+from paddler.openai_api.sampling_fields import SamplingFields, User
 from paddler.openai_api.tool_protocol import (
     FunctionTool,
     Mode,
@@ -79,7 +79,7 @@ class ResponseRequest(BaseModel):
     temperature: Annotated[float | None, Field(ge=0, le=2)] = None
     top_p: Annotated[float | None, Field(gt=0, le=1)] = None
     stream: bool = False
-    user: str | None = None
+    user: User = None
     # llama-server's extras, as on the other endpoints.
     top_k: Annotated[int | None, Field(ge=0)] = None
     min_p: Annotated[float | None, Field(ge=0, le=1)] = None

@@ -14,6 +14,9 @@ from paddler.v1 import generation_pb2
 
 MAX_CHOICES = 8
 MAX_SEED = 2**32 - 1
+# OpenAI's ``user``: an end user's id, which goes on the request's log lines.
+MAX_USER_CHARS = 256
+User = Annotated[str | None, Field(max_length=MAX_USER_CHARS)]
 
 
 class StreamOptions(BaseModel):
@@ -38,7 +41,7 @@ class SamplingFields(BaseModel):
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: User = None
     # llama-server's extras.
     top_k: Annotated[int | None, Field(ge=0)] = None
     min_p: Annotated[float | None, Field(ge=0, le=1)] = None

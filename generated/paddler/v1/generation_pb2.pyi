@@ -437,11 +437,14 @@ class GenerationSummary(_message.Message):
     TIME_TO_FIRST_TOKEN_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     AGENT_NAME_FIELD_NUMBER: _builtins.int
+    STATE_VERSION_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     model: _builtins.str
     """The model that served the request."""
     agent_name: _builtins.str
     """The agent that served the request."""
+    state_version: _builtins.int
+    """The desired-state version the serving agent had applied (0: its own model, no state)."""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -454,10 +457,11 @@ class GenerationSummary(_message.Message):
         time_to_first_token: _duration_pb2.Duration | None = ...,
         model: _builtins.str = ...,
         agent_name: _builtins.str = ...,
+        state_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "finish_reason", b"finish_reason", "model", b"model", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "finish_reason", b"finish_reason", "model", b"model", "state_version", b"state_version", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from dataclasses import replace
 
 import structlog
 
@@ -17,8 +18,12 @@ from paddler.agent.metrics import AgentMetrics
 from paddler.agent.model_host import ModelHost
 from paddler.agent.servicer import AgentServicer
 from paddler.common.addresses import is_local_host, join_host_port, loopback_for, split_host_port
+from paddler.common.dialer import Dialer
+from paddler.common.exposure import check_exposure
 from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
+from paddler.common.guards import Guard, SecretGuard
 from paddler.common.http_server import HttpServer
+from paddler.common.secret_file import SecretFile
 from paddler.v1 import agent_pb2, agent_pb2_grpc, desired_state_pb2
 from paddler.web.app import create_web_app
 
@@ -50,17 +55,29 @@ async def run_agent(config: AgentConfig) -> None:
     serves_local_model = config.model is not None or not config.balancer
     if serves_local_model:
         check_model_file(config.model or default_model_path())
+    token = SecretFile(config.agent_token_file, "agent token") if config.agent_token_file else None
+    listen = join_host_port(config.host, config.port)
+    check_exposure(
+        listen,
+        "agent",
+        "" if token else "agent token (--agent-token-file)",
+        allow_insecure=config.allow_insecure,
+    )
     route_llama_logs()
     servicer = AgentServicer(config.name, config.slots)
     metrics = AgentMetrics()
     metrics.watch(servicer.occupancy)
     host = ModelHost(config, servicer, metrics)
-    managed = ManagedServer([AGENT_SERVICE])
+    guards: dict[str, Guard] = {}
+    if token is not None:
+        guards[AGENT_SERVICE] = SecretGuard(token, "the agent token", "balancer")
+    managed = ManagedServer([AGENT_SERVICE], guards, metrics.credential_refused)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, managed.server)
-    address = await managed.start(join_host_port(config.host, config.port))
+    address = await managed.start(listen, config.tls)
     web = HttpServer(create_web_app(metrics.registry, "Paddler agent"))
+    open_tls = replace(config.tls, client_ca=None) if config.tls else None
     metrics_address = (
-        await web.start(config.metrics_address, config.grace_period_s)
+        await web.start(config.metrics_address, config.grace_period_s, open_tls)
         if config.metrics_address
         else None
     )
@@ -70,6 +87,8 @@ async def run_agent(config: AgentConfig) -> None:
         metrics=metrics_address,
         name=config.name,
         slots=config.slots,
+        tls=config.tls is not None,
+        agent_token=token is not None,
     )
     hosting = asyncio.create_task(host.run())
     if serves_local_model:
@@ -78,7 +97,13 @@ async def run_agent(config: AgentConfig) -> None:
     if config.balancer:
         advertise = config.advertise or advertised_address(config.host, address)
         link = asyncio.create_task(
-            BalancerLink(config.balancer, advertise, servicer, host.submit).run()
+            BalancerLink(
+                config.balancer,
+                advertise,
+                servicer,
+                host.submit,
+                Dialer(config.balancer_tls, token),
+            ).run()
         )
     serving = asyncio.create_task(_report_health(servicer, managed))
     await wait_for_termination_signal()

@@ -1,0 +1,218 @@
+"""Runs a balancer: an inference server for clients, a management server for agents, the
+OpenAI-compatible API and the web server, each with its credentials and TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, replace
+
+import structlog
+from fastapi import FastAPI
+
+from paddler.balancer.agent_registry import AgentRegistry
+from paddler.balancer.config import BalancerConfig
+from paddler.balancer.embedding_relay import EmbeddingRelay
+from paddler.balancer.generation_relay import GenerationRelay
+from paddler.balancer.inference_servicer import SERVICE as INFERENCE_SERVICE
+from paddler.balancer.inference_servicer import InferenceServicer
+from paddler.balancer.management_servicer import ManagementServicer
+from paddler.balancer.metrics import BalancerMetrics
+from paddler.balancer.registry_servicer import AgentRegistryServicer
+from paddler.balancer.round_robin_policy import RoundRobinPolicy
+from paddler.balancer.routing_policy import RoutingName, RoutingPolicy
+from paddler.balancer.slot_dispatcher import SlotDispatcher
+from paddler.balancer.slot_policy import SlotPolicy
+from paddler.balancer.speed_policy import SpeedPolicy
+from paddler.balancer.state_store import StateStore
+from paddler.balancer.statsd_reporter import report_to_statsd
+from paddler.common.dialer import Dialer
+from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
+from paddler.common.guards import Guard
+from paddler.common.http_server import HttpServer
+from paddler.openai_api.app import OpenAISettings, create_app
+from paddler.openai_api.served_models import ServedModels
+from paddler.processes.balancer_credentials import BalancerCredentials, check_balancer_exposure
+from paddler.v1 import (
+    agent_registry_pb2,
+    agent_registry_pb2_grpc,
+    management_pb2,
+    management_pb2_grpc,
+)
+from paddler.web.app import create_web_app
+from paddler.web.panel import add_panel
+
+log = structlog.get_logger(__name__)
+
+REGISTRY_SERVICE = agent_registry_pb2.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name
+MANAGEMENT_SERVICE = management_pb2.DESCRIPTOR.services_by_name["ManagementService"].full_name
+STALE_CHECK_INTERVAL_S = 0.5
+
+
+async def _remove_stale_agents(registry: AgentRegistry, stale_after_s: float) -> None:
+    while True:
+        await asyncio.sleep(STALE_CHECK_INTERVAL_S)
+        await registry.remove_stale(stale_after_s)
+
+
+def _guards(guards: dict[str, Guard | None]) -> dict[str, Guard]:
+    return {service: guard for service, guard in guards.items() if guard is not None}
+
+
+def routing_policy(name: RoutingName) -> RoutingPolicy:
+    """The policy ``--routing`` names."""
+    policies: dict[RoutingName, type[RoutingPolicy]] = {
+        "slots": SlotPolicy,
+        "speed": SpeedPolicy,
+        "round-robin": RoundRobinPolicy,
+    }
+    return policies[name]()
+
+
+@dataclass(frozen=True)
+class _Core:
+    """What every surface of one balancer shares."""
+
+    registry: AgentRegistry
+    states: StateStore
+    dispatcher: SlotDispatcher
+    metrics: BalancerMetrics
+    relay: GenerationRelay
+    embeddings: EmbeddingRelay
+
+
+def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
+    registry = AgentRegistry(Dialer(config.agent_tls, credentials.agent_token))
+    states = StateStore(config.state_file)
+    states.listen(registry.broadcast)
+    dispatcher = SlotDispatcher(
+        registry,
+        states,
+        config.max_buffered_requests,
+        config.buffered_request_timeout_s,
+        routing_policy(config.routing),
+    )
+    metrics = BalancerMetrics()
+    metrics.watch(registry, states, lambda: dispatcher.buffered)
+    relay = GenerationRelay(dispatcher, config.max_attempts, metrics)
+    embeddings = EmbeddingRelay(dispatcher, config.max_attempts, metrics)
+    return _Core(registry, states, dispatcher, metrics, relay, embeddings)
+
+
+def _grpc_servers(
+    core: _Core, credentials: BalancerCredentials
+) -> tuple[ManagedServer, ManagedServer]:
+    """The inference server (clients, with their API keys) and the management server (agents
+    with the agent token, operators with the admin key)."""
+    refused = core.metrics.credential_refused
+    inference = ManagedServer(
+        [INFERENCE_SERVICE], _guards({INFERENCE_SERVICE: credentials.client_guard()}), refused
+    )
+    inference.server.add_generic_rpc_handlers(
+        (InferenceServicer(core.relay, core.embeddings, core.metrics).handler(),)
+    )
+    guards = {
+        REGISTRY_SERVICE: credentials.agent_guard(),
+        MANAGEMENT_SERVICE: credentials.admin_guard(),
+    }
+    management = ManagedServer([REGISTRY_SERVICE, MANAGEMENT_SERVICE], _guards(guards), refused)
+    agent_registry_pb2_grpc.add_AgentRegistryServiceServicer_to_server(
+        AgentRegistryServicer(core.registry, core.states), management.server
+    )
+    management_pb2_grpc.add_ManagementServiceServicer_to_server(
+        ManagementServicer(core.registry, core.dispatcher, core.states), management.server
+    )
+    return inference, management
+
+
+def _http_apps(
+    core: _Core, config: BalancerConfig, credentials: BalancerCredentials, stopping: asyncio.Event
+) -> dict[str, tuple[str, FastAPI]]:
+    """The HTTP apps configured, by name: their addresses and apps."""
+    apps: dict[str, tuple[str, FastAPI]] = {}
+    metrics = core.metrics
+    if config.openai_address:
+        models = ServedModels(core.registry, core.states, config.openai_model_aliases)
+        settings = OpenAISettings(
+            config.openai_model_aliases,
+            config.openai_cors_origins,
+            max_body_bytes=config.max_body_bytes,
+            guard=credentials.client_guard(),
+            on_refused=metrics.credential_refused,
+        )
+        app = create_app(core.relay, core.embeddings, models, settings, metrics)
+        apps["openai"] = (config.openai_address, app)
+    if config.web_address:
+        web = create_web_app(
+            metrics.registry, "Paddler balancer", max_body_bytes=config.max_body_bytes
+        )
+        add_panel(
+            web,
+            registry=core.registry,
+            dispatcher=core.dispatcher,
+            states=core.states,
+            relay=core.relay,
+            metrics=metrics,
+            stopping=stopping,
+        )
+        apps["web"] = (config.web_address, web)
+    if config.metrics_address:
+        only_metrics = create_web_app(metrics.registry, "Paddler balancer metrics")
+        apps["metrics"] = (config.metrics_address, only_metrics)
+    return apps
+
+
+async def run_balancer(config: BalancerConfig) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight streams within the grace period."""
+    credentials = BalancerCredentials.load(config)
+    check_balancer_exposure(config, credentials)
+    core = _core(config, credentials)
+    inference, management = _grpc_servers(core, credentials)
+    tls = config.tls
+    # Only agents (on the management port) are asked for a client certificate.
+    open_tls = replace(tls, client_ca=None) if tls else None
+    listening = {
+        "inference": await inference.start(config.inference_address, open_tls),
+        "management": await management.start(config.management_address, tls),
+    }
+    stopping = asyncio.Event()
+    http: list[HttpServer] = []
+    for name, (address, app) in _http_apps(core, config, credentials, stopping).items():
+        server = HttpServer(app)
+        listening[name] = await server.start(address, config.grace_period_s, open_tls)
+        http.append(server)
+    await inference.set_serving(serving=True)
+    await management.set_serving(serving=True)
+    log.info(
+        "balancer listening",
+        **listening,
+        routing=config.routing,
+        tls=tls is not None,
+        mutual_tls=tls is not None and tls.client_ca is not None,
+        api_keys=credentials.api_keys is not None,
+        admin_key=credentials.admin_key is not None,
+        agent_token=credentials.agent_token is not None,
+    )
+    watchdog = asyncio.create_task(_remove_stale_agents(core.registry, config.agent_stale_after_s))
+    reporter = None
+    if config.statsd_address:
+        reporter = asyncio.create_task(
+            report_to_statsd(
+                config.statsd_address,
+                config.statsd_prefix,
+                core.registry,
+                lambda: core.dispatcher.buffered,
+            )
+        )
+    await wait_for_termination_signal()
+    stopping.set()
+    await asyncio.gather(
+        inference.drain(config.grace_period_s), *(server.stop() for server in http)
+    )
+    for task in (watchdog, reporter):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    await management.drain(0)
+    log.info("balancer stopped")

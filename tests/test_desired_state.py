@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import gguf
 import grpc
 import pytest
 
@@ -208,16 +210,68 @@ def test_an_agent_told_to_load_a_missing_file_stays_registered_and_gets_no_reque
         assert c.agent_slots_processing("solo") == 0
 
 
-def test_a_context_that_cannot_be_built_is_an_issue_and_the_old_model_returns() -> None:
-    with cluster(("solo", 1)) as c:
-        c.set_state(state(packaged("smollm2-135m"), defaults={"context_size": 10_000_000}))
-        agents = c.wait_for(_failed_with("could not create a context"))  # type: ignore[arg-type]
-        assert "out of memory?" in agents[0].issues[0]
+def test_a_state_that_does_not_fit_fails_before_the_running_model_goes(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "outside.gguf").symlink_to(default_model_path())  # a link out of the folder
+    _one_layer_too_many(root / "unloadable.gguf")
+    budget = str(200 << 20)  # SmolLM2's weights (94 MiB) and a KV cache of at most 106 MiB
+    with cluster() as c:
+        c.start_agent(
+            "solo", "--slots", "1", "--context-size", "512",
+            "--allowed-model-root", str(root), "--memory-budget", budget,
+        )  # fmt: skip
+        cases = [
+            (state(packaged("smollm2-135m"), defaults={"context_size": 16384}), "trained context"),
+            (state(packaged("smollm2-135m"), defaults={"context_size": 8192}), "needs about"),
+            (state(_local(root / "outside.gguf")), "outside the allowed model folders"),
+        ]
+        for wanted, issue in cases:
+            c.set_state(wanted)
+            agents = c.wait_for(_failed_with(issue))  # type: ignore[arg-type]
+            assert "lower" in agents[0].issues[0] or "outside" in agents[0].issues[0]
+        # None of them let the running model go: it was never unloaded nor rebuilt.
+        assert not c.agents["solo"].logs("previous model restored")
+        assert len(c.agents["solo"].logs("agent ready")) == 1
+        # A model that passes every check but does not load: the old one comes back.
+        c.set_state(state(_local(root / "unloadable.gguf")))
+        c.wait_for(_failed_with("could not load"))  # type: ignore[arg-type]
         c.agents["solo"].wait_logs("previous model restored")
-        c.set_state(state(packaged("smollm2-135m"), defaults={"context_size": 256}))
-        c.wait_applied(2)
+        version = c.set_state(state(packaged("smollm2-135m"), defaults={"context_size": 256}))
+        c.wait_applied(version)
         reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
         assert reply.summary.agent_name == "solo"
+
+
+def test_the_balancer_keeps_models_to_the_allowed_sources() -> None:
+    args = ("--allowed-model-root", "/models", "--allowed-hf-owner", "paddler-test")
+    with cluster(balancer_args=args) as c:
+        refused = [
+            (_local(Path("/models/../etc/model.gguf")), "state.model.local_path"),
+            (_local(Path("/elsewhere/model.gguf")), "state.model.local_path"),
+            (_hugging_face("stranger/model", "model.gguf"), "state.model.hugging_face.repo"),
+        ]
+        for model, field in refused:
+            with pytest.raises(grpc.RpcError) as caught:
+                c.set_state(state(model))
+            assert field_violations(caught.value) == [field]
+            assert "allowed" in (caught.value.details() or "")
+        assert c.set_state(state(_local(Path("/models/sub/model.gguf")))) == 1
+        assert c.set_state(state(_hugging_face("paddler-test/smollm2", "a.gguf"))) == 2
+        assert c.set_state(state(packaged("gemma3-270m"))) == 3
+
+
+def _one_layer_too_many(path: Path) -> None:
+    """A copy of SmolLM2 whose metadata claims a 31st layer: it reads like a model, but
+    llama.cpp's load fails on the missing tensors."""
+    shutil.copy(default_model_path(), path)
+    reader = gguf.GGUFReader(path, "r+")
+    reader.fields["llama.block_count"].parts[-1][0] = 31
+    del reader  # the memory map writes the change back
+
+
+def _local(path: Path) -> desired_state_pb2.ModelSource:
+    return desired_state_pb2.ModelSource(local_path=str(path))
 
 
 def test_an_agent_without_a_model_takes_the_desired_state() -> None:
@@ -249,6 +303,27 @@ def test_an_agent_without_a_model_takes_the_desired_state() -> None:
             state(packaged("smollm2-135m"), chat_template_override="{% if %}"),
             "state.chat_template_override",
         ),
+        (
+            state(packaged("smollm2-135m"), chat_template_override="x" * (256 * 1024 + 1)),
+            "state.chat_template_override",
+        ),
+        (
+            state(packaged("smollm2-135m"), defaults={"context_size": 1 << 21}),
+            "state.defaults.context_size",
+        ),
+        (
+            state(packaged("smollm2-135m"), defaults={"context_size": 512, "batch_size": 1024}),
+            "state.defaults.batch_size",
+        ),
+        (
+            state(packaged("smollm2-135m"), defaults={"batch_size": 2147483647}),
+            "state.defaults.batch_size",
+        ),
+        (
+            state(desired_state_pb2.ModelSource(local_path="models/a.gguf")),
+            "state.model.local_path",
+        ),
+        (state(_hugging_face("owner/" + "n" * 300, "a.gguf")), "state.model.hugging_face.repo"),
     ],
 )
 def test_an_invalid_state_is_rejected_and_changes_nothing(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from paddler.common.model_sources import ModelSourcePolicy
 from paddler.common.tls import ClientTls, ServerTls
 
 
@@ -40,3 +41,7 @@ class AgentConfig:
     balancer_tls: ClientTls | None = None
     # The agent token: presented to the balancer, required of whoever calls Generate/Embed.
     agent_token_file: Path | None = None
+    # Where desired states may take models from (empty lists: anywhere).
+    sources: ModelSourcePolicy = field(default_factory=ModelSourcePolicy)
+    # Bytes a model (weights and KV cache) may take; 0: what the machine has free.
+    memory_budget_bytes: int = 0

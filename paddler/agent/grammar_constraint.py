@@ -12,6 +12,7 @@ from llguidance import LLMatcher, LLTokenizer
 from llguidance.llamacpp import lltokenizer_from_vocab
 
 from paddler.common.errors import InvalidArgumentError
+from paddler.common.grammar import GRAMMAR_LIMITS
 
 
 class GrammarConstraint:
@@ -81,7 +82,7 @@ class GrammarCompiler:
         """A fresh constraint for ``grammar`` (an llguidance grammar), lazy until ``trigger``
         when one is given. Blocking."""
         tokenizer = self._tokenizer_once()
-        matcher = LLMatcher(tokenizer, grammar)
+        matcher = LLMatcher(tokenizer, grammar, limits=GRAMMAR_LIMITS)
         if matcher.is_error():
             raise InvalidArgumentError(field, f"cannot be served: {matcher.get_error()}")
         return GrammarConstraint(matcher, self._n_vocab, tokenizer, trigger)

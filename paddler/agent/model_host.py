@@ -13,9 +13,12 @@ from paddler.agent.default_model import default_model_path
 from paddler.agent.engine import Engine, EngineConfig
 from paddler.agent.job_factory import JobFactory
 from paddler.agent.llama_model import LlamaModel, check_model_file
+from paddler.agent.memory_budget import available_memory_bytes
 from paddler.agent.metrics import AgentMetrics
+from paddler.agent.model_shape import ModelShape, read_model_shape
 from paddler.agent.model_source import resolve_model
 from paddler.agent.servicer import AgentServicer
+from paddler.agent.state_fit import check_allowed_file, check_fits
 from paddler.common.chat_template import ChatTemplate
 from paddler.common.errors import PaddlerError
 from paddler.common.generation_input import SamplingSettings
@@ -37,6 +40,8 @@ class EngineSettings:
     sampling: SamplingSettings
     chat_template: str | None
     chat_template_timeout_s: float
+    # Weights plus KV cache, as estimated before the build.
+    memory_bytes: int = 0
 
 
 def build_engine(
@@ -170,7 +175,10 @@ class ModelHost:
         if update.version == 0:
             path = config.model or default_model_path()
         else:
+            config.sources.check(state.model)
             path = resolve_model(state.model, self._report)
+            if state.model.WhichOneof("source") == "local_path":
+                check_allowed_file(path, config.sources)
         check_model_file(path)
         defaults = state.defaults
         template = (
@@ -186,12 +194,34 @@ class ModelHost:
             prompt_cache=config.prompt_cache,
         )
         sizes = {f.name: v for f, v in defaults.ListFields() if f.name in _SIZE_FIELDS}
+        engine = replace(engine, **sizes)
+        memory = self._check_fits(
+            read_model_shape(path), engine, from_state="context_size" in sizes
+        )
         return EngineSettings(
             model=path,
-            engine=replace(engine, **sizes),
+            engine=engine,
+            memory_bytes=memory,
             sampling=SamplingSettings().overridden_by(defaults.sampling, "state.defaults.sampling"),
             chat_template=template,
             chat_template_timeout_s=config.chat_template_timeout_s,
+        )
+
+    def _check_fits(self, shape: ModelShape, engine: EngineConfig, *, from_state: bool) -> int:
+        """The memory the engine needs, checked against what is free now plus what the running
+        engine gives back (nothing with a fixed --memory-budget: one engine at a time)."""
+        budget = self._config.memory_budget_bytes or available_memory_bytes()
+        running = self._settings_in_use
+        freed = 0
+        if not self._config.memory_budget_bytes and running is not None and self._engine:
+            freed = running.memory_bytes
+        return check_fits(
+            shape,
+            engine.slots,
+            engine.context_size,
+            budget=budget,
+            freed=freed,
+            from_state=from_state,
         )
 
     def _failed(self, version: int, error: Exception) -> None:

@@ -15,6 +15,7 @@ from grpc import aio
 
 from paddler.balancer.agent_speed import AgentSpeed
 from paddler.common.dialer import Dialer, Metadata
+from paddler.common.errors import ResourceExhaustedError
 from paddler.v1 import agent_pb2, agent_registry_pb2, desired_state_pb2, status_pb2
 
 if TYPE_CHECKING:
@@ -22,7 +23,16 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+DEFAULT_MAX_AGENTS = 1024
 GENERATE_METHOD = "/paddler.v1.AgentService/Generate"
+
+
+class TooManyAgentsError(ResourceExhaustedError):
+    """The registry is full."""
+
+    reason = "TOO_MANY_AGENTS"
+
+
 EMBED_METHOD = "/paddler.v1.AgentService/Embed"
 
 
@@ -116,8 +126,9 @@ class RegisteredAgent:
 class AgentRegistry:
     """Agents by id; every change is announced to the listeners (dispatcher, watchers)."""
 
-    def __init__(self, dialer: Dialer | None = None) -> None:
+    def __init__(self, dialer: Dialer | None = None, max_agents: int = DEFAULT_MAX_AGENTS) -> None:
         self._dialer = dialer or Dialer()
+        self._max_agents = max_agents
         self._agents: dict[str, RegisteredAgent] = {}
         self._ids = itertools.count(1)
         self._listeners: list[Callable[[], None]] = []
@@ -145,6 +156,11 @@ class AgentRegistry:
         for earlier in self.agents():
             if earlier.address == address:
                 await self.remove(earlier, "the agent registered again")
+        if len(self._agents) >= self._max_agents:
+            raise TooManyAgentsError(
+                f"the balancer has {len(self._agents)} agents, the most it takes (--max-agents)",
+                retry_after_s=5.0,
+            )
         agent = RegisteredAgent(
             agent_id=f"agent-{next(self._ids)}",
             name=name,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from paddler.balancer.agent_registry import DEFAULT_MAX_AGENTS
 from paddler.balancer.routing_policy import RoutingName
 from paddler.common.body_limit import DEFAULT_MAX_BODY_BYTES
+from paddler.common.model_sources import ModelSourcePolicy
 from paddler.common.tls import ClientTls, ServerTls
+
+DEFAULT_MAX_WATCHERS = 64
 
 
 @dataclass(frozen=True)
@@ -49,3 +53,8 @@ class BalancerConfig:
     api_keys_file: Path | None = None
     # HTTP request bodies above this are refused with 413 while they are read.
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # The most agents registered, and the most live views (WatchAgents, the panel's) at once.
+    max_agents: int = DEFAULT_MAX_AGENTS
+    max_watchers: int = DEFAULT_MAX_WATCHERS
+    # Where desired states may take models from (empty lists: anywhere).
+    sources: ModelSourcePolicy = field(default_factory=ModelSourcePolicy)

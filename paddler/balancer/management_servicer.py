@@ -12,6 +12,7 @@ from grpc import aio
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.state_store import StateStore
+from paddler.common.concurrency_limit import ConcurrencyLimit
 from paddler.v1 import management_pb2, management_pb2_grpc
 
 
@@ -42,11 +43,16 @@ class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
     """Views of the balancer's state, and the desired state."""
 
     def __init__(
-        self, registry: AgentRegistry, dispatcher: SlotDispatcher, states: StateStore
+        self,
+        registry: AgentRegistry,
+        dispatcher: SlotDispatcher,
+        states: StateStore,
+        watchers: ConcurrencyLimit,
     ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
         self._states = states
+        self._watchers = watchers
 
     def _agents(self) -> list[management_pb2.RegisteredAgent]:
         now = time.monotonic()
@@ -61,16 +67,18 @@ class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
     async def WatchAgents(
         self, request: management_pb2.WatchAgentsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[management_pb2.WatchAgentsResponse]:
-        """The list now, then after every change."""
-        changed = asyncio.Event()
-        stop_listening = self._registry.listen(changed.set)
-        try:
-            while True:
-                changed.clear()
-                yield management_pb2.WatchAgentsResponse(agents=self._agents())
-                await changed.wait()
-        finally:
-            stop_listening()
+        """The list now, then after every change (at most ``--max-watchers`` at once, the
+        admin panel's live views counted too)."""
+        with self._watchers.hold():
+            changed = asyncio.Event()
+            stop_listening = self._registry.listen(changed.set)
+            try:
+                while True:
+                    changed.clear()
+                    yield management_pb2.WatchAgentsResponse(agents=self._agents())
+                    await changed.wait()
+            finally:
+                stop_listening()
 
     async def GetBufferedRequests(
         self,

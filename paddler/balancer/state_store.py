@@ -12,7 +12,8 @@ import structlog
 from google.protobuf import json_format
 
 from paddler.common.desired_state import check_desired_state
-from paddler.common.errors import PaddlerError
+from paddler.common.errors import InvalidArgumentError, PaddlerError
+from paddler.common.model_sources import ModelSourcePolicy
 from paddler.v1 import desired_state_pb2
 
 log = structlog.get_logger(__name__)
@@ -25,8 +26,9 @@ class StateFileError(PaddlerError):
 class StateStore:
     """Holds the current VersionedDesiredState; ``set`` validates, bumps, saves and announces."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, sources: ModelSourcePolicy | None = None) -> None:
         self._path = path
+        self._sources = sources
         self._listeners: list[Callable[[desired_state_pb2.VersionedDesiredState], None]] = []
         # A new epoch unless a state file restores one: versions counted from 1 again by a
         # balancer without a state file never match what agents applied under an older run.
@@ -39,6 +41,13 @@ class StateStore:
             except (OSError, json_format.ParseError) as error:
                 raise StateFileError(f"cannot read the state file {path}: {error}") from error
             restored.epoch = restored.epoch or self.current.epoch  # a file from before epochs
+            if restored.version:  # checked again: the file or the limits may have changed
+                try:
+                    check_desired_state(restored.state, sources)
+                except InvalidArgumentError as error:
+                    raise StateFileError(
+                        f"the state in {path} is no longer valid: {error.message}"
+                    ) from error
             self.current = restored
             log.info(
                 "desired state restored",
@@ -53,7 +62,7 @@ class StateStore:
 
     def set(self, state: desired_state_pb2.DesiredState) -> desired_state_pb2.VersionedDesiredState:
         """Validate and store ``state`` under the next version; the old one stays on any error."""
-        check_desired_state(state)
+        check_desired_state(state, self._sources)
         updated = desired_state_pb2.VersionedDesiredState(
             version=self.current.version + 1,
             state=state,

@@ -13,6 +13,8 @@ import typer
 from paddler.cli.failure import exit_on_domain_error
 from paddler.cli.options import (
     AgentTokenFileOption,
+    AllowedHfOwnerOption,
+    AllowedModelRootOption,
     AllowInsecureOption,
     GracePeriodOption,
     LogLevelOption,
@@ -22,6 +24,7 @@ from paddler.cli.options import (
     TlsKeyOption,
     TlsServerNameOption,
     client_tls,
+    model_sources,
     server_tls,
 )
 from paddler.common.chat_template import DEFAULT_RENDER_TIMEOUT_S
@@ -134,6 +137,18 @@ def agent(
     tls_ca: TlsCaOption = None,
     tls_server_name: TlsServerNameOption = "",
     allow_insecure: AllowInsecureOption = False,
+    allowed_model_root: AllowedModelRootOption = None,
+    allowed_hf_owner: AllowedHfOwnerOption = None,
+    memory_budget: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            envvar="PADDLER_MEMORY_BUDGET",
+            help="Bytes a model's weights and KV cache may take; a desired state asking more "
+            "fails before the running model is let go (0: what the machine or its cgroup has "
+            "free).",
+        ),
+    ] = 0,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a GGUF model on N slots (continuous batching) as paddler.v1.AgentService."""
@@ -162,5 +177,7 @@ def agent(
             tls=tls,
             balancer_tls=client_tls(tls_ca, tls_server_name, tls),
             agent_token_file=agent_token_file,
+            sources=model_sources(allowed_model_root, allowed_hf_owner),
+            memory_budget_bytes=memory_budget,
         )
         asyncio.run(run_agent(config))

@@ -8,12 +8,15 @@ from typing import Annotated
 import typer
 import uvloop
 
-from paddler.balancer.config import BalancerConfig
+from paddler.balancer.agent_registry import DEFAULT_MAX_AGENTS
+from paddler.balancer.config import DEFAULT_MAX_WATCHERS, BalancerConfig
 from paddler.balancer.routing_policy import RoutingName
 from paddler.cli.failure import exit_on_domain_error
 from paddler.cli.options import (
     AdminKeyFileOption,
     AgentTokenFileOption,
+    AllowedHfOwnerOption,
+    AllowedModelRootOption,
     AllowInsecureOption,
     GracePeriodOption,
     LogLevelOption,
@@ -23,6 +26,7 @@ from paddler.cli.options import (
     TlsKeyOption,
     TlsServerNameOption,
     client_tls,
+    model_sources,
     server_tls,
 )
 from paddler.common.addresses import split_host_port
@@ -179,6 +183,25 @@ def balancer(
     tls_ca: TlsCaOption = None,
     tls_server_name: TlsServerNameOption = "",
     allow_insecure: AllowInsecureOption = False,
+    max_agents: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="PADDLER_MAX_AGENTS",
+            help="The most agents registered at once; one more is refused with RESOURCE_EXHAUSTED.",
+        ),
+    ] = DEFAULT_MAX_AGENTS,
+    max_watchers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="PADDLER_MAX_WATCHERS",
+            help="The most live views at once (WatchAgents streams and the admin panel's "
+            "event streams); one more is refused with RESOURCE_EXHAUSTED (HTTP 429).",
+        ),
+    ] = DEFAULT_MAX_WATCHERS,
+    allowed_model_root: AllowedModelRootOption = None,
+    allowed_hf_owner: AllowedHfOwnerOption = None,
     statsd_addr: Annotated[
         str,
         typer.Option(
@@ -222,6 +245,9 @@ def balancer(
         admin_key_file=admin_key_file,
         api_keys_file=api_keys_file,
         max_body_bytes=max_request_body,
+        sources=model_sources(allowed_model_root, allowed_hf_owner),
+        max_agents=max_agents,
+        max_watchers=max_watchers,
     )
     with exit_on_domain_error():
         # uvloop: the balancer relays every token through its event loop (about half of its

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from paddler.common.dialer import Dialer
+from paddler.common.model_sources import ModelSourcePolicy
 from paddler.common.secret_file import SecretFile
 from paddler.common.tls import ClientTls, ServerTls
 
@@ -139,3 +140,29 @@ def dialer(
         client_tls(tls_ca, tls_server_name, server_tls(*identity, None)),
         SecretFile(credential_file, "credential") if credential_file else None,
     )
+
+
+AllowedModelRootOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        envvar="PADDLER_ALLOWED_MODEL_ROOT",
+        help="A folder on the agents that desired states may take local_path models from "
+        "(repeatable; default: any absolute path).",
+    ),
+]
+AllowedHfOwnerOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        envvar="PADDLER_ALLOWED_HF_OWNER",
+        help="A Hugging Face owner whose repositories desired states may take models from "
+        "(repeatable; default: any).",
+    ),
+]
+
+
+def model_sources(roots: list[str] | None, owners: list[str] | None) -> ModelSourcePolicy:
+    """The allow-list the flags give; a root must be absolute."""
+    for root in roots or ():
+        if not root.startswith("/"):
+            raise typer.BadParameter(f"{root!r} is not an absolute path")
+    return ModelSourcePolicy(tuple(roots or ()), tuple(owners or ()))

@@ -2,31 +2,54 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jinja2
 
 from paddler.common.chat_template import ChatTemplate
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import SamplingSettings
+from paddler.common.model_sources import ModelSourcePolicy
 from paddler.v1 import desired_state_pb2
 
 PACKAGED_MODELS = ("smollm2-135m", "gemma3-270m")
 MIN_CONTEXT_SIZE = 16
+# Upper bounds no real model reaches: each agent checks the model's own trained context and its
+# memory before it lets its running model go.
+MAX_CONTEXT_SIZE = 1 << 20
+MAX_BATCH_SIZE = 1 << 16
+MAX_TEMPLATE_CHARS = 256 * 1024
+MAX_PATH_CHARS = 4096
+MAX_HF_FIELD_CHARS = 256
 
 
-def check_desired_state(state: desired_state_pb2.DesiredState) -> None:
-    """Raise InvalidArgumentError naming the first bad field; nothing here needs a model."""
+def check_desired_state(
+    state: desired_state_pb2.DesiredState, sources: ModelSourcePolicy | None = None
+) -> None:
+    """Raise InvalidArgumentError naming the first bad field; nothing here needs a model.
+    ``sources`` limits where models may come from."""
     _check_model(state.model)
+    (sources or ModelSourcePolicy()).check(state.model)
     defaults = state.defaults
-    if defaults.HasField("context_size") and defaults.context_size < MIN_CONTEXT_SIZE:
+    _check_range(defaults, "context_size", MIN_CONTEXT_SIZE, MAX_CONTEXT_SIZE)
+    _check_range(defaults, "batch_size", 1, MAX_BATCH_SIZE)
+    if (
+        defaults.HasField("batch_size")
+        and defaults.HasField("context_size")
+        and defaults.batch_size > defaults.context_size
+    ):
         raise InvalidArgumentError(
-            "state.defaults.context_size",
-            f"must be at least {MIN_CONTEXT_SIZE} tokens, got {defaults.context_size}",
-        )
-    if defaults.HasField("batch_size") and defaults.batch_size < 1:
-        raise InvalidArgumentError(
-            "state.defaults.batch_size", f"must be at least 1, got {defaults.batch_size}"
+            "state.defaults.batch_size",
+            f"must be at most the context size ({defaults.context_size}), got "
+            f"{defaults.batch_size}",
         )
     SamplingSettings().overridden_by(defaults.sampling, "state.defaults.sampling")
+    if len(state.chat_template_override) > MAX_TEMPLATE_CHARS:
+        raise InvalidArgumentError(
+            "state.chat_template_override",
+            f"must be at most {MAX_TEMPLATE_CHARS} characters, got "
+            f"{len(state.chat_template_override)}",
+        )
     if state.HasField("chat_template_override"):
         try:
             ChatTemplate(state.chat_template_override, "", "")
@@ -35,6 +58,18 @@ def check_desired_state(state: desired_state_pb2.DesiredState) -> None:
                 "state.chat_template_override",
                 f"the template does not compile: {error.message} (line {error.lineno})",
             ) from error
+
+
+def _check_range(
+    defaults: desired_state_pb2.InferenceDefaults,
+    name: Literal["context_size", "batch_size"],
+    low: int,
+    high: int,
+) -> None:
+    if defaults.HasField(name) and not low <= (value := getattr(defaults, name)) <= high:
+        raise InvalidArgumentError(
+            f"state.defaults.{name}", f"must be {low} to {high}, got {value}"
+        )
 
 
 def _check_model(model: desired_state_pb2.ModelSource) -> None:
@@ -48,10 +83,21 @@ def _check_model(model: desired_state_pb2.ModelSource) -> None:
             "state.model.packaged",
             f"unknown packaged model {model.packaged!r}; use one of {', '.join(PACKAGED_MODELS)}",
         )
-    if source == "local_path" and not model.local_path:
-        raise InvalidArgumentError("state.model.local_path", "the path is empty")
+    if source == "local_path":
+        path = model.local_path
+        if not path.startswith("/") or len(path) > MAX_PATH_CHARS or "\0" in path:
+            raise InvalidArgumentError(
+                "state.model.local_path",
+                f"must be an absolute path on the agents, of at most {MAX_PATH_CHARS} characters",
+            )
     if source == "hugging_face":
         reference = model.hugging_face
+        for name in ("repo", "file", "revision"):
+            if len(getattr(reference, name)) > MAX_HF_FIELD_CHARS:
+                raise InvalidArgumentError(
+                    f"state.model.hugging_face.{name}",
+                    f"must be at most {MAX_HF_FIELD_CHARS} characters",
+                )
         if reference.repo.count("/") != 1 or not all(reference.repo.split("/")):
             raise InvalidArgumentError(
                 "state.model.hugging_face.repo",

@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from grpc import aio
 
-from paddler.common.errors import PaddlerError, UnauthenticatedError
+from paddler.common.errors import InvalidArgumentError, PaddlerError, UnauthenticatedError
 from paddler.common.guards import AUTHORIZATION, Admission, Guard, bearer
 from paddler.common.rpc_status import to_grpc_status
 
@@ -33,6 +34,34 @@ async def _abort(context: aio.ServicerContext[Any, Any], method: str, error: Pad
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+class _Undecodable:
+    """A request whose bytes did not parse: the call ends with INVALID_ARGUMENT, not gRPC's
+    UNKNOWN with a traceback."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return _Undecodable(error)
+
+    return deserialize
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgumentError(
+            "request", f"the bytes are not a valid message of this method: {request.error}"
+        )
+
+
 # Admits one call (its credential checked) given its context; None: the surface is open.
 Admit = Callable[[aio.ServicerContext[Any, Any]], Admission] | None
 
@@ -42,6 +71,7 @@ def _wrap_unary(
 ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
+            _check_decoded(request)
             if admit is None:
                 return await behavior(request, context)  # aio behaviours are coroutines
             with admit(context):
@@ -63,6 +93,7 @@ def _wrap_stream(behavior: Any, method: str, admit: Admit) -> Callable[[Any, _Co
 
     async def handler(request: Any, context: _Context) -> AsyncIterator[Any]:
         try:
+            _check_decoded(request)
             if admit is None:
                 async for response in behavior(request, context):
                     yield response
@@ -138,13 +169,13 @@ class ErrorInterceptor(aio.ServerInterceptor):
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method, admit),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method, admit),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         elif handler.stream_stream is not None:

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import json
 
-from llguidance import LLMatcher
+from llguidance import LLMatcher, LLParserLimits
 from llguidance.gbnf_to_lark import gbnf_to_lark
 
 from paddler.common.errors import InvalidArgumentError
 from paddler.v1 import generation_pb2
 
 MAX_GRAMMAR_BYTES = 64 * 1024
+# The time a grammar may cost, as llguidance's fuel (about 50k units a millisecond to build the
+# lexer, 14k a millisecond per token's mask): a grammar past them fails with INVALID_ARGUMENT
+# when it is compiled (always off the event loop, in the agent's request preparation) or at the
+# token where it runs out. No schema text in errors (verbose_errors off): they reach clients.
+GRAMMAR_LIMITS = LLParserLimits(
+    initial_lexer_fuel=1_000_000,  # about 20 ms
+    step_lexer_fuel=200_000,  # about 15 ms a token
+    step_max_items=50_000,
+    max_lexer_states=250_000,
+    max_grammar_size=500_000,
+    verbose_errors=False,
+)
 # Compact JSON: no whitespace between tokens, so no tokens are spent on layout.
 _JSON_OPTIONS = {"whitespace_flexible": False}
 
@@ -35,7 +47,7 @@ def compile_grammar(grammar: generation_pb2.Grammar, field: str | None = None) -
             field, f"is {size} bytes; the limit is {MAX_GRAMMAR_BYTES} bytes (64 KiB)"
         )
     compiled = _from_gbnf(text, field) if kind == "gbnf" else _from_json_schema(text, field)
-    if problem := LLMatcher.validate_grammar(compiled):
+    if problem := LLMatcher.validate_grammar(compiled, limits=GRAMMAR_LIMITS):
         raise InvalidArgumentError(field, f"cannot be served: {problem}")
     return compiled
 

@@ -12,6 +12,9 @@ from grpc_status import rpc_status
 from paddler.common.errors import InvalidArgumentError, PaddlerError, RelayedError
 
 ERROR_DOMAIN = "paddler.v1"
+# A status travels in HTTP/2 trailers, which clients cap (8 KiB by default): a message that
+# quotes a huge input must not turn into the client's RESOURCE_EXHAUSTED.
+MAX_MESSAGE_CHARS = 1024
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # The agent has no model loaded right now (starting, or swapping to a new desired state).
 NOT_READY = "NOT_READY"
@@ -38,11 +41,13 @@ class AbortStatus:
 def to_grpc_status(error: PaddlerError) -> AbortStatus:
     """Build the status with ErrorInfo, plus BadRequest or RetryInfo where they apply."""
     if isinstance(error, RelayedError):
-        return AbortStatus(error.code, error.message, error.trailing_metadata)
+        return AbortStatus(error.code, _bounded(error.message), error.trailing_metadata)
     details = [_packed(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))]
     if isinstance(error, InvalidArgumentError):
         violations = [
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_bounded(v.field), description=_bounded(v.description)
+            )
             for v in error.violations
         ]
         details.append(_packed(error_details_pb2.BadRequest(field_violations=violations)))
@@ -51,9 +56,16 @@ def to_grpc_status(error: PaddlerError) -> AbortStatus:
         delay.FromNanoseconds(int(error.retry_after_s * 1e9))
         details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     code_value: int = error.code.value[0]
-    status = status_pb2.Status(code=code_value, message=error.message, details=details)
+    status = status_pb2.Status(code=code_value, message=_bounded(error.message), details=details)
     converted = rpc_status.to_status(status)
     return AbortStatus(converted.code, converted.details, tuple(converted.trailing_metadata))
+
+
+def _bounded(text: str) -> str:
+    """``text`` cut to ``MAX_MESSAGE_CHARS``, saying so."""
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return text[:MAX_MESSAGE_CHARS] + f"... ({len(text)} characters in all)"
 
 
 def error_reason(trailing_metadata: tuple[tuple[str, bytes], ...]) -> str:

@@ -26,6 +26,7 @@ from paddler.balancer.slot_policy import SlotPolicy
 from paddler.balancer.speed_policy import SpeedPolicy
 from paddler.balancer.state_store import StateStore
 from paddler.balancer.statsd_reporter import report_to_statsd
+from paddler.common.concurrency_limit import ConcurrencyLimit
 from paddler.common.dialer import Dialer
 from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
 from paddler.common.guards import Guard
@@ -79,11 +80,12 @@ class _Core:
     metrics: BalancerMetrics
     relay: GenerationRelay
     embeddings: EmbeddingRelay
+    watchers: ConcurrencyLimit
 
 
 def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
-    registry = AgentRegistry(Dialer(config.agent_tls, credentials.agent_token))
-    states = StateStore(config.state_file)
+    registry = AgentRegistry(Dialer(config.agent_tls, credentials.agent_token), config.max_agents)
+    states = StateStore(config.state_file, config.sources)
     states.listen(registry.broadcast)
     dispatcher = SlotDispatcher(
         registry,
@@ -96,7 +98,8 @@ def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
     metrics.watch(registry, states, lambda: dispatcher.buffered)
     relay = GenerationRelay(dispatcher, config.max_attempts, metrics)
     embeddings = EmbeddingRelay(dispatcher, config.max_attempts, metrics)
-    return _Core(registry, states, dispatcher, metrics, relay, embeddings)
+    watchers = ConcurrencyLimit(config.max_watchers, "live views", "--max-watchers")
+    return _Core(registry, states, dispatcher, metrics, relay, embeddings, watchers)
 
 
 def _grpc_servers(
@@ -120,7 +123,8 @@ def _grpc_servers(
         AgentRegistryServicer(core.registry, core.states), management.server
     )
     management_pb2_grpc.add_ManagementServiceServicer_to_server(
-        ManagementServicer(core.registry, core.dispatcher, core.states), management.server
+        ManagementServicer(core.registry, core.dispatcher, core.states, core.watchers),
+        management.server,
     )
     return inference, management
 
@@ -154,6 +158,8 @@ def _http_apps(
             relay=core.relay,
             metrics=metrics,
             stopping=stopping,
+            admin=credentials.admin_guard(),
+            address=config.web_address,
         )
         apps["web"] = (config.web_address, web)
     if config.metrics_address:

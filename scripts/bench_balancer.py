@@ -19,6 +19,12 @@ millisecond or two; `--think-ms` spreads requests over the step. `--placement` p
 processes (the balancer alone on a core, as in its own pod; or the agent alone). Prints a
 markdown table with both paths, the ratios and PASS/FAIL against the targets.
 
+With `--secure` it compares two balanced paths instead: a balancer and agent with nothing on
+(plain) against a second pair with every security piece on (TLS on every hop, mutual between
+balancer and agent, the agent token both ways, the client's API key checked on every call),
+alternating rounds between them. Targets: >= 0.97x tokens/s and < 1 ms more transport time
+to the first token.
+
 Run: `.venv/bin/python scripts/bench_balancer.py` (see `--help`).
 """
 
@@ -68,13 +74,18 @@ from bench_servers import (
     started,
     wait_ready,
 )
+from secure_cluster import SecureFiles, make_secure_files
 
 BALANCER = "balancer"
 DIRECT = "direct"
 OPENAI = "openai"
+PLAIN = "plain"
+SECURE = "secure"
 AGENT_NAME = "bench"
 TARGET_RATIO = 0.98
 TARGET_ADDED_TTFT_MS = 2.0
+SECURE_TARGET_RATIO = 0.97
+SECURE_TARGET_ADDED_TTFT_MS = 1.0
 RETRY_DELAY_S = 0.001
 
 Reply = agent_pb2.GenerateResponse | inference_pb2.InferenceServiceGenerateResponse
@@ -112,35 +123,47 @@ async def listening(
 
 
 @contextlib.asynccontextmanager
-async def balanced_agent(args: argparse.Namespace, log_dir: Path) -> AsyncIterator[dict[str, str]]:
-    """A balancer and one agent registered with it and ready; yields the agent's, the balancer's
-    gRPC and its OpenAI API addresses by path."""
+async def balanced_agent(
+    args: argparse.Namespace, log_dir: Path, secure: SecureFiles | None = None
+) -> AsyncIterator[dict[str, str]]:
+    """A balancer and one agent registered with it and ready (with every security piece on
+    when ``secure`` is given); yields the agent's, the balancer's gRPC and its OpenAI API
+    addresses by path."""
+    tag = f"-{SECURE}" if secure else ""
     balancer_command = [
         *args.balancer_prefix, sys.executable, "-m", "paddler", "balancer",
         "--inference-addr", f"{HOST}:0", "--management-addr", f"{HOST}:0",
         "--openai-addr", f"{HOST}:0", "--web-addr", f"{HOST}:0",
+        *(secure.balancer_flags() if secure else []),
     ]  # fmt: skip
-    with started(BALANCER, balancer_command, log_dir) as balancer:
+    with started(BALANCER + tag, balancer_command, log_dir) as balancer:
         addresses = await listening(
-            balancer, log_dir / f"{BALANCER}.log", "balancer listening", args.startup_timeout
+            balancer, log_dir / f"{BALANCER}{tag}.log", "balancer listening", args.startup_timeout
         )
         agent_command = [
             *args.agent_prefix, sys.executable, "-m", "paddler", "agent",
             "--model", str(args.model), "--slots", str(args.slots), "--threads", str(args.threads),
             "--context-size", str(args.context_size), "--host", HOST, "--port", "0",
             "--balancer", addresses["management"], "--name", AGENT_NAME,
+            *(secure.agent_flags() if secure else []),
         ]  # fmt: skip
-        with started(AGENT, agent_command, log_dir) as agent:
+        with started(AGENT + tag, agent_command, log_dir) as agent:
             record = await listening(
-                agent, log_dir / f"{AGENT}.log", "agent listening", args.startup_timeout
+                agent, log_dir / f"{AGENT}{tag}.log", "agent listening", args.startup_timeout
             )
-            async with grpc.aio.insecure_channel(addresses["management"]) as channel:
+            management_address = addresses["management"]
+            async with (
+                secure.channel(management_address)
+                if secure
+                else grpc.aio.insecure_channel(management_address)
+            ) as channel:
                 management = management_pb2_grpc.ManagementServiceStub(channel)
+                metadata = secure.admin_metadata() if secure else None
 
                 async def registered() -> bool:
                     try:
                         reply = await management.ListAgents(
-                            management_pb2.ListAgentsRequest(), timeout=2
+                            management_pb2.ListAgentsRequest(), timeout=2, metadata=metadata
                         )
                     except grpc.aio.AioRpcError:
                         return False
@@ -297,48 +320,107 @@ async def bench(args: argparse.Namespace, log_dir: Path) -> dict[int, dict[str, 
             DIRECT: requester(direct, args, numbers),
             BALANCER: requester(balanced, args, numbers),
         }
-        for request in paths.values():  # warm-up: connections, every slot's first decode
-            await closed_loop(request, max(args.concurrency), 1)
-        results: dict[int, dict[str, list[RunResult]]] = {}
-        for concurrency in args.concurrency:
-            results[concurrency] = {name: [] for name in paths}
-            for round_number in range(1, args.rounds + 1):
-                for name, request in paths.items():
-                    run = await closed_loop(request, concurrency, args.requests_per_worker)
-                    log(
-                        f"c={concurrency} round {round_number}/{args.rounds} {name}: "
-                        f"{run.tokens_per_second:.1f} tok/s, TTFT p50 {run.ttft_ms(0.5):.1f} ms "
-                        f"p99 {run.ttft_ms(0.99):.1f} ms, ITL p50 {itl_p50_ms(run):.1f} ms, "
-                        f"{run.mean_tokens:.1f} tokens/request, {run.retries} retries"
-                    )
-                    results[concurrency][name].append(run)
-        return results
+        return await rounds(paths, args)
 
 
-def markdown_table(results: dict[int, dict[str, list[RunResult]]]) -> str:
+async def bench_secure(
+    args: argparse.Namespace, log_dir: Path
+) -> dict[int, dict[str, list[RunResult]]]:
+    """Per concurrency, the runs of a plain balanced path and of one with every security piece
+    on, the paths alternating."""
+    secure = make_secure_files(log_dir / "secure")
+    async with (
+        balanced_agent(args, log_dir) as plain_addresses,
+        balanced_agent(args, log_dir, secure) as secure_addresses,
+        grpc.aio.insecure_channel(plain_addresses[BALANCER]) as plain_channel,
+        secure.channel(secure_addresses[BALANCER]) as secure_channel,
+    ):
+        plain = inference_pb2_grpc.InferenceServiceStub(plain_channel)
+        sealed = inference_pb2_grpc.InferenceServiceStub(secure_channel)
+        key = secure.client_metadata()
+
+        def plain_stream(
+            generation_input: generation_pb2.GenerationInput, timeout: float
+        ) -> AsyncIterable[inference_pb2.InferenceServiceGenerateResponse]:
+            request = inference_pb2.InferenceServiceGenerateRequest(input=generation_input)
+            return plain.Generate(request, timeout=timeout)
+
+        def secure_stream(
+            generation_input: generation_pb2.GenerationInput, timeout: float
+        ) -> AsyncIterable[inference_pb2.InferenceServiceGenerateResponse]:
+            request = inference_pb2.InferenceServiceGenerateRequest(input=generation_input)
+            return sealed.Generate(request, timeout=timeout, metadata=key)
+
+        numbers = itertools.count()
+        paths = {
+            PLAIN: requester(plain_stream, args, numbers),
+            SECURE: requester(secure_stream, args, numbers),
+        }
+        return await rounds(paths, args)
+
+
+async def rounds(
+    paths: dict[str, RequestFn], args: argparse.Namespace
+) -> dict[int, dict[str, list[RunResult]]]:
+    """A warm-up per path, then per concurrency ``--rounds`` runs of each path, alternating."""
+    for request in paths.values():  # warm-up: connections, every slot's first decode
+        await closed_loop(request, max(args.concurrency), 1)
+    results: dict[int, dict[str, list[RunResult]]] = {}
+    for concurrency in args.concurrency:
+        results[concurrency] = {name: [] for name in paths}
+        for round_number in range(1, args.rounds + 1):
+            for name, request in paths.items():
+                run = await closed_loop(request, concurrency, args.requests_per_worker)
+                log(
+                    f"c={concurrency} round {round_number}/{args.rounds} {name}: "
+                    f"{run.tokens_per_second:.1f} tok/s, TTFT p50 {run.ttft_ms(0.5):.1f} ms "
+                    f"p99 {run.ttft_ms(0.99):.1f} ms, ITL p50 {itl_p50_ms(run):.1f} ms, "
+                    f"{run.mean_tokens:.1f} tokens/request, {run.retries} retries"
+                )
+                results[concurrency][name].append(run)
+    return results
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Which path is the baseline, which is measured against it, and the targets."""
+
+    baseline: str
+    compared: str
+    target_ratio: float
+    target_added_ms: float
+
+
+OVERHEAD = Comparison(DIRECT, BALANCER, TARGET_RATIO, TARGET_ADDED_TTFT_MS)
+SECURITY = Comparison(PLAIN, SECURE, SECURE_TARGET_RATIO, SECURE_TARGET_ADDED_TTFT_MS)
+
+
+def markdown_table(
+    results: dict[int, dict[str, list[RunResult]]], comparison: Comparison = OVERHEAD
+) -> str:
     """One row per concurrency: both paths over their rounds, the ratios, the verdict."""
+    base, other = comparison.baseline, comparison.compared
     header = [
         "Concurrency",
-        "direct tok/s",
-        "balancer tok/s",
-        f"paired ratio (target >= {TARGET_RATIO})",
-        "direct TTFT p50 / p99 (ms)",
-        "balancer TTFT p50 / p99 (ms)",
+        f"{base} tok/s",
+        f"{other} tok/s",
+        f"paired ratio (target >= {comparison.target_ratio})",
+        f"{base} TTFT p50 / p99 (ms)",
+        f"{other} TTFT p50 / p99 (ms)",
         "raw TTFT p50 difference (ms)",
-        f"added TTFT p50: transport through the balancer - direct (ms, target < "
-        f"{TARGET_ADDED_TTFT_MS:g})",
-        "ITL p50 direct / balancer (ms)",
+        f"added TTFT p50: transport {other} - {base} (ms, target < {comparison.target_added_ms:g})",
+        f"ITL p50 {base} / {other} (ms)",
         "result",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for concurrency, runs in results.items():
-        direct, balanced = pooled(runs[DIRECT]), pooled(runs[BALANCER])
-        direct_rate, balanced_rate = median_rate(runs[DIRECT]), median_rate(runs[BALANCER])
-        pairs = list(zip(runs[DIRECT], runs[BALANCER], strict=True))
+        direct, balanced = pooled(runs[base]), pooled(runs[other])
+        direct_rate, balanced_rate = median_rate(runs[base]), median_rate(runs[other])
+        pairs = list(zip(runs[base], runs[other], strict=True))
         ratio = statistics.median(b.tokens_per_second / d.tokens_per_second for d, b in pairs)
         raw_difference = balanced.ttft_ms(0.5) - direct.ttft_ms(0.5)
         added = transport_p50_ms(balanced) - transport_p50_ms(direct)
-        passed = ratio >= TARGET_RATIO and added < TARGET_ADDED_TTFT_MS
+        passed = ratio >= comparison.target_ratio and added < comparison.target_added_ms
         row = [
             str(concurrency),
             f"{direct_rate:.1f}",
@@ -364,10 +446,16 @@ def notes(args: argparse.Namespace, results: dict[int, dict[str, list[RunResult]
         f"{args.requests_per_worker} requests per worker, closed loop"
         + (f" with 0-{args.think_ms:g} ms think time" if args.think_ms else "")
         + f", {args.rounds} round(s) "
-        "per path alternating direct / balancer; tok/s is the median of the rounds, the "
-        "percentiles are over the requests of all rounds; the paired ratio is the median over "
-        "the rounds of balancer round / the direct round before it; transport = client TTFT - "
-        "the agent's own TTFT."
+        + (
+            "per path alternating plain / secure (a second balancer and agent with TLS on every "
+            "hop, mutual between them, and every credential checked)"
+            if args.secure
+            else "per path alternating direct / balancer"
+        )
+        + "; tok/s is the median of the rounds, the percentiles are over the requests of all "
+        "rounds; the paired ratio is the median over the rounds of each round of the second "
+        "path / the round of the first before it; transport = client TTFT - the agent's own "
+        "TTFT."
     )
     for concurrency, runs in results.items():
         ranges = []
@@ -421,6 +509,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "reach the agent at any point of its decode step, not just after a reply ended"
         ),
     )
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="compare a plain balanced path with one that has TLS on every hop and every "
+        "credential checked (two balancer-agent pairs, rounds alternating)",
+    )
     parser.add_argument("--requests-per-worker", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="runs per path and concurrency")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds")
@@ -449,8 +543,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     # SIGTERM unwinds like Ctrl-C, so the servers are stopped either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     log_dir = Path(tempfile.mkdtemp(prefix="paddler-bench-"))
-    results = asyncio.run(bench(args, log_dir))
-    print(markdown_table(results))
+    if args.secure:
+        results = asyncio.run(bench_secure(args, log_dir))
+        print(markdown_table(results, SECURITY))
+    else:
+        results = asyncio.run(bench(args, log_dir))
+        print(markdown_table(results))
     print()
     print(notes(args, results))
 

@@ -10,8 +10,10 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from tests.local_http import serving
 
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 HOLD_TIMEOUT_S = 300.0
@@ -62,11 +64,5 @@ def local_hub(
     With ``half_way``, every download stops after half the bytes until the event is set.
     """
     handler = _handler(f"/{repo}/resolve/main/{file}", source.read_bytes(), half_way)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(handler) as url:
+        yield url

@@ -117,7 +117,8 @@ def test_the_panel_shows_load_edits_the_state_and_streams_a_prompt(
     )
     assert refused.status_code == 400
     assert refused.json()["error"]["field"] == "messages"
-    refused = httpx.put(f"{c.balancer.web}/api/state", content=b"{", timeout=30)
+    declared = {"Content-Type": "application/json"}  # else a 415 (tests/test_panel_security.py)
+    refused = httpx.put(f"{c.balancer.web}/api/state", content=b"{", headers=declared, timeout=30)
     assert refused.status_code == 400
     assert "not a desired state" in refused.json()["error"]["message"]
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [

@@ -184,6 +184,7 @@ def test_the_admin_panel_refuses_a_state_over_the_cap_with_its_own_413(
     reply = httpx.put(
         f"{balancer.web}/api/state",
         content=b'{"chatTemplateOverride": "' + b"x" * CAP + b'"}',
+        headers={"Content-Type": "application/json"},
         timeout=TIMEOUT_S,
     )
     assert reply.status_code == 413

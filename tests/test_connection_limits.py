@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import grpc
+import httpx
 
 from paddler.v1 import (
     agent_registry_pb2,
@@ -106,3 +107,33 @@ def _check_live_views(stub: management_pb2_grpc.ManagementServiceStub) -> None:
             time.sleep(0.05)
     again.cancel()
     views[1].cancel()
+
+
+def test_the_panel_live_view_counts_against_the_same_limit() -> None:
+    balancer = BalancerProcess(["--max-watchers", "1", "--web-allowed-host", "panel.example"])
+    port = balancer.listening["web"].rpartition(":")[2]
+    try:
+        with (
+            httpx.Client(base_url=balancer.web, timeout=WAIT_S) as client,
+            client.stream("GET", "/api/events") as live,
+        ):
+            assert live.status_code == 200
+            lines = live.iter_lines()  # kept: a dropped iterator closes the stream
+            assert next(lines).startswith("data: ")  # the view holds its place
+            assert client.get("/api/events").status_code == 429
+            with grpc.insecure_channel(balancer.management) as channel:
+                stub = management_pb2_grpc.ManagementServiceStub(channel)
+                try:
+                    next(stub.WatchAgents(management_pb2.WatchAgentsRequest(), timeout=WAIT_S))
+                    raise AssertionError("a second live view was served")
+                except grpc.RpcError as error:
+                    assert isinstance(error, grpc.Call)
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # A name given with --web-allowed-host is answered; any other name is not.
+        with httpx.Client(base_url=balancer.web, timeout=WAIT_S) as client:
+            named = client.get("/api/session", headers={"Host": f"panel.example:{port}"})
+            assert named.status_code == 200
+            other = client.get("/api/session", headers={"Host": f"other.example:{port}"})
+            assert other.status_code == 403
+    finally:
+        assert balancer.stop() == 0

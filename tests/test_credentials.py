@@ -11,8 +11,10 @@ from pathlib import Path
 
 import grpc
 import httpx
+import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from openai.types.chat import ChatCompletionMessageParam
 
 from paddler.v1 import (
     agent_pb2,
@@ -29,6 +31,7 @@ from tests.metric_samples import parse_samples, value
 from tests.processes import AgentProcess, BalancerProcess, run_paddler
 
 REFUSED = grpc.StatusCode.UNAUTHENTICATED
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
 
 
 @dataclass
@@ -290,3 +293,32 @@ class _WithMetadata:
 
 def _get(url: str) -> str:
     return httpx.get(url, timeout=30).text
+
+
+def test_the_openai_api_takes_the_same_keys(secured: Secured) -> None:
+    base_url = f"http://{secured.balancer.listening['openai']}/v1"
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
+    for key in ("", secrets.token_hex(24), secured.keys.admin_key):
+        client = openai.OpenAI(base_url=base_url, api_key=key or "unset", max_retries=0)
+        if not key:  # the official client always sends its key: send none at all
+            client = client.with_options(default_headers={"Authorization": ""})
+        with pytest.raises(openai.AuthenticationError) as caught:
+            client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+        assert caught.value.status_code == 401
+        error = caught.value.body
+        assert isinstance(error, dict)
+        assert error["type"] == "invalid_request_error"
+        assert error["code"] in ("missing_credential", "wrong_credential")
+    client = openai.OpenAI(base_url=base_url, api_key=secured.keys.client_key, max_retries=0)
+    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    assert reply.choices[0].message.content is not None
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, stream=True)
+    )
+    assert chunks
+    assert [m.id for m in client.models.list()] == [MODEL]
+    health = httpx.get(f"http://{secured.balancer.listening['openai']}/health", timeout=30)
+    assert health.status_code == 200  # health stays open
+    samples = parse_samples(_get(f"{secured.balancer.web}/metrics"))
+    refused = {"surface": "openai", "reason": "wrong_credential"}
+    assert value(samples, "paddler_credentials_refused_total", **refused) >= 2

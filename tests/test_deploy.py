@@ -1,13 +1,18 @@
-"""deploy/ and the Dockerfiles: they lint, validate, and pass only flags the servers know."""
+"""deploy/ and the Dockerfiles: they lint, validate, pass only flags the servers know, keep every
+port behind its credentials, and the TLS example's pods start, serve and pass their probes."""
 
 from __future__ import annotations
 
 import inspect
 import json
 import re
+import secrets
+import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +20,7 @@ from typing import Any
 import httpx
 import kubernetes_validate
 import pytest
+import trustme
 import typer
 import yaml
 from google.protobuf import json_format
@@ -22,33 +28,56 @@ from google.protobuf import json_format
 from paddler.cli.agent import agent
 from paddler.cli.balancer import balancer
 from paddler.cli.main import app
-from paddler.common.addresses import split_host_port
+from paddler.common.addresses import is_loopback_host, split_host_port
 from paddler.v1 import desired_state_pb2
 from tests.client import generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
-from tests.kustomize import Manifest, containers, render
+from tests.kubectl import Manifest, containers, kustomize
 from tests.metric_samples import parse_samples
-from tests.processes import process_env, run_paddler
+from tests.processes import STARTUP_TIMEOUT_S, ServerProcess, free_port, process_env, run_paddler
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-KUSTOMIZATIONS = [DEPLOY / "base", DEPLOY / "overlays" / "example"]
+BASE = DEPLOY / "base"
+EXAMPLE = DEPLOY / "overlays" / "example"
+KUSTOMIZATIONS = [BASE, EXAMPLE]
 # The oldest Kubernetes the manifests are for, and the newest the validator knows.
 KUBERNETES_VERSIONS = ["1.31.0", "1.37.0"]
 # Custom resources kubernetes-validate has no schema for; checked by hand below.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "Certificate", "Issuer"}
 # Variables the programs read that are not flags.
 READ_BY_CODE = {"POD_IP", "PADDLER_CACHE_DIR", "HF_HOME", "PATH"}
 DOCKERFILES = {"Dockerfile.agent": "agent", "Dockerfile.balancer": "balancer"}
+# The Secret the operator creates (base/kustomization.yaml), key by key, and who reads each.
+CREDENTIALS = "paddler-credentials"
+CREDENTIAL_VARIABLES = {
+    "PADDLER_AGENT_TOKEN_FILE": "agent-token",
+    "PADDLER_ADMIN_KEY_FILE": "admin-key",
+    "PADDLER_API_KEYS_FILE": "api-keys",
+}
+# The files of a kubernetes.io/tls Secret that cert-manager makes, and who reads each.
+TLS_VARIABLES = {
+    "PADDLER_TLS_CERT": "tls.crt",
+    "PADDLER_TLS_KEY": "tls.key",
+    "PADDLER_TLS_CA": "ca.crt",
+    "PADDLER_TLS_CLIENT_CA": "ca.crt",
+}
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+# The panel and the processes' local checks dial this; the certificates carry it.
+LOOPBACK = "127.0.0.1"
 
 
 def _by_kind(manifests: list[Manifest], kind: str) -> dict[str, Manifest]:
     return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
 
 
+def _pod(manifests: list[Manifest], deployment: str) -> Manifest:
+    spec: Manifest = _by_kind(manifests, "Deployment")[deployment]["spec"]["template"]["spec"]
+    return spec
+
+
 def _container(manifests: list[Manifest], deployment: str, name: str) -> Manifest:
-    pod = _by_kind(manifests, "Deployment")[deployment]["spec"]["template"]["spec"]
-    (found,) = [c for c in pod["containers"] if c["name"] == name]
+    (found,) = [c for c in _pod(manifests, deployment)["containers"] if c["name"] == name]
     assert isinstance(found, dict)
     return found
 
@@ -66,6 +95,47 @@ def _port(address: str) -> int:
     return split_host_port(address)[1]
 
 
+def _tls(container: Manifest) -> bool:
+    return "PADDLER_TLS_CERT" in _env(container)
+
+
+def _probe(probe: Manifest) -> tuple[int, str]:
+    """The port and the health entry a probe asks: a native gRPC probe, or `paddler health`
+    run in the container."""
+    if "grpc" in probe:
+        return probe["grpc"]["port"], probe["grpc"].get("service", "")
+    command = probe["exec"]["command"]
+    assert command[:2] == ["paddler", "health"], command
+    host, port = split_host_port(command[-1])
+    assert host == LOOPBACK
+    service = command[command.index("--service") + 1] if "--service" in command else ""
+    return port, service
+
+
+def _selects(selector: Manifest, pod_labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector
+    return bool(selector.get("matchLabels", {}).items() <= pod_labels.items())
+
+
+def _deployments_selected(manifests: list[Manifest], selector: Manifest) -> set[str]:
+    return {
+        name
+        for name, deployment in _by_kind(manifests, "Deployment").items()
+        if _selects(selector, deployment["spec"]["template"]["metadata"]["labels"])
+    }
+
+
+def _secret_files(volume: Manifest) -> tuple[str, set[str]]:
+    """A Secret volume's Secret and the files it projects (all of a TLS Secret's without
+    ``items``)."""
+    secret = volume["secret"]
+    items = secret.get("items")
+    files = {item["path"] for item in items} if items else set(TLS_VARIABLES.values())
+    if items:
+        assert all(item["key"] == item["path"] for item in items)
+    return secret["secretName"], files
+
+
 @pytest.fixture(scope="module", params=KUSTOMIZATIONS, ids=lambda path: path.name)
 def directory(request: pytest.FixtureRequest) -> Path:
     path: Path = request.param
@@ -74,7 +144,7 @@ def directory(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="module")
 def manifests(directory: Path) -> list[Manifest]:
-    return render(directory)
+    return kustomize(directory)
 
 
 @dataclass(frozen=True)
@@ -88,8 +158,9 @@ class Documented:
 
 @pytest.fixture(scope="module")
 def documented() -> dict[str, Documented]:
-    """What ``paddler agent``, ``balancer`` and ``state set`` take, from the commands' own
-    parameters (what ``--help`` renders), each checked against the rendered ``--help``."""
+    """What ``paddler agent``, ``balancer``, ``state set`` and ``health`` take, from the
+    commands' own parameters (what ``--help`` renders), each checked against the rendered
+    ``--help``."""
     group = typer.main.get_command(app)
     assert isinstance(group, typer.core.TyperGroup)
     state = group.commands["state"]
@@ -98,6 +169,7 @@ def documented() -> dict[str, Documented]:
         "agent": group.commands["agent"],
         "balancer": group.commands["balancer"],
         "state set": state.commands["set"],
+        "health": group.commands["health"],
     }
     found = {}
     for name, command in commands.items():
@@ -118,8 +190,9 @@ def documented() -> dict[str, Documented]:
 
 @pytest.fixture(scope="module")
 def one_agent() -> Iterator[Cluster]:
-    """A balancer with one agent of 2 slots, as a pod would register."""
-    with cluster(("pod", 2)) as c:
+    """A balancer (with its metrics-only port) and one agent of 2 slots, as a pod would
+    register."""
+    with cluster(("pod", 2), balancer_args=("--metrics-addr", "127.0.0.1:0")) as c:
         yield c
 
 
@@ -151,7 +224,8 @@ def test_every_manifest_validates_strictly(manifests: list[Manifest], version: s
             kubernetes_validate.validate(manifest, version, strict=True)
     kinds = {m["kind"] for m in manifests}
     assert {"Namespace", "Deployment", "Service", "PodDisruptionBudget"} <= kinds
-    assert {"HorizontalPodAutoscaler", "ConfigMap"} <= kinds
+    assert {"HorizontalPodAutoscaler", "ConfigMap", "NetworkPolicy"} <= kinds
+    assert "Secret" not in kinds  # no credential in git: the operator creates the Secret
 
 
 def test_a_misspelt_field_fails_validation(manifests: list[Manifest]) -> None:
@@ -174,9 +248,15 @@ def test_every_variable_and_flag_passed_exists(
             assert flag in known.flags, f"{container['name']}: {flag}"
         if "command" in container:
             assert container["command"] == ["paddler", "state", "set"]
+        for probe in [container[kind] for kind in PROBES if "exec" in container.get(kind, {})]:
+            flags = [arg for arg in probe["exec"]["command"] if arg.startswith("--")]
+            assert set(flags) <= documented["health"].flags, flags
+            # The probe inherits the container's variables: health reads the TLS ones.
+            if _tls(container):
+                assert "PADDLER_TLS_CA" in documented["health"].variables
     for dockerfile, command in DOCKERFILES.items():
         text = (ROOT / dockerfile).read_text()
-        for name in re.findall(r"\b([A-Z][A-Z0-9_]+)=", _env_block(text)):
+        for name in _dockerfile_env(text):
             assert name in READ_BY_CODE | documented[command].variables, f"{dockerfile}: {name}"
         assert f'ENTRYPOINT ["paddler", "{command}"]' in text
 
@@ -187,10 +267,11 @@ def test_a_misspelt_variable_is_not_documented(documented: dict[str, Documented]
     assert "--watch" in documented["state set"].flags
 
 
-def _env_block(dockerfile: str) -> str:
-    """The final stage's ENV instructions."""
+def _dockerfile_env(dockerfile: str) -> dict[str, str]:
+    """The final stage's ENV variables."""
     final = dockerfile.rsplit("\nFROM ", 1)[1]
-    return "\n".join(re.findall(r"^ENV (?:.*\\\n)*.*$", final, flags=re.MULTILINE))
+    block = "\n".join(re.findall(r"^ENV (?:.*\\\n)*.*$", final, flags=re.MULTILINE))
+    return dict(re.findall(r"\b([A-Z][A-Z0-9_]+)=(\S+)", block))
 
 
 def test_the_variables_read_by_code_are_read(tmp_path: Path) -> None:
@@ -199,10 +280,32 @@ def test_the_variables_read_by_code_are_read(tmp_path: Path) -> None:
         assert f'"{name}"' in source
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_an_image_without_credentials_refuses_to_listen(dockerfile: str) -> None:
+    """The images listen on 0.0.0.0: with no credentials mounted they refuse to start and say
+    what to give."""
+    env = {
+        name: value
+        for name, value in _dockerfile_env((ROOT / dockerfile).read_text()).items()
+        if name.startswith("PADDLER_") and name != "PADDLER_CACHE_DIR"
+    }
+    assert any(value.startswith("0.0.0.0:") or value == "0.0.0.0" for value in env.values())
+    result = subprocess.run(
+        [sys.executable, "-m", "paddler", DOCKERFILES[dockerfile]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=process_env(env)[0],
+    )
+    assert result.returncode != 0
+    assert "PADDLER_ALLOW_INSECURE=1" in result.stderr, result.stderr[-2000:]
+    assert "listening" not in result.stderr
+
+
 def test_probes_and_ports_match_the_servers_defaults(manifests: list[Manifest]) -> None:
     agent_port = _default(agent, "port")
     inference_port = _port(_default(balancer, "inference_addr"))
-    web_port = _port(_default(balancer, "web_addr"))
     agent_container = _container(manifests, "paddler-agent", "agent")
     balancer_container = _container(manifests, "paddler-balancer", "balancer")
     env = _env(agent_container)
@@ -210,20 +313,33 @@ def test_probes_and_ports_match_the_servers_defaults(manifests: list[Manifest]) 
     ports = {p["name"]: p["containerPort"] for p in agent_container["ports"]}
     assert ports == {"grpc": agent_port, "http-metrics": _port(env["PADDLER_METRICS_ADDR"])}
     for container, port in ((agent_container, agent_port), (balancer_container, inference_port)):
-        probes = {kind: container[kind]["grpc"] for kind in ("startupProbe", "livenessProbe")}
-        assert all(probe == {"port": port, "service": "liveness"} for probe in probes.values())
-        assert container["readinessProbe"]["grpc"] == {"port": port}  # the overall entry
+        probes = {kind: _probe(container[kind]) for kind in PROBES}
+        assert probes == {
+            "startupProbe": (port, "liveness"),
+            "livenessProbe": (port, "liveness"),
+            "readinessProbe": (port, ""),  # the overall entry
+        }
+        # Kubelet's gRPC probes cannot speak TLS: with TLS they run `paddler health`.
+        assert all(("exec" in container[kind]) == _tls(container) for kind in PROBES)
+        # An exec probe starts Python first: more than kubelet's default second.
+        exec_probes = [container[kind] for kind in PROBES if "exec" in container[kind]]
+        assert all(probe["timeoutSeconds"] >= 5 for probe in exec_probes)
     balancer_env = _env(balancer_container)
     balancer_ports = {p["name"]: p["containerPort"] for p in balancer_container["ports"]}
     for name, flag in (
         ("grpc-inference", "inference_addr"),
         ("grpc-management", "management_addr"),
         ("http-openai", "openai_addr"),
-        ("http-web", "web_addr"),
     ):
         assert balancer_ports[name] == _port(_default(balancer, flag))
         assert _port(balancer_env[f"PADDLER_{flag.upper()}"]) == balancer_ports[name]
-    assert web_port == balancer_ports["http-web"]
+    assert balancer_ports["http-metrics"] == _port(balancer_env["PADDLER_METRICS_ADDR"])
+    # The panel listens on the pod's loopback, on its default port: no container port, no
+    # Service, no NetworkPolicy rule; kubectl port-forward reaches it.
+    web_host, web_port = split_host_port(balancer_env["PADDLER_WEB_ADDR"])
+    assert is_loopback_host(web_host)
+    assert web_port == _port(_default(balancer, "web_addr"))
+    assert web_port not in balancer_ports.values()
     # The agents reach the balancer's management port through its Service's DNS name.
     service = _by_kind(manifests, "Service")["paddler-balancer"]
     service_ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
@@ -232,14 +348,119 @@ def test_probes_and_ports_match_the_servers_defaults(manifests: list[Manifest]) 
     docker_agent = (ROOT / "Dockerfile.agent").read_text()
     assert f"PADDLER_PORT={agent_port}" in docker_agent
     assert (
-        f'"paddler", "health", "127.0.0.1:{inference_port}"'
+        f'"--tls-server-name", "{LOOPBACK}", "127.0.0.1:{inference_port}"'
         in (ROOT / "Dockerfile.balancer").read_text()
     )
 
 
+def test_every_port_beyond_loopback_has_its_credentials(manifests: list[Manifest]) -> None:
+    """What the servers demand before they listen widely, set in the pods (the TLS example
+    starts them below)."""
+    needs = {
+        "PADDLER_INFERENCE_ADDR": {"PADDLER_API_KEYS_FILE"},
+        "PADDLER_OPENAI_ADDR": {"PADDLER_API_KEYS_FILE"},
+        "PADDLER_MANAGEMENT_ADDR": {"PADDLER_AGENT_TOKEN_FILE", "PADDLER_ADMIN_KEY_FILE"},
+        "PADDLER_WEB_ADDR": {"PADDLER_ADMIN_KEY_FILE"},
+        "PADDLER_METRICS_ADDR": set(),
+        "PADDLER_HOST": {"PADDLER_AGENT_TOKEN_FILE"},
+    }
+    for container in containers(manifests):
+        env = _env(container)
+        assert "PADDLER_ALLOW_INSECURE" not in env
+        for variable, credentials in needs.items():
+            if variable in env:
+                value = env[variable]
+                host = value if variable == "PADDLER_HOST" else split_host_port(value)[0]
+                assert is_loopback_host(host) or credentials <= set(env), variable
+    assert _env(_container(manifests, "paddler-agent", "agent"))["PADDLER_HOST"] == "0.0.0.0"
+
+
+def test_the_secrets_are_mounted_as_the_files_the_variables_name(
+    manifests: list[Manifest],
+) -> None:
+    certificates = {c["spec"]["secretName"] for c in _by_kind(manifests, "Certificate").values()}
+    read: dict[str, set[str]] = {}
+    for deployment in _by_kind(manifests, "Deployment"):
+        pod = _pod(manifests, deployment)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+            mounted: set[tuple[str, str]] = set()
+            for mount in mounts.values():
+                volume = volumes[mount["name"]]
+                assert "subPath" not in mount  # kubelet updates whole volumes only: rotation
+                if "secret" in volume:
+                    assert mount.get("readOnly") is True
+                    secret, files = _secret_files(volume)
+                    assert secret == CREDENTIALS or secret in certificates, secret
+                    mounted |= {(secret, file) for file in files}
+            wanted: set[tuple[str, str]] = set()
+            for name, value in _env(container).items():
+                if name in CREDENTIAL_VARIABLES | TLS_VARIABLES:
+                    folder, file = value.rsplit("/", 1)
+                    assert file == (CREDENTIAL_VARIABLES | TLS_VARIABLES)[name], name
+                    secret, files = _secret_files(volumes[mounts[folder]["name"]])
+                    assert file in files, (container["name"], name)
+                    wanted.add((secret, file))
+            # Each container sees the credentials it reads and no other.
+            assert mounted == wanted, container["name"]
+            read[container["name"]] = {file for secret, file in wanted if secret == CREDENTIALS}
+    assert read == {
+        "balancer": {"agent-token", "admin-key", "api-keys"},
+        "desired-state": {"admin-key"},
+        "agent": {"agent-token"},
+    }
+    for deployment in _by_kind(manifests, "Deployment"):
+        assert _pod(manifests, deployment)["automountServiceAccountToken"] is False
+    # The Secret the base's comment tells the operator to create has those keys.
+    text = (BASE / "kustomization.yaml").read_text()
+    assert set(re.findall(r"--from-file=([\w-]+)", text)) == set(CREDENTIAL_VARIABLES.values())
+    assert f"create secret generic {CREDENTIALS}" in text
+
+
+def test_the_network_policies_let_in_only_who_belongs(manifests: list[Manifest]) -> None:
+    """Who reaches each named port of each pod: only the balancer the agents' gRPC port, only
+    agents the management port, anyone inference and OpenAI, pods of the cluster the metrics;
+    every declared port has its rule and the panel (no container port) none."""
+    reach: dict[str, dict[str, set[str]]] = {}
+    for policy in _by_kind(manifests, "NetworkPolicy").values():
+        spec = policy["spec"]
+        (deployment,) = _deployments_selected(manifests, spec["podSelector"])
+        assert spec["policyTypes"] == ["Ingress"]
+        declared = {
+            p["name"] for c in _pod(manifests, deployment)["containers"] for p in c.get("ports", [])
+        }
+        rules: dict[str, set[str]] = {}
+        for rule in spec["ingress"]:
+            sources = set()
+            for peer in rule.get("from", [{"anyone": {}}]):
+                if "podSelector" in peer:
+                    assert "namespaceSelector" not in peer  # this namespace's pods
+                    sources |= _deployments_selected(manifests, peer["podSelector"])
+                elif peer.get("namespaceSelector") == {}:
+                    sources.add("any pod")
+                else:
+                    assert peer == {"anyone": {}}, peer
+                    sources.add("anyone")
+            for port in rule["ports"]:
+                assert port["port"] in declared, port  # a named port of the pod
+                rules.setdefault(port["port"], set()).update(sources)
+        assert set(rules) == declared, deployment
+        reach[deployment] = rules
+    assert reach == {
+        "paddler-agent": {"grpc": {"paddler-balancer"}, "http-metrics": {"any pod"}},
+        "paddler-balancer": {
+            "grpc-inference": {"anyone"},
+            "http-openai": {"anyone"},
+            "grpc-management": {"paddler-agent"},
+            "http-metrics": {"any pod"},
+        },
+    }
+
+
 def test_pods_outlive_their_drain(manifests: list[Manifest]) -> None:
     for deployment, name in (("paddler-agent", "agent"), ("paddler-balancer", "balancer")):
-        pod = _by_kind(manifests, "Deployment")[deployment]["spec"]["template"]["spec"]
+        pod = _pod(manifests, deployment)
         container = _container(manifests, deployment, name)
         grace = float(_env(container)["PADDLER_GRACE_PERIOD"])
         pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
@@ -258,7 +479,7 @@ def test_the_agents_threads_follow_their_cpu_limit(manifests: list[Manifest]) ->
     }
 
 
-def test_the_service_monitors_select_services_and_their_ports(
+def test_the_service_monitors_scrape_the_metrics_ports(
     directory: Path, manifests: list[Manifest]
 ) -> None:
     monitors = [m for m in manifests if m["kind"] == "ServiceMonitor"]
@@ -268,12 +489,75 @@ def test_the_service_monitors_select_services_and_their_ports(
         (service,) = [
             s for s in services.values() if selector.items() <= s["metadata"]["labels"].items()
         ]
-        names = {p["name"] for p in service["spec"]["ports"]}
-        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= names
+        (deployment,) = _deployments_selected(
+            manifests, {"matchLabels": service["spec"]["selector"]}
+        )
+        targets = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+        for endpoint in monitor["spec"]["endpoints"]:
+            # The metrics-only port (no credential), never the panel's.
+            (container,) = [
+                c
+                for c in _pod(manifests, deployment)["containers"]
+                for p in c.get("ports", [])
+                if p["name"] == targets[endpoint["port"]]
+                and p["containerPort"] == _port(_env(c)["PADDLER_METRICS_ADDR"])
+            ]
+            assert endpoint["path"] == "/metrics"
+            assert endpoint.get("scheme", "http") == ("https" if _tls(container) else "http")
     # The base has none (no Prometheus Operator assumed); the component adds them.
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     component = "../../components/prometheus-operator"
     assert bool(monitors) == (component in kustomization.get("components", []))
+
+
+def test_the_tls_component_names_what_each_side_checks(documented: dict[str, Documented]) -> None:
+    """The example turns TLS on: the certificates carry the names each peer dials (the
+    balancer's Service, the agents' name for pod IPs, 127.0.0.1 for the pods' own checks)."""
+    manifests = kustomize(EXAMPLE)
+    certificates = _by_kind(manifests, "Certificate")
+    by_secret = {c["spec"]["secretName"]: c["spec"] for c in certificates.values()}
+    balancer_pod, agent_pod = _pod(manifests, "paddler-balancer"), _pod(manifests, "paddler-agent")
+
+    def names(pod: Manifest) -> list[str]:
+        (tls,) = [v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "tls"]
+        spec = by_secret[tls]
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        assert spec["issuerRef"] == {"kind": "Issuer", "name": "paddler-ca"}
+        return [*spec["dnsNames"], *spec.get("ipAddresses", [])]
+
+    balancer_env = _env(_container(manifests, "paddler-balancer", "balancer"))
+    agent_env = _env(_container(manifests, "paddler-agent", "agent"))
+    assert balancer_env["PADDLER_TLS_SERVER_NAME"] in names(agent_pod)
+    assert split_host_port(agent_env["PADDLER_BALANCER"])[0] in names(balancer_pod)
+    assert "PADDLER_TLS_SERVER_NAME" not in agent_env  # the DNS name it dials is checked
+    assert LOOPBACK in names(balancer_pod)
+    assert LOOPBACK in names(agent_pod)
+    # Mutual TLS on the balancer's management port: agents and the sidecar present theirs.
+    assert balancer_env["PADDLER_TLS_CLIENT_CA"] == balancer_env["PADDLER_TLS_CA"]
+    assert {"PADDLER_TLS_CERT", "PADDLER_TLS_KEY"} <= set(agent_env)
+    sidecar = _env(_container(manifests, "paddler-balancer", "desired-state"))
+    assert {"PADDLER_TLS_CA", "PADDLER_TLS_CERT", "PADDLER_TLS_KEY"} <= set(sidecar)
+    # The agent's probes dial its gRPC port: it asks for a client certificate only if
+    # `paddler health` can present one.
+    if "PADDLER_TLS_CLIENT_CA" in agent_env:
+        assert "PADDLER_TLS_CERT" in documented["health"].variables
+    # Prometheus checks each certificate's name; the gRPC ports are no longer h2c.
+    for monitor in _by_kind(manifests, "ServiceMonitor").values():
+        (endpoint,) = monitor["spec"]["endpoints"]
+        tls = endpoint["tlsConfig"]
+        assert tls["ca"]["secret"]["key"] == "ca.crt"
+        assert tls["serverName"] in by_secret[tls["ca"]["secret"]["name"]]["dnsNames"]
+    for service in _by_kind(manifests, "Service").values():
+        assert all("appProtocol" not in port for port in service["spec"]["ports"])
+    for service in _by_kind(kustomize(BASE), "Service").values():
+        for port in service["spec"]["ports"]:
+            h2c = "kubernetes.io/h2c" if port["name"].startswith("grpc") else None
+            assert port.get("appProtocol") == h2c
+    # The issuer the example brings: a CA that cert-manager makes.
+    issuer = _by_kind(manifests, "Issuer")["paddler-ca"]
+    (ca,) = [c for c in certificates.values() if c["spec"].get("isCA")]
+    assert issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    assert ca["spec"]["issuerRef"]["name"] in _by_kind(manifests, "Issuer")
 
 
 def test_the_autoscaler_reads_metrics_the_balancer_exports(
@@ -294,7 +578,9 @@ def test_the_autoscaler_reads_metrics_the_balancer_exports(
             "paddler_slot_use",
         }
     )
-    samples = parse_samples(httpx.get(f"{one_agent.balancer.web}/metrics", timeout=30).text)
+    # The series of the metrics-only port, the one the ServiceMonitor scrapes.
+    metrics = f"http://{one_agent.balancer.listening['metrics']}/metrics"
+    samples = parse_samples(httpx.get(metrics, timeout=30).text)
     for rule in custom:
         query = rule["seriesQuery"] + rule["metricsQuery"]
         for name in set(re.findall(r"paddler_[a-z_]+", query)):
@@ -314,7 +600,8 @@ def test_the_desired_state_files_are_served_by_an_agent(
         assert state.model.packaged == "smollm2-135m"
     sidecar = _container(manifests, "paddler-balancer", "desired-state")
     args = sidecar["args"]
-    assert args[args.index("--file") + 1] == f"{sidecar['volumeMounts'][0]['mountPath']}/{name}"
+    (mount,) = [m for m in sidecar["volumeMounts"] if m["name"] == "desired-state"]
+    assert args[args.index("--file") + 1] == f"{mount['mountPath']}/{name}"
     path = tmp_path / name
     path.write_text(text)
     c = one_agent
@@ -323,3 +610,210 @@ def test_the_desired_state_files_are_served_by_an_agent(
     (agent,) = c.wait_applied(int(json.loads(result.stdout)["version"]))
     reply = generate(c.inference, to_inference(prompt_request("Hi", max_tokens=4)))
     assert reply.summary.agent_name == agent.name == "pod"
+
+
+class _Pods:
+    """The example's pods as local processes: each volume a folder of the files kubelet would
+    mount (the credentials Secret made as the base's comment says, the TLS Secrets issued by a
+    CA made here with the Certificates' names), each port a free one, each container's
+    variables and commands as rendered with those paths and ports put in."""
+
+    def __init__(self, manifests: list[Manifest], root: Path) -> None:
+        self.manifests = manifests
+        self.root = root
+        self.api_key = secrets.token_hex(32)
+        self.secrets: dict[str, dict[str, bytes]] = {
+            CREDENTIALS: {
+                "agent-token": f"{secrets.token_hex(32)}\n".encode(),
+                "admin-key": f"{secrets.token_hex(32)}\n".encode(),
+                "api-keys": f"my-app:{self.api_key}\n".encode(),
+            }
+        }
+        ca = trustme.CA()
+        for certificate in _by_kind(manifests, "Certificate").values():
+            spec = certificate["spec"]
+            if not spec.get("isCA"):
+                leaf = ca.issue_cert(*spec["dnsNames"], *spec.get("ipAddresses", []))
+                self.secrets[spec["secretName"]] = {
+                    "tls.crt": leaf.cert_chain_pems[0].bytes(),
+                    "tls.key": leaf.private_key_pem.bytes(),
+                    "ca.crt": ca.cert_pem.bytes(),
+                }
+        self._ports: dict[tuple[str, int], int] = {}
+        self._folders: dict[str, dict[str, Path]] = {}
+
+    def _volumes(self, deployment: str) -> dict[str, Path]:
+        """The pod's volumes, written once."""
+        if deployment in self._folders:
+            return self._folders[deployment]
+        folders = {}
+        for volume in _pod(self.manifests, deployment)["volumes"]:
+            folder = self.root / deployment / volume["name"]
+            folder.mkdir(parents=True)
+            data: dict[str, bytes] = {}
+            if "secret" in volume:
+                data = self.secrets[volume["secret"]["secretName"]]
+            elif "configMap" in volume:
+                config_map = _by_kind(self.manifests, "ConfigMap")[volume["configMap"]["name"]]
+                data = {key: text.encode() for key, text in config_map["data"].items()}
+            source = volume.get("secret") or volume.get("configMap") or {}
+            paths = {i["key"]: i["path"] for i in source.get("items", [])} or {k: k for k in data}
+            for key, path in paths.items():
+                (folder / path).write_bytes(data[key])
+            folders[volume["name"]] = folder
+        self._folders[deployment] = folders
+        return folders
+
+    def port(self, deployment: str, port: int) -> int:
+        """The free port here that stands for a pod's port."""
+        return self._ports.setdefault((deployment, port), free_port())
+
+    def service_port(self, service_name: str, port: int) -> int:
+        """The free port here where a Service's port leads (its pod's container port)."""
+        service = _by_kind(self.manifests, "Service")[service_name]
+        selector = {"matchLabels": service["spec"]["selector"]}
+        (deployment,) = _deployments_selected(self.manifests, selector)
+        (target,) = [p["targetPort"] for p in service["spec"]["ports"] if p["port"] == port]
+        (number,) = [
+            p["containerPort"]
+            for c in _pod(self.manifests, deployment)["containers"]
+            for p in c.get("ports", [])
+            if p["name"] == target
+        ]
+        return self.port(deployment, number)
+
+    def _local(self, text: str, mounts: dict[str, Path], deployment: str) -> str:
+        """A path under a mount put in its folder; an address's port put on a free one (a
+        Service's name and port on 127.0.0.1 and its pod's)."""
+        for mount_path, folder in mounts.items():
+            if text.startswith(f"{mount_path}/"):
+                return str(folder / text.removeprefix(f"{mount_path}/"))
+        match = re.fullmatch(r"([\w.-]+):(\d+)", text)
+        if not match:
+            return text
+        host, port = match.group(1), int(match.group(2))
+        if host[0].isdigit():
+            return f"{host}:{self.port(deployment, port)}"
+        return f"{LOOPBACK}:{self.service_port(host, port)}"
+
+    def container(self, deployment: str, name: str) -> _Container:
+        """A container of the pod, ready to run."""
+        volumes = self._volumes(deployment)
+        container = _container(self.manifests, deployment, name)
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+        downward = {"status.podIP": LOOPBACK, "metadata.name": f"{deployment}-pod"}
+        env = {}
+        for variable in container.get("env", []):
+            source = variable.get("valueFrom", {})
+            if "fieldRef" in source:
+                env[variable["name"]] = downward[source["fieldRef"]["fieldPath"]]
+            elif "resourceFieldRef" in source:
+                env[variable["name"]] = "1"
+            elif variable["name"] == "PADDLER_PORT":  # the agent's port, beside PADDLER_HOST
+                env[variable["name"]] = str(self.port(deployment, int(variable["value"])))
+            else:
+                env[variable["name"]] = self._local(variable["value"], mounts, deployment)
+        command = container.get("command", []) + container.get("args", [])
+        probes = {
+            kind: [self._local(a, mounts, deployment) for a in container[kind]["exec"]["command"]]
+            for kind in PROBES
+            if kind in container
+        }
+        return _Container(env, [self._local(a, mounts, deployment) for a in command], probes)
+
+
+@dataclass
+class _Container:
+    """One container's variables, command and probe commands, with local paths and ports."""
+
+    env: dict[str, str]
+    command: list[str]
+    probes: dict[str, list[str]]
+
+    def paddler(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run ``paddler ...`` in this container's environment."""
+        assert command[0] == "paddler"
+        return subprocess.run(
+            [sys.executable, "-m", "paddler", *command[1:]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=process_env(self.env)[0],
+        )
+
+    def probe_until_it_passes(self, kind: str, process: ServerProcess) -> None:
+        """Run the probe as kubelet does, until it passes (a slow start only takes longer)."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while (result := self.paddler(self.probes[kind])).returncode != 0:
+            assert process.process.poll() is None, "".join(process.lines)
+            assert time.monotonic() < deadline, result.stdout + result.stderr
+            time.sleep(0.5)
+
+
+def test_the_tls_example_pods_start_serve_and_pass_their_probes(tmp_path: Path) -> None:
+    """The balancer and an agent as the example's pods (TLS, mutual TLS, every credential):
+    both start beyond loopback, their probes pass, the sidecar sets the desired state, the
+    operator's CLI and a client get in with their credentials, and the metrics scrape as the
+    ServiceMonitors say."""
+    manifests = kustomize(EXAMPLE)
+    pods = _Pods(manifests, tmp_path)
+    balancer_container = pods.container("paddler-balancer", "balancer")
+    sidecar = pods.container("paddler-balancer", "desired-state")
+    agent_container = pods.container("paddler-agent", "agent")
+    # In the cluster the agent dials the balancer's Service by its name: the name it checks.
+    rendered_agent_env = _env(_container(manifests, "paddler-agent", "agent"))
+    service_name = split_host_port(rendered_agent_env["PADDLER_BALANCER"])[0]
+    agent_container.env["PADDLER_TLS_SERVER_NAME"] = service_name
+    balancer_env = balancer_container.env
+    with ExitStack() as stack:
+        balancer_process = ServerProcess("balancer", [], "balancer listening", balancer_env)
+        stack.callback(balancer_process.stop)
+        for kind in PROBES:
+            balancer_container.probe_until_it_passes(kind, balancer_process)
+        once = [arg for arg in sidecar.command if arg != "--watch"]
+        assert (state := sidecar.paddler(once)).returncode == 0, state.stderr
+        agent_process = ServerProcess("agent", [], "agent listening", agent_container.env)
+        stack.callback(agent_process.stop)
+        for kind in PROBES:  # readiness: the desired state's model is loaded
+            agent_container.probe_until_it_passes(kind, agent_process)
+        # The operator, as through kubectl port-forward: the admin key and a certificate.
+        management = f"{LOOPBACK}:{_port(balancer_env['PADDLER_MANAGEMENT_ADDR'])}"
+        listed = sidecar.paddler(["paddler", "agents", "--address", management])
+        assert listed.returncode == 0, listed.stderr
+        assert agent_container.env["PADDLER_NAME"] in listed.stdout
+        # A client with its API key, trusting the CA: the balancer dials the agent with TLS.
+        key_file = tmp_path / "api-key"
+        key_file.write_text(pods.api_key)
+        ca = balancer_env["PADDLER_TLS_CA"]
+        client = _Container({"PADDLER_API_KEY_FILE": str(key_file), "PADDLER_TLS_CA": ca}, [], {})
+        inference = f"{LOOPBACK}:{_port(balancer_env['PADDLER_INFERENCE_ADDR'])}"
+        dial = ["--address", inference, "--tls-server-name", service_name]
+        reply = client.paddler(["paddler", "generate", *dial, "--max-tokens", "4", "--raw", "Hi"])
+        assert reply.returncode == 0, reply.stderr
+        assert reply.stdout.strip()
+        _scrape_as_the_service_monitors_say(manifests, pods)
+
+
+def _scrape_as_the_service_monitors_say(manifests: list[Manifest], pods: _Pods) -> None:
+    """Each ServiceMonitor's endpoint, scraped as Prometheus would: no credential, its scheme,
+    the CA and the name its tlsConfig says."""
+    for monitor in _by_kind(manifests, "ServiceMonitor").values():
+        (endpoint,) = monitor["spec"]["endpoints"]
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        ((name, service),) = [
+            (name, s)
+            for name, s in _by_kind(manifests, "Service").items()
+            if selector.items() <= s["metadata"]["labels"].items()
+        ]
+        (port,) = [p["port"] for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        ca = endpoint["tlsConfig"]["ca"]["secret"]
+        context = ssl.create_default_context(cadata=pods.secrets[ca["name"]][ca["key"]].decode())
+        here = f"{LOOPBACK}:{pods.service_port(name, port)}"
+        with httpx.Client(verify=context, timeout=30) as scraper:
+            response = scraper.get(
+                f"{endpoint['scheme']}://{here}{endpoint['path']}",
+                extensions={"sni_hostname": endpoint["tlsConfig"]["serverName"]},
+            )
+        assert response.status_code == 200, name
+        assert "# TYPE paddler_" in response.text

@@ -56,5 +56,7 @@ class BalancerConfig:
     # The most agents registered, and the most live views (WatchAgents, the panel's) at once.
     max_agents: int = DEFAULT_MAX_AGENTS
     max_watchers: int = DEFAULT_MAX_WATCHERS
+    # Host names the admin panel answers to besides IPs, localhost and --web-addr's host.
+    web_allowed_hosts: tuple[str, ...] = ()
     # Where desired states may take models from (empty lists: anywhere).
     sources: ModelSourcePolicy = field(default_factory=ModelSourcePolicy)

@@ -202,6 +202,15 @@ def balancer(
     ] = DEFAULT_MAX_WATCHERS,
     allowed_model_root: AllowedModelRootOption = None,
     allowed_hf_owner: AllowedHfOwnerOption = None,
+    web_allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="PADDLER_WEB_ALLOWED_HOST",
+            help="Another host name the admin panel answers to in the Host header (repeatable): "
+            "its name behind a proxy or in DNS. IP addresses, localhost and the host of "
+            "--web-addr always are; other names get 403 (DNS rebinding).",
+        ),
+    ] = None,
     statsd_addr: Annotated[
         str,
         typer.Option(
@@ -248,6 +257,7 @@ def balancer(
         sources=model_sources(allowed_model_root, allowed_hf_owner),
         max_agents=max_agents,
         max_watchers=max_watchers,
+        web_allowed_hosts=tuple(web_allowed_host or ()),
     )
     with exit_on_domain_error():
         # uvloop: the balancer relays every token through its event loop (about half of its

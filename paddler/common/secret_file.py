@@ -83,32 +83,48 @@ class ChangingFile:
 
 
 class SecretFile:
-    """One token or key, the whole file less surrounding whitespace; never logged."""
+    """A token or key: the file's first line is the credential this process presents; every
+    line is one it accepts. A rotation adds the new credential as a second line everywhere,
+    moves it first, then drops the old one, and no call between two peers is refused meanwhile.
+    Never logged."""
 
     def __init__(self, path: Path, what: str) -> None:
         self.what = what
         self._file = ChangingFile(path)
-        self._secret = self._read()
+        self._secrets = self._read()
 
-    def _read(self) -> bytes:
-        secret = read_secret_text(self._file.path, self.what).strip()
-        check_secret(secret, f"{self.what} file {self._file.path}")
-        return secret.encode()
+    def _read(self) -> tuple[bytes, ...]:
+        path = self._file.path
+        lines = [line.strip() for line in read_secret_text(path, self.what).splitlines()]
+        secrets = [line for line in lines if line]
+        if not secrets:
+            raise ConfigurationError(f"{self.what} file {path} is empty")
+        for number, secret in enumerate(secrets, start=1):
+            check_secret(secret, f"{self.what} file {path} line {number}")
+        return tuple(secret.encode() for secret in secrets)
 
-    @property
-    def value(self) -> str:
-        """The credential now (re-read when the file changed; a bad new file keeps the old)."""
+    def _current(self) -> tuple[bytes, ...]:
         if self._file.changed():
             try:
-                self._secret = self._read()
+                self._secrets = self._read()
             except ConfigurationError as error:  # keep the previous one; the next change retries
                 log.warning(
                     "credential file not reloaded; the previous one stays", issue=error.message
                 )
             else:
                 log.info("credential file reloaded", what=self.what)
-        return self._secret.decode()
+        return self._secrets
+
+    @property
+    def value(self) -> str:
+        """The credential to present now (the first line; re-read when the file changed, a
+        bad new file keeps the old)."""
+        return self._current()[0].decode()
 
     def matches(self, presented: str) -> bool:
-        """Whether ``presented`` is the credential, compared in constant time."""
-        return hmac.compare_digest(self.value.encode(), presented.encode())
+        """Whether ``presented`` is one of the credentials, compared in constant time."""
+        candidate = presented.encode()
+        found = False
+        for secret in self._current():
+            found |= hmac.compare_digest(secret, candidate)
+        return found

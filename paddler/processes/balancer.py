@@ -159,6 +159,8 @@ def _http_apps(
             metrics=metrics,
             stopping=stopping,
             admin=credentials.admin_guard(),
+            watchers=core.watchers,
+            allowed_hosts=config.web_allowed_hosts,
             address=config.web_address,
         )
         apps["web"] = (config.web_address, web)

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.types import Scope
 
 from paddler.common.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
+from paddler.web.pages import error_response
 
 
 def create_web_app(
@@ -34,4 +35,4 @@ def _too_large(scope: Scope, max_bytes: int) -> Response:
         f"the request body is larger than {max_bytes} bytes, the web server's cap "
         "(--max-request-body, PADDLER_MAX_REQUEST_BODY)"
     )
-    return JSONResponse({"error": {"field": None, "message": message}}, status_code=413)
+    return error_response(413, message)

@@ -1,6 +1,8 @@
 """The admin panel's JSON and SSE endpoints: the cluster live, the desired state to view and
 edit (the same validation as ``SetDesiredState``), and a prompt playground that streams a
-conversation through the same relay, checks and buffer as every other API."""
+conversation through the same relay, checks and buffer as every other API. With an admin key
+every route needs a session (see ``admin_session``); on every route the request's Host and
+Origin are checked (see ``request_checks``)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Collection
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
@@ -24,11 +25,15 @@ from paddler.balancer.generation_relay import GenerationRelay
 from paddler.balancer.metrics import BalancerMetrics
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.state_store import StateStore
+from paddler.common.concurrency_limit import ConcurrencyLimit, LimitReachedError
 from paddler.common.errors import InvalidArgumentError, PaddlerError
 from paddler.common.generation_input import check_generation_input
+from paddler.common.guards import Guard
 from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
+from paddler.web.admin_session import AdminSessionMiddleware, AdminSessions, add_sign_in
+from paddler.web.pages import STATIC, error_response, page
+from paddler.web.request_checks import RequestChecksMiddleware, allowed_host_names
 
-STATIC = Path(__file__).parent / "static"
 API = "web"
 # How often the live view refreshes when nothing changes (throughput moves on its own).
 TICK_S = 1.0
@@ -60,9 +65,28 @@ def add_panel(
     relay: GenerationRelay,
     metrics: BalancerMetrics,
     stopping: asyncio.Event,
+    admin: Guard | None,
+    address: str,
+    watchers: ConcurrencyLimit,
+    allowed_hosts: Collection[str] = (),
 ) -> None:
     """The panel's page, assets and endpoints on ``app``; live views end once ``stopping``
-    is set, so an open tab does not hold the balancer's shutdown for its grace period."""
+    is set, so an open tab does not hold the balancer's shutdown for its grace period.
+
+    With ``admin`` (the admin key's guard) every route but the sign-in page's needs a session
+    or the key. Requests must name this server in their Host: an IP address, localhost, the
+    host of ``address`` (where the web server listens) or one of ``allowed_hosts``.
+    """
+    if admin is not None:
+        sessions = AdminSessions(admin)
+        add_sign_in(app, sessions, metrics.credential_refused)
+        app.add_middleware(
+            AdminSessionMiddleware, sessions=sessions, on_refused=metrics.credential_refused
+        )
+    # Added last, so it runs first: a refused Host or Origin gets nothing else, its body unread.
+    app.add_middleware(
+        RequestChecksMiddleware, allowed_names=allowed_host_names(address, allowed_hosts)
+    )
 
     async def refused_body(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
@@ -73,20 +97,30 @@ def add_panel(
     app.add_exception_handler(RequestValidationError, refused_body)
 
     @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+    async def panel() -> FileResponse:
+        return page("index.html")
 
     @app.get("/static/{name}", include_in_schema=False)
     async def asset(name: str) -> Response:
         path = STATIC / name
         if path.parent != STATIC or not path.is_file():
-            return JSONResponse({"error": f"no asset {name!r}"}, status_code=404)
+            return error_response(404, f"no asset {name!r}")
         return FileResponse(path)
 
+    @app.get("/api/session")
+    async def session() -> dict[str, bool]:
+        """Whether the panel is behind the admin key (then it offers to log out)."""
+        return {"admin_key": admin is not None}
+
     @app.get("/api/events")
-    async def events(request: Request) -> StreamingResponse:
-        """The cluster as SSE: a snapshot now, on every change, and every second."""
-        snapshots = _snapshots(request, registry, dispatcher, metrics, stopping)
+    async def events(request: Request) -> Response:
+        """The cluster as SSE: a snapshot now, on every change, and every second; 429 past
+        ``--max-watchers`` live views."""
+        if watchers.held >= watchers.limit:
+            return error_response(429, f"{watchers.held} live views run already (--max-watchers)")
+        snapshots = _snapshots(
+            request, registry, dispatcher, metrics=metrics, stopping=stopping, watchers=watchers
+        )
         return StreamingResponse(snapshots, media_type="text/event-stream")
 
     @app.get("/api/state")
@@ -106,7 +140,7 @@ def add_panel(
         except InvalidArgumentError as error:
             return _refused(error.violations[0].field, error.message)
         except PaddlerError as error:  # the state file could not be written, say
-            return JSONResponse({"error": {"field": None, "message": error.message}}, 500)
+            return error_response(500, error.message)
 
     @app.post("/api/generate")
     async def generate(body: PlaygroundRequest) -> Response:
@@ -121,7 +155,7 @@ def add_panel(
 
 
 def _refused(field: str | None, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"field": field, "message": message}}, status_code=400)
+    return error_response(400, message, field)
 
 
 def _as_dict(state: desired_state_pb2.VersionedDesiredState) -> dict[str, Any]:
@@ -154,9 +188,17 @@ async def _snapshots(
     request: Request,
     registry: AgentRegistry,
     dispatcher: SlotDispatcher,
+    *,
     metrics: BalancerMetrics,
     stopping: asyncio.Event,
+    watchers: ConcurrencyLimit,
 ) -> AsyncIterator[str]:
+    try:
+        held = watchers.hold()
+        held.__enter__()
+    except LimitReachedError as error:  # another view took the last place meanwhile
+        yield f"data: {json.dumps({'error': error.message})}\n\n"
+        return
     changed = asyncio.Event()
     stop_listening = registry.listen(changed.set)
     previous = (time.monotonic(), metrics.pieces_relayed)
@@ -179,6 +221,7 @@ async def _snapshots(
                 await asyncio.wait_for(changed.wait(), TICK_S)
     finally:
         stop_listening()
+        held.__exit__(None, None, None)
 
 
 async def _reply(

@@ -6,6 +6,17 @@ const turns = [];
 const rates = [];
 let state = null;
 
+// Every call of the panel's API: a 401 means the session ended (logged out, expired, or the
+// admin key changed), so the page goes back to the sign-in page.
+async function api(path, options) {
+  const reply = await fetch(path, options);
+  if (reply.status === 401) {
+    location.assign("/");
+    return new Promise(() => {});  // the page is leaving: the caller waits for nothing
+  }
+  return reply;
+}
+
 function cell(text) {
   const td = document.createElement("td");
   td.textContent = text;
@@ -66,12 +77,16 @@ function drawChart() {
 function watchCluster() {
   const source = new EventSource("/api/events");
   source.onopen = () => { $("connection").textContent = "live"; };
-  source.onerror = () => { $("connection").textContent = "reconnecting…"; };
+  source.onerror = () => {
+    $("connection").textContent = "reconnecting…";
+    // The browser gives up on a refused stream: ask whether the session ended.
+    if (source.readyState === EventSource.CLOSED) api("/api/session");
+  };
   source.onmessage = (message) => showCluster(JSON.parse(message.data));
 }
 
 async function loadState() {
-  const reply = await fetch("/api/state");
+  const reply = await api("/api/state");
   const versioned = await reply.json();
   state = versioned.state || {};
   $("state-version").textContent = versioned.version ? `v${versioned.version}` : "(none set)";
@@ -118,7 +133,7 @@ async function applyState(event) {
   next.defaults = defaults;
   const template = $("template").value;
   if (template) next.chatTemplateOverride = template; else delete next.chatTemplateOverride;
-  const reply = await fetch("/api/state", {
+  const reply = await api("/api/state", {
     method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(next),
   });
   const body = await reply.json();
@@ -152,7 +167,7 @@ async function send(event) {
   const summary = $("summary");
   summary.className = "";
   summary.textContent = "…";
-  const response = await fetch("/api/generate", {
+  const response = await api("/api/generate", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({
@@ -202,7 +217,21 @@ async function send(event) {
   turns.push({ role: "assistant", content: reply.textContent });
 }
 
+async function showSession() {
+  const reply = await api("/api/session");
+  $("logout").hidden = !(await reply.json()).admin_key;
+}
+
+async function logout() {
+  await fetch("/api/logout", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
+  });
+  location.assign("/");
+}
+
 $("state-form").addEventListener("submit", applyState);
+$("logout").addEventListener("click", logout);
 $("prompt-form").addEventListener("submit", send);
 watchCluster();
 loadState();
+showSession();

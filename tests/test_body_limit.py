@@ -238,17 +238,27 @@ def _refusal(scope: Scope, max_bytes: int) -> Response:
     return JSONResponse({"refused": scope["path"], "cap": max_bytes}, status_code=413)
 
 
+async def _ignore_body(request: Request) -> Response:
+    del request
+    return PlainTextResponse("ok")
+
+
 def _tiny_app() -> Starlette:
-    app = Starlette(routes=[Route("/echo", _echo_size, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/echo", _echo_size, methods=["POST"]),
+            Route("/ignore", _ignore_body, methods=["POST"]),
+        ]
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=TINY_CAP, refusal=_refusal)
     return app
 
 
-def _post(content: bytes | AsyncIterator[bytes]) -> httpx.Response:
+def _post(content: bytes | AsyncIterator[bytes], path: str = "/echo") -> httpx.Response:
     async def send() -> httpx.Response:
         transport = httpx.ASGITransport(app=_tiny_app())
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-            return await client.post("/echo", content=content)
+            return await client.post(path, content=content)
 
     return asyncio.run(send())
 
@@ -284,3 +294,16 @@ def test_a_streamed_body_is_read_no_further_than_past_the_cap() -> None:
 
     reply = _post(few())
     assert (reply.status_code, reply.text) == (200, str(sum(map(len, within))))
+
+
+def test_a_route_that_reads_no_body_makes_the_middleware_read_none() -> None:
+    pulled: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for index in range(100):
+            pulled.append(index)
+            yield b"x" * 10
+
+    reply = _post(chunks(), "/ignore")
+    assert (reply.status_code, reply.text) == (200, "ok")
+    assert len(pulled) <= 1  # nothing read ahead (the transport may hand over its first)

@@ -322,3 +322,30 @@ def test_the_openai_api_takes_the_same_keys(secured: Secured) -> None:
     samples = parse_samples(_get(f"{secured.balancer.web}/metrics"))
     refused = {"surface": "openai", "reason": "wrong_credential"}
     assert value(samples, "paddler_credentials_refused_total", **refused) >= 2
+
+
+def test_an_agent_refusing_the_balancer_is_no_client_error(tmp_path: Path) -> None:
+    token = tmp_path / "agent-token"
+    token.write_text(secrets.token_hex(24))
+    balancer = BalancerProcess(["--buffered-request-timeout", "5"])  # no agent token of its own
+    agent = AgentProcess(
+        [
+            "--name", "strict", "--balancer", balancer.management, "--threads", "1",
+            "--slots", "1", "--context-size", "256", "--agent-token-file", str(token),
+        ]
+    )  # fmt: skip
+    try:
+        agent.wait_ready()
+        balancer.wait_logs("agent registered")
+        request = to_inference(prompt_request("Hello", max_tokens=2))
+        with grpc.insecure_channel(balancer.inference) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                list(stub.Generate(request, timeout=60))
+        # Not the client's 401: the operator's problem, named in the balancer's log.
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_reason(caught.value) == "AGENT_REFUSED_BALANCER"
+        assert balancer.wait_logs("agent refused the balancer's agent token")
+    finally:
+        agent.stop()
+        balancer.stop()

@@ -225,6 +225,7 @@ def test_a_state_that_does_not_fit_fails_before_the_running_model_goes(tmp_path:
             (state(packaged("smollm2-135m"), defaults={"context_size": 16384}), "trained context"),
             (state(packaged("smollm2-135m"), defaults={"context_size": 8192}), "needs about"),
             (state(_local(root / "outside.gguf")), "outside the allowed model folders"),
+            (state(packaged("smollm2-135m"), defaults={"batch_size": 4096}), "than the context"),
         ]
         for wanted, issue in cases:
             c.set_state(wanted)
@@ -324,6 +325,19 @@ def test_an_agent_without_a_model_takes_the_desired_state() -> None:
             "state.model.local_path",
         ),
         (state(_hugging_face("owner/" + "n" * 300, "a.gguf")), "state.model.hugging_face.repo"),
+        (  # nested deeper than Python compiles: a refusal, not UNKNOWN
+            state(
+                packaged("smollm2-135m"), chat_template_override="{{" + "(" * 300 + ")" * 300 + "}}"
+            ),
+            "state.chat_template_override",
+        ),
+        (
+            state(
+                packaged("smollm2-135m"),
+                chat_template_override="{% for a in b %}" * 30 + "{% endfor %}" * 30,
+            ),
+            "state.chat_template_override",
+        ),
     ],
 )
 def test_an_invalid_state_is_rejected_and_changes_nothing(

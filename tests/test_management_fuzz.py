@@ -101,6 +101,7 @@ def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BalancerPr
         assert balancer.stop() == 0
 
 
+@pytest.mark.timeout(180)  # bounded in time, whatever the machine
 def test_generated_desired_states_get_only_documented_statuses(
     admin: tuple[BalancerProcess, str],
 ) -> None:

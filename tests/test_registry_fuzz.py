@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -145,6 +146,7 @@ def _outcome(
     return OK
 
 
+@pytest.mark.timeout(180)  # bounded in time, whatever the machine
 def test_no_generated_stream_gets_another_status_or_stays_registered() -> None:
     balancer = BalancerProcess([])
     try:

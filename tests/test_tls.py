@@ -18,7 +18,13 @@ import trustme
 from cryptography import x509
 
 from paddler.common.addresses import split_host_port
-from paddler.v1 import inference_pb2_grpc, management_pb2, management_pb2_grpc
+from paddler.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    inference_pb2_grpc,
+    management_pb2,
+    management_pb2_grpc,
+)
 from tests.client import generate, prompt_request
 from tests.cluster import to_inference
 from tests.processes import AgentProcess, BalancerProcess, run_paddler
@@ -128,7 +134,7 @@ def test_plain_or_strange_clients_are_refused(tls_cluster: TlsCluster, tmp_path:
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, name
     listing = management_pb2.ListAgentsRequest()
     ca = tls_cluster.pki.ca_file
-    # The management port asks for a client certificate the CA signed.
+    # The management port and the agent's port ask for a client certificate the CA signed.
     foreign_pair = stranger.issue("foreign")
     for pair in (None, foreign_pair):
         with (
@@ -136,6 +142,14 @@ def test_plain_or_strange_clients_are_refused(tls_cluster: TlsCluster, tmp_path:
             pytest.raises(grpc.RpcError) as caught,
         ):
             management_pb2_grpc.ManagementServiceStub(channel).ListAgents(listing, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        with (
+            _secure(tls_cluster.agent.address, ca, pair) as channel,
+            pytest.raises(grpc.RpcError) as caught,
+        ):
+            agent_pb2_grpc.AgentServiceStub(channel).GetStatus(
+                agent_pb2.GetStatusRequest(), timeout=10
+            )
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     with _secure(tls_cluster.balancer.management, ca, tls_cluster.balancer_pair) as channel:
         agents = management_pb2_grpc.ManagementServiceStub(channel).ListAgents(listing).agents
@@ -209,6 +223,8 @@ def test_a_rotated_certificate_is_served_without_a_restart(tls_cluster: TlsClust
         time.sleep(0.2)
     assert tls_cluster.balancer.process.poll() is None
     assert tls_cluster.balancer.process.pid == pid
+    # The balancer's client side too: it dials its agent anew with the rotated files.
+    tls_cluster.balancer.wait_logs("TLS files changed: dialling agents anew")
     request = to_inference(prompt_request("Hello", max_tokens=2))
     with _secure(listening["inference"], ca) as channel:  # and the new one works end to end
         assert generate(inference_pb2_grpc.InferenceServiceStub(channel), request).pieces

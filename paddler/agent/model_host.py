@@ -18,7 +18,7 @@ from paddler.agent.metrics import AgentMetrics
 from paddler.agent.model_shape import ModelShape, read_model_shape
 from paddler.agent.model_source import resolve_model
 from paddler.agent.servicer import AgentServicer
-from paddler.agent.state_fit import check_allowed_file, check_fits
+from paddler.agent.state_fit import DoesNotFitError, check_allowed_file, check_fits
 from paddler.common.chat_template import ChatTemplate
 from paddler.common.errors import PaddlerError
 from paddler.common.generation_input import SamplingSettings
@@ -195,6 +195,11 @@ class ModelHost:
         )
         sizes = {f.name: v for f, v in defaults.ListFields() if f.name in _SIZE_FIELDS}
         engine = replace(engine, **sizes)
+        if "batch_size" in sizes and engine.batch_size > engine.slots * engine.context_size:
+            raise DoesNotFitError(
+                f"state.defaults.batch_size {engine.batch_size} is more than the context it "
+                f"would fill ({engine.slots} slots x {engine.context_size} tokens): lower it"
+            )
         memory = self._check_fits(
             read_model_shape(path), engine, from_state="context_size" in sizes
         )

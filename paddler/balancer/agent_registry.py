@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_AGENTS = 1024
+# Calls on a channel replaced after a certificate rotation may run this long before it closes.
+REDIAL_GRACE_S = 3600.0
 GENERATE_METHOD = "/paddler.v1.AgentService/Generate"
 
 
@@ -99,6 +101,13 @@ class RegisteredAgent:
         return self.channel.unary_stream(
             GENERATE_METHOD, request_serializer=agent_pb2.GenerateRequest.SerializeToString
         )
+
+    def redial(self, channel: aio.Channel) -> aio.Channel:
+        """Make new calls on ``channel``; return the old one (its calls go on until closed)."""
+        old, self.channel = self.channel, channel
+        self.__dict__.pop("_generate", None)
+        self.__dict__.pop("_embed", None)
+        return old
 
     def generate(
         self, request: agent_pb2.GenerateRequest, timeout: float | None
@@ -213,6 +222,19 @@ class AgentRegistry:
         for agent in self.agents():
             agent.status.ready = False
             agent.outbox.put_nowait(agent_registry_pb2.ConnectResponse(desired_state=state))
+
+    def redial_if_rotated(self) -> None:
+        """When the TLS files the balancer dials with changed (cert-manager renewed them), give
+        every agent a channel made from the new ones; the old channels close once their calls
+        had ``REDIAL_GRACE_S`` to finish."""
+        if not self._dialer.tls_rotated():
+            return
+        log.info("TLS files changed: dialling agents anew", agents=len(self._agents))
+        for agent in self.agents():
+            old = agent.redial(self._dialer.aio_channel(f"dns:///{agent.address}"))
+            closing = asyncio.get_running_loop().create_task(old.close(grace=REDIAL_GRACE_S))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def remove_stale(self, stale_after_s: float) -> None:
         """Remove every agent whose last snapshot is older than ``stale_after_s``."""

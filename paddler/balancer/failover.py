@@ -61,6 +61,19 @@ def agent_failure(
         if key in _RELAYED_TRAILERS and isinstance(value, bytes)
     )
     reason = error_reason(trailers)
+    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+        # The agent refused this balancer's agent token: an operator's problem, not the
+        # client's credential. Another agent may take it.
+        log.error(
+            "agent refused the balancer's agent token",
+            agent=agent.name,
+            address=agent.address,
+            reason=reason,
+        )
+        return UnavailableError(
+            f"{where} refused this balancer (its agent token); an operator must fix it",
+            reason="AGENT_REFUSED_BALANCER",
+        )
     if reason:
         return RelayedError(error.code(), error.details() or "", trailers, reason)
     log.warning(

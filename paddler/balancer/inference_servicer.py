@@ -16,6 +16,7 @@ from paddler.balancer.generation_relay import GenerationRelay
 from paddler.balancer.metrics import BalancerMetrics
 from paddler.common.embedding_input import check_embedding_input
 from paddler.common.generation_input import check_generation_input
+from paddler.common.off_loop import checked_off_loop
 from paddler.v1 import agent_pb2, inference_pb2
 
 SERVICE = "paddler.v1.InferenceService"
@@ -52,7 +53,11 @@ class InferenceServicer:
     ) -> AsyncIterator[bytes]:
         """Stream the chosen agent's pieces and summary to the client; log one line."""
         with self._metrics.refusals("grpc", "generate"):
-            check_generation_input(request.input)
+            generation = request.input
+            if generation.grammar.WhichOneof("kind") or generation.conversation.tools:
+                await checked_off_loop(lambda: check_generation_input(generation), "input.grammar")
+            else:
+                check_generation_input(generation)
         forwarded = agent_pb2.GenerateRequest(
             request_id=request.request_id or uuid.uuid4().hex, input=request.input
         )

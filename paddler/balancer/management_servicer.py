@@ -104,4 +104,5 @@ class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
         context: aio.ServicerContext[Any, Any],
     ) -> management_pb2.SetDesiredStateResponse:
         """Validate, store under the next version and send to every agent."""
-        return management_pb2.SetDesiredStateResponse(desired_state=self._states.set(request.state))
+        stored = await self._states.submit(request.state)
+        return management_pb2.SetDesiredStateResponse(desired_state=stored)

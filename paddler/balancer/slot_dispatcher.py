@@ -19,6 +19,7 @@ from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 
 log = structlog.get_logger(__name__)
+LOGGED_AGENTS = 8
 
 
 @dataclass(eq=False)
@@ -130,10 +131,13 @@ class SlotDispatcher:
                 "no agent serves the desired state",
                 version=desired.version,
                 waited_s=self._timeout_s,
+                # The first agents' first issue, cut short: one line per timed-out request.
                 issues=[
-                    f"{a.name} ({a.address}): {', '.join(a.status.issues) or 'not applied yet'}"
-                    for a in agents
+                    f"{a.name} ({a.address}): "
+                    f"{(a.status.issues[0] if a.status.issues else 'not applied yet')[:256]}"
+                    for a in agents[:LOGGED_AGENTS]
                 ],
+                agents=len(agents),
             )
             return UnavailableError(
                 f"no agent serves the desired state (v{desired.version}) yet after "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 import uuid
@@ -63,6 +64,19 @@ class StateStore:
     def set(self, state: desired_state_pb2.DesiredState) -> desired_state_pb2.VersionedDesiredState:
         """Validate and store ``state`` under the next version; the old one stays on any error."""
         check_desired_state(state, self._sources)
+        return self._store(state)
+
+    async def submit(
+        self, state: desired_state_pb2.DesiredState
+    ) -> desired_state_pb2.VersionedDesiredState:
+        """``set``, with the checks (a template's compile can take a while) off the event
+        loop."""
+        await asyncio.to_thread(check_desired_state, state, self._sources)
+        return self._store(state)
+
+    def _store(
+        self, state: desired_state_pb2.DesiredState
+    ) -> desired_state_pb2.VersionedDesiredState:
         updated = desired_state_pb2.VersionedDesiredState(
             version=self.current.version + 1,
             state=state,

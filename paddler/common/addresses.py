@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from urllib.parse import unquote
 
 IPV4_LOOPBACK = "127.0.0.1"
@@ -70,11 +71,16 @@ def is_local_host(host: str) -> bool:
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` reaches only this machine: ``localhost``, ``127.x``, ``::1`` (not a
-    wildcard, which listens on every interface)."""
+    """Whether ``host`` reaches only this machine: a loopback IP (``127.x``, ``::1``), or
+    ``localhost`` when every address it resolves to here is one (not a wildcard, which listens
+    on every interface)."""
     bare = _unbracket(host).lower()
     if bare == "localhost":
-        return True
+        try:
+            resolved = {str(info[4][0]) for info in socket.getaddrinfo(bare, None)}
+        except OSError:
+            return False
+        return bool(resolved) and all(is_loopback_host(address) for address in resolved)
     ip = _ip(bare)
     return ip is not None and ip.is_loopback
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,10 +17,11 @@ Refusal = Callable[[Scope, int], Response]
 
 class BodyLimitMiddleware:
     """Refuses with a 413 a request whose body is over ``max_bytes``: at once when its
-    Content-Length says so, else as soon as the bytes read pass the cap (so no more than the
-    cap and one message of the server's is ever held). A body within the cap goes on to the
-    app as it came (a plain ASGI middleware: it leaves streamed responses and disconnects
-    alone)."""
+    Content-Length says so, else as soon as the bytes the app reads pass the cap. Nothing is
+    read ahead: a route that reads no body (``/metrics``, ``/health``, a preflight) costs what
+    the server buffers (uvicorn pauses at 64 KiB), and a route that reads one holds at most the
+    cap. Past the cap the app sees the client leave, its own answer is dropped, and the 413 goes
+    out instead (a plain ASGI middleware: streamed responses pass untouched)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, refusal: Refusal) -> None:
         self._app = app
@@ -34,25 +35,36 @@ class BodyLimitMiddleware:
         if self._declared_too_large(scope):
             await self._refuse(scope, receive, send)
             return
-        body: collections.deque[Message] = collections.deque()
-        size = 0
-        while True:
+        read = 0
+        over = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal read, over
+            if over:
+                return {"type": "http.disconnect"}
             message = await receive()
-            body.append(message)
-            if message["type"] != "http.request":  # the client left: the app sees it so
-                break
-            size += len(message.get("body", b""))
-            if size > self._max_bytes:
-                body.clear()
-                await self._refuse(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > self._max_bytes:
+                    over = True
+                    return {"type": "http.disconnect"}  # the app stops reading here
+            return message
 
-        async def receive_read_body() -> Message:
-            return body.popleft() if body else await receive()
+        async def answering_send(message: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the app's answer to the "disconnect": the 413 goes instead
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-        await self._app(scope, receive_read_body, send)
+        try:
+            await self._app(scope, counting_receive, answering_send)
+        except ClientDisconnect:
+            if not over:
+                raise
+        if over and not started:
+            await self._refuse(scope, receive, send)
 
     def _declared_too_large(self, scope: Scope) -> bool:
         declared = Headers(scope=scope).get("content-length", "").strip().lstrip("0")

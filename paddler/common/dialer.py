@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ from grpc import aio
 from paddler.common.grpc_server import CHANNEL_OPTIONS
 from paddler.common.guards import bearer_metadata
 from paddler.common.secret_file import SecretFile
-from paddler.common.tls import ClientTls
+from paddler.common.tls import ClientTls, RotationWatch
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -42,6 +43,15 @@ class Dialer:
         if self.credential is None:
             return channel
         return grpc.intercept_channel(channel, _Presenting(self))
+
+    @cached_property
+    def _watch(self) -> RotationWatch:
+        return RotationWatch(self.tls.files() if self.tls else [])
+
+    def tls_rotated(self) -> bool:
+        """Whether the TLS files changed since the last True: channels made before hold the
+        old ones (gRPC reads them once) and should be made anew."""
+        return self._watch.rotated()
 
     def metadata(self) -> Metadata | None:
         """What each call presents: the credential now (a rotated file is read again)."""

@@ -71,10 +71,11 @@ def _wrap_unary(
 ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
-            _check_decoded(request)
             if admit is None:
+                _check_decoded(request)
                 return await behavior(request, context)  # aio behaviours are coroutines
-            with admit(context):
+            with admit(context):  # the credential first: a stranger learns nothing more
+                _check_decoded(request)
                 return await behavior(request, context)
         except PaddlerError as error:
             await _abort(context, method, error)
@@ -93,12 +94,13 @@ def _wrap_stream(behavior: Any, method: str, admit: Admit) -> Callable[[Any, _Co
 
     async def handler(request: Any, context: _Context) -> AsyncIterator[Any]:
         try:
-            _check_decoded(request)
             if admit is None:
+                _check_decoded(request)
                 async for response in behavior(request, context):
                     yield response
                 return
             with admit(context):
+                _check_decoded(request)
                 async for response in behavior(request, context):
                     yield response
         except PaddlerError as error:

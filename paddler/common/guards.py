@@ -23,10 +23,14 @@ WRONG = "WRONG_CREDENTIAL"
 
 
 def bearer(value: str | None) -> str | None:
-    """The credential of an ``authorization`` value (``Bearer <credential>``), else None."""
-    if value is None or not value.startswith(BEARER_PREFIX):
+    """The credential of an ``authorization`` value (``Bearer <credential>``, the scheme in any
+    case), else None."""
+    if value is None:
         return None
-    return value.removeprefix(BEARER_PREFIX).strip() or None
+    scheme, _, credential = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credential.strip() or None
 
 
 def bearer_metadata(credential: str) -> tuple[tuple[str, str], ...]:

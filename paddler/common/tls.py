@@ -33,6 +33,17 @@ def read_pem(path: Path, what: str) -> bytes:
     return data
 
 
+class RotationWatch:
+    """Tells when any of some files changed (looked at most once a second each)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._files = [ChangingFile(path) for path in paths]
+
+    def rotated(self) -> bool:
+        """Whether a file changed since the last True."""
+        return _any_changed(self._files)
+
+
 def _any_changed(files: list[ChangingFile]) -> bool:
     """Whether any of ``files`` changed (each one is looked at, so each notes its new state)."""
     changed = [file.changed() for file in files]
@@ -128,6 +139,10 @@ class ClientTls:
         key = read_pem(self.key, "TLS key") if self.key else None
         chain = read_pem(self.cert, "TLS certificate") if self.cert else None
         return grpc.ssl_channel_credentials(roots, key, chain)
+
+    def files(self) -> list[Path]:
+        """The files this TLS reads (to watch for rotation)."""
+        return [path for path in (self.ca, self.cert, self.key) if path is not None]
 
     def channel_options(self) -> tuple[tuple[str, str], ...]:
         """The options that make gRPC expect ``server_name``."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from paddler.common.errors import InvalidArgumentError
-from paddler.common.grammar import compile_grammar
+from paddler.common.grammar import MAX_GRAMMAR_BYTES, compile_grammar
 from paddler.v1 import generation_pb2
 
 MAX_TOOLS = 128
@@ -94,6 +94,14 @@ def check_tools(conversation: generation_pb2.Conversation) -> None:
     if len(conversation.tools) > MAX_TOOLS:
         raise InvalidArgumentError(
             f"{_FIELD}.tools", f"has {len(conversation.tools)} tools; the limit is {MAX_TOOLS}"
+        )
+    # The tools' schemas make one grammar together: bounded as one before any is compiled.
+    total = sum(len(tool.parameters.encode()) for tool in conversation.tools)
+    if total > MAX_GRAMMAR_BYTES:
+        raise InvalidArgumentError(
+            f"{_FIELD}.tools",
+            f"the tools' parameter schemas are {total} bytes together; the limit is "
+            f"{MAX_GRAMMAR_BYTES} bytes (64 KiB)",
         )
     for index, tool in enumerate(conversation.tools):
         field = f"{_FIELD}.tools[{index}]"

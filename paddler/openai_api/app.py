@@ -25,6 +25,7 @@ from paddler.common.error_interceptor import Refused
 from paddler.common.errors import ModelNotFoundError, PaddlerError
 from paddler.common.guards import Guard
 from paddler.common.http_guard import BearerGuardMiddleware
+from paddler.common.off_loop import checked_off_loop
 from paddler.openai_api import chat_completions, completions, embeddings, responses
 from paddler.openai_api.chat_protocol import ChatCompletionRequest
 from paddler.openai_api.completion_protocol import CompletionRequest
@@ -200,7 +201,7 @@ def create_app(
         _log_user(body.user)
         with metrics.refusals(API, "generate"):
             models.check(body.model)
-            inputs = [body.generation_input()] * body.n
+            inputs = [await checked_off_loop(body.generation_input, "input.grammar")] * body.n
         events = generate(relay, inputs, request_id)
         if not body.stream:
             collected = await _unless_disconnected(request, _collect(events))
@@ -215,7 +216,7 @@ def create_app(
         _log_user(body.user)
         with metrics.refusals(API, "generate"):
             models.check(body.model)
-            inputs = body.generation_inputs()
+            inputs = await checked_off_loop(body.generation_inputs, "input.grammar")
         events = generate(relay, inputs, request_id)
         if not body.stream:
             collected = await _unless_disconnected(request, _collect(events))
@@ -230,7 +231,7 @@ def create_app(
         _log_user(body.user)
         with metrics.refusals(API, "generate"):
             models.check(body.model)
-            inputs = [body.generation_input()]
+            inputs = [await checked_off_loop(body.generation_input, "input.grammar")]
         events = generate(relay, inputs, request_id)
         if not body.stream:
             collected = await _unless_disconnected(request, _collect(events))

@@ -50,10 +50,12 @@ MANAGEMENT_SERVICE = management_pb2.DESCRIPTOR.services_by_name["ManagementServi
 STALE_CHECK_INTERVAL_S = 0.5
 
 
-async def _remove_stale_agents(registry: AgentRegistry, stale_after_s: float) -> None:
+async def _watch_agents(registry: AgentRegistry, stale_after_s: float) -> None:
+    """Remove agents gone silent; dial them anew after a certificate rotation."""
     while True:
         await asyncio.sleep(STALE_CHECK_INTERVAL_S)
         await registry.remove_stale(stale_after_s)
+        registry.redial_if_rotated()
 
 
 def _guards(guards: dict[str, Guard | None]) -> dict[str, Guard]:
@@ -201,7 +203,7 @@ async def run_balancer(config: BalancerConfig) -> None:
         admin_key=credentials.admin_key is not None,
         agent_token=credentials.agent_token is not None,
     )
-    watchdog = asyncio.create_task(_remove_stale_agents(core.registry, config.agent_stale_after_s))
+    watchdog = asyncio.create_task(_watch_agents(core.registry, config.agent_stale_after_s))
     reporter = None
     if config.statsd_address:
         reporter = asyncio.create_task(

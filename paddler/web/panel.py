@@ -133,10 +133,14 @@ def add_panel(
         """Validate and set a new desired state; 400 names the field to fix."""
         try:
             body = await request.json()
+            if not isinstance(body, dict):
+                return _refused(None, "the body is not a desired state: send a JSON object")
             state = json_format.ParseDict(body, desired_state_pb2.DesiredState())
-            return JSONResponse(_as_dict(states.set(state)))
+            return JSONResponse(_as_dict(await states.submit(state)))
         except (json.JSONDecodeError, json_format.ParseError) as error:
             return _refused(None, f"the body is not a desired state: {error}")
+        except RecursionError:
+            return _refused(None, "the body is not a desired state: it nests too deeply")
         except InvalidArgumentError as error:
             return _refused(error.violations[0].field, error.message)
         except PaddlerError as error:  # the state file could not be written, say

@@ -97,15 +97,28 @@ class StateStore:
 
     @staticmethod
     def _save(state: desired_state_pb2.VersionedDesiredState, path: Path) -> None:
-        """Write atomically: a temporary file in the same folder, fsync, then rename over."""
+        """Write atomically and durably: a temporary file in the same folder, fsync, rename
+        over, then fsync the folder (so the rename survives a power cut); on any error the
+        temporary file is removed and the old file stays."""
         text = json_format.MessageToJson(state)
+        temporary: Path | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            temporary = Path(name)
             with os.fdopen(handle, "w") as file:
                 file.write(text)
                 file.flush()
                 os.fsync(file.fileno())
-            Path(temporary).replace(path)
+            temporary.replace(path)
+            temporary = None
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
         except OSError as error:
             raise StateFileError(f"cannot write the state file {path}: {error}") from error
+        finally:
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)

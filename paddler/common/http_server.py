@@ -62,6 +62,12 @@ class HttpServer:
         bound = server.servers[0].sockets[0].getsockname()
         return join_host_port(host, bound[1])
 
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """The task serving (for supervision); the server must have started."""
+        assert self._task is not None, "start() first"
+        return self._task
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, then close."""
         if self._rotation is not None:

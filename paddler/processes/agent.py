@@ -20,10 +20,11 @@ from paddler.agent.servicer import AgentServicer
 from paddler.common.addresses import is_local_host, join_host_port, loopback_for, split_host_port
 from paddler.common.dialer import Dialer
 from paddler.common.exposure import check_exposure
-from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
+from paddler.common.grpc_server import ManagedServer
 from paddler.common.guards import Guard, SecretGuard
 from paddler.common.http_server import HttpServer
 from paddler.common.secret_file import SecretFile
+from paddler.common.supervision import BackgroundTaskDiedError, until_stopped
 from paddler.v1 import agent_pb2, agent_pb2_grpc, desired_state_pb2
 from paddler.web.app import create_web_app
 
@@ -41,6 +42,8 @@ def advertised_address(host: str, bound: str) -> str:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
+    if task.done():  # a task that died was reported by the supervision already
+        return
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -106,13 +109,24 @@ async def run_agent(config: AgentConfig) -> None:
             ).run()
         )
     serving = asyncio.create_task(_report_health(servicer, managed))
-    await wait_for_termination_signal()
+    supervised = {"model host": hosting, "health": serving}
+    if link is not None:
+        supervised["balancer link"] = link
+    if metrics_address is not None:
+        supervised["metrics server"] = web.task
+    failure = None
+    try:
+        await until_stopped(supervised)
+    except BackgroundTaskDiedError as error:
+        failure = error
     if link is not None:  # leave the balancer first so it stops sending new requests here
         await _cancel(link)
     await _cancel(serving)
     await managed.drain(config.grace_period_s)
     await web.stop()
     await _cancel(hosting)
+    if failure is not None:
+        raise failure
     log.info("agent stopped")
 
 

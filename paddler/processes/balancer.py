@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, replace
 
 import structlog
@@ -28,9 +29,10 @@ from paddler.balancer.state_store import StateStore
 from paddler.balancer.statsd_reporter import report_to_statsd
 from paddler.common.concurrency_limit import ConcurrencyLimit
 from paddler.common.dialer import Dialer
-from paddler.common.grpc_server import ManagedServer, wait_for_termination_signal
+from paddler.common.grpc_server import ManagedServer
 from paddler.common.guards import Guard
 from paddler.common.http_server import HttpServer
+from paddler.common.supervision import BackgroundTaskDiedError, until_stopped
 from paddler.openai_api.app import OpenAISettings, create_app
 from paddler.openai_api.served_models import ServedModels
 from paddler.processes.balancer_credentials import BalancerCredentials, check_balancer_exposure
@@ -48,12 +50,20 @@ log = structlog.get_logger(__name__)
 REGISTRY_SERVICE = agent_registry_pb2.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name
 MANAGEMENT_SERVICE = management_pb2.DESCRIPTOR.services_by_name["ManagementService"].full_name
 STALE_CHECK_INTERVAL_S = 0.5
+LATE_WAKE_S = 1.0
 
 
 async def _watch_agents(registry: AgentRegistry, stale_after_s: float) -> None:
-    """Remove agents gone silent; dial them anew after a certificate rotation."""
+    """Remove agents gone silent; dial them anew after a certificate rotation. A round that
+    woke late (the balancer's own loop stalled) judges no agent: their statuses wait in the
+    queue behind the stall, and a stalled loop is not a dead fleet."""
     while True:
+        slept_at = time.monotonic()
         await asyncio.sleep(STALE_CHECK_INTERVAL_S)
+        late_s = time.monotonic() - slept_at - STALE_CHECK_INTERVAL_S
+        if late_s > LATE_WAKE_S:
+            log.warning("event loop stalled: no agent judged stale this round", late_s=late_s)
+            continue
         await registry.remove_stale(stale_after_s)
         registry.redial_if_rotated()
 
@@ -186,11 +196,11 @@ async def run_balancer(config: BalancerConfig) -> None:
         "management": await management.start(config.management_address, tls),
     }
     stopping = asyncio.Event()
-    http: list[HttpServer] = []
+    http: dict[str, HttpServer] = {}
     for name, (address, app) in _http_apps(core, config, credentials, stopping).items():
         server = HttpServer(app)
         listening[name] = await server.start(address, config.grace_period_s, open_tls)
-        http.append(server)
+        http[name] = server
     await inference.set_serving(serving=True)
     await management.set_serving(serving=True)
     log.info(
@@ -214,15 +224,27 @@ async def run_balancer(config: BalancerConfig) -> None:
                 lambda: core.dispatcher.buffered,
             )
         )
-    await wait_for_termination_signal()
+    supervised = {
+        "agent watchdog": watchdog,
+        **{f"{name} server": server.task for name, server in http.items()},
+    }
+    if reporter is not None:
+        supervised["statsd reporter"] = reporter
+    failure = None
+    try:
+        await until_stopped(supervised)
+    except BackgroundTaskDiedError as error:
+        failure = error
     stopping.set()
     await asyncio.gather(
-        inference.drain(config.grace_period_s), *(server.stop() for server in http)
+        inference.drain(config.grace_period_s), *(server.stop() for server in http.values())
     )
     for task in (watchdog, reporter):
-        if task is not None:
+        if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     await management.drain(0)
+    if failure is not None:
+        raise failure
     log.info("balancer stopped")

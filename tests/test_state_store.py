@@ -1,0 +1,59 @@
+"""The balancer's state file: written durably (a failed write leaves the old file and no
+temporary one behind), and checked again when a restarted balancer reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+
+from paddler.balancer.state_store import StateFileError, StateStore
+from paddler.common.model_sources import ModelSourcePolicy
+from paddler.v1 import desired_state_pb2
+from tests.processes import run_paddler
+
+
+def _state(**fields: object) -> desired_state_pb2.DesiredState:
+    return desired_state_pb2.DesiredState(**fields)  # type: ignore[arg-type]
+
+
+SMOLLM = _state(model=desired_state_pb2.ModelSource(packaged="smollm2-135m"))
+
+
+def test_a_failed_write_keeps_the_old_state_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "desired.json"
+    store = StateStore(path)
+    first = store.set(SMOLLM)
+    written = path.read_text()
+    path.unlink()
+    path.mkdir()  # the rename over it fails
+    with pytest.raises(StateFileError) as caught:
+        store.set(_state(model=desired_state_pb2.ModelSource(packaged="gemma3-270m")))
+    assert str(path) in caught.value.message
+    assert store.current == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["desired.json"]  # no ".desired.*"
+    path.rmdir()
+    path.write_text(written)
+    assert StateStore(path).current == first
+
+
+def test_a_restored_state_is_checked_like_a_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "desired.json"
+    outside = _state(model=desired_state_pb2.ModelSource(local_path="/elsewhere/model.gguf"))
+    StateStore(path).set(outside)
+    assert StateStore(path).current.state == outside  # fine without an allow-list
+    with pytest.raises(StateFileError) as caught:
+        StateStore(path, ModelSourcePolicy(local_roots=("/models",)))
+    assert "no longer valid" in caught.value.message
+    assert "state.model.local_path" in caught.value.message
+    bad = desired_state_pb2.VersionedDesiredState(version=3, state=SMOLLM, epoch="e")
+    bad.state.defaults.context_size = 5  # written by hand, or by an older version
+    path.write_text(json_format.MessageToJson(bad))
+    with pytest.raises(StateFileError):
+        StateStore(path)
+    result = run_paddler("balancer", "--state-file", str(path))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("paddler: the state in ")
+    assert "state.defaults.context_size" in lines[-1]

@@ -82,26 +82,50 @@ def set_state(
     ] = None,
     address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS,
     context_size: Annotated[
-        int | None, typer.Option(help="Context per slot; default: each agent's flag.")
+        int | None,
+        typer.Option(
+            envvar="PADDLER_STATE_CONTEXT_SIZE",
+            help="Context per slot; default: each agent's flag.",
+        ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="n_batch; default: each agent's flag.")
+        int | None,
+        typer.Option(
+            envvar="PADDLER_STATE_BATCH_SIZE", help="n_batch; default: each agent's flag."
+        ),
     ] = None,
-    temperature: Annotated[float | None, typer.Option(help="Default temperature.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Default top-k.")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Default top-p.")] = None,
-    min_p: Annotated[float | None, typer.Option(help="Default min-p.")] = None,
-    repeat_penalty: Annotated[float | None, typer.Option(help="Default repeat penalty.")] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(envvar="PADDLER_STATE_TEMPERATURE", help="Default temperature."),
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(envvar="PADDLER_STATE_TOP_K", help="Default top-k.")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option(envvar="PADDLER_STATE_TOP_P", help="Default top-p.")
+    ] = None,
+    min_p: Annotated[
+        float | None, typer.Option(envvar="PADDLER_STATE_MIN_P", help="Default min-p.")
+    ] = None,
+    repeat_penalty: Annotated[
+        float | None,
+        typer.Option(envvar="PADDLER_STATE_REPEAT_PENALTY", help="Default repeat penalty."),
+    ] = None,
     presence_penalty: Annotated[
-        float | None, typer.Option(help="Default presence penalty.")
+        float | None,
+        typer.Option(envvar="PADDLER_STATE_PRESENCE_PENALTY", help="Default presence penalty."),
     ] = None,
     frequency_penalty: Annotated[
-        float | None, typer.Option(help="Default frequency penalty.")
+        float | None,
+        typer.Option(envvar="PADDLER_STATE_FREQUENCY_PENALTY", help="Default frequency penalty."),
     ] = None,
     chat_template: Annotated[
         Path | None,
         typer.Option(
-            exists=True, dir_okay=False, help="Jinja file overriding the GGUF's template."
+            exists=True,
+            dir_okay=False,
+            envvar="PADDLER_STATE_CHAT_TEMPLATE",
+            help="Jinja file overriding the GGUF's template.",
         ),
     ] = None,
     file: Annotated[

@@ -10,13 +10,9 @@ import pytest
 
 from paddler.agent.default_model import default_model_path
 from paddler.agent.llama_model import LlamaModel
-from paddler.common.chat_template import (
-    CHATML,
-    MAX_AMPLIFIED_CHARS,
-    MAX_RENDERED_CHARS,
-    ChatTemplate,
-)
+from paddler.common.chat_template import CHATML, ChatTemplate
 from paddler.common.errors import InvalidArgumentError
+from paddler.common.template_measures import MAX_AMPLIFIED_CHARS, MAX_RENDERED_CHARS
 from paddler.v1 import desired_state_pb2
 from tests.client import conversation_request, error_of, generate, prompt_request
 from tests.cluster import cluster, to_inference

@@ -72,7 +72,9 @@ def test_a_stalled_balancer_keeps_its_agents() -> None:
         with grpc.insecure_channel(balancer.management) as channel:
             stub = management_pb2_grpc.ManagementServiceStub(channel)
             _wait_for_agents(stub, 1)
-            balancer.process.send_signal(signal.SIGSTOP)  # the loop stalls past --agent-stale-after
+            balancer.process.send_signal(signal.SIGSTOP)
+            # The stimulus, not a wait: how long the balancer's loop stands still (past
+            # --agent-stale-after; a slower machine only makes the stall longer).
             time.sleep(STALE_AFTER_S * 2)
             balancer.process.send_signal(signal.SIGCONT)
             balancer.wait_logs("event loop stalled: no agent judged stale this round")

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import grpc
 
+from paddler.cli.options import dialer
 from paddler.common.addresses import join_host_port
+from paddler.common.dialer import Dialer
 from paddler.v1 import management_pb2, management_pb2_grpc
 
 STOP_TIMEOUT_S = 120.0
@@ -130,11 +132,27 @@ def start(member: Member) -> None:
     )
 
 
+def _management_dialer() -> Dialer:
+    """How the fleet asks its balancer: with the TLS and admin key its processes got (they
+    inherit this environment)."""
+
+    def path(name: str) -> Path | None:
+        value = os.environ.get(name)
+        return Path(value) if value else None
+
+    return dialer(
+        path("PADDLER_TLS_CA"),
+        os.environ.get("PADDLER_TLS_SERVER_NAME", ""),
+        path("PADDLER_ADMIN_KEY_FILE"),
+        (path("PADDLER_TLS_CERT"), path("PADDLER_TLS_KEY")),
+    )
+
+
 def wait_ready(fleet: list[Member], stop: threading.Event, timeout_s: float) -> bool:
     """Wait until every agent is registered and ready (False if asked to stop first)."""
     names = {m.name for m in fleet if m.role == "agent"}
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(fleet[0].listens["management"]) as channel:
+    with _management_dialer().channel(fleet[0].listens["management"]) as channel:
         stub = management_pb2_grpc.ManagementServiceStub(channel)
         while not stop.is_set():
             check_running(fleet)

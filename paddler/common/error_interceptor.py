@@ -3,6 +3,7 @@ PaddlerError raised by a handler ends the call with its rich status."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -66,17 +67,21 @@ def _check_decoded(request: Any) -> None:
 Admit = Callable[[aio.ServicerContext[Any, Any]], Admission] | None
 
 
+def _admitted(
+    admit: Admit, context: aio.ServicerContext[Any, Any]
+) -> contextlib.AbstractContextManager[object]:
+    """The call's admission, held while it runs (nothing to hold on an open surface)."""
+    return admit(context) if admit is not None else contextlib.nullcontext()
+
+
 def _wrap_unary(
     behavior: Any, method: str, admit: Admit
 ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
-            if admit is None:
+            with _admitted(admit, context):  # the credential first: a stranger learns no more
                 _check_decoded(request)
                 return await behavior(request, context)  # aio behaviours are coroutines
-            with admit(context):  # the credential first: a stranger learns nothing more
-                _check_decoded(request)
-                return await behavior(request, context)
         except PaddlerError as error:
             await _abort(context, method, error)
             raise  # unreachable: abort raises
@@ -94,12 +99,7 @@ def _wrap_stream(behavior: Any, method: str, admit: Admit) -> Callable[[Any, _Co
 
     async def handler(request: Any, context: _Context) -> AsyncIterator[Any]:
         try:
-            if admit is None:
-                _check_decoded(request)
-                async for response in behavior(request, context):
-                    yield response
-                return
-            with admit(context):
+            with _admitted(admit, context):
                 _check_decoded(request)
                 async for response in behavior(request, context):
                     yield response

@@ -17,6 +17,7 @@ from paddler.v1 import (
     inference_pb2_grpc,
     management_pb2,
     management_pb2_grpc,
+    status_pb2,
 )
 from tests.processes import AgentProcess, BalancerProcess
 
@@ -72,10 +73,19 @@ class Cluster:
     def wait_applied(
         self, version: int, timeout_s: float = 60
     ) -> list[management_pb2.RegisteredAgent]:
-        """Wait until every agent serves ``version`` and is ready."""
+        """Wait until every agent is ready and has applied ``version`` of the balancer's
+        epoch."""
+        epoch = self.desired_state().epoch
         return self.wait_for(
             lambda agents: (
-                bool(agents) and all(a.applied_state_version == version and a.ready for a in agents)
+                bool(agents)
+                and all(
+                    a.applied_state_version == version
+                    and a.applied_state_epoch == epoch
+                    and a.phase == status_pb2.STATE_PHASE_APPLIED
+                    and a.ready
+                    for a in agents
+                )
             ),
             timeout_s,
         )

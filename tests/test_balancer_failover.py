@@ -26,16 +26,22 @@ from tests.cluster import cluster, to_inference
 from tests.processes import BalancerProcess, free_port
 
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+SMOLLM = "SmolLM2-135M-Instruct.Q4_1"
 GHOST_STATUS = status_pb2.AgentStatus(name="ghost", slots_total=4, model="m", ready=True)
 
 
 class Registration:
     """A Connect stream opened by the test itself: an agent at ``address`` (by default one that
-    nobody serves) that reports 4 free slots on the model "m"."""
+    nobody serves) that reports 4 free slots on ``model``."""
 
     def __init__(
-        self, management: str, status_every_s: float | None, address: str | None = None
+        self,
+        management: str,
+        status_every_s: float | None,
+        address: str | None = None,
+        model: str = GHOST_STATUS.model,
     ) -> None:
+        self._status = status_pb2.AgentStatus(name="ghost", slots_total=4, model=model, ready=True)
         self._stop = threading.Event()
         self._every = status_every_s
         self._address = address or f"127.0.0.1:{free_port()}"
@@ -48,9 +54,9 @@ class Registration:
         yield agent_registry_pb2.ConnectRequest(
             registration=agent_registry_pb2.AgentRegistration(name="ghost", address=self._address)
         )
-        yield agent_registry_pb2.ConnectRequest(status=GHOST_STATUS)
+        yield agent_registry_pb2.ConnectRequest(status=self._status)
         while not self._stop.wait(self._every or 3600):
-            yield agent_registry_pb2.ConnectRequest(status=GHOST_STATUS)
+            yield agent_registry_pb2.ConnectRequest(status=self._status)
 
     def close(self) -> None:
         """End the stream."""
@@ -159,7 +165,8 @@ def test_a_request_whose_agent_fails_before_the_first_piece_is_retried() -> None
 
 def test_embedding_parts_an_agent_fails_are_retried_on_another_in_order() -> None:
     with cluster(("real", 2)) as c:
-        ghost = Registration(c.balancer.management, status_every_s=0.5)
+        # The ghost claims the real agent's model: a batch's parts are served by one model.
+        ghost = Registration(c.balancer.management, status_every_s=0.5, model=SMOLLM)
         try:
             c.wait_for(lambda agents: {(a.name, a.ready) for a in agents} == {
                 ("real", True), ("ghost", True)
@@ -204,25 +211,29 @@ def test_an_agent_that_stops_reporting_is_removed() -> None:
             silent.close()
 
 
-def test_kill_9_under_load() -> None:
-    with cluster(("doomed", 2), ("survivor", 2)) as c:
+@pytest.mark.parametrize("migrate", [True, False])
+def test_kill_9_under_load(migrate: bool) -> None:
+    args = () if migrate else ("--no-migrate",)
+    with cluster(("doomed", 2), ("survivor", 2), balancer_args=args) as c:
         request = to_inference(prompt_request(STORY, max_tokens=150))
         streaming = threading.Semaphore(0)
-        outcomes: list[tuple[str, grpc.StatusCode, str]] = []
+        # (agent that finished it, status, details, agents it left)
+        outcomes: list[tuple[str, grpc.StatusCode, str, list[str]]] = []
 
         def send() -> None:
-            agent, pieces = "", 0
+            pieces = 0
             try:
                 for response in c.inference.Generate(request, timeout=120):
                     pieces += 1
                     if pieces == 1:
                         streaming.release()
-                    agent = response.summary.agent_name
+                    summary = response.summary
             except grpc.RpcError as error:
                 assert isinstance(error, grpc.Call)
-                outcomes.append(("failed", error.code(), error.details() or ""))
+                outcomes.append(("failed", error.code(), error.details() or "", []))
                 return
-            outcomes.append((agent, grpc.StatusCode.OK, ""))
+            moved = list(summary.migrated_from)
+            outcomes.append((summary.agent_name, grpc.StatusCode.OK, "", moved))
 
         with ThreadPoolExecutor(8) as pool:
             for _ in range(8):
@@ -233,12 +244,19 @@ def test_kill_9_under_load() -> None:
             c.agents["doomed"].kill()
         assert len(outcomes) == 8
         failed = [o for o in outcomes if o[0] == "failed"]
-        assert len(failed) == 2, outcomes
-        for _, code, details in failed:
+        moved = [o for o in outcomes if o[3]]
+        if migrate:  # the two streams on the dead agent went on on the survivor
+            assert failed == [], outcomes
+            assert [o[3] for o in moved] == [["doomed"], ["doomed"]]
+        else:
+            assert len(failed) == 2 and moved == [], outcomes
+        for _, code, details, _ in failed:
             assert code == grpc.StatusCode.UNAVAILABLE
             assert "agent doomed" in details
             assert "mid-stream" in details
-        assert Counter(o[0] for o in outcomes if o[0] != "failed") == {"survivor": 6}
+        assert Counter(o[0] for o in outcomes if o[0] != "failed") == {
+            "survivor": 8 if migrate else 6
+        }
         agents = c.wait_for(lambda agents: [a.name for a in agents] == ["survivor"])
         assert agents[0].slots_claimed == 0
         c.wait_for(lambda agents: agents[0].slots_processing == 0)

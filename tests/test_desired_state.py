@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -13,7 +14,7 @@ import grpc
 import pytest
 
 from paddler.agent.default_model import default_model_path
-from paddler.v1 import desired_state_pb2, generation_pb2, status_pb2
+from paddler.v1 import desired_state_pb2, generation_pb2, management_pb2, status_pb2
 from tests.client import (
     COUNTING_PROMPT,
     error_of,
@@ -27,6 +28,7 @@ from tests.local_hub import local_hub
 from tests.processes import BalancerProcess, free_port, run_paddler
 
 SMOLLM = "SmolLM2-135M-Instruct.Q4_1"
+GET_STATE = management_pb2.GetDesiredStateRequest()
 GEMMA = "gemma-3-270m-q4_k_m"
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 GEMMA_TEMPLATE = (
@@ -72,7 +74,15 @@ def test_swapping_models_under_steady_load_fails_no_request() -> None:
                 assert time.monotonic() < deadline, f"served: {served}, failed: {failed}"
                 time.sleep(0.05)
 
+        ready: list[int] = []  # agents serving, sampled every 100 ms
+
+        def sample() -> None:
+            while not stop.is_set():
+                ready.append(sum(1 for a in c.list_agents() if a.ready))
+                time.sleep(0.1)
+
         workers = [threading.Thread(target=load) for _ in range(3)]
+        workers.append(threading.Thread(target=sample))
         for worker in workers:
             worker.start()
         served_by(0, 3)
@@ -88,6 +98,8 @@ def test_swapping_models_under_steady_load_fails_no_request() -> None:
         for worker in workers:
             worker.join(timeout=60)
     assert failed == []
+    # --rollout-max-unavailable 1 (the default): one agent of two out of service at most.
+    assert len(ready) > 10 and min(ready) >= 1, ready
     assert {(version, model) for _, version, model in served} == {
         (0, SMOLLM),
         (1, GEMMA),
@@ -161,11 +173,12 @@ def test_a_hugging_face_reference_resolves_from_an_offline_cache(tmp_path: Path)
         c.set_state(state(_hugging_face("paddler-test/absent", "absent.gguf")))
         agents = c.wait_for(_failed_with("not in the cache"))  # type: ignore[arg-type]
         assert "HF_HUB_OFFLINE is set" in agents[0].issues[0]
-        error = error_of(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
-        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        # The state failed: the agent serves the one it had (a failed state never unloads it).
+        reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
+        assert (reply.summary.model, reply.summary.state_version) == ("smollm2", 1)
 
 
-def test_a_download_shows_its_progress_in_the_agents_snapshot(tmp_path: Path) -> None:
+def test_a_download_shows_its_progress_and_a_newer_state_cancels_it(tmp_path: Path) -> None:
     model = default_model_path()
     size = model.stat().st_size
     half_way = threading.Event()
@@ -174,8 +187,9 @@ def test_a_download_shows_its_progress_in_the_agents_snapshot(tmp_path: Path) ->
         cluster() as c,
     ):
         env = {"HF_HOME": str(tmp_path), "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1"}
-        c.start_agent("downloader", "--slots", "1", env=env)
-        c.set_state(state(_hugging_face("paddler-test/remote", "remote.gguf")))
+        downloader = c.start_agent("downloader", "--slots", "1", env=env)
+        remote = state(_hugging_face("paddler-test/remote", "remote.gguf"))
+        c.set_state(remote)
         agents = c.wait_for(
             lambda agents: (
                 agents[0].phase == status_pb2.STATE_PHASE_APPLYING
@@ -184,30 +198,54 @@ def test_a_download_shows_its_progress_in_the_agents_snapshot(tmp_path: Path) ->
             timeout_s=60,
         )
         assert agents[0].download.bytes_total == size
+        # A newer state while the download runs: the download stops (at its next chunk) and
+        # the newer state applies. (huggingface_hub 2 deletes a partial file on any failure.)
+        version = c.set_state(state(packaged("smollm2-135m")))
         half_way.set()
-        c.wait_applied(1)
+        downloader.wait_logs("download cancelled by a newer desired state")
+        c.wait_applied(version)
+        assert not downloader.logs("desired state failed")
+        version = c.set_state(remote)
+        c.wait_applied(version)
         reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
         assert reply.summary.model == "remote"
 
 
-def test_an_agent_told_to_load_a_missing_file_stays_registered_and_gets_no_requests() -> None:
-    with cluster(("solo", 1), balancer_args=("--buffered-request-timeout", "1")) as c:
+def test_a_state_that_fails_stops_its_rollout_and_the_old_model_serves_on() -> None:
+    args = ("--buffered-request-timeout", "30")
+    with cluster(("first", 1), ("second", 1), balancer_args=args) as c:
+        good = c.set_state(state(packaged("smollm2-135m")))
+        c.wait_applied(good)
         missing = desired_state_pb2.ModelSource(local_path="/nonexistent/model.gguf")
-        c.set_state(state(missing))
-        agents = c.wait_for(_failed_with("does not exist"))  # type: ignore[arg-type]
-        assert [a.name for a in agents] == ["solo"]
-        served_before = len(c.agents["solo"].logs("request served"))
-        error = error_of(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
-        assert error.code() == grpc.StatusCode.UNAVAILABLE
-        # The client learns where to look, not the agents' issues (paths, download errors) ...
-        details = error.details() or ""
-        assert "`paddler agents` or the admin panel" in details
-        assert "/nonexistent" not in details and "does not exist" not in details
-        # ... which the balancer logs.
-        logged_issues = c.balancer.wait_logs("no agent serves the desired state")[0]["issues"]
-        assert "/nonexistent/model.gguf" in str(logged_issues)
-        assert len(c.agents["solo"].logs("request served")) == served_before
-        assert c.agent_slots_processing("solo") == 0
+        result = run_paddler(
+            "state", "set", "--model", "/nonexistent/model.gguf", "--wait",
+            "--address", c.balancer.management,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert "the rollout stopped" in result.stderr and "does not exist" in result.stderr
+        bad = c.desired_state()
+        assert bad.state.model == missing
+        shown = json.loads(run_paddler("state", "show", "--address", c.balancer.management).stdout)
+        assert "does not exist" in shown["rollout"]["failure"]
+        # One agent tried it and went back to the old state; the other was never sent it.
+        agents = c.list_agents()
+        assert sorted(a.phase for a in agents) == [
+            status_pb2.STATE_PHASE_APPLIED,
+            status_pb2.STATE_PHASE_FAILED,
+        ]
+        assert all(a.ready and a.applied_state_version == good for a in agents)
+        # Both serve on, with the old state; the client never sees the agents' issues.
+        names = set()
+        for _ in range(4):
+            reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
+            assert reply.summary.state_version == good
+            names.add(reply.summary.agent_name)
+        assert names == {"first", "second"}
+        c.balancer.wait_logs("rollout stopped")
+        # A new state starts a new rollout.
+        fixed = c.set_state(state(packaged("smollm2-135m"), defaults={"context_size": 512}))
+        c.wait_applied(fixed)
+        assert c.management.GetDesiredState(GET_STATE).rollout.failure == ""
 
 
 def test_a_state_that_does_not_fit_fails_before_the_running_model_goes(tmp_path: Path) -> None:
@@ -378,7 +416,7 @@ def test_a_restarted_balancer_restores_the_state_file(tmp_path: Path) -> None:
             c.balancer.stop()
 
 
-def test_a_balancer_restarted_without_a_state_file_never_routes_to_an_older_runs_model() -> None:
+def test_a_balancer_restarted_without_a_state_file_tells_its_v1_from_an_older_runs() -> None:
     management = f"127.0.0.1:{free_port()}"
     with cluster(("steady", 1), management=management) as c:
         c.set_state(state(packaged("smollm2-135m")))
@@ -389,14 +427,15 @@ def test_a_balancer_restarted_without_a_state_file_never_routes_to_an_older_runs
             c.management = type(c.management)(grpc.insecure_channel(management))
             c.wait_for(lambda agents: [a.name for a in agents if a.ready] == ["steady"])
             # The new run numbers its first state v1 too; the agent's v1 is another model, which
-            # it goes on serving while it assembles Gemma into its empty cache.
+            # it goes on serving until it has assembled Gemma into its empty cache: the new v1
+            # counts as applied only in the new run's epoch.
             assert c.set_state(state(packaged("gemma3-270m"))) == 1
+            agents = c.wait_applied(1)
+            assert agents[0].applied_state_epoch == c.desired_state().epoch
             with grpc.insecure_channel(c.balancer.inference) as channel:
                 inference = type(c.inference)(channel)
                 request = to_inference(prompt_request(STORY, max_tokens=3))
                 assert generate(inference, request).summary.model == GEMMA
-            agents = c.wait_applied(1)
-            assert agents[0].applied_state_epoch == c.desired_state().epoch
         finally:
             c.balancer.stop()
 

@@ -16,6 +16,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from paddler.v1 import desired_state_pb2
+from paddler.v1.status_pb2 import STATE_PHASE_FAILED
 from tests.client import generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
 from tests.openai_clients import MODEL, client_of, logged
@@ -157,9 +158,12 @@ def test_no_slot_within_the_buffer_timeout_is_504() -> None:
 
 
 def test_no_agent_serving_the_desired_state_within_the_buffer_timeout_is_503() -> None:
-    with cluster(("one", 1), balancer_args=("--buffered-request-timeout", "1")) as c:
+    with cluster(balancer_args=("--buffered-request-timeout", "1")) as c:
         missing = desired_state_pb2.ModelSource(local_path="/nonexistent/model.gguf")
         c.set_state(desired_state_pb2.DesiredState(model=missing))
+        # An agent with no model of its own takes the state, which fails: it serves nothing.
+        c.start_agent("one", "--slots", "1", wait=False)
+        c.wait_for(lambda agents: bool(agents) and agents[0].phase == STATE_PHASE_FAILED)
         with client_of(c) as client, pytest.raises(openai.InternalServerError) as raised:
             client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=3)
     assert raised.value.status_code == 503

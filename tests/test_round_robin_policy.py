@@ -37,7 +37,7 @@ def test_requests_take_turns_and_wait_for_their_own_agent() -> None:
         small.streams.add(StreamClaim(small, Demand()))  # small is full
         turns = [a.name for a in sorted([big, small], key=lambda a: a.agent_id)]
         requests = [PendingRequest(number=n) for n in range(4)]
-        plan = RoundRobinPolicy().plan(requests, registry.agents(), NO_STATE)
+        plan = RoundRobinPolicy().plan(requests, registry.agents())
         # Requests whose turn is the full agent wait; the ones behind them for big pass.
         assert _names(plan.grants) == ["big" if turns[n % 2] == "big" else None for n in range(4)]
         assert _names(plan.grants).count("big") == 2
@@ -50,10 +50,10 @@ def test_a_retry_skips_the_agent_it_excludes_and_no_agent_gets_more_than_its_slo
         registry = AgentRegistry()
         first, _ = await _agents(registry, {"a": 1, "b": 1})
         retry = PendingRequest(exclude=frozenset({first.agent_id}), number=0)
-        plan = RoundRobinPolicy().plan([retry], registry.agents(), NO_STATE)
+        plan = RoundRobinPolicy().plan([retry], registry.agents())
         assert _names(plan.grants) == ["b"]
         same_turn = [PendingRequest(number=0), PendingRequest(number=2)]
-        plan = RoundRobinPolicy().plan(same_turn, registry.agents(), NO_STATE)
+        plan = RoundRobinPolicy().plan(same_turn, registry.agents())
         assert plan.grants[0] is not None
         assert plan.grants[1] is None  # one slot, promised to the first
 

@@ -15,7 +15,7 @@ from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.registry_servicer import reachable_address
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.state_store import StateStore
-from paddler.common.errors import UnavailableError
+from paddler.common.errors import ModelNotFoundError, UnavailableError
 from paddler.v1 import desired_state_pb2, status_pb2
 
 
@@ -101,13 +101,29 @@ def test_a_cancelled_waiter_leaves_and_returns_a_late_grant() -> None:
     asyncio.run(scenario())
 
 
-def test_only_agents_serving_the_desired_state_get_requests() -> None:
+def test_agents_serve_the_state_they_have_until_they_apply_the_new_one() -> None:
     async def scenario() -> None:
         registry, states, dispatcher = _setup(timeout_s=0.2)
-        old = await _agent(registry, "old", 4)
+        # v1 of an earlier run of a balancer without a state file, and an agent applying the
+        # new state while its old model still serves: both take requests.
+        earlier = desired_state_pb2.VersionedDesiredState(version=1, epoch="earlier-run")
+        stale = await _agent(registry, "stale", 1, earlier)
+        gemma = desired_state_pb2.ModelSource(packaged="gemma3-270m")
+        current = states.set(desired_state_pb2.DesiredState(model=gemma))
+        applying = await _agent(registry, "applying", 1, current, status_pb2.STATE_PHASE_APPLYING)
+        claims = [await dispatcher.acquire(None) for _ in range(2)]
+        assert {claim.agent for claim in claims} == {stale, applying}
+
+    asyncio.run(scenario())
+
+
+def test_an_agent_without_a_model_serves_nothing_and_the_timeout_says_why() -> None:
+    async def scenario() -> None:
+        registry, states, dispatcher = _setup(timeout_s=0.2)
         gemma = desired_state_pb2.ModelSource(packaged="gemma3-270m")
         states.set(desired_state_pb2.DesiredState(model=gemma))
-        registry.update(old, status_pb2.AgentStatus(slots_total=4, ready=True))
+        loading = await _agent(registry, "loading", 4, phase=status_pb2.STATE_PHASE_APPLYING)
+        loading.status.ready = False
         with pytest.raises(UnavailableError) as caught:
             await dispatcher.acquire(None)
         assert caught.value.reason == "NO_AGENT_SERVES_DESIRED_STATE"
@@ -119,20 +135,26 @@ def test_only_agents_serving_the_desired_state_get_requests() -> None:
     asyncio.run(scenario())
 
 
-def test_a_version_of_another_balancer_run_or_still_applying_serves_nothing() -> None:
+def test_a_request_for_a_model_goes_only_to_its_agents() -> None:
     async def scenario() -> None:
-        registry, states, dispatcher = _setup(timeout_s=0.2)
-        smollm = desired_state_pb2.ModelSource(packaged="smollm2-135m")
-        current = states.set(desired_state_pb2.DesiredState(model=smollm))
-        # v1 of an earlier run of a balancer without a state file: another model, maybe.
-        earlier = desired_state_pb2.VersionedDesiredState(version=1, epoch="earlier-run")
-        await _agent(registry, "stale", 4, earlier)
-        await _agent(registry, "applying", 4, current, status_pb2.STATE_PHASE_APPLYING)
-        with pytest.raises(UnavailableError) as caught:
-            await dispatcher.acquire(None)
-        assert caught.value.reason == "NO_AGENT_SERVES_DESIRED_STATE"
-        new = await _agent(registry, "new", 1, current)
-        assert (await dispatcher.acquire(None)).agent is new
+        registry, _, dispatcher = _setup(timeout_s=0.2)
+        smollm = await _agent(registry, "smollm", 1)
+        smollm.status.model = "smollm"
+        gemma = await _agent(registry, "gemma", 1)
+        gemma.status.model = "gemma"
+        held = await dispatcher.acquire(None, model="gemma")
+        assert held.agent is gemma
+        waiting = asyncio.create_task(dispatcher.acquire(None, model="gemma"))
+        await asyncio.sleep(0)
+        assert dispatcher.buffered == 1  # smollm's free slot is not for it ...
+        assert (await dispatcher.acquire(None)).agent is smollm  # ... and nobody waits on it
+        dispatcher.release(held)
+        assert (await waiting).agent is gemma
+        assert dispatcher.most_served_model() == "gemma"  # a tie: the first name
+        gemma.status.model = "gemma-v2"  # the model went away (a rollout) while one waited
+        with pytest.raises(ModelNotFoundError) as caught:
+            await dispatcher.acquire(None, model="gemma")
+        assert "gemma-v2" in caught.value.message
 
     asyncio.run(scenario())
 

@@ -65,7 +65,7 @@ def test_without_reported_speeds_the_slot_policy_decides() -> None:
         registry = AgentRegistry()
         await _agent(registry, "busy", 4, None, [(0, 64)])
         await _agent(registry, "idle", 4, None)
-        plan = SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE)
+        plan = SpeedPolicy().plan([REQUEST], registry.agents())
         assert _names(plan.grants) == ["idle"]
 
     asyncio.run(scenario())
@@ -78,7 +78,7 @@ def test_a_free_slot_beats_waiting_when_the_first_token_comes_sooner_there() -> 
         registry = AgentRegistry()
         await _agent(registry, "one-slot", 1, {1: 0.028}, [(54, 64)])  # 10 tokens left
         await _agent(registry, "three-slots", 3, SMOLLM_1_THREAD, [(34, 64)])
-        plan = SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE)
+        plan = SpeedPolicy().plan([REQUEST], registry.agents())
         assert _names(plan.grants) == ["three-slots"]
         assert plan.recheck_in_s is None
 
@@ -90,7 +90,7 @@ def test_waits_for_a_fast_agent_about_to_free_a_slot_rather_than_take_a_slow_one
         registry = AgentRegistry()
         await _agent(registry, "smollm", 1, SMOLLM_1_THREAD, [(63, 64)])  # 1 token left
         await _agent(registry, "gemma", 1, GEMMA_1_THREAD)
-        plan = SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE)
+        plan = SpeedPolicy().plan([REQUEST], registry.agents())
         assert _names(plan.grants) == [None]
         assert plan.recheck_in_s is not None and plan.recheck_in_s > 0
 
@@ -102,7 +102,7 @@ def test_shares_an_agent_whose_batching_is_free() -> None:
         registry = AgentRegistry()
         await _agent(registry, "gpu", 4, GPU, [(0, 64), (0, 64), (0, 64)])
         await _agent(registry, "gemma", 2, GEMMA_1_THREAD)
-        plan = SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE)
+        plan = SpeedPolicy().plan([REQUEST], registry.agents())
         assert _names(plan.grants) == ["gpu"]
 
     asyncio.run(scenario())
@@ -115,7 +115,7 @@ def test_an_idle_fast_agent_beats_an_idle_slow_one() -> None:
         await _agent(registry, "smollm", 2, SMOLLM_1_THREAD)
         policy = SpeedPolicy()
         for _ in range(4):  # whichever agent the rotation starts at
-            assert _names(policy.plan([REQUEST], registry.agents(), NO_STATE).grants) == ["smollm"]
+            assert _names(policy.plan([REQUEST], registry.agents()).grants) == ["smollm"]
 
     asyncio.run(scenario())
 
@@ -125,7 +125,7 @@ def test_the_slow_agent_gets_work_when_the_fast_one_is_far_from_free() -> None:
         registry = AgentRegistry()
         await _agent(registry, "smollm", 1, SMOLLM_1_THREAD, [(0, 512)])
         await _agent(registry, "gemma", 1, GEMMA_1_THREAD)
-        plan = SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE)
+        plan = SpeedPolicy().plan([REQUEST], registry.agents())
         assert _names(plan.grants) == ["gemma"]
 
     asyncio.run(scenario())
@@ -140,11 +140,11 @@ def test_an_idle_agent_is_kept_working_rather_than_a_second_stream_that_adds_not
         await _agent(registry, "gemma", 2, GEMMA_1_THREAD)
         policy = SpeedPolicy()
         for _ in range(2):  # whichever agent the rotation starts at
-            assert _names(policy.plan([REQUEST], registry.agents(), NO_STATE).grants) == ["gemma"]
+            assert _names(policy.plan([REQUEST], registry.agents()).grants) == ["gemma"]
         # With both busy the second streams add nothing anywhere: completion decides again.
         await _agent(registry, "gemma-busy", 2, GEMMA_1_THREAD, [(0, 64)])
         busy = [agent for agent in registry.agents() if agent.name != "gemma"]
-        assert _names(policy.plan([REQUEST], busy, NO_STATE).grants) == ["smollm"]
+        assert _names(policy.plan([REQUEST], busy).grants) == ["smollm"]
 
     asyncio.run(scenario())
 
@@ -154,7 +154,7 @@ def test_a_second_stream_where_batching_pays_counts_as_spare_capacity() -> None:
         registry = AgentRegistry()
         await _agent(registry, "gpu", 4, GPU, [(0, 64)])
         await _agent(registry, "gemma", 2, GEMMA_1_THREAD)
-        plan = SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE)
+        plan = SpeedPolicy().plan([REQUEST], registry.agents())
         assert _names(plan.grants) == ["gpu"]
 
     asyncio.run(scenario())
@@ -165,7 +165,7 @@ def test_a_queue_is_planned_in_order_each_seeing_the_slots_planned_before_it() -
         registry = AgentRegistry()
         await _agent(registry, "smollm", 1, SMOLLM_1_THREAD, [(63, 64)])  # 1 token left
         await _agent(registry, "gemma", 1, GEMMA_1_THREAD)
-        plan = SpeedPolicy().plan([REQUEST, REQUEST, REQUEST], registry.agents(), NO_STATE)
+        plan = SpeedPolicy().plan([REQUEST, REQUEST, REQUEST], registry.agents())
         # The oldest waits a moment for SmolLM; the next would wait behind it, so Gemma's
         # free slot is sooner; the third finds nothing free now.
         assert _names(plan.grants) == [None, "gemma", None]
@@ -178,27 +178,27 @@ def test_an_agent_without_a_reported_speed_counts_as_the_fastest() -> None:
         registry = AgentRegistry()
         await _agent(registry, "known", 1, SMOLLM_1_THREAD, [(0, 64)])
         await _agent(registry, "new", 1, None)
-        plan = SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE)
+        plan = SpeedPolicy().plan([REQUEST], registry.agents())
         assert _names(plan.grants) == ["new"]
 
     asyncio.run(scenario())
 
 
-def test_excluded_agents_and_agents_not_serving_the_desired_state_get_nothing() -> None:
+def test_excluded_agents_agents_without_a_model_and_other_models_get_nothing() -> None:
     async def scenario() -> None:
         registry = AgentRegistry()
         fast = await _agent(registry, "fast", 2, SMOLLM_1_THREAD)
-        applying = await _agent(registry, "applying", 2, SMOLLM_1_THREAD)
-        await _agent(registry, "slow", 2, GEMMA_1_THREAD)
-        desired = desired_state_pb2.VersionedDesiredState(version=3, epoch="run")
-        for agent in (fast, registry.agents()[2]):
-            agent.status.phase = status_pb2.STATE_PHASE_APPLIED
-            agent.status.applied_state_version = 3
-            agent.status.applied_state_epoch = "run"
-        applying.status.phase = status_pb2.STATE_PHASE_APPLYING
+        loading = await _agent(registry, "loading", 2, SMOLLM_1_THREAD)
+        slow = await _agent(registry, "slow", 2, GEMMA_1_THREAD)
+        loading.status.ready = False
         retry = PendingRequest(REQUEST.demand, frozenset({fast.agent_id}))
-        plan = SpeedPolicy().plan([retry], registry.agents(), desired)
+        plan = SpeedPolicy().plan([retry], registry.agents())
         assert _names(plan.grants) == ["slow"]
+        fast.status.model, slow.status.model = "smollm", "gemma"
+        for_gemma = PendingRequest(REQUEST.demand, model="gemma")
+        for_smollm = PendingRequest(REQUEST.demand, model="smollm")
+        plan = SpeedPolicy().plan([for_gemma, for_smollm], registry.agents())
+        assert _names(plan.grants) == ["slow", "fast"]
 
     asyncio.run(scenario())
 
@@ -217,11 +217,11 @@ def test_grants_never_exceed_free_slots() -> None:
                 ]
                 await _agent(registry, f"a{index}", slots, chooser.choice(speeds), running)
             requests = [REQUEST] * chooser.randint(1, 12)
-            plan = SpeedPolicy().plan(requests, registry.agents(), NO_STATE)
+            plan = SpeedPolicy().plan(requests, registry.agents())
             assert len(plan.grants) == len(requests)
             for agent in registry.agents():
                 granted = sum(1 for grant in plan.grants if grant is agent)
-                assert granted <= agent.free_slots(NO_STATE)
+                assert granted <= agent.free_slots()
 
     asyncio.run(scenario())
 
@@ -280,7 +280,7 @@ def test_with_no_room_to_wait_a_request_takes_any_free_slot() -> None:
         registry = AgentRegistry()
         await _agent(registry, "fast", 1, {1: 0.028}, [(63, 64)])  # the policy would wait
         await _agent(registry, "slow", 1, GEMMA_1_THREAD)
-        assert SpeedPolicy().plan([REQUEST], registry.agents(), NO_STATE).grants == [None]
+        assert SpeedPolicy().plan([REQUEST], registry.agents()).grants == [None]
         dispatcher = SlotDispatcher(registry, StateStore(None), 0, 30, SpeedPolicy())
         claim = await dispatcher.acquire(None, demand=REQUEST.demand)
         assert claim.agent.name == "slow"

@@ -45,3 +45,6 @@ class AgentConfig:
     sources: ModelSourcePolicy = field(default_factory=ModelSourcePolicy)
     # Bytes a model (weights and KV cache) may take; 0: what the machine has free.
     memory_budget_bytes: int = 0
+    # Seconds a model swap waits for in-flight requests before it cuts them (the balancer
+    # resumes them elsewhere).
+    drain_timeout_s: float = 120.0

@@ -74,6 +74,8 @@ class Engine:
         self._pending: collections.deque[GenerationJob] = collections.deque()
         self._wakeup = threading.Condition()
         self._stopping = False
+        # Set by ``abort``: every request in the engine fails with it at the next step.
+        self._abort: PaddlerError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: list[tuple[GenerationJob, Event]] = []
         self._thread = threading.Thread(target=self._run, name="paddler-engine", daemon=True)
@@ -101,6 +103,12 @@ class Engine:
         with self._wakeup:
             self._wakeup.notify()
 
+    def abort(self, error: PaddlerError) -> None:
+        """Fail every request running or queued now with ``error`` (from any thread)."""
+        with self._wakeup:
+            self._abort = error
+            self._wakeup.notify()
+
     def stop(self) -> None:
         """Stop the loop and free llama.cpp's memory (once; later calls do nothing)."""
         with self._wakeup:
@@ -123,10 +131,18 @@ class Engine:
         setproctitle.setthreadtitle(self._thread.name)
         while True:
             with self._wakeup:
-                while not self._stopping and not self._pending and not self._busy():
+                while not (
+                    self._stopping or self._abort is not None or self._pending or self._busy()
+                ):
                     self._wakeup.wait()
                 if self._stopping:
                     break
+                aborted, self._abort = self._abort, None
+            if aborted is not None:
+                self._fail_all(aborted)
+                self._fail_pending(aborted)
+                self._flush_outbox()
+                continue
             try:
                 self._step()
             except Exception as error:  # a bug must fail the requests, not hang them
@@ -135,11 +151,13 @@ class Engine:
             finally:
                 self._flush_outbox()
         self._fail_all(UnavailableError("the agent stopped before the request finished"))
+        self._fail_pending(UnavailableError("the agent stopped before the request started"))
+        self._flush_outbox()
+
+    def _fail_pending(self, error: PaddlerError) -> None:
         with self._wakeup:
             pending, self._pending = list(self._pending), collections.deque()
-        stopped = UnavailableError("the agent stopped before the request started")
-        self._outbox.extend((job, Failed(stopped)) for job in pending)
-        self._flush_outbox()
+        self._outbox.extend((job, Failed(error)) for job in pending)
 
     def _busy(self) -> bool:
         return any(slot.job is not None for slot in self._slots)
@@ -208,6 +226,13 @@ class Engine:
             llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             reused = 0
         slot.start(job, reused, SamplerChain(job.sampling, self.model.n_vocab))
+        if job.replay:  # a resumed generation: the text its tokens have that was never sent
+            assert slot.text is not None
+            shown, stopped = slot.text.push(job.replay)
+            if shown:
+                self._outbox.append((job, shown))
+            if stopped:
+                self._finish(slot, FinishReason.FINISH_REASON_STOP_STRING, flush=False)
 
     def _sample(self, slot: Slot) -> None:
         job, sampler, text = slot.job, slot.sampler, slot.text
@@ -218,6 +243,7 @@ class Engine:
         token = sampler.sample(self._context, slot.batch_index)
         slot.batch_index = -1
         slot.completion_tokens += 1
+        job.generated.append(token)
         if slot.first_token_at is None:
             slot.first_token_at = time.perf_counter()
         piece = self.model.piece(token)
@@ -247,11 +273,12 @@ class Engine:
         if flush and (tail := text.flush()):
             self._outbox.append((job, tail))
         first = slot.first_token_at if slot.first_token_at is not None else time.perf_counter()
+        prompt = len(job.prompt_tokens) - job.resumed_tokens
         summary = Finished(
             finish_reason=reason,
-            prompt_tokens=len(job.prompt_tokens),
-            completion_tokens=slot.completion_tokens,
-            cached_tokens=slot.cached_prompt_tokens,
+            prompt_tokens=prompt,
+            completion_tokens=job.resumed_tokens + slot.completion_tokens,
+            cached_tokens=min(slot.cached_prompt_tokens, prompt),
             time_to_first_token_s=first - job.created_at,
         )
         self._outbox.append((job, summary))

@@ -49,3 +49,10 @@ class GenerationJob:
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     created_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
+    # A resumed generation: the tokens another agent generated (the prompt's tail), and the
+    # bytes of their text the client has not received yet (sent first).
+    resumed_tokens: int = 0
+    replay: bytes = b""
+    # Every token sampled, in order (appended by the engine thread before the token's text
+    # goes out, so a message's text is always covered by the tokens listed so far).
+    generated: list[int] = field(default_factory=list)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import structlog
 
@@ -89,15 +90,57 @@ class JobFactory:
             kind = generation.grammar.WhichOneof("kind")
             field = f"input.grammar.{kind}" if kind else "input.conversation.tools"
             constraint = self._model.grammars.constraint(grammar, field, trigger)
-        return GenerationJob(
+        sampling = self._defaults.overridden_by(generation.sampling)
+        job = GenerationJob(
             request_id=request.request_id or uuid.uuid4().hex,
             prompt_tokens=tokens,
             max_tokens=max_tokens,
-            sampling=self._defaults.overridden_by(generation.sampling),
+            sampling=sampling,
             stop=(*generation.stop, *(self._turn_end if conversation else ())),
             grammar=constraint,
             tool_reply=prompt.reader if prompt is not None else None,
         )
+        if request.HasField("resumption"):
+            self._resume(job, request.resumption)
+        return job
+
+    def _resume(self, job: GenerationJob, resumption: agent_pb2.Resumption) -> None:
+        """Continue ``job`` after the tokens another agent generated: they join the prompt,
+        advance the grammar and the seed, and their text not yet delivered is sent first."""
+        generated = list(resumption.tokens)
+        if job.tool_reply is not None:
+            raise InvalidArgumentError(
+                "resumption", "a request that may call tools cannot be resumed"
+            )
+        if any(not 0 <= token < self._model.n_vocab for token in generated):
+            raise InvalidArgumentError("resumption.tokens", "a token is not in this vocabulary")
+        if len(generated) >= job.max_tokens:
+            raise InvalidArgumentError(
+                "resumption.tokens", "the generation had no token left to generate"
+            )
+        pieces = [self._model.piece(token) for token in generated]
+        if job.grammar is not None:
+            for token, piece in zip(generated, pieces, strict=True):
+                if not job.grammar.accept(token, piece):
+                    raise InvalidArgumentError(
+                        "resumption.tokens", "the tokens break the request's grammar"
+                    )
+        text = b"".join(pieces)
+        delivered = resumption.delivered_text.encode()
+        if not text.startswith(delivered):
+            raise InvalidArgumentError(
+                "resumption.delivered_text", "is not the start of the tokens' text"
+            )
+        if len(job.prompt_tokens) + len(generated) >= self._context_per_slot:
+            raise InvalidArgumentError(
+                "resumption.tokens", "the prompt and the tokens fill the slot's context"
+            )
+        job.prompt_tokens = [*job.prompt_tokens, *generated]
+        job.max_tokens -= len(generated)
+        job.resumed_tokens = len(generated)
+        job.replay = text[len(delivered) :]
+        if job.sampling.seed is not None:  # the draws the failed agent made are not repeated
+            job.sampling = replace(job.sampling, seed=(job.sampling.seed + len(generated)) % 2**32)
 
     def _prompt_tokens(
         self, generation: generation_pb2.GenerationInput, prompt: ToolPrompt | None

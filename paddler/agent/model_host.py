@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,12 +17,13 @@ from paddler.agent.llama_model import LlamaModel, check_model_file
 from paddler.agent.memory_budget import available_memory_bytes
 from paddler.agent.metrics import AgentMetrics
 from paddler.agent.model_shape import ModelShape, read_model_shape
-from paddler.agent.model_source import resolve_model
+from paddler.agent.model_source import DownloadCancelledError, resolve_model
 from paddler.agent.servicer import AgentServicer
 from paddler.agent.state_fit import DoesNotFitError, check_allowed_file, check_fits
 from paddler.common.chat_template import ChatTemplate
-from paddler.common.errors import PaddlerError
+from paddler.common.errors import PaddlerError, UnavailableError
 from paddler.common.generation_input import SamplingSettings
+from paddler.common.rpc_status import DRAIN_TIMED_OUT
 from paddler.common.status_bounds import MAX_ISSUE_CHARS
 from paddler.v1 import desired_state_pb2, status_pb2
 
@@ -54,18 +56,17 @@ def build_engine(
     except BaseException:
         model.close()
         raise
-    jobs = JobFactory(
-        model,
-        engine.context_per_slot,
-        settings.sampling,
-        settings.chat_template,
-        settings.chat_template_timeout_s,
-    )
-    return engine, jobs
+    return engine, _job_factory(engine, settings)
 
 
 class ModelHost:
-    """Owns the agent's engine across model swaps; the newest desired state always wins."""
+    """Owns the agent's engine across model swaps; the newest desired state always wins.
+
+    The running model serves until the new one is resolved (downloaded) and checked; only the
+    drain and the load take the agent out of service. A state that differs only in sampling
+    defaults or the chat template is applied without a reload. A state that fails leaves the
+    previous one serving.
+    """
 
     def __init__(
         self, config: AgentConfig, servicer: AgentServicer, metrics: AgentMetrics | None = None
@@ -79,10 +80,14 @@ class ModelHost:
         self._engine: Engine | None = None
         self._applied: desired_state_pb2.VersionedDesiredState | None = None
         self._settings_in_use: EngineSettings | None = None
+        # Set while a state is resolved (downloaded): a newer state cancels that download.
+        self._resolving: threading.Event | None = None
 
     def submit(self, update: desired_state_pb2.VersionedDesiredState) -> None:
         """Apply ``update`` next (version 0: no desired state, serve the local model)."""
         self._pending = update
+        if self._resolving is not None:
+            self._resolving.set()
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -102,7 +107,7 @@ class ModelHost:
 
     async def _apply(self, update: desired_state_pb2.VersionedDesiredState) -> None:
         if self._engine is not None and update.version == 0:
-            self._servicer.notify()  # no desired state: keep what runs
+            self._adopt(update)  # no desired state: keep what runs
             return
         applied = self._applied
         if self._engine is not None and applied is not None and update.state == applied.state:
@@ -110,13 +115,23 @@ class ModelHost:
             return
         report = self._report
         report.phase, report.issues = status_pb2.STATE_PHASE_APPLYING, []
+        report.attempted_version, report.attempted_epoch = update.version, update.epoch
         report.bytes_done = report.bytes_total = 0
         self._servicer.notify()
+        if self._engine is not None and applied is not None and same_engine(update, applied):
+            await self._reconfigure(update)
+            return
+        cancelled = self._resolving = threading.Event()
         try:
-            settings = await asyncio.to_thread(self._settings, update)
+            settings = await asyncio.to_thread(self._settings, update, cancelled)
+        except DownloadCancelledError:
+            log.info("download cancelled by a newer desired state", version=update.version)
+            return
         except Exception as error:  # noqa: BLE001 - any failure must become a reported issue
             self._failed(update.version, error)
             return
+        finally:
+            self._resolving = None
         try:
             await self._swap(settings)
         except Exception as error:  # noqa: BLE001
@@ -131,6 +146,26 @@ class ModelHost:
             model=settings.model.name,
         )
 
+    async def _reconfigure(self, update: desired_state_pb2.VersionedDesiredState) -> None:
+        """New sampling defaults or chat template on the running engine: no reload, no drain
+        (requests already admitted keep what they were built with)."""
+        engine, running = self._engine, self._settings_in_use
+        assert engine is not None and running is not None
+        settings = replace(
+            running,
+            sampling=_sampling(update.state),
+            chat_template=_template(update.state),
+        )
+        try:
+            jobs = await asyncio.to_thread(_job_factory, engine, settings)
+        except Exception as error:  # noqa: BLE001 - reported; the running settings stay
+            self._failed(update.version, error)
+            return
+        self._settings_in_use = settings
+        self._servicer.attach(engine, jobs)
+        self._record_applied(update)
+        log.info("desired state applied without a reload", version=update.version)
+
     def _adopt(self, update: desired_state_pb2.VersionedDesiredState) -> None:
         """Report ``update`` as applied without reloading: what runs already is that state."""
         renumbered = update != self._applied
@@ -143,12 +178,30 @@ class ModelHost:
         report = self._report
         report.phase, report.issues = status_pb2.STATE_PHASE_APPLIED, []
         report.applied_version, report.applied_epoch = update.version, update.epoch
+        report.attempted_version, report.attempted_epoch = update.version, update.epoch
         self._servicer.notify()
 
     async def _swap(self, settings: EngineSettings) -> None:
-        """Let in-flight requests finish on the old engine, then serve from a new one."""
+        """Let in-flight requests finish on the old engine (cut after --drain-timeout), then
+        serve from a new one."""
         old = self._servicer.detach()
-        await self._servicer.claims.wait_idle()
+        claims = self._servicer.claims
+        if old is not None:
+            try:
+                await asyncio.wait_for(claims.wait_idle(), self._config.drain_timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "drain timed out: cutting the requests in flight",
+                    requests=claims.in_use,
+                    drain_timeout_s=self._config.drain_timeout_s,
+                )
+                old.abort(
+                    UnavailableError(
+                        "the agent is swapping its model and its drain timed out",
+                        reason=DRAIN_TIMED_OUT,
+                    )
+                )
+        await claims.wait_idle()
         self._engine = None
         if old is not None:
             await asyncio.to_thread(old.stop)
@@ -169,21 +222,22 @@ class ModelHost:
         else:
             log.warning("previous model restored", model=previous.model.name)
 
-    def _settings(self, update: desired_state_pb2.VersionedDesiredState) -> EngineSettings:
-        """Resolve and check everything before the old engine is touched (blocking)."""
+    def _settings(
+        self, update: desired_state_pb2.VersionedDesiredState, cancelled: threading.Event
+    ) -> EngineSettings:
+        """Resolve and check everything before the old engine is touched (blocking; a
+        download stops with DownloadCancelledError once ``cancelled`` is set)."""
         config, state = self._config, update.state
         if update.version == 0:
             path = config.model or default_model_path()
         else:
             config.sources.check(state.model)
-            path = resolve_model(state.model, self._report)
+            path = resolve_model(state.model, self._report, cancelled)
             if state.model.WhichOneof("source") == "local_path":
                 check_allowed_file(path, config.sources)
         check_model_file(path)
         defaults = state.defaults
-        template = (
-            state.chat_template_override if state.HasField("chat_template_override") else None
-        )
+        template = _template(state)
         if template is not None:
             ChatTemplate(template, "", "")  # compiles, or the state fails before the swap
         engine = EngineConfig(
@@ -207,7 +261,7 @@ class ModelHost:
             model=path,
             engine=engine,
             memory_bytes=memory,
-            sampling=SamplingSettings().overridden_by(defaults.sampling, "state.defaults.sampling"),
+            sampling=_sampling(state),
             chat_template=template,
             chat_template_timeout_s=config.chat_template_timeout_s,
         )
@@ -237,3 +291,36 @@ class ModelHost:
         self._report.issues = [issue[:MAX_ISSUE_CHARS]]
         self._servicer.notify()
         log.error("desired state failed", version=version, issue=issue)
+
+
+def same_engine(
+    a: desired_state_pb2.VersionedDesiredState, b: desired_state_pb2.VersionedDesiredState
+) -> bool:
+    """Whether two states need the same engine: they differ at most in sampling defaults and
+    the chat template."""
+    engines = []
+    for update in (a, b):
+        state = desired_state_pb2.DesiredState()
+        state.CopyFrom(update.state)
+        state.defaults.ClearField("sampling")
+        state.ClearField("chat_template_override")
+        engines.append(state)
+    return engines[0] == engines[1]
+
+
+def _sampling(state: desired_state_pb2.DesiredState) -> SamplingSettings:
+    return SamplingSettings().overridden_by(state.defaults.sampling, "state.defaults.sampling")
+
+
+def _template(state: desired_state_pb2.DesiredState) -> str | None:
+    return state.chat_template_override if state.HasField("chat_template_override") else None
+
+
+def _job_factory(engine: Engine, settings: EngineSettings) -> JobFactory:
+    return JobFactory(
+        engine.model,
+        engine.context_per_slot,
+        settings.sampling,
+        settings.chat_template,
+        settings.chat_template_timeout_s,
+    )

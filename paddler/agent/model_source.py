@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PADDLER_CACHE_DIR", Path.home() / ".cache" / "paddler"))
 
 
-def resolve_model(source: desired_state_pb2.ModelSource, report: StateReport) -> Path:
-    """The GGUF to load; blocking (it may assemble or download), so run it in a thread."""
+class DownloadCancelledError(Exception):
+    """A newer desired state came while a model downloaded (the partial file stays for the
+    next try to resume)."""
+
+
+def resolve_model(
+    source: desired_state_pb2.ModelSource,
+    report: StateReport,
+    cancelled: threading.Event | None = None,
+) -> Path:
+    """The GGUF to load; blocking (it may assemble or download), so run it in a thread. A
+    download stops with DownloadCancelledError once ``cancelled`` is set."""
     kind = source.WhichOneof("source")
     if kind == "local_path":
         return Path(source.local_path)
     if kind == "hugging_face":
-        return _from_hugging_face(source.hugging_face, report)
+        return _from_hugging_face(source.hugging_face, report, cancelled or threading.Event())
     resolve = PACKAGED_RESOLVERS.get(source.packaged)
     if resolve is None:
         raise ModelLoadError(f"this agent does not know the packaged model {source.packaged!r}")
@@ -62,7 +73,9 @@ PACKAGED_RESOLVERS: dict[str, Callable[[], Path]] = {
 }
 
 
-def _from_hugging_face(reference: desired_state_pb2.HuggingFaceModel, report: StateReport) -> Path:
+def _from_hugging_face(
+    reference: desired_state_pb2.HuggingFaceModel, report: StateReport, cancelled: threading.Event
+) -> Path:
     from huggingface_hub import constants, hf_hub_download  # noqa: PLC0415 - agent extra
     from huggingface_hub.errors import (  # noqa: PLC0415
         EntryNotFoundError,
@@ -78,7 +91,7 @@ def _from_hugging_face(reference: desired_state_pb2.HuggingFaceModel, report: St
             reference.repo,
             reference.file,
             revision=reference.revision or None,
-            tqdm_class=_progress_bar(report),
+            tqdm_class=_progress_bar(report, cancelled),
         )
     except LocalEntryNotFoundError as error:
         where = constants.HF_HUB_CACHE
@@ -95,8 +108,9 @@ def _from_hugging_face(reference: desired_state_pb2.HuggingFaceModel, report: St
     return Path(path)
 
 
-def _progress_bar(report: StateReport) -> Any:
-    """A tqdm class that writes the download's byte counts into the report."""
+def _progress_bar(report: StateReport, cancelled: threading.Event) -> Any:
+    """A tqdm class that writes the download's byte counts into the report, and stops the
+    download once ``cancelled`` is set."""
     from huggingface_hub.utils.tqdm import tqdm  # noqa: PLC0415
 
     class _ReportingBar(tqdm):
@@ -106,6 +120,8 @@ def _progress_bar(report: StateReport) -> Any:
             report.bytes_done = int(kwargs.get("initial") or 0)
 
         def update(self, n: float | None = 1) -> bool | None:
+            if cancelled.is_set():
+                raise DownloadCancelledError
             report.bytes_done += int(n or 0)
             return None
 

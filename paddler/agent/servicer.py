@@ -103,6 +103,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
         """Submit ``job`` and turn its events into responses; cancel it unless it finished."""
         reply = job.tool_reply
+        generated = job.generated
+        listed = 0  # tokens listed in messages so far
         engine.submit(job)
         outcome = "cancelled"
         try:
@@ -111,7 +113,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 if isinstance(event, str):
                     text = reply.feed(event) if reply is not None else event
                     if text:
-                        yield agent_pb2.GenerateResponse(text=text)
+                        count = len(generated)
+                        yield agent_pb2.GenerateResponse(text=text, tokens=generated[listed:count])
+                        listed = count
                     continue
                 if isinstance(event, Failed):
                     raise event.error  # noqa: TRY301 - the engine failed this request

@@ -14,6 +14,8 @@ class StateReport:
     phase: status_pb2.StatePhase.ValueType = status_pb2.STATE_PHASE_UNSPECIFIED
     applied_version: int = 0
     applied_epoch: str = ""
+    attempted_version: int = 0
+    attempted_epoch: str = ""
     issues: list[str] = field(default_factory=list)
     bytes_done: int = 0
     bytes_total: int = 0
@@ -23,6 +25,8 @@ class StateReport:
         status.phase = self.phase
         status.applied_state_version = self.applied_version
         status.applied_state_epoch = self.applied_epoch
+        status.attempted_state_version = self.attempted_version
+        status.attempted_state_epoch = self.attempted_epoch
         status.issues.extend(self.issues)
         if self.phase == status_pb2.STATE_PHASE_APPLYING and self.bytes_done:
             status.download.bytes_done = self.bytes_done

@@ -63,6 +63,12 @@ class RegisteredAgent:
     )
     # What each call to the agent presents (the agent token, read again when rotated).
     call_metadata: Callable[[], Metadata | None] = lambda: None
+    # Whether a status snapshot came since registration.
+    reported: bool = False
+    # The desired state last sent to the agent (None: none yet), and whether the rollout took
+    # it out of service for that (counted against --rollout-max-unavailable).
+    sent: desired_state_pb2.VersionedDesiredState | None = None
+    rolling: bool = False
 
     @property
     def claims(self) -> int:
@@ -74,27 +80,36 @@ class RegisteredAgent:
         """Our claims, exact at every moment, plus what others ran there at the last snapshot."""
         return self.claims + self.external_busy
 
-    def serves(self, desired: desired_state_pb2.VersionedDesiredState) -> bool:
-        """Ready, and reporting the desired state applied: its version in its epoch (any
-        state when none is set). A version alone proves nothing: a balancer restarted without
-        a state file counts from 1 again, so an agent still on an older run's v1 must not match.
-        """
-        status = self.status
-        if not status.ready:
-            return False
-        if desired.version == 0:
-            return True
-        return (
-            status.phase == status_pb2.STATE_PHASE_APPLIED
-            and status.applied_state_version == desired.version
-            and status.applied_state_epoch == desired.epoch
-        )
+    @property
+    def serving(self) -> bool:
+        """Whether requests may go to the agent: it has a model loaded (whichever state it is
+        on: during a rollout agents serve the state they have until they apply the new one)."""
+        return self.status.ready and not self.retired
 
-    def free_slots(self, desired: desired_state_pb2.VersionedDesiredState) -> int:
-        """Slots a new request may take now: only on an agent serving the desired state."""
-        if not self.serves(desired):
+    def free_slots(self) -> int:
+        """Slots a new request may take now."""
+        if not self.serving:
             return 0
         return max(self.status.slots_total - self.busy_slots, 0)
+
+    def on_state(self, state: desired_state_pb2.VersionedDesiredState) -> bool:
+        """Whether the agent's last snapshot says it serves ``state`` (its version in its
+        epoch: a balancer restarted without a state file counts from 1 again)."""
+        status = self.status
+        return (
+            status.phase == status_pb2.STATE_PHASE_APPLIED
+            and status.applied_state_version == state.version
+            and status.applied_state_epoch == state.epoch
+        )
+
+    def failed_state(self, state: desired_state_pb2.VersionedDesiredState) -> bool:
+        """Whether the agent's last snapshot says ``state`` failed on it."""
+        status = self.status
+        return (
+            status.phase == status_pb2.STATE_PHASE_FAILED
+            and status.attempted_state_version == state.version
+            and status.attempted_state_epoch == state.epoch
+        )
 
     @functools.cached_property
     def _generate(self) -> aio.UnaryStreamMultiCallable[agent_pb2.GenerateRequest, bytes]:
@@ -189,6 +204,7 @@ class AgentRegistry:
         agent.speed = AgentSpeed.of(status)
         agent.external_busy = max(status.slots_processing - agent.claims, 0)
         agent.last_status_at = time.monotonic()
+        agent.reported = True
         self.changed()
 
     async def remove(self, agent: RegisteredAgent, reason: str, *, abandon: bool = False) -> None:
@@ -213,15 +229,16 @@ class AgentRegistry:
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
 
-    def broadcast(self, state: desired_state_pb2.VersionedDesiredState) -> None:
-        """Send a desired state down every agent's Connect stream.
-
-        Until its next snapshot an agent counts as not ready (a snapshot already on its way
-        predates the new state).
-        """
-        for agent in self.agents():
-            agent.status.ready = False
-            agent.outbox.put_nowait(agent_registry_pb2.ConnectResponse(desired_state=state))
+    def send_state(
+        self,
+        agent: RegisteredAgent,
+        state: desired_state_pb2.VersionedDesiredState,
+        *,
+        rolling: bool,
+    ) -> None:
+        """Send a desired state down the agent's Connect stream."""
+        agent.sent, agent.rolling = state, rolling
+        agent.outbox.put_nowait(agent_registry_pb2.ConnectResponse(desired_state=state))
 
     def redial_if_rotated(self) -> None:
         """When the TLS files the balancer dials with changed (cert-manager renewed them), give

@@ -28,6 +28,10 @@ class BalancerConfig:
     # JSON file that keeps the desired state across restarts; None keeps it in memory.
     state_file: Path | None
     routing: RoutingName = "slots"
+    # Agents that serve and may be out of service at once to apply a new desired state.
+    rollout_max_unavailable: int = 1
+    # Resume a stream on another agent when its agent fails mid-stream.
+    migrate: bool = True
     # Where the OpenAI-compatible HTTP API listens; "" turns it off.
     openai_address: str = ""
     # Other model names OpenAI requests may use for the served model.

@@ -42,12 +42,13 @@ class EmbeddingRelay:
         embedding: embedding_pb2.EmbeddingInput,
         deadline: float | None,
         api: str,
+        model: str = "",
     ) -> embedding_pb2.EmbeddingResult:
         """The vectors of ``embedding``'s texts (checked already), in order; logs one line and
-        counts the request."""
+        counts the request. ``model`` ("": any) is the model that must serve it."""
         meter = RequestMeter(self._metrics, api, "embed")
         try:
-            result = await self._embed(request_id, embedding, deadline, api, meter)
+            result = await self._embed(request_id, embedding, deadline, api, meter, model=model)
         except PaddlerError as error:
             meter.ended("failed", error.code.name)
             raise
@@ -67,6 +68,8 @@ class EmbeddingRelay:
         deadline: float | None,
         api: str,
         meter: RequestMeter,
+        *,
+        model: str,
     ) -> embedding_pb2.EmbeddingResult:
         started = time.perf_counter()
         arrived_at = time.monotonic()
@@ -81,13 +84,15 @@ class EmbeddingRelay:
             parts.append(
                 agent_pb2.EmbedRequest(request_id=request_id, input=part, first_index=first)
             )
+        if len(parts) > 1 and not model:  # every part on one model, even during a rollout
+            model = self._dispatcher.most_served_model()
         results: list[embedding_pb2.EmbeddingResult | None] = [None] * len(parts)
         queue = collections.deque(enumerate(parts))
 
         async def worker() -> None:
             while queue:
                 index, part = queue.popleft()
-                results[index] = await self._part(part, deadline, arrived_at, meter)
+                results[index] = await self._part(part, deadline, arrived_at, meter, model)
 
         workers = max(1, min(len(parts), self._dispatcher.serving()))
         try:
@@ -129,10 +134,13 @@ class EmbeddingRelay:
         deadline: float | None,
         arrived_at: float,
         meter: RequestMeter,
+        model: str,
     ) -> embedding_pb2.EmbeddingResult:
         size = sum(len(text.encode()) for text in request.input.texts) // BYTES_PER_TOKEN
         demand = Demand(prompt_tokens=max(size, 1), max_tokens=1)
-        failover = Failover(self._dispatcher, self._max_attempts, request.request_id, self._metrics)
+        failover = Failover(
+            self._dispatcher, self._max_attempts, request.request_id, self._metrics, model
+        )
         attempts = 0
         while True:
             waiting = time.perf_counter()
@@ -143,6 +151,7 @@ class EmbeddingRelay:
                     retry=attempts > 0,
                     arrived_at=arrived_at,
                     demand=demand,
+                    model=model,
                 )
             finally:
                 meter.waited(waiting)

@@ -100,8 +100,10 @@ class Failover:
         max_attempts: int,
         request_id: str,
         metrics: BalancerMetrics,
+        model: str = "",
     ) -> None:
         self._dispatcher = dispatcher
+        self._model = model
         self._retries = metrics.retries
         self._max_attempts = max_attempts
         self._request_id = request_id
@@ -129,7 +131,7 @@ class Failover:
             failure.code not in RETRYABLE
             or failure.reason == INVALID_TOOL_CALL
             or self._failures == self._max_attempts
-            or not self._dispatcher.could_serve(frozenset(self.excluded))
+            or not self._dispatcher.could_serve(frozenset(self.excluded), self._model)
         ):
             raise failure from None
         self._retries.labels("agent_failed").inc()

@@ -1,6 +1,6 @@
 """Relays one generation from an agent's slot to a client, whatever API it came in by: waits
-for a slot, streams the agent's serialized messages, and fails over to another agent when one
-fails before its first piece."""
+for a slot, streams the agent's serialized messages, fails over to another agent when one fails
+before its first piece, and resumes the stream on another agent when one fails after it."""
 
 from __future__ import annotations
 
@@ -19,31 +19,49 @@ from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.stream_claim import Demand
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import PaddlerError, UnavailableError
+from paddler.common.tool_calls import offered
 from paddler.v1 import agent_pb2, generation_pb2
 
 log = structlog.get_logger(__name__)
 
 
 class GenerationRelay:
-    """Generate with failover: an agent that fails before its first piece is replaced."""
+    """Generate with failover: an agent that fails before its first piece is replaced; one
+    that fails after it is replaced too, with ``migrate``: the next agent continues after the
+    tokens generated so far, so the client sees one stream."""
 
     def __init__(
-        self, dispatcher: SlotDispatcher, max_attempts: int, metrics: BalancerMetrics
+        self,
+        dispatcher: SlotDispatcher,
+        max_attempts: int,
+        metrics: BalancerMetrics,
+        *,
+        migrate: bool = True,
     ) -> None:
         self._dispatcher = dispatcher
         self._max_attempts = max_attempts
         self._metrics = metrics
+        self._migrate = migrate
+
+    def most_served_model(self) -> str:
+        """The model most serving agents have ("" while none serves)."""
+        return self._dispatcher.most_served_model()
 
     async def stream(
-        self, forwarded: agent_pb2.GenerateRequest, deadline: float | None, api: str
+        self,
+        forwarded: agent_pb2.GenerateRequest,
+        deadline: float | None,
+        api: str,
+        model: str = "",
     ) -> AsyncIterator[bytes]:
         """The agent's serialized ``GenerateResponse`` messages, summary last; logs one line
-        and counts the request (``api`` names the surface the request came in by)."""
+        and counts the request (``api`` names the surface the request came in by; ``model``,
+        unless "", the model that must serve it)."""
         progress = _Progress()
         meter = RequestMeter(self._metrics, api, "generate")
         outcome, code = "failed", "UNKNOWN"
         try:
-            async for chunk in self._attempts(forwarded, deadline, progress, meter):
+            async for chunk in self._attempts(forwarded, deadline, progress, meter, model):
                 meter.piece()
                 yield chunk
         except PaddlerError as error:
@@ -66,11 +84,13 @@ class GenerationRelay:
         deadline: float | None,
         progress: _Progress,
         meter: RequestMeter,
+        model: str,
     ) -> AsyncIterator[bytes]:
         failover = Failover(
-            self._dispatcher, self._max_attempts, forwarded.request_id, self._metrics
+            self._dispatcher, self._max_attempts, forwarded.request_id, self._metrics, model
         )
         demand = Demand.of(forwarded.input)
+        request = forwarded
         while True:
             waiting = time.perf_counter()
             try:  # a wait that ends in a timeout or a full buffer counts too
@@ -80,6 +100,7 @@ class GenerationRelay:
                     retry=progress.attempts > 0,
                     arrived_at=progress.arrived_at,
                     demand=demand,
+                    model=model,
                 )
             finally:
                 meter.waited(waiting)
@@ -88,20 +109,30 @@ class GenerationRelay:
             progress.attempts += 1
             call = None
             try:
-                call = agent.generate(forwarded, timeout=remaining(deadline))
+                call = agent.generate(request, timeout=remaining(deadline))
                 async for chunk in call:
-                    progress.last = chunk
+                    progress.relayed(chunk)
                     claim.relayed += 1
-                    yield chunk
+                    yield progress.last
             except (aio.AioRpcError, aio.UsageError, asyncio.CancelledError) as error:
                 failure = agent_failure(agent, error)
-                if progress.last:
-                    raise UnavailableError(
-                        f"agent {agent.name} failed mid-stream: "
-                        f"{failure.code.name} {failure.message}",
-                        reason="AGENT_FAILED_MID_STREAM",
-                    ) from None
-                failover.after(agent, failure)
+                if not progress.chunks:
+                    failover.after(agent, failure)
+                    continue
+                mid_stream = UnavailableError(
+                    f"agent {agent.name} failed mid-stream: {failure.code.name} {failure.message}",
+                    reason="AGENT_FAILED_MID_STREAM",
+                )
+                resumed = progress.resumption(forwarded) if self._resumable(forwarded) else None
+                if resumed is None:
+                    raise mid_stream from None
+                try:  # another agent left to resume on?
+                    failover.after(agent, failure)
+                except PaddlerError:
+                    raise mid_stream from None
+                request = resumed
+                progress.moved(agent, resumed)
+                self._metrics.retries.labels("migrated").inc()
             else:
                 claim.completed = True
                 return
@@ -109,6 +140,16 @@ class GenerationRelay:
                 if call is not None:
                     call.cancel()
                 self._dispatcher.release(claim)
+
+    def _resumable(self, forwarded: agent_pb2.GenerateRequest) -> bool:
+        """Whether another agent may continue the stream: migration is on, and the reply
+        cannot hold a tool call (its reader keeps state a resumption cannot carry)."""
+        generation = forwarded.input
+        if not self._migrate:
+            return False
+        return generation.WhichOneof("source") != "conversation" or not offered(
+            generation.conversation
+        )
 
 
 @dataclass
@@ -121,6 +162,49 @@ class _Progress:
     agent: RegisteredAgent | None = None
     attempts: int = 0
     last: bytes = b""
+    # Every message relayed (all attempts): where a migrated stream resumes from.
+    chunks: list[bytes] = field(default_factory=list)
+    # The agents that failed the request mid-stream, in order.
+    migrated_from: list[str] = field(default_factory=list)
+
+    def relayed(self, chunk: bytes) -> None:
+        """A message from the agent goes to the client (as ``last``): a summary names the
+        agents the request left, if it moved."""
+        if self.migrated_from:
+            response = agent_pb2.GenerateResponse.FromString(chunk)
+            if response.HasField("summary"):
+                response.summary.migrated_from.extend(self.migrated_from)
+                chunk = response.SerializeToString()
+        self.chunks.append(chunk)
+        self.last = chunk
+
+    def resumption(self, forwarded: agent_pb2.GenerateRequest) -> agent_pb2.GenerateRequest | None:
+        """``forwarded``, to resume after what was relayed so far; None when the agent listed
+        no tokens with its text (an agent of an older version)."""
+        resumed = agent_pb2.GenerateRequest()
+        resumed.CopyFrom(forwarded)
+        texts = []
+        for chunk in self.chunks:
+            response = agent_pb2.GenerateResponse.FromString(chunk)
+            if response.HasField("text"):
+                texts.append(response.text)
+                resumed.resumption.tokens.extend(response.tokens)
+        if texts and not resumed.resumption.tokens:
+            return None
+        resumed.resumption.delivered_text = "".join(texts)
+        return resumed
+
+    def moved(self, failed: RegisteredAgent, resumed: agent_pb2.GenerateRequest) -> None:
+        """The request leaves ``failed`` for another agent; the buffer's clock starts again
+        (the request waited once already)."""
+        self.migrated_from.append(failed.name)
+        self.arrived_at = time.monotonic()
+        log.warning(
+            "request migrated",
+            request_id=resumed.request_id,
+            agent=failed.name,
+            tokens=len(resumed.resumption.tokens),
+        )
 
     def log(self, request_id: str, api: str) -> generation_pb2.GenerationSummary | None:
         """One line: served (the summary went out) or cancelled; errors are logged where mapped.
@@ -152,6 +236,7 @@ class _Progress:
             api=api,
             agent=agent.name,
             attempts=self.attempts,
+            migrated_from=list(summary.migrated_from) or None,
             prompt_tokens=summary.usage.prompt_tokens,
             completion_tokens=summary.usage.completion_tokens,
             time_to_first_token_ms=round(summary.time_to_first_token.ToNanoseconds() / 1e6, 1),

@@ -10,8 +10,8 @@ from typing import Any
 from grpc import aio
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
+from paddler.balancer.rollout import Rollout
 from paddler.balancer.slot_dispatcher import SlotDispatcher
-from paddler.balancer.state_store import StateStore
 from paddler.common.concurrency_limit import ConcurrencyLimit
 from paddler.v1 import management_pb2, management_pb2_grpc
 
@@ -34,6 +34,7 @@ def _describe(agent: RegisteredAgent, now: float) -> management_pb2.RegisteredAg
         issues=status.issues,
         download=status.download,
         step_timings=status.step_timings,
+        rolling=agent.rolling,
     )
     described.last_status_age.FromNanoseconds(int((now - agent.last_status_at) * 1e9))
     return described
@@ -46,12 +47,13 @@ class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
         self,
         registry: AgentRegistry,
         dispatcher: SlotDispatcher,
-        states: StateStore,
+        rollout: Rollout,
         watchers: ConcurrencyLimit,
     ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
-        self._states = states
+        self._rollout = rollout
+        self._states = rollout.states
         self._watchers = watchers
 
     def _agents(self) -> list[management_pb2.RegisteredAgent]:
@@ -95,14 +97,16 @@ class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
         request: management_pb2.GetDesiredStateRequest,
         context: aio.ServicerContext[Any, Any],
     ) -> management_pb2.GetDesiredStateResponse:
-        """The current desired state and its version (0: none set)."""
-        return management_pb2.GetDesiredStateResponse(desired_state=self._states.current)
+        """The current desired state and its version (0: none set), and its rollout."""
+        return management_pb2.GetDesiredStateResponse(
+            desired_state=self._states.current, rollout=self._rollout.progress()
+        )
 
     async def SetDesiredState(
         self,
         request: management_pb2.SetDesiredStateRequest,
         context: aio.ServicerContext[Any, Any],
     ) -> management_pb2.SetDesiredStateResponse:
-        """Validate, store under the next version and send to every agent."""
+        """Validate, store under the next version and roll it out."""
         stored = await self._states.submit(request.state)
         return management_pb2.SetDesiredStateResponse(desired_state=stored)

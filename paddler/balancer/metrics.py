@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from paddler.balancer.agent_registry import AgentRegistry
-from paddler.balancer.state_store import StateStore
+from paddler.balancer.rollout import Rollout, RolloutFailure
 from paddler.common.errors import PaddlerError
 from paddler.common.guards import CALLER
 
@@ -92,6 +92,11 @@ class BalancerMetrics:
             ["surface", "reason"],
             registry=registry,
         )
+        self.rollout_failures = Counter(
+            "paddler_rollout_failures",
+            "Rollouts of a desired state stopped because an agent failed to apply it.",
+            registry=registry,
+        )
         self.retries = Counter(
             "paddler_retries",
             "Requests sent again after an agent failed them (reason: agent_failed, "
@@ -117,19 +122,23 @@ class BalancerMetrics:
         """Count a call refused for its credential."""
         self.credentials_refused.labels(surface, reason.lower()).inc()
 
-    def watch(self, agents: AgentRegistry, states: StateStore, buffered: Callable[[], int]) -> None:
+    def watch(self, agents: AgentRegistry, rollout: Rollout, buffered: Callable[[], int]) -> None:
         """Report the cluster's state at each scrape."""
-        self.registry.register(_ClusterCollector(agents, states, buffered))
+        self.registry.register(_ClusterCollector(agents, rollout, buffered))
+
+    def rollout_failed(self, failure: RolloutFailure) -> None:
+        """Count a rollout an agent stopped."""
+        self.rollout_failures.inc()
 
 
 class _ClusterCollector(Collector):
     """Gauges read at scrape time, so they are never stale."""
 
     def __init__(
-        self, agents: AgentRegistry, states: StateStore, buffered: Callable[[], int]
+        self, agents: AgentRegistry, rollout: Rollout, buffered: Callable[[], int]
     ) -> None:
         self._agents = agents
-        self._states = states
+        self._rollout = rollout
         self._buffered = buffered
 
     def collect(self) -> Iterator[Metric]:
@@ -142,7 +151,8 @@ class _ClusterCollector(Collector):
         )
         ready = GaugeMetricFamily(
             "paddler_agent_ready",
-            "1 while the agent serves the desired state, else 0.",
+            "1 while the agent serves (a model loaded: the desired state, or during a rollout "
+            "the one it had), else 0.",
             labels=["agent", "address"],
         )
         version = GaugeMetricFamily(
@@ -153,13 +163,12 @@ class _ClusterCollector(Collector):
         issues = GaugeMetricFamily(
             "paddler_agent_issues", "Issues the agent reports now.", labels=["agent", "address"]
         )
-        desired = self._states.current
         for agent in agents:
             status = agent.status
             named = [agent.name, agent.address]  # names may repeat; addresses do not
             slots.add_metric([*named, "busy"], agent.busy_slots)
             slots.add_metric([*named, "total"], status.slots_total)
-            ready.add_metric(named, 1 if agent.serves(desired) else 0)
+            ready.add_metric(named, 1 if agent.serving else 0)
             version.add_metric(named, status.applied_state_version)
             issues.add_metric(named, len(status.issues))
         yield from (slots, ready, version, issues)
@@ -168,6 +177,22 @@ class _ClusterCollector(Collector):
         )
         yield GaugeMetricFamily(
             "paddler_buffered_requests", "Requests waiting for a slot.", value=self._buffered()
+        )
+        progress = self._rollout.progress()
+        rollout = GaugeMetricFamily(
+            "paddler_rollout_agents",
+            "Agents serving the desired state (applied) and taken out of service to apply it "
+            "(rolling).",
+            labels=["state"],
+        )
+        rollout.add_metric(["applied"], progress.applied)
+        rollout.add_metric(["rolling"], progress.rolling)
+        yield rollout
+        yield GaugeMetricFamily(
+            "paddler_rollout_stopped",
+            "1 while the desired state's rollout is stopped by an agent that failed to apply "
+            "it (see paddler state show), else 0.",
+            value=1 if progress.failure else 0,
         )
 
 

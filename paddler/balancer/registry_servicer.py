@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
-from paddler.balancer.state_store import StateStore
+from paddler.balancer.rollout import Rollout
 from paddler.common.addresses import is_local_host, join_host_port, parse_peer, split_host_port
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.status_bounds import MAX_NAME_CHARS, check_registration, check_status
@@ -29,9 +29,9 @@ class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer
     down the stream at any time.
     """
 
-    def __init__(self, registry: AgentRegistry, states: StateStore) -> None:
+    def __init__(self, registry: AgentRegistry, rollout: Rollout) -> None:
         self._registry = registry
-        self._states = states
+        self._rollout = rollout
 
     async def Connect(
         self,
@@ -67,13 +67,13 @@ class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer
         agent: RegisteredAgent,
         request_iterator: AsyncIterator[agent_registry_pb2.ConnectRequest],
     ) -> AsyncGenerator[agent_registry_pb2.ConnectResponse, None]:
-        """Send the acceptance and desired states until the stream or the registration ends;
+        """Send the acceptance, then the desired states the rollout sends (the first once the
+        agent's first snapshot says what it serves), until the stream or the registration ends;
         then remove the agent, and raise the violation that ended the stream, if one did."""
         reader = asyncio.create_task(self._read_statuses(agent, request_iterator))
         try:
             accepted = agent_registry_pb2.RegistrationAccepted(agent_id=agent.agent_id)
             yield agent_registry_pb2.ConnectResponse(accepted=accepted)
-            yield agent_registry_pb2.ConnectResponse(desired_state=self._states.current)
             while (message := await agent.outbox.get()) is not None:
                 yield message
         finally:
@@ -94,6 +94,7 @@ class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer
                 if message.HasField("status"):
                     check_status(message.status)
                     self._registry.update(agent, message.status)
+                    self._rollout.reported(agent)
         except grpc.RpcError:
             pass  # the agent is gone: ending the stream removes it
         except DecodeError as error:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.routing_policy import PendingRequest, Plan
 from paddler.balancer.stream_claim import StreamClaim
-from paddler.v1 import desired_state_pb2
 
 
 class RoundRobinPolicy:
@@ -24,19 +23,18 @@ class RoundRobinPolicy:
         self,
         requests: Sequence[PendingRequest],
         agents: Sequence[RegisteredAgent],
-        desired: desired_state_pb2.VersionedDesiredState,
     ) -> Plan:
         """Grant each request its turn's agent when that agent has a slot left."""
-        serving = sorted((a for a in agents if a.serves(desired)), key=lambda a: a.agent_id)
+        serving = sorted((a for a in agents if a.serving), key=lambda a: a.agent_id)
         planned: collections.Counter[str] = collections.Counter()
         grants: list[RegisteredAgent | None] = []
         for request in requests:
-            eligible = [a for a in serving if a.agent_id not in request.exclude]
+            eligible = [a for a in serving if request.accepts(a)]
             if not eligible:
                 grants.append(None)
                 continue
             agent = eligible[request.number % len(eligible)]
-            if agent.free_slots(desired) - planned[agent.agent_id] > 0:
+            if agent.free_slots() - planned[agent.agent_id] > 0:
                 planned[agent.agent_id] += 1
                 grants.append(agent)
             else:

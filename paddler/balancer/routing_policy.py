@@ -8,19 +8,31 @@ from typing import Literal, Protocol
 
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.stream_claim import Demand, StreamClaim
-from paddler.v1 import desired_state_pb2
 
 RoutingName = Literal["slots", "speed", "round-robin"]
 
 
 @dataclass(frozen=True)
 class PendingRequest:
-    """A request waiting for a slot: its size, the agents it must not go to (a retry's), and
-    its arrival number (the dispatcher counts requests as they come)."""
+    """A request waiting for a slot: its size, the agents it must not go to (a retry's), its
+    arrival number (the dispatcher counts requests as they come) and the model it must be
+    served by ("": any)."""
 
     demand: Demand = field(default_factory=Demand)
     exclude: frozenset[str] = frozenset()
     number: int = 0
+    model: str = ""
+
+    @property
+    def restricted(self) -> bool:
+        """Whether some serving agents may not take the request."""
+        return bool(self.exclude or self.model)
+
+    def accepts(self, agent: RegisteredAgent) -> bool:
+        """Whether the request may go to ``agent`` (if it has a free slot)."""
+        return agent.agent_id not in self.exclude and (
+            not self.model or agent.status.model == self.model
+        )
 
 
 @dataclass
@@ -41,7 +53,6 @@ class RoutingPolicy(Protocol):
         self,
         requests: Sequence[PendingRequest],
         agents: Sequence[RegisteredAgent],
-        desired: desired_state_pb2.VersionedDesiredState,
     ) -> Plan:
         """Grants for ``requests`` (oldest first) on agents with free slots."""
         ...

@@ -16,7 +16,13 @@ from paddler.balancer.slot_policy import SlotPolicy, pick_agent
 from paddler.balancer.state_store import StateStore
 from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.common.cancellation import being_cancelled
-from paddler.common.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
+from paddler.common.errors import (
+    DeadlineExceededError,
+    ModelNotFoundError,
+    PaddlerError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 
 log = structlog.get_logger(__name__)
 LOGGED_AGENTS = 8
@@ -66,18 +72,20 @@ class SlotDispatcher:
         retry: bool = False,
         arrived_at: float | None = None,
         demand: Demand | None = None,
+        model: str = "",
     ) -> StreamClaim:
         """Claim a slot, waiting in the buffer if none is free. A retry goes to the front.
 
         ``arrived_at`` (monotonic; default now) starts the --buffered-request-timeout clock:
         a request's retries (an agent refused it, or was swapping models) share one wait.
+        ``model`` ("": any) restricts the request to agents serving that model.
         """
         started = time.monotonic() if arrived_at is None else arrived_at
         buffer_left_s = started + self._timeout_s - time.monotonic()
+        request = PendingRequest(demand or Demand(), exclude, next(self._arrivals), model)
         if buffer_left_s <= 0:
-            raise self._wait_failed()
+            raise self._wait_failed(request)
         loop = asyncio.get_running_loop()
-        request = PendingRequest(demand or Demand(), exclude, next(self._arrivals))
         waiter = _Waiter(loop.create_future(), request)
         if retry:
             self._waiters.appendleft(waiter)
@@ -91,7 +99,7 @@ class SlotDispatcher:
             waiter.future.cancel()
             # A policy may keep a request for a faster agent; with no room to wait, any free
             # slot beats a refusal.
-            agent = pick_agent(self._registry.agents(), exclude, 0, self._states.current)
+            agent = pick_agent(self._registry.agents(), request, 0)
             if agent is not None:
                 return self._claim(agent, waiter.request.demand)
             if self.capacity == 0:
@@ -119,14 +127,18 @@ class SlotDispatcher:
             raise DeadlineExceededError(
                 "the request's deadline passed while it waited for a free slot"
             )
-        raise self._wait_failed()
+        raise self._wait_failed(request)
 
-    def _wait_failed(self) -> UnavailableError:
+    def _wait_failed(self, request: PendingRequest) -> PaddlerError:
         """Why a request's --buffered-request-timeout ran out. The agents' issues (local paths,
         download errors) go to the log only: the client's message says where to look."""
         desired = self._states.current
         agents = self._registry.agents()
-        if desired.version and not any(a.serves(desired) for a in agents):
+        serving = [agent for agent in agents if agent.serving]
+        if request.model and serving and not any(request.accepts(a) for a in serving):
+            # The model went away while the request waited (a rollout to another model).
+            return ModelNotFoundError(request.model, sorted({a.status.model for a in serving}))
+        if desired.version and not serving:
             log.info(
                 "no agent serves the desired state",
                 version=desired.version,
@@ -160,13 +172,22 @@ class SlotDispatcher:
         self.dispatch()
 
     def serving(self) -> int:
-        """Agents serving the desired state now."""
-        desired = self._states.current
-        return sum(1 for agent in self._registry.agents() if agent.serves(desired))
+        """Agents serving now."""
+        return sum(1 for agent in self._registry.agents() if agent.serving)
 
-    def could_serve(self, exclude: frozenset[str]) -> bool:
-        """Whether any registered agent is left once ``exclude`` is set aside."""
-        return any(a.agent_id not in exclude for a in self._registry.agents())
+    def most_served_model(self) -> str:
+        """The model most serving agents have ("" while none serves)."""
+        models = collections.Counter(a.status.model for a in self._registry.agents() if a.serving)
+        return min(models, key=lambda name: (-models[name], name), default="")
+
+    def could_serve(self, exclude: frozenset[str], model: str = "") -> bool:
+        """Whether any registered agent is left for a request of ``model`` ("": any) once
+        ``exclude`` is set aside (one not serving now may serve it when it is back)."""
+        request = PendingRequest(exclude=exclude)
+        return any(
+            request.accepts(a) and (not model or not a.serving or a.status.model == model)
+            for a in self._registry.agents()
+        )
 
     def dispatch(self) -> None:
         """Give free slots to waiting requests as the routing policy plans them."""
@@ -175,9 +196,7 @@ class SlotDispatcher:
             self._waiters = collections.deque(live)
         if not live:
             return
-        plan = self._policy.plan(
-            [waiter.request for waiter in live], self._registry.agents(), self._states.current
-        )
+        plan = self._policy.plan([waiter.request for waiter in live], self._registry.agents())
         for waiter, agent in zip(live, plan.grants, strict=True):
             if agent is not None:
                 self._waiters.remove(waiter)

@@ -1,7 +1,8 @@
 """Slot-aware routing (``--routing slots``): fewest busy slots, then most free, then take turns.
 
 Requests are served strictly in order: once the oldest request finds no free slot, nobody
-behind it gets one (a retry that excludes the agents with free slots is passed over). In a
+behind it gets one (a retry that excludes the agents with free slots, or a request for a model
+whose agents are full, is passed over). In a
 fleet of more than 32 agents a plan weighs a sample of them (see ``candidates``).
 """
 
@@ -9,34 +10,31 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.candidates import CandidateSampler
 from paddler.balancer.routing_policy import PendingRequest, Plan
 from paddler.balancer.stream_claim import StreamClaim
-from paddler.v1 import desired_state_pb2
 
 
 def pick_agent(
     agents: Iterable[RegisteredAgent],
-    exclude: Collection[str],
+    request: PendingRequest,
     turn: int,
-    desired: desired_state_pb2.VersionedDesiredState,
     planned: Mapping[str, int] | None = None,
 ) -> RegisteredAgent | None:
-    """The agent a new request should go to, or None when no agent has a free slot.
+    """The agent ``request`` should go to, or None when no agent it accepts has a free slot.
 
-    Only agents that serve the ``desired`` state count (any ready agent when none is set);
     ``planned`` counts slots already promised to earlier requests, by agent id.
     """
     planned = planned or {}
     scored = []
     for agent in agents:
-        if agent.agent_id in exclude:
+        if not request.accepts(agent):
             continue
         extra = planned.get(agent.agent_id, 0)
-        free = agent.free_slots(desired) - extra
+        free = agent.free_slots() - extra
         if free > 0:
             scored.append(((agent.busy_slots + extra, -free), agent))
     if not scored:
@@ -57,15 +55,14 @@ class SlotPolicy:
         self,
         requests: Sequence[PendingRequest],
         agents: Sequence[RegisteredAgent],
-        desired: desired_state_pb2.VersionedDesiredState,
     ) -> Plan:
         """Grants in order until the oldest request left finds no free slot."""
         planned: collections.Counter[str] = collections.Counter()
         grants: list[RegisteredAgent | None] = []
         agents = self._sampler.candidates(agents)
         for request in requests:
-            agent = pick_agent(agents, request.exclude, next(self._turns), desired, planned)
-            if agent is None and not request.exclude:
+            agent = pick_agent(agents, request, next(self._turns), planned)
+            if agent is None and not request.restricted:
                 break  # no free slot anywhere: nobody behind can have one either
             if agent is not None:
                 planned[agent.agent_id] += 1

@@ -34,7 +34,6 @@ from paddler.balancer.candidates import CandidateSampler
 from paddler.balancer.routing_policy import PendingRequest, Plan
 from paddler.balancer.slot_policy import SlotPolicy
 from paddler.balancer.stream_claim import StreamClaim
-from paddler.v1 import desired_state_pb2
 
 # Tokens a request is taken to generate before any has finished (or when uncapped).
 FIRST_TYPICAL_TOKENS = 128.0
@@ -125,12 +124,11 @@ class SpeedPolicy:
         self,
         requests: Sequence[PendingRequest],
         agents: Sequence[RegisteredAgent],
-        desired: desired_state_pb2.VersionedDesiredState,
     ) -> Plan:
         """Grants for ``requests`` (oldest first); see the module's docstring."""
-        timelines = self._timelines(agents, desired)
+        timelines = self._timelines(agents)
         if timelines is None:
-            return self._slots.plan(requests, agents, desired)
+            return self._slots.plan(requests, agents)
         grants: list[RegisteredAgent | None] = []
         recheck: float | None = None
         for request in requests:
@@ -140,7 +138,7 @@ class SpeedPolicy:
             options = [
                 (timeline, *timeline.estimate(tokens, request.demand.prompt_tokens))
                 for timeline in timelines
-                if timeline.agent.agent_id not in request.exclude
+                if request.accepts(timeline.agent)
             ]
             free = [ttft for timeline, ttft, _ in options if timeline.free]
             soonest_free = min(free, default=float("inf"))
@@ -171,15 +169,13 @@ class SpeedPolicy:
     def _expected_tokens(self, cap: int | None) -> float:
         return self.typical_tokens if cap is None else min(float(cap), self.typical_tokens)
 
-    def _timelines(
-        self, agents: Sequence[RegisteredAgent], desired: desired_state_pb2.VersionedDesiredState
-    ) -> list[_Timeline] | None:
-        """Timelines of the candidates that serve ``desired``, starting at a rotating one (exact
+    def _timelines(self, agents: Sequence[RegisteredAgent]) -> list[_Timeline] | None:
+        """Timelines of the serving candidates, starting at a rotating one (exact
         ties take turns); None when none has reported a speed."""
         agents = self._sampler.candidates(agents)
         if not agents:
             return []
-        serving = [agent for agent in agents if agent.serves(desired) and not agent.retired]
+        serving = [agent for agent in agents if agent.serving]
         known = [agent.speed for agent in serving if agent.speed is not None]
         if not known:
             return None

@@ -149,6 +149,15 @@ def agent(
             "free).",
         ),
     ] = 0,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            envvar="PADDLER_DRAIN_TIMEOUT",
+            help="Seconds a model swap waits for the requests in flight to finish; then it cuts "
+            "them with UNAVAILABLE (the balancer resumes them on another agent).",
+        ),
+    ] = 120.0,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a GGUF model on N slots (continuous batching) as paddler.v1.AgentService."""
@@ -179,5 +188,6 @@ def agent(
             agent_token_file=agent_token_file,
             sources=model_sources(allowed_model_root, allowed_hf_owner),
             memory_budget_bytes=memory_budget,
+            drain_timeout_s=drain_timeout,
         )
         asyncio.run(run_agent(config))

@@ -100,9 +100,28 @@ def balancer(
         typer.Option(
             min=1,
             envvar="PADDLER_MAX_ATTEMPTS",
-            help="Agents tried per request when one fails before its first piece.",
+            help="Agents tried per request when one fails (before its first piece, or mid-stream "
+            "with --migrate).",
         ),
     ] = 3,
+    rollout_max_unavailable: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="PADDLER_ROLLOUT_MAX_UNAVAILABLE",
+            help="Serving agents a new desired state may take out of service at once; the "
+            "others serve the state they have until their turn.",
+        ),
+    ] = 1,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            envvar="PADDLER_MIGRATE",
+            help="When an agent fails mid-stream, resume the stream on another agent after the "
+            "tokens generated so far (requests that may call tools excepted); off: the client "
+            "gets UNAVAILABLE (AGENT_FAILED_MID_STREAM).",
+        ),
+    ] = True,
     state_file: Annotated[
         Path | None,
         typer.Option(
@@ -238,6 +257,8 @@ def balancer(
         agent_stale_after_s=agent_stale_after,
         grace_period_s=grace_period,
         max_attempts=max_attempts,
+        rollout_max_unavailable=rollout_max_unavailable,
+        migrate=migrate,
         state_file=state_file,
         routing=routing,
         openai_address=openai_addr,

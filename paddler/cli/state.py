@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from paddler.cli.options import (
     TlsServerNameOption,
     dialer,
 )
+from paddler.cli.rollout_watch import wait_for_rollout
 from paddler.cli.state_file import read_state_file, watch_state_file
 from paddler.common.desired_state import PACKAGED_MODELS
 from paddler.v1 import desired_state_pb2, management_pb2
@@ -47,8 +49,16 @@ def model_source(model: str) -> desired_state_pb2.ModelSource:
     return desired_state_pb2.ModelSource(local_path=model)
 
 
-def _print(state: desired_state_pb2.VersionedDesiredState) -> None:
-    typer.echo(json_format.MessageToJson(state, always_print_fields_with_no_presence=True))
+def _print(
+    state: desired_state_pb2.VersionedDesiredState,
+    rollout: management_pb2.StateRollout | None = None,
+) -> None:
+    shown = json_format.MessageToDict(state, always_print_fields_with_no_presence=True)
+    if rollout is not None:
+        shown["rollout"] = json_format.MessageToDict(
+            rollout, always_print_fields_with_no_presence=True
+        )
+    typer.echo(json.dumps(shown, indent=2))
 
 
 @state_app.command()
@@ -60,14 +70,15 @@ def show(
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
 ) -> None:
-    """Print the desired state and its version as JSON (version 0: none set)."""
+    """Print the desired state and its version as JSON (version 0: none set), and how far
+    its rollout got (``rollout.failure`` says why it stopped, if it did)."""
     with management_stub(
         address, dialer(tls_ca, tls_server_name, admin_key_file, (tls_cert, tls_key))
     ) as stub:
         reply = stub.GetDesiredState(
             management_pb2.GetDesiredStateRequest(), timeout=CALL_TIMEOUT_S
         )
-    _print(reply.desired_state)
+    _print(reply.desired_state, reply.rollout)
 
 
 @state_app.command("set")
@@ -154,6 +165,23 @@ def set_state(
             help="Seconds between two checks with --watch.",
         ),
     ] = 5.0,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            envvar="PADDLER_STATE_WAIT",
+            help="Follow the rollout (a progress bar per agent on a terminal, a line per change "
+            "otherwise) until every agent applied the state; exit 1 if it stopped on a failure, "
+            "a newer state replaced it, or --wait-timeout passed.",
+        ),
+    ] = False,
+    wait_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            envvar="PADDLER_STATE_WAIT_TIMEOUT",
+            help="Seconds --wait follows the rollout before it gives up.",
+        ),
+    ] = 3600.0,
     log_level: LogLevelOption = "info",
     admin_key_file: AdminKeyFileOption = None,
     tls_ca: TlsCaOption = None,
@@ -161,7 +189,8 @@ def set_state(
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
 ) -> None:
-    """Replace the desired state; every agent applies it (unset values keep the defaults)."""
+    """Replace the desired state; it rolls out to every agent (unset values keep the
+    defaults)."""
     connection = dialer(tls_ca, tls_server_name, admin_key_file, (tls_cert, tls_key))
     sampling = {
         "temperature": temperature,
@@ -200,7 +229,10 @@ def set_state(
         reply = stub.SetDesiredState(
             management_pb2.SetDesiredStateRequest(state=state), timeout=CALL_TIMEOUT_S
         )
-    _print(reply.desired_state)
+        _print(reply.desired_state)
+        if wait:
+            stored = reply.desired_state
+            wait_for_rollout(stub, stored.version, stored.epoch, wait_timeout)
 
 
 def _state_from_flags(

@@ -21,6 +21,8 @@ NOT_READY = "NOT_READY"
 # The model's tool call broke its tool's parameters: greedy decoding would do it again, so no
 # other agent is tried.
 INVALID_TOOL_CALL = "INVALID_TOOL_CALL"
+# The agent cut the request to swap its model (--drain-timeout): another agent may resume it.
+DRAIN_TIMED_OUT = "DRAIN_TIMED_OUT"
 
 
 def _packed(message: object) -> any_pb2.Any:

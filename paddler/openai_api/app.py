@@ -200,9 +200,9 @@ def create_app(
         request_id: str = request.state.request_id
         _log_user(body.user)
         with metrics.refusals(API, "generate"):
-            models.check(body.model)
+            model = models.check(body.model)
             inputs = [await checked_off_loop(body.generation_input, "input.grammar")] * body.n
-        events = generate(relay, inputs, request_id)
+        events = generate(relay, inputs, request_id, model)
         if not body.stream:
             collected = await _unless_disconnected(request, _collect(events))
             return JSONResponse(chat_completions.completion(body, request_id, collected))
@@ -215,9 +215,9 @@ def create_app(
         request_id: str = request.state.request_id
         _log_user(body.user)
         with metrics.refusals(API, "generate"):
-            models.check(body.model)
+            model = models.check(body.model)
             inputs = await checked_off_loop(body.generation_inputs, "input.grammar")
-        events = generate(relay, inputs, request_id)
+        events = generate(relay, inputs, request_id, model)
         if not body.stream:
             collected = await _unless_disconnected(request, _collect(events))
             return JSONResponse(completions.completion(body, request_id, collected))
@@ -230,9 +230,9 @@ def create_app(
         request_id: str = request.state.request_id
         _log_user(body.user)
         with metrics.refusals(API, "generate"):
-            models.check(body.model)
+            model = models.check(body.model)
             inputs = [await checked_off_loop(body.generation_input, "input.grammar")]
-        events = generate(relay, inputs, request_id)
+        events = generate(relay, inputs, request_id, model)
         if not body.stream:
             collected = await _unless_disconnected(request, _collect(events))
             return JSONResponse(responses.whole(body, request_id, collected))
@@ -247,9 +247,9 @@ def create_app(
         request_id: str = request.state.request_id
         _log_user(body.user)
         with metrics.refusals(API, "embed"):
-            models.check(body.model)
+            model = models.check(body.model)
             embedding = body.embedding_input()
-        work = embedder.embed(request_id, embedding, None, API)
+        work = embedder.embed(request_id, embedding, None, API, model)
         return embeddings.response(body, await _unless_disconnected(request, work))
 
     return app

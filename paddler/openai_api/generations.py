@@ -25,11 +25,15 @@ class Event:
 
 
 async def _choice(
-    relay: GenerationRelay, generation: generation_pb2.GenerationInput, request_id: str, index: int
+    relay: GenerationRelay,
+    generation: generation_pb2.GenerationInput,
+    request_id: str,
+    index: int,
+    model: str,
 ) -> AsyncGenerator[Event, None]:
     """One choice's events, straight from the relay."""
     forwarded = agent_pb2.GenerateRequest(request_id=request_id, input=generation)
-    async for chunk in relay.stream(forwarded, None, API):
+    async for chunk in relay.stream(forwarded, None, API, model):
         response = agent_pb2.GenerateResponse.FromString(chunk)
         kind = response.WhichOneof("event")
         if kind == "summary":
@@ -53,20 +57,27 @@ async def _one(
 
 
 async def generate(
-    relay: GenerationRelay, generations: list[generation_pb2.GenerationInput], request_id: str
+    relay: GenerationRelay,
+    generations: list[generation_pb2.GenerationInput],
+    request_id: str,
+    model: str = "",
 ) -> AsyncIterator[Event]:
     """Every choice's events in the order they arrive; the first failure is raised (the other
     choices are cancelled), and leaving early cancels them all, freeing their slots. A single
-    choice is read in the caller's own task (no queue between the relay and the client)."""
+    choice is read in the caller's own task (no queue between the relay and the client).
+    ``model`` ("": any) must serve every choice; several choices of any model are all served
+    by one model, even during a rollout."""
     if len(generations) == 1:
-        async with contextlib.aclosing(_choice(relay, generations[0], request_id, 0)) as single:
+        choice = _choice(relay, generations[0], request_id, 0, model)
+        async with contextlib.aclosing(choice) as single:
             async for event in single:
                 yield event
         return
     events: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+    model = model or relay.most_served_model()
     tasks = [
         asyncio.create_task(
-            _one(_choice(relay, generation, f"{request_id}-{index}", index), events)
+            _one(_choice(relay, generation, f"{request_id}-{index}", index, model), events)
         )
         for index, generation in enumerate(generations)
     ]

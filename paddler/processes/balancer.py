@@ -20,6 +20,7 @@ from paddler.balancer.inference_servicer import InferenceServicer
 from paddler.balancer.management_servicer import ManagementServicer
 from paddler.balancer.metrics import BalancerMetrics
 from paddler.balancer.registry_servicer import AgentRegistryServicer
+from paddler.balancer.rollout import Rollout
 from paddler.balancer.round_robin_policy import RoundRobinPolicy
 from paddler.balancer.routing_policy import RoutingName, RoutingPolicy
 from paddler.balancer.slot_dispatcher import SlotDispatcher
@@ -88,6 +89,7 @@ class _Core:
 
     registry: AgentRegistry
     states: StateStore
+    rollout: Rollout
     dispatcher: SlotDispatcher
     metrics: BalancerMetrics
     relay: GenerationRelay
@@ -98,7 +100,8 @@ class _Core:
 def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
     registry = AgentRegistry(Dialer(config.agent_tls, credentials.agent_token), config.max_agents)
     states = StateStore(config.state_file, config.sources)
-    states.listen(registry.broadcast)
+    metrics = BalancerMetrics()
+    rollout = Rollout(registry, states, config.rollout_max_unavailable, metrics.rollout_failed)
     dispatcher = SlotDispatcher(
         registry,
         states,
@@ -106,12 +109,11 @@ def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
         config.buffered_request_timeout_s,
         routing_policy(config.routing),
     )
-    metrics = BalancerMetrics()
-    metrics.watch(registry, states, lambda: dispatcher.buffered)
-    relay = GenerationRelay(dispatcher, config.max_attempts, metrics)
+    metrics.watch(registry, rollout, lambda: dispatcher.buffered)
+    relay = GenerationRelay(dispatcher, config.max_attempts, metrics, migrate=config.migrate)
     embeddings = EmbeddingRelay(dispatcher, config.max_attempts, metrics)
     watchers = ConcurrencyLimit(config.max_watchers, "live views", "--max-watchers")
-    return _Core(registry, states, dispatcher, metrics, relay, embeddings, watchers)
+    return _Core(registry, states, rollout, dispatcher, metrics, relay, embeddings, watchers)
 
 
 def _grpc_servers(
@@ -132,10 +134,10 @@ def _grpc_servers(
     }
     management = ManagedServer([REGISTRY_SERVICE, MANAGEMENT_SERVICE], _guards(guards), refused)
     agent_registry_pb2_grpc.add_AgentRegistryServiceServicer_to_server(
-        AgentRegistryServicer(core.registry, core.states), management.server
+        AgentRegistryServicer(core.registry, core.rollout), management.server
     )
     management_pb2_grpc.add_ManagementServiceServicer_to_server(
-        ManagementServicer(core.registry, core.dispatcher, core.states, core.watchers),
+        ManagementServicer(core.registry, core.dispatcher, core.rollout, core.watchers),
         management.server,
     )
     return inference, management
@@ -148,7 +150,7 @@ def _http_apps(
     apps: dict[str, tuple[str, FastAPI]] = {}
     metrics = core.metrics
     if config.openai_address:
-        models = ServedModels(core.registry, core.states, config.openai_model_aliases)
+        models = ServedModels(core.registry, config.openai_model_aliases)
         settings = OpenAISettings(
             config.openai_model_aliases,
             config.openai_cors_origins,
@@ -167,6 +169,7 @@ def _http_apps(
             registry=core.registry,
             dispatcher=core.dispatcher,
             states=core.states,
+            rollout=core.rollout,
             relay=core.relay,
             metrics=metrics,
             stopping=stopping,

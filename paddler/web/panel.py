@@ -18,11 +18,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from pydantic import BaseModel, Field
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.generation_relay import GenerationRelay
 from paddler.balancer.metrics import BalancerMetrics
+from paddler.balancer.rollout import Rollout
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.state_store import StateStore
 from paddler.common.concurrency_limit import ConcurrencyLimit, LimitReachedError
@@ -62,6 +64,7 @@ def add_panel(
     registry: AgentRegistry,
     dispatcher: SlotDispatcher,
     states: StateStore,
+    rollout: Rollout,
     relay: GenerationRelay,
     metrics: BalancerMetrics,
     stopping: asyncio.Event,
@@ -119,14 +122,20 @@ def add_panel(
         if watchers.held >= watchers.limit:
             return error_response(429, f"{watchers.held} live views run already (--max-watchers)")
         snapshots = _snapshots(
-            request, registry, dispatcher, metrics=metrics, stopping=stopping, watchers=watchers
+            request,
+            registry,
+            dispatcher,
+            rollout=rollout,
+            metrics=metrics,
+            stopping=stopping,
+            watchers=watchers,
         )
         return StreamingResponse(snapshots, media_type="text/event-stream")
 
     @app.get("/api/state")
     async def get_state() -> dict[str, Any]:
-        """The desired state, its version and epoch (version 0: none set)."""
-        return _as_dict(states.current)
+        """The desired state, its version and epoch (version 0: none set), and its rollout."""
+        return {**_as_dict(states.current), "rollout": _as_dict(rollout.progress())}
 
     @app.put("/api/state")
     async def put_state(request: Request) -> JSONResponse:
@@ -162,8 +171,8 @@ def _refused(field: str | None, message: str) -> JSONResponse:
     return error_response(400, message, field)
 
 
-def _as_dict(state: desired_state_pb2.VersionedDesiredState) -> dict[str, Any]:
-    return json_format.MessageToDict(state, always_print_fields_with_no_presence=True)
+def _as_dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 def _agent(agent: RegisteredAgent, now: float) -> dict[str, Any]:
@@ -177,6 +186,7 @@ def _agent(agent: RegisteredAgent, now: float) -> dict[str, Any]:
         "claimed": agent.claims,
         "ready": status.ready,
         "applied_version": status.applied_state_version,
+        "rolling": agent.rolling,
         "issues": list(status.issues),
         "download": {
             "done": status.download.bytes_done,
@@ -193,6 +203,7 @@ async def _snapshots(
     registry: AgentRegistry,
     dispatcher: SlotDispatcher,
     *,
+    rollout: Rollout,
     metrics: BalancerMetrics,
     stopping: asyncio.Event,
     watchers: ConcurrencyLimit,
@@ -219,6 +230,7 @@ async def _snapshots(
                 "buffered": dispatcher.buffered,
                 "buffer_capacity": dispatcher.capacity,
                 "pieces_per_second": round(rate, 1),
+                "rollout": _as_dict(rollout.progress()),
             }
             yield f"data: {json.dumps(snapshot)}\n\n"
             with contextlib.suppress(TimeoutError):

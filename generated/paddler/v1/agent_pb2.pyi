@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from paddler.v1 import embedding_pb2 as _embedding_pb2
 from paddler.v1 import generation_pb2 as _generation_pb2
 from paddler.v1 import status_pb2 as _status_pb2
@@ -75,23 +77,61 @@ class GenerateRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    RESUMPTION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Optional caller-chosen id, echoed in logs; the agent makes one when empty."""
     @_builtins.property
     def input(self) -> _generation_pb2.GenerationInput: ...
+    @_builtins.property
+    def resumption(self) -> Global___Resumption:
+        """Set by a balancer that moves the request from an agent that failed mid-stream."""
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         input: _generation_pb2.GenerationInput | None = ...,
+        resumption: Global___Resumption | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "resumption", b"resumption"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "request_id", b"request_id", "resumption", b"resumption"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class Resumption(_message.Message):
+    """Where a generation moved from a failed agent resumes: the agent appends `tokens` to the prompt
+    (so greedy decoding continues exactly as it would have) and sends what follows.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    DELIVERED_TEXT_FIELD_NUMBER: _builtins.int
+    delivered_text: _builtins.str
+    """The text the client already received: a prefix of the tokens' text. The rest of their
+    text is sent first.
+    """
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The tokens generated so far, in order."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[_builtins.int] | None = ...,
+        delivered_text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered_text", b"delivered_text", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Resumption: _TypeAlias = Resumption  # noqa: Y015
 
 @_typing.final
 class GenerateResponse(_message.Message):
@@ -100,6 +140,7 @@ class GenerateResponse(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     TOOL_CALL_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The next piece of generated text (whole UTF-8 characters)."""
     @_builtins.property
@@ -110,16 +151,23 @@ class GenerateResponse(_message.Message):
     def tool_call(self) -> _generation_pb2.ToolCall:
         """A call of one of the request's tools, whole (then the summary, finish reason TOOL_CALLS)."""
 
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """With text: the tokens generated since the previous message (what a balancer resumes from
+        if this agent fails).
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         summary: _generation_pb2.GenerationSummary | None = ...,
         tool_call: _generation_pb2.ToolCall | None = ...,
+        tokens: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text", "tokens", b"tokens", "tool_call", b"tool_call"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text", "summary", "tool_call"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015

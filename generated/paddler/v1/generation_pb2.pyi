@@ -438,6 +438,7 @@ class GenerationSummary(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     AGENT_NAME_FIELD_NUMBER: _builtins.int
     STATE_VERSION_FIELD_NUMBER: _builtins.int
+    MIGRATED_FROM_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     model: _builtins.str
     """The model that served the request."""
@@ -449,6 +450,12 @@ class GenerationSummary(_message.Message):
     def usage(self) -> Global___Usage: ...
     @_builtins.property
     def time_to_first_token(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def migrated_from(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agents that failed the request mid-stream, in order: the balancer resumed it on the
+        next one with the tokens generated so far (agent_name finished it).
+        """
+
     def __init__(
         self,
         *,
@@ -458,10 +465,11 @@ class GenerationSummary(_message.Message):
         model: _builtins.str = ...,
         agent_name: _builtins.str = ...,
         state_version: _builtins.int = ...,
+        migrated_from: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "finish_reason", b"finish_reason", "model", b"model", "state_version", b"state_version", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "finish_reason", b"finish_reason", "migrated_from", b"migrated_from", "model", b"model", "state_version", b"state_version", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from paddler.v1 import embedding_pb2 as _embedding_pb2
 from paddler.v1 import generation_pb2 as _generation_pb2
 import builtins as _builtins
@@ -95,6 +97,7 @@ class InferenceServiceGenerateResponse(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     TOOL_CALL_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The next piece of generated text (whole UTF-8 characters)."""
     @_builtins.property
@@ -105,16 +108,21 @@ class InferenceServiceGenerateResponse(_message.Message):
     def tool_call(self) -> _generation_pb2.ToolCall:
         """A call of one of the request's tools, whole (then the summary, finish reason TOOL_CALLS)."""
 
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """With text: the ids of the tokens generated since the previous message."""
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         summary: _generation_pb2.GenerationSummary | None = ...,
         tool_call: _generation_pb2.ToolCall | None = ...,
+        tokens: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text", "tokens", b"tokens", "tool_call", b"tool_call"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text", "summary", "tool_call"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015

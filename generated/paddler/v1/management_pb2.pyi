@@ -43,6 +43,7 @@ class RegisteredAgent(_message.Message):
     APPLIED_STATE_EPOCH_FIELD_NUMBER: _builtins.int
     CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
     STEP_TIMINGS_FIELD_NUMBER: _builtins.int
+    ROLLING_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     name: _builtins.str
     address: _builtins.str
@@ -58,6 +59,10 @@ class RegisteredAgent(_message.Message):
     applied_state_epoch: _builtins.str
     chat_template: _builtins.str
     """"gguf", "override" or "chatml" (see AgentStatus.chat_template)."""
+    rolling: _builtins.bool
+    """Taken out of service by the rollout to apply the desired state (counted against
+    --rollout-max-unavailable).
+    """
     @_builtins.property
     def last_status_age(self) -> _duration_pb2.Duration:
         """Time since the agent's last status snapshot."""
@@ -89,10 +94,11 @@ class RegisteredAgent(_message.Message):
         applied_state_epoch: _builtins.str = ...,
         chat_template: _builtins.str = ...,
         step_timings: _abc.Iterable[_status_pb2.StepTiming] | None = ...,
+        rolling: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "last_status_age", b"last_status_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "rolling", b"rolling", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -227,20 +233,68 @@ class GetDesiredStateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DESIRED_STATE_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def desired_state(self) -> _desired_state_pb2.VersionedDesiredState: ...
+    @_builtins.property
+    def rollout(self) -> Global___StateRollout: ...
     def __init__(
         self,
         *,
         desired_state: _desired_state_pb2.VersionedDesiredState | None = ...,
+        rollout: Global___StateRollout | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state", "rollout", b"rollout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state", "rollout", b"rollout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDesiredStateResponse: _TypeAlias = GetDesiredStateResponse  # noqa: Y015
+
+@_typing.final
+class StateRollout(_message.Message):
+    """How far the desired state has rolled out across the agents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    ROLLING_FIELD_NUMBER: _builtins.int
+    MAX_UNAVAILABLE_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The desired state's version."""
+    agents: _builtins.int
+    """Registered agents."""
+    applied: _builtins.int
+    """Agents serving the desired state."""
+    rolling: _builtins.int
+    """Agents taken out of service to apply it now (at most max_unavailable)."""
+    max_unavailable: _builtins.int
+    """--rollout-max-unavailable."""
+    failure: _builtins.str
+    """Set when an agent failed to apply the state: the rollout stopped and that agent went back
+    to the state it served before. Setting a new state starts a new rollout.
+    """
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        agents: _builtins.int = ...,
+        applied: _builtins.int = ...,
+        rolling: _builtins.int = ...,
+        max_unavailable: _builtins.int = ...,
+        failure: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "applied", b"applied", "failure", b"failure", "max_unavailable", b"max_unavailable", "rolling", b"rolling", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateRollout: _TypeAlias = StateRollout  # noqa: Y015
 
 @_typing.final
 class SetDesiredStateRequest(_message.Message):

@@ -93,7 +93,8 @@ class ManagementServiceServicer:
 
     def SetDesiredState(self, request, context):
         """Validates the whole state first (INVALID_ARGUMENT names the field and changes nothing),
-        then stores it under the next version and sends it to every agent.
+        then stores it under the next version and rolls it out: agents keep serving what they
+        have until they apply it, at most --rollout-max-unavailable of them out of service at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

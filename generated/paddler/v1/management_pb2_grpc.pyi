@@ -40,7 +40,8 @@ class ManagementServiceStub:
     GetDesiredState: _grpc.UnaryUnaryMultiCallable[_management_pb2.GetDesiredStateRequest, _management_pb2.GetDesiredStateResponse]
     SetDesiredState: _grpc.UnaryUnaryMultiCallable[_management_pb2.SetDesiredStateRequest, _management_pb2.SetDesiredStateResponse]
     """Validates the whole state first (INVALID_ARGUMENT names the field and changes nothing),
-    then stores it under the next version and sends it to every agent.
+    then stores it under the next version and rolls it out: agents keep serving what they
+    have until they apply it, at most --rollout-max-unavailable of them out of service at once.
     """
 
 @_typing.type_check_only
@@ -55,7 +56,8 @@ class ManagementServiceAsyncStub(ManagementServiceStub):
     GetDesiredState: _aio.UnaryUnaryMultiCallable[_management_pb2.GetDesiredStateRequest, _management_pb2.GetDesiredStateResponse]  # type: ignore[assignment]
     SetDesiredState: _aio.UnaryUnaryMultiCallable[_management_pb2.SetDesiredStateRequest, _management_pb2.SetDesiredStateResponse]  # type: ignore[assignment]
     """Validates the whole state first (INVALID_ARGUMENT names the field and changes nothing),
-    then stores it under the next version and sends it to every agent.
+    then stores it under the next version and rolls it out: agents keep serving what they
+    have until they apply it, at most --rollout-max-unavailable of them out of service at once.
     """
 
 class ManagementServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -97,7 +99,8 @@ class ManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_management_pb2.SetDesiredStateResponse, _abc.Awaitable[_management_pb2.SetDesiredStateResponse]]:
         """Validates the whole state first (INVALID_ARGUMENT names the field and changes nothing),
-        then stores it under the next version and sends it to every agent.
+        then stores it under the next version and rolls it out: agents keep serving what they
+        have until they apply it, at most --rollout-max-unavailable of them out of service at once.
         """
 
 def add_ManagementServiceServicer_to_server(servicer: ManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

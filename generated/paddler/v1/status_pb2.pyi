@@ -116,6 +116,8 @@ class AgentStatus(_message.Message):
     STEP_TIMINGS_FIELD_NUMBER: _builtins.int
     PREFILL_SECONDS_PER_TOKEN_FIELD_NUMBER: _builtins.int
     PREFILL_BACKLOG_TOKENS_FIELD_NUMBER: _builtins.int
+    ATTEMPTED_STATE_VERSION_FIELD_NUMBER: _builtins.int
+    ATTEMPTED_STATE_EPOCH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     slots_total: _builtins.int
     slots_processing: _builtins.int
@@ -136,6 +138,11 @@ class AgentStatus(_message.Message):
     """Recent mean time to prefill one prompt token, in seconds (0 until measured)."""
     prefill_backlog_tokens: _builtins.int
     """Prompt tokens admitted to slots but not decoded yet."""
+    attempted_state_version: _builtins.int
+    """The desired state the agent last set out to apply (being applied, applied, or failed: see
+    `phase`). While it applies one, the agent goes on serving applied_state_version.
+    """
+    attempted_state_epoch: _builtins.str
     @_builtins.property
     def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Readable problems, e.g. why the last state failed."""
@@ -167,10 +174,12 @@ class AgentStatus(_message.Message):
         step_timings: _abc.Iterable[Global___StepTiming] | None = ...,
         prefill_seconds_per_token: _builtins.float = ...,
         prefill_backlog_tokens: _builtins.int = ...,
+        attempted_state_version: _builtins.int = ...,
+        attempted_state_epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

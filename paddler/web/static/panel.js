@@ -45,7 +45,8 @@ function showCluster(snapshot) {
     tr.append(
       cell(agent.name), cell(agent.address), cell(agent.model),
       bar(agent.slots_busy, agent.slots_total), cell(String(agent.claimed)),
-      cell(agent.ready ? "yes" : "no"), cell(`v${agent.applied_version}`),
+      cell(agent.ready ? "yes" : "no"),
+      cell(`v${agent.applied_version}${agent.rolling ? " (updating)" : ""}`),
       cell(agent.issues.join("; ")), cell(download), cell(`${agent.last_seen_s} s ago`),
     );
     return tr;
@@ -54,9 +55,24 @@ function showCluster(snapshot) {
   $("buffered").textContent = String(snapshot.buffered);
   $("capacity").textContent = String(snapshot.buffer_capacity);
   $("throughput").textContent = String(snapshot.pieces_per_second);
+  showRollout(snapshot.rollout);
   rates.push(snapshot.pieces_per_second);
   if (rates.length > 120) rates.shift();
   drawChart();
+}
+
+function showRollout(rollout) {
+  const line = $("rollout");
+  if (rollout.failure) {
+    line.className = "error";
+    line.textContent = `Rollout stopped: ${rollout.failure}`;
+    return;
+  }
+  line.className = "";
+  line.textContent = rollout.version
+    ? `Rollout of v${rollout.version}: ${rollout.applied} of ${rollout.agents} agents applied, `
+      + `${rollout.rolling} updating (at most ${rollout.maxUnavailable} at once)`
+    : "";
 }
 
 function drawChart() {

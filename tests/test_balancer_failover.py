@@ -10,7 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from paddler.common.errors import PaddlerError, ResourceExhaustedError, UnavailableError
+from paddler.common.errors import (
+    InternalError,
+    PaddlerError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from paddler.common.rpc_status import NOT_READY, to_grpc_status
 from paddler.v1 import (
     agent_pb2,
@@ -124,6 +129,24 @@ def test_an_agent_that_keeps_refusing_costs_one_buffer_timeout_in_all(
         finally:
             ghost.close()
             refusing.server.stop(None)
+
+
+def test_a_request_that_failed_with_internal_on_two_agents_is_not_sent_to_a_third() -> None:
+    with cluster(balancer_args=("--max-attempts", "5")) as c:
+        failing = [RefusingAgent(InternalError("engine step failed: boom")) for _ in range(3)]
+        ghosts = [Registration(c.balancer.management, 0.2, agent.address) for agent in failing]
+        try:
+            c.wait_for(lambda agents: sum(1 for a in agents if a.ready) == 3)
+            error = error_of(c.inference, to_inference(prompt_request(STORY)))
+            assert error.code() == grpc.StatusCode.INTERNAL
+            assert "engine step failed: boom" in (error.details() or "")
+            assert sum(agent.refusals for agent in failing) == 2
+            assert c.balancer.wait_logs("request failed on two agents: not tried on a third")
+        finally:
+            for ghost in ghosts:
+                ghost.close()
+            for agent in failing:
+                agent.server.stop(None)
 
 
 def test_an_unreachable_agent_is_unavailable_with_error_and_retry_info() -> None:

@@ -17,6 +17,8 @@ from paddler.agent.default_model import default_model_path
 from paddler.agent.engine import Engine, EngineConfig
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel
+from paddler.agent.sampling import SamplerChain
+from paddler.common.errors import InternalError
 from paddler.common.generation_input import SamplingSettings
 from tests.client import COUNTING_PROMPT
 
@@ -108,3 +110,71 @@ def test_a_token_longer_than_the_piece_buffer_is_not_dropped(
     finally:
         small.close()
         model.close()
+
+
+def test_a_sampling_failure_ends_that_request_alone(
+    model: LlamaModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = Engine(model, EngineConfig(slots=2, context_size=256, batch_size=64, threads=1))
+
+    class PoisonedChain:
+        """The real chain, except that it raises on its third draw."""
+
+        def __init__(self, settings: SamplingSettings, n_vocab: int) -> None:
+            self._chain = SamplerChain(settings, n_vocab)
+            self._draws = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._chain, name)
+
+        def sample(self, context: object, index: int) -> int:
+            self._draws += 1
+            if self._draws == 3:
+                raise RuntimeError("a poisoned draw")
+            return self._chain.sample(context, index)
+
+    async def scenario() -> None:
+        engine.start(asyncio.get_running_loop())
+        neighbour = _job(model, COUNTING_PROMPT, 40)
+        engine.submit(neighbour)
+        assert isinstance(await asyncio.wait_for(neighbour.events.get(), 120), str)
+        with monkeypatch.context() as patch:
+            patch.setattr(engine_module, "SamplerChain", PoisonedChain)
+            poisoned = _job(model, "Hello there", 20)
+            engine.submit(poisoned)
+            failed = await _last_event(poisoned)
+        assert isinstance(failed, Failed)
+        assert "sampling failed: a poisoned draw" in failed.error.message
+        finished = await _last_event(neighbour)
+        assert isinstance(finished, Finished), finished
+        assert finished.completion_tokens == 40
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.stop()
+
+
+def test_abort_fails_running_and_waiting_jobs_and_the_engine_goes_on(model: LlamaModel) -> None:
+    engine = Engine(model, EngineConfig(slots=1, context_size=256, batch_size=64, threads=1))
+
+    async def scenario() -> None:
+        engine.start(asyncio.get_running_loop())
+        running = _job(model, COUNTING_PROMPT, 200)
+        waiting = _job(model, "Hello there", 4)
+        engine.submit(running)
+        assert isinstance(await asyncio.wait_for(running.events.get(), 120), str)
+        engine.submit(waiting)
+        engine.abort(InternalError("cut for a test"))
+        for job in (running, waiting):
+            event = await _last_event(job)
+            assert isinstance(event, Failed)
+            assert event.error.message == "cut for a test"
+        after = _job(model, "Hello there", 4)
+        engine.submit(after)
+        assert isinstance(await _last_event(after), Finished)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.stop()

@@ -183,7 +183,17 @@ class Engine:
         for slot, tokens in fed:
             slot.cached.extend(tokens)
             if slot.batch_index >= 0:
-                self._sample(slot)
+                self._sample_alone(slot)
+
+    def _sample_alone(self, slot: Slot) -> None:
+        """Sample the slot's next token; a failure there (its sampler, its grammar) ends that
+        request alone, never its neighbours in the batch."""
+        try:
+            self._sample(slot)
+        except Exception as error:  # any bug in one request's sampling
+            request_id = slot.job.request_id if slot.job is not None else None
+            log.exception("sampling failed", request_id=request_id)
+            self._fail(slot, InternalError(f"sampling failed: {error}"))
 
     def _drop_cancelled(self) -> None:
         for slot in self._slots:

@@ -32,6 +32,8 @@ class BalancerConfig:
     rollout_max_unavailable: int = 1
     # Resume a stream on another agent when its agent fails mid-stream.
     migrate: bool = True
+    # Seconds a client may leave a message of its stream unread before the stream is cut.
+    client_idle_timeout_s: float = 30.0
     # Where the OpenAI-compatible HTTP API listens; "" turns it off.
     openai_address: str = ""
     # Other model names OpenAI requests may use for the served model.

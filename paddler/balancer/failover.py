@@ -37,6 +37,11 @@ RETRYABLE = frozenset(
 )
 
 
+# A request that failed with INTERNAL on this many agents is not sent to another: it is more
+# likely to break the next agent's batch too (a poison request) than to be served there.
+POISON_AFTER = 2
+
+
 def agent_failure(
     agent: RegisteredAgent, error: aio.AioRpcError | aio.UsageError | asyncio.CancelledError
 ) -> PaddlerError:
@@ -108,6 +113,7 @@ class Failover:
         self._max_attempts = max_attempts
         self._request_id = request_id
         self._failures = 0
+        self._internal_failures = 0
         self.excluded: set[str] = set()
 
     def after(self, agent: RegisteredAgent, failure: PaddlerError) -> None:
@@ -127,6 +133,15 @@ class Failover:
             return
         self._failures += 1
         self.excluded.add(agent.agent_id)
+        if failure.code == grpc.StatusCode.INTERNAL:
+            self._internal_failures += 1
+        if self._internal_failures == POISON_AFTER:
+            log.warning(
+                "request failed on two agents: not tried on a third",
+                request_id=self._request_id,
+                code=failure.code.name,
+            )
+            raise failure from None
         if (
             failure.code not in RETRYABLE
             or failure.reason == INVALID_TOOL_CALL

@@ -16,13 +16,22 @@ from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.failover import Failover, agent_failure, remaining
 from paddler.balancer.metrics import BalancerMetrics, RequestMeter
 from paddler.balancer.slot_dispatcher import SlotDispatcher
-from paddler.balancer.stream_claim import Demand
+from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.common.cancellation import being_cancelled
-from paddler.common.errors import PaddlerError, UnavailableError
+from paddler.common.errors import DeadlineExceededError, PaddlerError, UnavailableError
 from paddler.common.tool_calls import offered
 from paddler.v1 import agent_pb2, generation_pb2
 
 log = structlog.get_logger(__name__)
+
+
+DEFAULT_CLIENT_IDLE_TIMEOUT_S = 30.0
+
+
+class ClientIdleError(DeadlineExceededError):
+    """The client stopped reading its stream: it was cut and its slot freed."""
+
+    reason = "CLIENT_IDLE"
 
 
 class GenerationRelay:
@@ -37,11 +46,13 @@ class GenerationRelay:
         metrics: BalancerMetrics,
         *,
         migrate: bool = True,
+        client_idle_timeout_s: float = DEFAULT_CLIENT_IDLE_TIMEOUT_S,
     ) -> None:
         self._dispatcher = dispatcher
         self._max_attempts = max_attempts
         self._metrics = metrics
         self._migrate = migrate
+        self._client_idle_timeout_s = client_idle_timeout_s
 
     def most_served_model(self) -> str:
         """The model most serving agents have ("" while none serves)."""
@@ -113,7 +124,20 @@ class GenerationRelay:
                 async for chunk in call:
                     progress.relayed(chunk)
                     claim.relayed += 1
-                    yield progress.last
+                    # The client takes the message (the send returns) or is cut: a reader
+                    # that stopped must not hold the agent's slot.
+                    cut = asyncio.get_running_loop().call_later(
+                        self._client_idle_timeout_s, self._cut, call, claim, request.request_id
+                    )
+                    try:
+                        yield progress.last
+                    finally:
+                        cut.cancel()
+                    if claim.cut:
+                        raise ClientIdleError(
+                            f"the client read nothing for {self._client_idle_timeout_s:g} s "
+                            "(--client-idle-timeout): the stream was cut and its slot freed"
+                        )
             except (aio.AioRpcError, aio.UsageError, asyncio.CancelledError) as error:
                 failure = agent_failure(agent, error)
                 if not progress.chunks:
@@ -140,6 +164,18 @@ class GenerationRelay:
                 if call is not None:
                     call.cancel()
                 self._dispatcher.release(claim)
+
+    def _cut(self, call: aio.Call, claim: StreamClaim, request_id: str) -> None:
+        """The client left a message unread too long: end the agent's call, free the slot."""
+        claim.cut = True
+        call.cancel()
+        self._dispatcher.release(claim)
+        log.warning(
+            "client stopped reading: stream cut",
+            request_id=request_id,
+            agent=claim.agent.name,
+            idle_s=self._client_idle_timeout_s,
+        )
 
     def _resumable(self, forwarded: agent_pb2.GenerateRequest) -> bool:
         """Whether another agent may continue the stream: migration is on, and the reply

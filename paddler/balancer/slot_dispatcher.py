@@ -164,8 +164,10 @@ class SlotDispatcher:
         )
 
     def release(self, claim: StreamClaim) -> None:
-        """Give a claimed slot back and serve the buffer."""
+        """Give a claimed slot back and serve the buffer (once: a later call does nothing)."""
         agent = claim.agent
+        if claim not in agent.streams:
+            return
         agent.streams.discard(claim)
         self._policy.finished(claim)
         self._registry.released(agent)

@@ -49,3 +49,5 @@ class StreamClaim:
     relayed: int = 0
     # Set when the agent's summary went out: the request ran to its end.
     completed: bool = False
+    # Set when the client stopped reading and the stream was cut (the claim is released then).
+    cut: bool = False

@@ -122,6 +122,15 @@ def balancer(
             "gets UNAVAILABLE (AGENT_FAILED_MID_STREAM).",
         ),
     ] = True,
+    client_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            envvar="PADDLER_CLIENT_IDLE_TIMEOUT",
+            help="Seconds a streaming client may leave a message unread; then its stream is "
+            "cut (DEADLINE_EXCEEDED, CLIENT_IDLE) and its agent slot freed.",
+        ),
+    ] = 30.0,
     state_file: Annotated[
         Path | None,
         typer.Option(
@@ -259,6 +268,7 @@ def balancer(
         max_attempts=max_attempts,
         rollout_max_unavailable=rollout_max_unavailable,
         migrate=migrate,
+        client_idle_timeout_s=client_idle_timeout,
         state_file=state_file,
         routing=routing,
         openai_address=openai_addr,

@@ -12,6 +12,8 @@ from paddler.balancer.generation_relay import GenerationRelay
 from paddler.v1 import agent_pb2, generation_pb2
 
 API = "openai"
+# Events of one choice that may wait for the client (several choices share one queue).
+BACKLOG_PER_CHOICE = 64
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,10 @@ async def generate(
             async for event in single:
                 yield event
         return
-    events: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+    # Bounded: a client that stops reading stops the relays too, so their idle timeout cuts them.
+    events: asyncio.Queue[Event | BaseException | None] = asyncio.Queue(
+        BACKLOG_PER_CHOICE * len(generations)
+    )
     model = model or relay.most_served_model()
     tasks = [
         asyncio.create_task(

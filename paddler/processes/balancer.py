@@ -110,7 +110,13 @@ def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
         routing_policy(config.routing),
     )
     metrics.watch(registry, rollout, lambda: dispatcher.buffered)
-    relay = GenerationRelay(dispatcher, config.max_attempts, metrics, migrate=config.migrate)
+    relay = GenerationRelay(
+        dispatcher,
+        config.max_attempts,
+        metrics,
+        migrate=config.migrate,
+        client_idle_timeout_s=config.client_idle_timeout_s,
+    )
     embeddings = EmbeddingRelay(dispatcher, config.max_attempts, metrics)
     watchers = ConcurrencyLimit(config.max_watchers, "live views", "--max-watchers")
     return _Core(registry, states, rollout, dispatcher, metrics, relay, embeddings, watchers)

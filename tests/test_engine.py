@@ -7,8 +7,10 @@ raises; the model, the context and the step loop are real.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
+import llama_cpp
 import pytest
 
 from paddler.agent import engine as engine_module
@@ -16,13 +18,18 @@ from paddler.agent import llama_model
 from paddler.agent.default_model import default_model_path
 from paddler.agent.engine import Engine, EngineConfig
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
+from paddler.agent.job_factory import JobFactory
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.sampling import SamplerChain
-from paddler.common.errors import InternalError
+from paddler.agent.servicer import AgentServicer
+from paddler.common.errors import InternalError, UnavailableError
 from paddler.common.generation_input import SamplingSettings
+from paddler.common.rpc_status import ENGINE_STALLED
+from paddler.v1 import agent_pb2, generation_pb2
 from tests.client import COUNTING_PROMPT
 
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
+STALL_S = 0.2
 
 
 @pytest.fixture
@@ -39,6 +46,15 @@ def _job(model: LlamaModel, prompt: str, max_tokens: int) -> GenerationJob:
         sampling=GREEDY,
         stop=(),
     )
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` until it holds (at most two minutes)."""
+    for _ in range(2400):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the condition never held")
 
 
 async def _last_event(job: GenerationJob) -> Event:
@@ -177,4 +193,58 @@ def test_abort_fails_running_and_waiting_jobs_and_the_engine_goes_on(model: Llam
     try:
         asyncio.run(scenario())
     finally:
+        engine.stop()
+
+
+def test_a_hung_decode_makes_the_agent_not_ready_and_fails_its_streams(
+    model: LlamaModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = Engine(model, EngineConfig(slots=1, context_size=256, batch_size=64, threads=1))
+    servicer = AgentServicer("hung", 1)
+    jobs = JobFactory(model, engine.context_per_slot, GREEDY, None)
+    released = threading.Event()
+    real_decode = llama_cpp.llama_decode
+    decodes = 0
+
+    def hanging_decode(context: object, batch: object) -> int:
+        """The third decode hangs until the test lets it go, as a hung GPU would."""
+        nonlocal decodes
+        decodes += 1
+        if decodes == 3:
+            released.wait(120)
+        return int(real_decode(context, batch))
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", hanging_decode)
+
+    async def scenario() -> None:
+        engine.start(asyncio.get_running_loop())
+        servicer.attach(engine, jobs)
+        request = agent_pb2.GenerateRequest(
+            input=generation_pb2.GenerationInput(prompt=COUNTING_PROMPT, max_tokens=50)
+        )
+        stream = servicer.Generate(request, None)  # type: ignore[arg-type]
+        assert (await anext(stream)).HasField("text")
+        await _until(lambda: engine.stalled_for() > STALL_S * 2)  # the hung step
+        servicer.check_engine(STALL_S)
+        status = servicer.status()
+        assert servicer.stalled and not status.ready
+        assert status.engine_stalled_seconds > STALL_S
+        assert "the engine stalled" in status.issues[0]
+        with pytest.raises(UnavailableError) as failed:
+            async for _ in stream:
+                pass
+        assert failed.value.reason == ENGINE_STALLED
+        released.set()
+
+        def resumed() -> bool:  # the step ends: the agent serves again
+            servicer.check_engine(STALL_S)
+            return not servicer.stalled
+
+        await _until(resumed)
+        assert servicer.status().ready
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        released.set()
         engine.stop()

@@ -96,3 +96,25 @@ def test_without_another_agent_the_stream_fails_with_its_cause() -> None:
             assert "agent alone failed mid-stream" in (error.details() or "")
         else:
             raise AssertionError("the stream went on with no agent")
+
+
+def test_a_call_that_goes_silent_is_cut_and_resumed_elsewhere() -> None:
+    # The stopped agent is not judged stale (600 s): only the silent call's timeout acts.
+    args = ("--agent-idle-timeout", "2", "--agent-stale-after", "600")
+    with cluster(("first", 1), ("second", 1), balancer_args=args) as c:
+        unbroken = generate(c.inference, _counting(40))
+        stream = c.inference.Generate(_counting(40), timeout=300)
+        texts = _read(stream, PIECES_BEFORE_FAILURE)
+        hung = _serving(c)
+        process = c.agents[hung].process
+        process.send_signal(signal.SIGSTOP)
+        try:
+            rest = list(stream)
+            cut = c.balancer.wait_logs("agent call silent: cut")[0]
+            assert not c.balancer.logs("agent removed")  # the stopped agent was never judged
+        finally:
+            process.send_signal(signal.SIGCONT)
+        texts += [response.text for response in rest[:-1]]
+    assert "".join(texts) == unbroken.text
+    assert cut["agent"] == hung
+    assert list(rest[-1].summary.migrated_from) == [hung]

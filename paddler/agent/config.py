@@ -48,3 +48,6 @@ class AgentConfig:
     # Seconds a model swap waits for in-flight requests before it cuts them (the balancer
     # resumes them elsewhere).
     drain_timeout_s: float = 120.0
+    # Seconds the engine may have work without finishing a decode step before the agent
+    # counts it as hung.
+    engine_stall_after_s: float = 60.0

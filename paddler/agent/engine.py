@@ -76,6 +76,8 @@ class Engine:
         self._stopping = False
         # Set by ``abort``: every request in the engine fails with it at the next step.
         self._abort: PaddlerError | None = None
+        # When the step loop last moved on (a step ended, or it woke for work).
+        self._heartbeat = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: list[tuple[GenerationJob, Event]] = []
         self._thread = threading.Thread(target=self._run, name="paddler-engine", daemon=True)
@@ -94,8 +96,17 @@ class Engine:
     def submit(self, job: GenerationJob) -> None:
         """Queue a job; it joins the running batch at the next step with a free slot."""
         with self._wakeup:
+            if not self._pending and not self._busy():
+                self._heartbeat = time.monotonic()  # idle until now, not stalled
             self._pending.append(job)
             self._wakeup.notify()
+
+    def stalled_for(self) -> float:
+        """Seconds the engine has had work without finishing a step (0 while idle): a hung
+        ``llama_decode`` (a GPU hang) shows here, read from any thread."""
+        if not self._pending and not self._busy():
+            return 0.0
+        return time.monotonic() - self._heartbeat
 
     def cancel(self, job: GenerationJob) -> None:
         """Mark a job cancelled; its slot is freed at the next step."""
@@ -138,6 +149,7 @@ class Engine:
                 if self._stopping:
                     break
                 aborted, self._abort = self._abort, None
+                self._heartbeat = time.monotonic()
             if aborted is not None:
                 self._fail_all(aborted)
                 self._fail_pending(aborted)
@@ -149,6 +161,7 @@ class Engine:
                 log.exception("engine step failed")
                 self._fail_all(InternalError(f"engine step failed: {error}"))
             finally:
+                self._heartbeat = time.monotonic()
                 self._flush_outbox()
         self._fail_all(UnavailableError("the agent stopped before the request finished"))
         self._fail_pending(UnavailableError("the agent stopped before the request started"))

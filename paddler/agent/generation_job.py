@@ -34,7 +34,7 @@ class Failed:
 Event = str | Finished | Failed
 
 
-@dataclass
+@dataclass(eq=False)
 class GenerationJob:
     """Everything the engine needs for one request; events flow back through ``events``."""
 

@@ -18,7 +18,8 @@ from paddler.agent.slot_claims import SlotClaims
 from paddler.agent.state_report import StateReport
 from paddler.common.embedding_input import check_embedding_input
 from paddler.common.errors import UnavailableError
-from paddler.common.rpc_status import NOT_READY
+from paddler.common.rpc_status import ENGINE_STALLED, NOT_READY
+from paddler.common.status_bounds import MAX_TIMING_SECONDS
 from paddler.v1 import agent_pb2, agent_pb2_grpc, embedding_pb2, generation_pb2, status_pb2
 
 log = structlog.get_logger(__name__)
@@ -35,6 +36,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.report = StateReport()
         self._engine: Engine | None = None
         self._jobs: JobFactory | None = None
+        # Generations streaming now, and whether the engine stalled (no step for
+        # --engine-stall-after while it had work).
+        self._running: set[GenerationJob] = set()
+        self.stalled = False
 
     def attach(self, engine: Engine, jobs: JobFactory) -> None:
         """Start accepting generations on a running engine."""
@@ -59,19 +64,46 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.status_changed.set()
         self.readiness_changed.set()
 
+    def check_engine(self, stall_after_s: float) -> None:
+        """Judge the engine's liveness: one with work but no step for ``stall_after_s`` is
+        stalled (the agent is not ready, its streams fail with ENGINE_STALLED so the balancer
+        resumes them elsewhere, and its liveness fails); it recovers if it steps again."""
+        engine = self._engine
+        stalled_for = engine.stalled_for() if engine is not None else 0.0
+        if not self.stalled and engine is not None and stalled_for > stall_after_s:
+            self.stalled = True
+            error = UnavailableError(
+                f"the agent's engine made no step for {stalled_for:.0f} s", reason=ENGINE_STALLED
+            )
+            for job in list(self._running):
+                job.events.put_nowait(Failed(error))
+                engine.cancel(job)
+            log.error(
+                "engine stalled", stalled_s=round(stalled_for, 1), requests=len(self._running)
+            )
+            self.notify()
+        elif self.stalled and stalled_for <= stall_after_s:
+            self.stalled = False
+            log.warning("engine resumed")
+            self.notify()
+
     def status(self) -> status_pb2.AgentStatus:
         """The slot-aggregated snapshot."""
+        engine = self._engine
         status = status_pb2.AgentStatus(
             name=self.name,
             slots_total=self.claims.total,
             slots_processing=self.claims.in_use,
-            model=self._engine.model.name if self._engine else "",
-            ready=self._engine is not None,
+            model=engine.model.name if engine else "",
+            ready=engine is not None and not self.stalled,
             chat_template=self._jobs.template_name if self._jobs else "",
         )
         self.report.fill(status)
-        if self._engine is not None:
-            self._engine.step_timings.fill(status)
+        if engine is not None:
+            engine.step_timings.fill(status)
+            status.engine_stalled_seconds = min(engine.stalled_for(), MAX_TIMING_SECONDS)
+        if self.stalled:
+            status.issues.append("the engine stalled: no decode step (--engine-stall-after)")
         return status
 
     async def GetStatus(
@@ -86,7 +118,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         """Stream text pieces, then the summary."""
         engine, jobs = self._engine, self._jobs
         state_version = self.report.applied_version  # the engine's: both change in one step
-        if engine is None or jobs is None:
+        if engine is None or jobs is None or self.stalled:
             raise UnavailableError("the agent has no model loaded right now", reason=NOT_READY)
         # Rendering, tokenizing and compiling a grammar can take long: never on the event loop.
         # The slot is claimed before the model is let go, so a swap waiting for the agent to go
@@ -106,6 +138,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         generated = job.generated
         listed = 0  # tokens listed in messages so far
         engine.submit(job)
+        self._running.add(job)
         outcome = "cancelled"
         try:
             while True:  # the per-token path: one queue read, one message
@@ -133,6 +166,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             outcome = "error"
             raise
         finally:
+            self._running.discard(job)
             if outcome != "ok":
                 engine.cancel(job)
                 log.info("request ended", request_id=job.request_id, outcome=outcome)

@@ -34,6 +34,8 @@ class BalancerConfig:
     migrate: bool = True
     # Seconds a client may leave a message of its stream unread before the stream is cut.
     client_idle_timeout_s: float = 30.0
+    # Seconds a call to an agent may go without a message before it is cut (and resumed).
+    agent_idle_timeout_s: float = 300.0
     # Where the OpenAI-compatible HTTP API listens; "" turns it off.
     openai_address: str = ""
     # Other model names OpenAI requests may use for the served model.

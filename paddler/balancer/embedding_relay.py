@@ -24,17 +24,24 @@ log = structlog.get_logger(__name__)
 
 # Texts per part: a batch larger than this is spread over the agents with free slots.
 PART_TEXTS = 16
+# Seconds an agent's call may stay silent before it is cut (--agent-idle-timeout).
+DEFAULT_AGENT_IDLE_TIMEOUT_S = 300.0
 
 
 class EmbeddingRelay:
     """Split, route, retry and reassemble."""
 
     def __init__(
-        self, dispatcher: SlotDispatcher, max_attempts: int, metrics: BalancerMetrics
+        self,
+        dispatcher: SlotDispatcher,
+        max_attempts: int,
+        metrics: BalancerMetrics,
+        agent_idle_timeout_s: float = DEFAULT_AGENT_IDLE_TIMEOUT_S,
     ) -> None:
         self._dispatcher = dispatcher
         self._max_attempts = max_attempts
         self._metrics = metrics
+        self._agent_idle_timeout_s = agent_idle_timeout_s
 
     async def embed(
         self,
@@ -158,7 +165,10 @@ class EmbeddingRelay:
             agent = claim.agent
             attempts += 1
             try:
-                response = await agent.embed(request, timeout=remaining(deadline))
+                left = remaining(deadline)  # a silent agent never holds a part forever
+                idle = self._agent_idle_timeout_s
+                timeout = idle if left is None else min(left, idle)
+                response = await agent.embed(request, timeout=timeout)
             except (aio.AioRpcError, aio.UsageError, asyncio.CancelledError) as error:
                 failover.after(agent, agent_failure(agent, error))
             else:

@@ -120,10 +120,11 @@ class GenerationRelay:
             progress.attempts += 1
             call = None
             try:
-                call = agent.generate(request, timeout=remaining(deadline))
+                call = claim.call = agent.generate(request, timeout=remaining(deadline))
                 async for chunk in call:
                     progress.relayed(chunk)
                     claim.relayed += 1
+                    claim.last_message_at = time.monotonic()
                     # The client takes the message (the send returns) or is cut: a reader
                     # that stopped must not hold the agent's slot.
                     cut = asyncio.get_running_loop().call_later(

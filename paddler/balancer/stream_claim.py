@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from grpc import aio
+
 from paddler.v1 import generation_pb2
 
 if TYPE_CHECKING:
@@ -51,3 +53,6 @@ class StreamClaim:
     completed: bool = False
     # Set when the client stopped reading and the stream was cut (the claim is released then).
     cut: bool = False
+    # The call to the agent, and when its last message came (a silent call is cut).
+    call: aio.Call | None = None
+    last_message_at: float = field(default_factory=time.monotonic)

@@ -158,6 +158,16 @@ def agent(
             "them with UNAVAILABLE (the balancer resumes them on another agent).",
         ),
     ] = 120.0,
+    engine_stall_after: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            envvar="PADDLER_ENGINE_STALL_AFTER",
+            help="Seconds the engine may have work without finishing a decode step; then the "
+            "agent is not ready, its streams move to other agents (ENGINE_STALLED) and its "
+            "liveness health fails, until it steps again. Set it above the longest step.",
+        ),
+    ] = 60.0,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a GGUF model on N slots (continuous batching) as paddler.v1.AgentService."""
@@ -189,5 +199,6 @@ def agent(
             sources=model_sources(allowed_model_root, allowed_hf_owner),
             memory_budget_bytes=memory_budget,
             drain_timeout_s=drain_timeout,
+            engine_stall_after_s=engine_stall_after,
         )
         asyncio.run(run_agent(config))

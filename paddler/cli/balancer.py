@@ -131,6 +131,16 @@ def balancer(
             "cut (DEADLINE_EXCEEDED, CLIENT_IDLE) and its agent slot freed.",
         ),
     ] = 30.0,
+    agent_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            envvar="PADDLER_AGENT_IDLE_TIMEOUT",
+            help="Seconds a call to an agent may go without a message (the first one "
+            "included: set it above the longest prefill) before it is cut and the request "
+            "moves to another agent.",
+        ),
+    ] = 300.0,
     state_file: Annotated[
         Path | None,
         typer.Option(
@@ -269,6 +279,7 @@ def balancer(
         rollout_max_unavailable=rollout_max_unavailable,
         migrate=migrate,
         client_idle_timeout_s=client_idle_timeout,
+        agent_idle_timeout_s=agent_idle_timeout,
         state_file=state_file,
         routing=routing,
         openai_address=openai_addr,

@@ -81,6 +81,16 @@ class ManagedServer:
         await self.set_serving(serving=False)
         return join_host_port(host, port)
 
+    async def set_alive(self, *, alive: bool) -> None:
+        """Report the liveness entry SERVING or NOT_SERVING (a probe then restarts the
+        process)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if alive
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set(LIVENESS_SERVICE, status)
+
     async def set_serving(self, *, serving: bool) -> None:
         """Report SERVING or NOT_SERVING, overall and for each service."""
         status = (

@@ -23,6 +23,8 @@ NOT_READY = "NOT_READY"
 INVALID_TOOL_CALL = "INVALID_TOOL_CALL"
 # The agent cut the request to swap its model (--drain-timeout): another agent may resume it.
 DRAIN_TIMED_OUT = "DRAIN_TIMED_OUT"
+# The agent's engine made no step for --engine-stall-after: another agent may resume it.
+ENGINE_STALLED = "ENGINE_STALLED"
 
 
 def _packed(message: object) -> any_pb2.Any:

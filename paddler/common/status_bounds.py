@@ -101,6 +101,9 @@ def check_status(status: status_pb2.AgentStatus) -> None:
     _check_range(
         status.prefill_seconds_per_token, 0, MAX_TIMING_SECONDS, "status.prefill_seconds_per_token"
     )
+    _check_range(
+        status.engine_stalled_seconds, 0, MAX_TIMING_SECONDS, "status.engine_stalled_seconds"
+    )
     _check_not_negative(status.prefill_backlog_tokens, "status.prefill_backlog_tokens")
     _check_not_negative(status.download.bytes_done, "status.download.bytes_done")
     _check_not_negative(status.download.bytes_total, "status.download.bytes_total")

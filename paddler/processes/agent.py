@@ -108,8 +108,13 @@ async def run_agent(config: AgentConfig) -> None:
                 Dialer(config.balancer_tls, token),
             ).run()
         )
-    serving = asyncio.create_task(_report_health(servicer, managed))
-    supervised = {"model host": hosting, "health": serving}
+    watchers = {
+        "health": asyncio.create_task(_report_health(servicer, managed)),
+        "engine watchdog": asyncio.create_task(
+            _watch_engine(servicer, config.engine_stall_after_s)
+        ),
+    }
+    supervised = {"model host": hosting, **watchers}
     if link is not None:
         supervised["balancer link"] = link
     if metrics_address is not None:
@@ -121,7 +126,8 @@ async def run_agent(config: AgentConfig) -> None:
         failure = error
     if link is not None:  # leave the balancer first so it stops sending new requests here
         await _cancel(link)
-    await _cancel(serving)
+    for task in watchers.values():
+        await _cancel(task)
     await managed.drain(config.grace_period_s)
     await web.stop()
     await _cancel(hosting)
@@ -130,12 +136,23 @@ async def run_agent(config: AgentConfig) -> None:
     log.info("agent stopped")
 
 
+async def _watch_engine(servicer: AgentServicer, stall_after_s: float) -> None:
+    """Judge the engine's liveness a few times per --engine-stall-after."""
+    while True:
+        await asyncio.sleep(min(1.0, stall_after_s / 4))
+        servicer.check_engine(stall_after_s)
+
+
 async def _report_health(servicer: AgentServicer, managed: ManagedServer) -> None:
-    """Keep grpc.health in step with whether a model is loaded."""
-    serving = False
+    """Keep grpc.health in step with whether a model is loaded, and liveness with whether the
+    engine steps."""
+    serving, alive = False, True
     while True:
         await servicer.readiness_changed.wait()
         servicer.readiness_changed.clear()
+        if servicer.stalled == alive:
+            alive = not servicer.stalled
+            await managed.set_alive(alive=alive)
         status = servicer.status()
         if status.ready != serving:
             serving = status.ready

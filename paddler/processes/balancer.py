@@ -54,10 +54,11 @@ STALE_CHECK_INTERVAL_S = 0.5
 LATE_WAKE_S = 1.0
 
 
-async def _watch_agents(registry: AgentRegistry, stale_after_s: float) -> None:
-    """Remove agents gone silent; dial them anew after a certificate rotation. A round that
-    woke late (the balancer's own loop stalled) judges no agent: their statuses wait in the
-    queue behind the stall, and a stalled loop is not a dead fleet."""
+async def _watch_agents(registry: AgentRegistry, stale_after_s: float, idle_s: float) -> None:
+    """Remove agents gone silent and cut calls gone silent (``idle_s``); dial agents anew after
+    a certificate rotation. A round that woke late (the balancer's own loop stalled) judges no
+    agent: their statuses wait in the queue behind the stall, and a stalled loop is not a dead
+    fleet."""
     while True:
         slept_at = time.monotonic()
         await asyncio.sleep(STALE_CHECK_INTERVAL_S)
@@ -66,6 +67,7 @@ async def _watch_agents(registry: AgentRegistry, stale_after_s: float) -> None:
             log.warning("event loop stalled: no agent judged stale this round", late_s=late_s)
             continue
         await registry.remove_stale(stale_after_s)
+        registry.cut_silent_calls(idle_s)
         registry.redial_if_rotated()
 
 
@@ -117,7 +119,9 @@ def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
         migrate=config.migrate,
         client_idle_timeout_s=config.client_idle_timeout_s,
     )
-    embeddings = EmbeddingRelay(dispatcher, config.max_attempts, metrics)
+    embeddings = EmbeddingRelay(
+        dispatcher, config.max_attempts, metrics, config.agent_idle_timeout_s
+    )
     watchers = ConcurrencyLimit(config.max_watchers, "live views", "--max-watchers")
     return _Core(registry, states, rollout, dispatcher, metrics, relay, embeddings, watchers)
 
@@ -222,7 +226,9 @@ async def run_balancer(config: BalancerConfig) -> None:
         admin_key=credentials.admin_key is not None,
         agent_token=credentials.agent_token is not None,
     )
-    watchdog = asyncio.create_task(_watch_agents(core.registry, config.agent_stale_after_s))
+    watchdog = asyncio.create_task(
+        _watch_agents(core.registry, config.agent_stale_after_s, config.agent_idle_timeout_s)
+    )
     reporter = None
     if config.statsd_address:
         reporter = asyncio.create_task(

@@ -118,6 +118,7 @@ class AgentStatus(_message.Message):
     PREFILL_BACKLOG_TOKENS_FIELD_NUMBER: _builtins.int
     ATTEMPTED_STATE_VERSION_FIELD_NUMBER: _builtins.int
     ATTEMPTED_STATE_EPOCH_FIELD_NUMBER: _builtins.int
+    ENGINE_STALLED_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     slots_total: _builtins.int
     slots_processing: _builtins.int
@@ -143,6 +144,10 @@ class AgentStatus(_message.Message):
     `phase`). While it applies one, the agent goes on serving applied_state_version.
     """
     attempted_state_epoch: _builtins.str
+    engine_stalled_seconds: _builtins.float
+    """While the engine has work: seconds since its last decode step ended (0 when idle). Past
+    the agent's --engine-stall-after the agent is not ready and its streams move elsewhere.
+    """
     @_builtins.property
     def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Readable problems, e.g. why the last state failed."""
@@ -176,10 +181,11 @@ class AgentStatus(_message.Message):
         prefill_backlog_tokens: _builtins.int = ...,
         attempted_state_version: _builtins.int = ...,
         attempted_state_epoch: _builtins.str = ...,
+        engine_stalled_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -182,8 +182,9 @@ def test_a_download_shows_its_progress_and_a_newer_state_cancels_it(tmp_path: Pa
     model = default_model_path()
     size = model.stat().st_size
     half_way = threading.Event()
+    starts: list[int] = []
     with (
-        local_hub("paddler-test/remote", "remote.gguf", model, half_way) as endpoint,
+        local_hub("paddler-test/remote", "remote.gguf", model, half_way, starts) as endpoint,
         cluster() as c,
     ):
         env = {"HF_HOME": str(tmp_path), "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1"}
@@ -199,14 +200,17 @@ def test_a_download_shows_its_progress_and_a_newer_state_cancels_it(tmp_path: Pa
         )
         assert agents[0].download.bytes_total == size
         # A newer state while the download runs: the download stops (at its next chunk) and
-        # the newer state applies. (huggingface_hub 2 deletes a partial file on any failure.)
+        # the newer state applies; the partial file stays, and the next try resumes it.
         version = c.set_state(state(packaged("smollm2-135m")))
         half_way.set()
         downloader.wait_logs("download cancelled by a newer desired state")
         c.wait_applied(version)
         assert not downloader.logs("desired state failed")
+        assert list(tmp_path.rglob("*.paddler-partial")), "the partial download was removed"
         version = c.set_state(remote)
         c.wait_applied(version)
+        assert starts[0] == 0 and starts[-1] > 0, starts  # the second download resumed
+        assert not list(tmp_path.rglob("*.paddler-partial"))
         reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
         assert reply.summary.model == "remote"
 

@@ -85,27 +85,40 @@ def _from_hugging_face(
         RevisionNotFoundError,
     )
 
-    name = f"{reference.repo}/{reference.file}@{reference.revision or 'main'}"
-    try:
-        path = hf_hub_download(
-            reference.repo,
-            reference.file,
-            revision=reference.revision or None,
-            tqdm_class=_progress_bar(report, cancelled),
+    from paddler.agent.hub_download import download_into_cache  # noqa: PLC0415
+
+    revision = reference.revision or "main"
+    name = f"{reference.repo}/{reference.file}@{revision}"
+
+    def cached() -> Path:
+        return Path(
+            hf_hub_download(
+                reference.repo,
+                reference.file,
+                revision=reference.revision or None,
+                local_files_only=True,
+            )
         )
+
+    try:
+        return cached()
     except LocalEntryNotFoundError as error:
-        where = constants.HF_HUB_CACHE
-        offline = " and HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else ""
-        raise ModelLoadError(
-            f"Hugging Face model {name} is not in the cache {where}{offline}"
-        ) from error
+        if constants.HF_HUB_OFFLINE:
+            raise ModelLoadError(
+                f"Hugging Face model {name} is not in the cache {constants.HF_HUB_CACHE} and "
+                "HF_HUB_OFFLINE is set"
+            ) from error
+    try:
+        download_into_cache(
+            reference.repo, reference.file, revision, _progress_bar(report, cancelled)
+        )
+        return cached()
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as error:
         raise ModelLoadError(f"Hugging Face model {name} does not exist: {error}") from error
     except (HfHubHTTPError, OSError) as error:
         raise ModelLoadError(
             f"Hugging Face model {name} could not be downloaded: {error}"
         ) from error
-    return Path(path)
 
 
 def _progress_bar(report: StateReport, cancelled: threading.Event) -> Any:

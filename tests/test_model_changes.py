@@ -9,10 +9,11 @@ import pytest
 
 from paddler.agent.model_source import resolve_model
 from paddler.agent.state_report import StateReport
-from paddler.v1 import desired_state_pb2, generation_pb2
+from paddler.v1 import desired_state_pb2, generation_pb2, status_pb2
 from tests.client import COUNTING_PROMPT, invalid_field, prompt_request
 from tests.cluster import cluster, to_inference
 from tests.openai_clients import client_of
+from tests.processes import run_paddler
 
 SMOLLM = "SmolLM2-135M-Instruct.Q4_1"
 GEMMA = "gemma-3-270m-q4_k_m"
@@ -40,9 +41,14 @@ def test_sampling_defaults_and_the_template_change_without_a_reload() -> None:
         only_system = to_inference(prompt_request("unused"))
         only_system.input.conversation.messages.add(role="system", content="Be brief.")
         assert invalid_field(c.inference, only_system) == "input"
-        # A change of the context size does reload.
-        third = c.set_state(_smollm(defaults={"context_size": 256}))
-        c.wait_applied(third)
+        # A change of the context size does reload; --wait follows it to its end.
+        result = run_paddler(
+            "state", "set", "--model", "smollm2-135m", "--context-size", "256", "--wait",
+            "--address", c.balancer.management,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "applied on all 1 agents" in result.stderr
+        assert c.list_agents()[0].phase == status_pb2.STATE_PHASE_APPLIED
         assert len(agent.logs("agent not ready")) == unloads + 1
 
 

@@ -253,24 +253,6 @@ class AgentRegistry:
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
 
-    def cut_silent_calls(self, idle_s: float) -> None:
-        """Cancel every generation call to an agent that sent nothing for ``idle_s`` (a hung
-        agent that still reports): its relay resumes the request on another agent."""
-        now = time.monotonic()
-        for agent in self.agents():
-            for claim in list(agent.streams):
-                call = claim.call
-                silent_s = now - claim.last_message_at
-                if call is not None and silent_s > idle_s:
-                    claim.call = None
-                    log.warning(
-                        "agent call silent: cut",
-                        agent=agent.name,
-                        silent_s=round(silent_s, 1),
-                        relayed=claim.relayed,
-                    )
-                    call.cancel()
-
     async def remove_stale(self, stale_after_s: float) -> None:
         """Remove every agent whose last snapshot is older than ``stale_after_s``."""
         now = time.monotonic()

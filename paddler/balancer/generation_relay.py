@@ -16,7 +16,7 @@ from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.failover import Failover, agent_failure, remaining
 from paddler.balancer.metrics import BalancerMetrics, RequestMeter
 from paddler.balancer.slot_dispatcher import SlotDispatcher
-from paddler.balancer.stream_claim import Demand, StreamClaim
+from paddler.balancer.stream_claim import Demand
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import DeadlineExceededError, PaddlerError, UnavailableError
 from paddler.common.tool_calls import offered
@@ -116,6 +116,7 @@ class GenerationRelay:
             finally:
                 meter.waited(waiting)
             agent = claim.agent
+            claim.request_id = request.request_id
             progress.agent = agent
             progress.attempts += 1
             call = None
@@ -124,16 +125,11 @@ class GenerationRelay:
                 async for chunk in call:
                     progress.relayed(chunk)
                     claim.relayed += 1
-                    claim.last_message_at = time.monotonic()
-                    # The client takes the message (the send returns) or is cut: a reader
-                    # that stopped must not hold the agent's slot.
-                    cut = asyncio.get_running_loop().call_later(
-                        self._client_idle_timeout_s, self._cut, call, claim, request.request_id
-                    )
-                    try:
-                        yield progress.last
-                    finally:
-                        cut.cancel()
+                    # While the client takes the message (the send blocks when it reads
+                    # nothing), the dispatcher's sweep may cut the stream (see StreamClaim).
+                    claim.last_message_at = claim.sending_since = time.monotonic()
+                    yield progress.last
+                    claim.sending_since = None
                     if claim.cut:
                         raise ClientIdleError(
                             f"the client read nothing for {self._client_idle_timeout_s:g} s "
@@ -165,18 +161,6 @@ class GenerationRelay:
                 if call is not None:
                     call.cancel()
                 self._dispatcher.release(claim)
-
-    def _cut(self, call: aio.Call, claim: StreamClaim, request_id: str) -> None:
-        """The client left a message unread too long: end the agent's call, free the slot."""
-        claim.cut = True
-        call.cancel()
-        self._dispatcher.release(claim)
-        log.warning(
-            "client stopped reading: stream cut",
-            request_id=request_id,
-            agent=claim.agent.name,
-            idle_s=self._client_idle_timeout_s,
-        )
 
     def _resumable(self, forwarded: agent_pb2.GenerateRequest) -> bool:
         """Whether another agent may continue the stream: migration is on, and the reply

@@ -173,6 +173,38 @@ class SlotDispatcher:
         self._registry.released(agent)
         self.dispatch()
 
+    def cut_stuck_streams(self, agent_idle_s: float, client_idle_s: float) -> None:
+        """Cancel every call to an agent that sent nothing for ``agent_idle_s`` (a hung agent
+        that still reports: its relay resumes the request elsewhere), and cut every stream
+        whose client took no message for ``client_idle_s`` (its slot is freed now)."""
+        now = time.monotonic()
+        for agent in self._registry.agents():
+            for claim in list(agent.streams):
+                call = claim.call
+                if call is None:
+                    continue
+                if claim.sending_since is not None and now - claim.sending_since > client_idle_s:
+                    claim.cut = True
+                    log.warning(
+                        "client stopped reading: stream cut",
+                        request_id=claim.request_id,
+                        agent=agent.name,
+                        idle_s=client_idle_s,
+                        relayed=claim.relayed,
+                    )
+                    call.cancel()
+                    self.release(claim)
+                elif claim.sending_since is None and now - claim.last_message_at > agent_idle_s:
+                    claim.call = None
+                    log.warning(
+                        "agent call silent: cut",
+                        request_id=claim.request_id,
+                        agent=agent.name,
+                        silent_s=round(now - claim.last_message_at, 1),
+                        relayed=claim.relayed,
+                    )
+                    call.cancel()
+
     def serving(self) -> int:
         """Agents serving now."""
         return sum(1 for agent in self._registry.agents() if agent.serving)

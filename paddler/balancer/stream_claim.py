@@ -51,8 +51,12 @@ class StreamClaim:
     relayed: int = 0
     # Set when the agent's summary went out: the request ran to its end.
     completed: bool = False
-    # Set when the client stopped reading and the stream was cut (the claim is released then).
-    cut: bool = False
-    # The call to the agent, and when its last message came (a silent call is cut).
+    # The request's id (for log lines), the call to the agent, and when its last message came
+    # (a silent call is cut).
+    request_id: str = ""
     call: aio.Call | None = None
     last_message_at: float = field(default_factory=time.monotonic)
+    # Since when a message waits for the client to take it (None: none waits); a client that
+    # takes none for too long is cut: its call ends and the claim is released (``cut``).
+    sending_since: float | None = None
+    cut: bool = False

@@ -54,11 +54,12 @@ STALE_CHECK_INTERVAL_S = 0.5
 LATE_WAKE_S = 1.0
 
 
-async def _watch_agents(registry: AgentRegistry, stale_after_s: float, idle_s: float) -> None:
-    """Remove agents gone silent and cut calls gone silent (``idle_s``); dial agents anew after
-    a certificate rotation. A round that woke late (the balancer's own loop stalled) judges no
-    agent: their statuses wait in the queue behind the stall, and a stalled loop is not a dead
-    fleet."""
+async def _watch_agents(core: _Core, config: BalancerConfig) -> None:
+    """Remove agents gone silent, cut calls gone silent and streams whose clients stopped
+    reading; dial agents anew after a certificate rotation. A round that woke late (the
+    balancer's own loop stalled) judges nothing: statuses and messages wait in the queue
+    behind the stall, and a stalled loop is not a dead fleet."""
+    registry = core.registry
     while True:
         slept_at = time.monotonic()
         await asyncio.sleep(STALE_CHECK_INTERVAL_S)
@@ -66,8 +67,8 @@ async def _watch_agents(registry: AgentRegistry, stale_after_s: float, idle_s: f
         if late_s > LATE_WAKE_S:
             log.warning("event loop stalled: no agent judged stale this round", late_s=late_s)
             continue
-        await registry.remove_stale(stale_after_s)
-        registry.cut_silent_calls(idle_s)
+        await registry.remove_stale(config.agent_stale_after_s)
+        core.dispatcher.cut_stuck_streams(config.agent_idle_timeout_s, config.client_idle_timeout_s)
         registry.redial_if_rotated()
 
 
@@ -226,9 +227,7 @@ async def run_balancer(config: BalancerConfig) -> None:
         admin_key=credentials.admin_key is not None,
         agent_token=credentials.agent_token is not None,
     )
-    watchdog = asyncio.create_task(
-        _watch_agents(core.registry, config.agent_stale_after_s, config.agent_idle_timeout_s)
-    )
+    watchdog = asyncio.create_task(_watch_agents(core, config))
     reporter = None
     if config.statsd_address:
         reporter = asyncio.create_task(

@@ -159,6 +159,20 @@ class Fleet:
                 raise TimeoutError(f"fewer than {count} agents ready after {timeout_s:g} s")
             await asyncio.sleep(0.2)
 
+    async def wait_rolled_out(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Until every agent serves the desired state."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reply = await self.management.GetDesiredState(
+                management_pb2.GetDesiredStateRequest(), timeout=5
+            )
+            rollout = reply.rollout
+            if rollout.agents and rollout.applied == rollout.agents:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the rollout did not end in {timeout_s:g} s: {rollout}")
+            await asyncio.sleep(0.5)
+
     async def set_context(self, context_size: int) -> int:
         """Set the packaged default model with ``context_size`` per slot (a reload); the
         version."""

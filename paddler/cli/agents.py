@@ -68,4 +68,6 @@ def _state(agent: management_pb2.RegisteredAgent) -> str:
     if agent.download.bytes_done:
         total = agent.download.bytes_total or 0
         text += f" ({agent.download.bytes_done >> 20}/{total >> 20} MiB)"
+    if agent.rolling:
+        text += " (updating)"
     return text

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import llama_cpp
 import pytest
@@ -48,6 +48,19 @@ def _job(model: LlamaModel, prompt: str, max_tokens: int) -> GenerationJob:
     )
 
 
+def _run_on(engine: Engine, scenario: Callable[[], Awaitable[None]]) -> None:
+    """Start ``engine`` on a new event loop, run ``scenario`` there, then stop the engine."""
+
+    async def started() -> None:
+        engine.start(asyncio.get_running_loop())
+        await scenario()
+
+    try:
+        asyncio.run(started())
+    finally:
+        engine.stop()
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     """Poll ``condition`` until it holds (at most two minutes)."""
     for _ in range(2400):
@@ -74,7 +87,6 @@ def test_a_job_that_cannot_start_ends_with_an_error_and_the_engine_goes_on(
         raise RuntimeError("no sampler today")
 
     async def scenario() -> None:
-        engine.start(asyncio.get_running_loop())
         with monkeypatch.context() as patch:
             patch.setattr(engine_module, "SamplerChain", broken_sampler)
             failing = _job(model, "Hello there", 4)
@@ -88,10 +100,7 @@ def test_a_job_that_cannot_start_ends_with_an_error_and_the_engine_goes_on(
         assert isinstance(finished, Finished)
         assert finished.completion_tokens == 4
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        engine.stop()
+    _run_on(engine, scenario)
 
 
 def test_stopping_the_engine_ends_running_and_waiting_jobs(model: LlamaModel) -> None:
@@ -150,7 +159,6 @@ def test_a_sampling_failure_ends_that_request_alone(
             return self._chain.sample(context, index)
 
     async def scenario() -> None:
-        engine.start(asyncio.get_running_loop())
         neighbour = _job(model, COUNTING_PROMPT, 40)
         engine.submit(neighbour)
         assert isinstance(await asyncio.wait_for(neighbour.events.get(), 120), str)
@@ -165,17 +173,13 @@ def test_a_sampling_failure_ends_that_request_alone(
         assert isinstance(finished, Finished), finished
         assert finished.completion_tokens == 40
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        engine.stop()
+    _run_on(engine, scenario)
 
 
 def test_abort_fails_running_and_waiting_jobs_and_the_engine_goes_on(model: LlamaModel) -> None:
     engine = Engine(model, EngineConfig(slots=1, context_size=256, batch_size=64, threads=1))
 
     async def scenario() -> None:
-        engine.start(asyncio.get_running_loop())
         running = _job(model, COUNTING_PROMPT, 200)
         waiting = _job(model, "Hello there", 4)
         engine.submit(running)
@@ -190,10 +194,7 @@ def test_abort_fails_running_and_waiting_jobs_and_the_engine_goes_on(model: Llam
         engine.submit(after)
         assert isinstance(await _last_event(after), Finished)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        engine.stop()
+    _run_on(engine, scenario)
 
 
 def test_a_hung_decode_makes_the_agent_not_ready_and_fails_its_streams(

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import structlog
 
 from paddler.agent.config import AgentConfig
 from paddler.agent.default_model import default_model_path
 from paddler.agent.engine import Engine, EngineConfig
-from paddler.agent.job_factory import JobFactory
-from paddler.agent.llama_model import LlamaModel, check_model_file
+from paddler.agent.engine_settings import (
+    EngineSettings,
+    build_engine,
+    job_factory,
+    same_engine,
+    state_sampling,
+    state_template,
+)
+from paddler.agent.llama_model import check_model_file
 from paddler.agent.memory_budget import available_memory_bytes
 from paddler.agent.metrics import AgentMetrics
 from paddler.agent.model_shape import ModelShape, read_model_shape
@@ -22,7 +28,6 @@ from paddler.agent.servicer import AgentServicer
 from paddler.agent.state_fit import DoesNotFitError, check_allowed_file, check_fits
 from paddler.common.chat_template import ChatTemplate
 from paddler.common.errors import PaddlerError, UnavailableError
-from paddler.common.generation_input import SamplingSettings
 from paddler.common.rpc_status import DRAIN_TIMED_OUT
 from paddler.common.status_bounds import MAX_ISSUE_CHARS
 from paddler.v1 import desired_state_pb2, status_pb2
@@ -31,32 +36,6 @@ log = structlog.get_logger(__name__)
 
 # InferenceDefaults fields that override the agent's own engine sizes.
 _SIZE_FIELDS = ("context_size", "batch_size")
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """Everything an engine is built from."""
-
-    model: Path
-    engine: EngineConfig
-    sampling: SamplingSettings
-    chat_template: str | None
-    chat_template_timeout_s: float
-    # Weights plus KV cache, as estimated before the build.
-    memory_bytes: int = 0
-
-
-def build_engine(
-    settings: EngineSettings, metrics: AgentMetrics | None = None
-) -> tuple[Engine, JobFactory]:
-    """Load the model and build the context (blocking; run it off the event loop)."""
-    model = LlamaModel(settings.model)
-    try:
-        engine = Engine(model, settings.engine, metrics)
-    except BaseException:
-        model.close()
-        raise
-    return engine, _job_factory(engine, settings)
 
 
 class ModelHost:
@@ -153,11 +132,11 @@ class ModelHost:
         assert engine is not None and running is not None
         settings = replace(
             running,
-            sampling=_sampling(update.state),
-            chat_template=_template(update.state),
+            sampling=state_sampling(update.state),
+            chat_template=state_template(update.state),
         )
         try:
-            jobs = await asyncio.to_thread(_job_factory, engine, settings)
+            jobs = await asyncio.to_thread(job_factory, engine, settings)
         except Exception as error:  # noqa: BLE001 - reported; the running settings stay
             self._failed(update.version, error)
             return
@@ -237,7 +216,7 @@ class ModelHost:
                 check_allowed_file(path, config.sources)
         check_model_file(path)
         defaults = state.defaults
-        template = _template(state)
+        template = state_template(state)
         if template is not None:
             ChatTemplate(template, "", "")  # compiles, or the state fails before the swap
         engine = EngineConfig(
@@ -261,7 +240,7 @@ class ModelHost:
             model=path,
             engine=engine,
             memory_bytes=memory,
-            sampling=_sampling(state),
+            sampling=state_sampling(state),
             chat_template=template,
             chat_template_timeout_s=config.chat_template_timeout_s,
         )
@@ -291,36 +270,3 @@ class ModelHost:
         self._report.issues = [issue[:MAX_ISSUE_CHARS]]
         self._servicer.notify()
         log.error("desired state failed", version=version, issue=issue)
-
-
-def same_engine(
-    a: desired_state_pb2.VersionedDesiredState, b: desired_state_pb2.VersionedDesiredState
-) -> bool:
-    """Whether two states need the same engine: they differ at most in sampling defaults and
-    the chat template."""
-    engines = []
-    for update in (a, b):
-        state = desired_state_pb2.DesiredState()
-        state.CopyFrom(update.state)
-        state.defaults.ClearField("sampling")
-        state.ClearField("chat_template_override")
-        engines.append(state)
-    return engines[0] == engines[1]
-
-
-def _sampling(state: desired_state_pb2.DesiredState) -> SamplingSettings:
-    return SamplingSettings().overridden_by(state.defaults.sampling, "state.defaults.sampling")
-
-
-def _template(state: desired_state_pb2.DesiredState) -> str | None:
-    return state.chat_template_override if state.HasField("chat_template_override") else None
-
-
-def _job_factory(engine: Engine, settings: EngineSettings) -> JobFactory:
-    return JobFactory(
-        engine.model,
-        engine.context_per_slot,
-        settings.sampling,
-        settings.chat_template,
-        settings.chat_template_timeout_s,
-    )

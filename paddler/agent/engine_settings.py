@@ -1,0 +1,75 @@
+"""What an engine is built from, and how a desired state maps onto it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from paddler.agent.engine import Engine, EngineConfig
+from paddler.agent.job_factory import JobFactory
+from paddler.agent.llama_model import LlamaModel
+from paddler.agent.metrics import AgentMetrics
+from paddler.common.generation_input import SamplingSettings
+from paddler.v1 import desired_state_pb2
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything an engine is built from."""
+
+    model: Path
+    engine: EngineConfig
+    sampling: SamplingSettings
+    chat_template: str | None
+    chat_template_timeout_s: float
+    # Weights plus KV cache, as estimated before the build.
+    memory_bytes: int = 0
+
+
+def build_engine(
+    settings: EngineSettings, metrics: AgentMetrics | None = None
+) -> tuple[Engine, JobFactory]:
+    """Load the model and build the context (blocking; run it off the event loop)."""
+    model = LlamaModel(settings.model)
+    try:
+        engine = Engine(model, settings.engine, metrics)
+    except BaseException:
+        model.close()
+        raise
+    return engine, job_factory(engine, settings)
+
+
+def same_engine(
+    a: desired_state_pb2.VersionedDesiredState, b: desired_state_pb2.VersionedDesiredState
+) -> bool:
+    """Whether two states need the same engine: they differ at most in sampling defaults and
+    the chat template."""
+    engines = []
+    for update in (a, b):
+        state = desired_state_pb2.DesiredState()
+        state.CopyFrom(update.state)
+        state.defaults.ClearField("sampling")
+        state.ClearField("chat_template_override")
+        engines.append(state)
+    return engines[0] == engines[1]
+
+
+def state_sampling(state: desired_state_pb2.DesiredState) -> SamplingSettings:
+    """The state's sampling defaults over the built-in ones."""
+    return SamplingSettings().overridden_by(state.defaults.sampling, "state.defaults.sampling")
+
+
+def state_template(state: desired_state_pb2.DesiredState) -> str | None:
+    """The state's chat template override, if it has one."""
+    return state.chat_template_override if state.HasField("chat_template_override") else None
+
+
+def job_factory(engine: Engine, settings: EngineSettings) -> JobFactory:
+    """Requests' checks and rendering for ``engine`` under ``settings``."""
+    return JobFactory(
+        engine.model,
+        engine.context_per_slot,
+        settings.sampling,
+        settings.chat_template,
+        settings.chat_template_timeout_s,
+    )

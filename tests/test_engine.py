@@ -15,6 +15,7 @@ import pytest
 
 from paddler.agent import engine as engine_module
 from paddler.agent import llama_model
+from paddler.agent.context_choice import ContextChoice
 from paddler.agent.default_model import default_model_path
 from paddler.agent.engine import Engine, EngineConfig
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
@@ -25,7 +26,7 @@ from paddler.agent.servicer import AgentServicer
 from paddler.common.errors import InternalError, UnavailableError
 from paddler.common.generation_input import SamplingSettings
 from paddler.common.rpc_status import ENGINE_STALLED
-from paddler.v1 import agent_pb2, generation_pb2
+from paddler.v1 import agent_pb2, generation_pb2, status_pb2
 from tests.client import COUNTING_PROMPT
 
 GREEDY = SamplingSettings(temperature=0.0, repeat_penalty=1.0)
@@ -219,7 +220,7 @@ def test_a_hung_decode_makes_the_agent_not_ready_and_fails_its_streams(
 
     async def scenario() -> None:
         engine.start(asyncio.get_running_loop())
-        servicer.attach(engine, jobs)
+        servicer.attach(engine, jobs, ContextChoice(256, 0, status_pb2.CONTEXT_SOURCE_FLAG))
         request = agent_pb2.GenerateRequest(
             input=generation_pb2.GenerationInput(prompt=COUNTING_PROMPT, max_tokens=50)
         )

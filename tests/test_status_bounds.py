@@ -115,6 +115,16 @@ REFUSED = {
         "status.prefill_seconds_per_token",
     ),
     "negative backlog": (_status(prefill_backlog_tokens=-1), "status.prefill_backlog_tokens"),
+    "negative context": (_status(context_size=-1), "status.context_size"),
+    "a context over the bound": (_status(context_size=(1 << 20) + 1), "status.context_size"),
+    "negative trained context": (
+        _status(trained_context_size=-1),
+        "status.trained_context_size",
+    ),
+    "an unknown context source": (
+        _status(context_source=99),
+        "status.context_source",
+    ),
     "negative bytes done": (
         _status(download=status_pb2.DownloadProgress(bytes_done=-1)),
         "status.download.bytes_done",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from paddler.agent.context_choice import ContextChoice
 from paddler.agent.engine import Engine, EngineConfig
 from paddler.agent.job_factory import JobFactory
 from paddler.agent.llama_model import LlamaModel
@@ -19,6 +20,7 @@ class EngineSettings:
 
     model: Path
     engine: EngineConfig
+    context: ContextChoice
     sampling: SamplingSettings
     chat_template: str | None
     chat_template_timeout_s: float

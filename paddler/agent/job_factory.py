@@ -72,8 +72,10 @@ class JobFactory:
             raise InvalidArgumentError(
                 "input",
                 f"the prompt is {len(tokens)} tokens but a slot's context holds {limit} "
-                f"(prompt plus generated tokens); shorten the prompt to under {limit} tokens "
-                "or start the agent with a larger --context-size",
+                f"(prompt plus generated tokens; /v1/models lists it as context_length): "
+                f"shorten the prompt to under {limit} tokens, or give the agents more context "
+                "with `paddler state set --context-size N` or the agent's --context-size "
+                "(PADDLER_CONTEXT_SIZE)",
             )
         max_tokens = generation.max_tokens if generation.HasField("max_tokens") else limit
         if max_tokens > limit:

@@ -10,7 +10,7 @@ import structlog
 
 from paddler.agent.config import AgentConfig
 from paddler.agent.default_model import default_model_path
-from paddler.agent.engine import Engine, EngineConfig
+from paddler.agent.engine import Engine
 from paddler.agent.engine_settings import (
     EngineSettings,
     build_engine,
@@ -22,10 +22,10 @@ from paddler.agent.engine_settings import (
 from paddler.agent.llama_model import check_model_file
 from paddler.agent.memory_budget import available_memory_bytes
 from paddler.agent.metrics import AgentMetrics
-from paddler.agent.model_shape import ModelShape, read_model_shape
+from paddler.agent.model_shape import read_model_shape
 from paddler.agent.model_source import DownloadCancelledError, resolve_model
 from paddler.agent.servicer import AgentServicer
-from paddler.agent.state_fit import DoesNotFitError, check_allowed_file, check_fits
+from paddler.agent.state_fit import check_allowed_file, fit_engine
 from paddler.common.chat_template import ChatTemplate
 from paddler.common.errors import PaddlerError, UnavailableError
 from paddler.common.rpc_status import DRAIN_TIMED_OUT
@@ -33,9 +33,6 @@ from paddler.common.status_bounds import MAX_ISSUE_CHARS
 from paddler.v1 import desired_state_pb2, status_pb2
 
 log = structlog.get_logger(__name__)
-
-# InferenceDefaults fields that override the agent's own engine sizes.
-_SIZE_FIELDS = ("context_size", "batch_size")
 
 
 class ModelHost:
@@ -141,7 +138,7 @@ class ModelHost:
             self._failed(update.version, error)
             return
         self._settings_in_use = settings
-        self._servicer.attach(engine, jobs)
+        self._servicer.attach(engine, jobs, settings.context)
         self._record_applied(update)
         log.info("desired state applied without a reload", version=update.version)
 
@@ -187,7 +184,7 @@ class ModelHost:
         engine, jobs = await asyncio.to_thread(build_engine, settings, self._metrics)
         engine.start(asyncio.get_running_loop())
         self._engine, self._settings_in_use = engine, settings
-        self._servicer.attach(engine, jobs)
+        self._servicer.attach(engine, jobs, settings.context)
 
     async def _restore(self) -> None:
         """After a failed build, serve the previous settings again (best effort)."""
@@ -219,48 +216,29 @@ class ModelHost:
         template = state_template(state)
         if template is not None:
             ChatTemplate(template, "", "")  # compiles, or the state fails before the swap
-        engine = EngineConfig(
-            slots=config.slots,
-            context_size=config.context_size,
-            batch_size=config.batch_size,
-            threads=config.threads,
-            prompt_cache=config.prompt_cache,
-        )
-        sizes = {f.name: v for f, v in defaults.ListFields() if f.name in _SIZE_FIELDS}
-        engine = replace(engine, **sizes)
-        if "batch_size" in sizes and engine.batch_size > engine.slots * engine.context_size:
-            raise DoesNotFitError(
-                f"state.defaults.batch_size {engine.batch_size} is more than the context it "
-                f"would fill ({engine.slots} slots x {engine.context_size} tokens): lower it"
-            )
-        memory = self._check_fits(
-            read_model_shape(path), engine, from_state="context_size" in sizes
+        budget, freed = self._budget()
+        engine, context, memory = fit_engine(
+            read_model_shape(path), config, defaults, budget=budget, freed=freed
         )
         return EngineSettings(
             model=path,
             engine=engine,
+            context=context,
             memory_bytes=memory,
             sampling=state_sampling(state),
             chat_template=template,
             chat_template_timeout_s=config.chat_template_timeout_s,
         )
 
-    def _check_fits(self, shape: ModelShape, engine: EngineConfig, *, from_state: bool) -> int:
-        """The memory the engine needs, checked against what is free now plus what the running
-        engine gives back (nothing with a fixed --memory-budget: one engine at a time)."""
+    def _budget(self) -> tuple[int | None, int]:
+        """The bytes a model may take (None: unknown) and what the running engine gives back
+        on top (nothing with a fixed --memory-budget: one engine at a time)."""
         budget = self._config.memory_budget_bytes or available_memory_bytes()
         running = self._settings_in_use
         freed = 0
         if not self._config.memory_budget_bytes and running is not None and self._engine:
             freed = running.memory_bytes
-        return check_fits(
-            shape,
-            engine.slots,
-            engine.context_size,
-            budget=budget,
-            freed=freed,
-            from_state=from_state,
-        )
+        return budget, freed
 
     def _failed(self, version: int, error: Exception) -> None:
         issue = (

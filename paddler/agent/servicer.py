@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from grpc import aio
 
+from paddler.agent.context_choice import ContextChoice
 from paddler.agent.engine import Engine
 from paddler.agent.generation_job import Failed, Finished, GenerationJob
 from paddler.agent.job_factory import JobFactory
@@ -36,15 +37,18 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.report = StateReport()
         self._engine: Engine | None = None
         self._jobs: JobFactory | None = None
+        self._context: ContextChoice | None = None
         # Generations streaming now, and whether the engine stalled (no step for
         # --engine-stall-after while it had work).
         self._running: set[GenerationJob] = set()
         self.stalled = False
 
-    def attach(self, engine: Engine, jobs: JobFactory) -> None:
-        """Start accepting generations on a running engine."""
+    def attach(self, engine: Engine, jobs: JobFactory, context: ContextChoice) -> None:
+        """Start accepting generations on a running engine (``context``: how its slots' size
+        was decided)."""
         self._engine = engine
         self._jobs = jobs
+        self._context = context
         self.notify()
 
     def detach(self) -> Engine | None:
@@ -101,6 +105,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.report.fill(status)
         if engine is not None:
             engine.step_timings.fill(status)
+            if self._context is not None:
+                self._context.fill(status, engine.context_per_slot)
             status.engine_stalled_seconds = min(engine.stalled_for(), MAX_TIMING_SECONDS)
         if self.stalled:
             status.issues.append("the engine stalled: no decode step (--engine-stall-after)")

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
+
+from paddler.agent.config import AgentConfig
+from paddler.agent.context_choice import ContextChoice, choose_context
+from paddler.agent.engine import EngineConfig
 from paddler.agent.model_shape import ModelShape
 from paddler.common.errors import PaddlerError
 from paddler.common.model_sources import ModelSourcePolicy
+from paddler.v1 import desired_state_pb2
+
+log = structlog.get_logger(__name__)
 
 
 class DoesNotFitError(PaddlerError):
@@ -53,3 +61,67 @@ def check_fits(
             "size or the slots"
         )
     return needed
+
+
+def fit_engine(
+    shape: ModelShape,
+    config: AgentConfig,
+    defaults: desired_state_pb2.InferenceDefaults,
+    *,
+    budget: int | None,
+    freed: int,
+) -> tuple[EngineConfig, ContextChoice, int]:
+    """The engine's sizes for a model of ``shape`` (the desired state's ``defaults`` over the
+    agent's flags, the context chosen and logged), how the context was chosen, and the bytes it
+    needs; DoesNotFitError when it does not fit."""
+    state_context = defaults.context_size if defaults.HasField("context_size") else None
+    room = None if budget is None else budget + freed
+    context = choose_context(
+        shape,
+        config.slots,
+        flag=config.context_size,
+        state=state_context,
+        budget=room,
+        measured=not config.memory_budget_bytes,
+    )
+    batch = defaults.batch_size if defaults.HasField("batch_size") else config.batch_size
+    if defaults.HasField("batch_size") and batch > config.slots * context.size:
+        raise DoesNotFitError(
+            f"state.defaults.batch_size {batch} is more than the context it would fill "
+            f"({config.slots} slots x {context.size} tokens): lower it"
+        )
+    memory = check_fits(
+        shape,
+        config.slots,
+        context.size,
+        budget=budget,
+        freed=freed,
+        from_state=state_context is not None,
+    )
+    _log_context(context, config.slots, shape)
+    engine = EngineConfig(
+        slots=config.slots,
+        context_size=context.size,
+        batch_size=batch,
+        threads=config.threads,
+        prompt_cache=config.prompt_cache,
+    )
+    return engine, context, memory
+
+
+def _log_context(context: ContextChoice, slots: int, shape: ModelShape) -> None:
+    """Say how big each slot's context is and why; warn beyond the trained context."""
+    log.info(
+        "context size chosen",
+        context_size=context.size,
+        trained_context_size=context.trained or None,
+        slots=slots,
+        kv_cache_mib=_mib(shape.kv_bytes(slots, context.size)),
+        decided_by=context.reason,
+    )
+    if context.trained and context.size > context.trained:
+        log.warning(
+            "context beyond the model's trained context: replies may degrade past it",
+            context_size=context.size,
+            trained_context_size=context.trained,
+        )

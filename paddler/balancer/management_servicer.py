@@ -35,6 +35,9 @@ def _describe(agent: RegisteredAgent, now: float) -> management_pb2.RegisteredAg
         download=status.download,
         step_timings=status.step_timings,
         rolling=agent.rolling,
+        context_size=status.context_size,
+        trained_context_size=status.trained_context_size,
+        context_source=status.context_source,
     )
     described.last_status_age.FromNanoseconds(int((now - agent.last_status_at) * 1e9))
     return described

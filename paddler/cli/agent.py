@@ -28,6 +28,7 @@ from paddler.cli.options import (
     server_tls,
 )
 from paddler.common.chat_template import DEFAULT_RENDER_TIMEOUT_S
+from paddler.common.desired_state import MIN_CONTEXT_SIZE
 from paddler.common.logging import configure_logging
 from paddler.common.status_bounds import MAX_NAME_CHARS, MAX_SLOTS
 
@@ -71,11 +72,13 @@ def agent(
     context_size: Annotated[
         int,
         typer.Option(
-            min=16,
+            min=0,
             envvar="PADDLER_CONTEXT_SIZE",
-            help="Context per slot in tokens (prompt plus generated).",
+            help="Context per slot in tokens (prompt plus generated). 0: the model's trained "
+            "context, cut to what the memory holds (--memory-budget, else what is free less "
+            "1 GiB); the log and `paddler agents` say which.",
         ),
-    ] = 2048,
+    ] = 0,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -172,6 +175,12 @@ def agent(
 ) -> None:
     """Serve a GGUF model on N slots (continuous batching) as paddler.v1.AgentService."""
     configure_logging(log_level)
+    if 0 < context_size < MIN_CONTEXT_SIZE:
+        raise typer.BadParameter(
+            f"must be 0 (the model's trained context) or at least {MIN_CONTEXT_SIZE}, "
+            f"got {context_size}",
+            param_hint="--context-size",
+        )
     tls = server_tls(tls_cert, tls_key, tls_client_ca)
     with exit_on_domain_error():
         from paddler.agent.config import AgentConfig  # noqa: PLC0415 - the agent extra

@@ -27,8 +27,8 @@ def agents(
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
 ) -> None:
-    """Show each agent's slots (busy/total), model, chat template, applied state, issues and
-    status age."""
+    """Show each agent's slots (busy/total), model, context per slot (and what decided it),
+    chat template, applied state, issues and status age."""
     with management_stub(
         address, dialer(tls_ca, tls_server_name, admin_key_file, (tls_cert, tls_key))
     ) as stub:
@@ -39,6 +39,7 @@ def agents(
         "slots busy/total",
         "claimed",
         "model",
+        "context",
         "template",
         "ready",
         "state",
@@ -53,13 +54,35 @@ def agents(
             f"{agent.slots_processing}/{agent.slots_total}",
             str(agent.slots_claimed),
             agent.model or "-",
+            _context(agent),
             agent.chat_template or "-",
             "yes" if agent.ready else "no",
             _state(agent),
             "; ".join(agent.issues) or "-",
             f"{age_s:.1f} s",
         )
-    Console(width=160).print(table)
+    Console(width=200).print(table)
+
+
+_CONTEXT_SOURCES = {
+    status_pb2.CONTEXT_SOURCE_FLAG: "flag",
+    status_pb2.CONTEXT_SOURCE_DESIRED_STATE: "state",
+    status_pb2.CONTEXT_SOURCE_TRAINED: "trained",
+    status_pb2.CONTEXT_SOURCE_MEMORY: "memory",
+    status_pb2.CONTEXT_SOURCE_FALLBACK: "fallback",
+}
+
+
+def _context(agent: management_pb2.RegisteredAgent) -> str:
+    """Tokens per slot and what decided them, e.g. "8192 (trained)" or "3072 (memory, trained
+    8192)"."""
+    if not agent.context_size:
+        return "-"
+    source = _CONTEXT_SOURCES.get(agent.context_source, "?")
+    trained = agent.trained_context_size
+    if trained and trained != agent.context_size:
+        return f"{agent.context_size} ({source}, trained {trained})"
+    return f"{agent.context_size} ({source})"
 
 
 def _state(agent: management_pb2.RegisteredAgent) -> str:

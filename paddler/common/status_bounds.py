@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from paddler.common.addresses import split_host_port
+from paddler.common.desired_state import MAX_CONTEXT_SIZE
 from paddler.common.errors import InvalidArgumentError
 from paddler.v1 import agent_registry_pb2, status_pb2
 
@@ -40,6 +41,7 @@ MAX_PORT = 65535
 """The highest TCP port."""
 
 _PHASES = frozenset(status_pb2.StatePhase.values())
+_CONTEXT_SOURCES = frozenset(status_pb2.ContextSource.values())
 
 
 def _out_of_range(value: float, low: float, high: float, field: str) -> InvalidArgumentError:
@@ -86,17 +88,25 @@ def check_registration(registration: agent_registry_pb2.AgentRegistration) -> No
 def check_status(status: status_pb2.AgentStatus) -> None:
     """Raise InvalidArgumentError on the first field out of bounds.
 
-    Slots: 1 to ``MAX_SLOTS``, of which 0 to all processing. A known phase. Step timings: at
-    most ``MAX_SLOTS``, each for a stream count of 1 to ``MAX_SLOTS`` not given before, with a
-    step time of 0 to ``MAX_TIMING_SECONDS`` (a simulated agent's may be 0, which routing takes
-    as unmeasured). Prefill time per token: 0 to ``MAX_TIMING_SECONDS``. Backlog and download
-    bytes: not negative. Issues: at most ``MAX_ISSUES`` of at most ``MAX_ISSUE_CHARS`` each.
-    Strings: at most ``MAX_NAME_CHARS`` (the name) or ``MAX_LABEL_CHARS``.
+    Slots: 1 to ``MAX_SLOTS``, of which 0 to all processing. A known phase. Context: 0 to
+    ``MAX_CONTEXT_SIZE`` tokens per slot, a trained context not negative, a known source.
+    Step timings: at most ``MAX_SLOTS``, each for a stream count of 1 to ``MAX_SLOTS`` not
+    given before, with a step time of 0 to ``MAX_TIMING_SECONDS`` (a simulated agent's may be
+    0, which routing takes as unmeasured). Prefill time per token: 0 to
+    ``MAX_TIMING_SECONDS``. Backlog and download bytes: not negative. Issues: at most
+    ``MAX_ISSUES`` of at most ``MAX_ISSUE_CHARS`` each. Strings: at most ``MAX_NAME_CHARS``
+    (the name) or ``MAX_LABEL_CHARS``.
     """
     _check_range(status.slots_total, 1, MAX_SLOTS, "status.slots_total")
     _check_range(status.slots_processing, 0, status.slots_total, "status.slots_processing")
     if status.phase not in _PHASES:
         raise InvalidArgumentError("status.phase", f"unknown phase {status.phase}")
+    _check_range(status.context_size, 0, MAX_CONTEXT_SIZE, "status.context_size")
+    _check_not_negative(status.trained_context_size, "status.trained_context_size")
+    if status.context_source not in _CONTEXT_SOURCES:
+        raise InvalidArgumentError(
+            "status.context_source", f"unknown context source {status.context_source}"
+        )
     _check_step_timings(status.step_timings)
     _check_range(
         status.prefill_seconds_per_token, 0, MAX_TIMING_SECONDS, "status.prefill_seconds_per_token"

@@ -26,6 +26,22 @@ class ServedModels:
             }
         )
 
+    def context(self, model: str) -> tuple[int, int]:
+        """The context a request for ``model`` can count on (the smallest of the agents that
+        serve it; for an alias, of all serving agents) and the model's trained context (the
+        smallest reported); (0, 0) while none serves."""
+        statuses = [
+            agent.status
+            for agent in self._registry.agents()
+            if agent.serving
+            and agent.status.context_size
+            and (model in self.aliases or agent.status.model == model)
+        ]
+        if not statuses:
+            return 0, 0
+        trained = [status.trained_context_size for status in statuses]
+        return min(status.context_size for status in statuses), min(trained)
+
     def any_serving(self) -> bool:
         """Whether at least one agent serves now."""
         return bool(self.names())

@@ -44,6 +44,9 @@ class RegisteredAgent(_message.Message):
     CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
     STEP_TIMINGS_FIELD_NUMBER: _builtins.int
     ROLLING_FIELD_NUMBER: _builtins.int
+    CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    TRAINED_CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    CONTEXT_SOURCE_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     name: _builtins.str
     address: _builtins.str
@@ -63,6 +66,10 @@ class RegisteredAgent(_message.Message):
     """Taken out of service by the rollout to apply the desired state (counted against
     --rollout-max-unavailable).
     """
+    context_size: _builtins.int
+    """Tokens each slot holds, the model's trained context, and what decided (see AgentStatus)."""
+    trained_context_size: _builtins.int
+    context_source: _status_pb2.ContextSource.ValueType
     @_builtins.property
     def last_status_age(self) -> _duration_pb2.Duration:
         """Time since the agent's last status snapshot."""
@@ -95,10 +102,13 @@ class RegisteredAgent(_message.Message):
         chat_template: _builtins.str = ...,
         step_timings: _abc.Iterable[_status_pb2.StepTiming] | None = ...,
         rolling: _builtins.bool = ...,
+        context_size: _builtins.int = ...,
+        trained_context_size: _builtins.int = ...,
+        context_source: _status_pb2.ContextSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "last_status_age", b"last_status_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "rolling", b"rolling", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "rolling", b"rolling", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

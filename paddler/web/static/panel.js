@@ -3,8 +3,14 @@
 
 const $ = (id) => document.getElementById(id);
 const turns = [];
-const rates = [];
 let state = null;
+// The throughput chart: one sample a second on the page's own clock (snapshots also come on
+// every change, so they cannot be the time axis); the newest sample is the current second,
+// updated as snapshots arrive. It starts at 0: a fleet at rest is a flat line at 0.
+const CHART_SECONDS = 120;
+const CHART_WIDTH = 600;  // the SVG's viewBox
+const CHART_HEIGHT = 80;
+const chart = { samples: [0], taken: 1, latest: 0 };
 
 // Every call of the panel's API: a 401 means the session ended (logged out, expired, or the
 // admin key changed), so the page goes back to the sign-in page.
@@ -56,9 +62,7 @@ function showCluster(snapshot) {
   $("capacity").textContent = String(snapshot.buffer_capacity);
   $("throughput").textContent = String(snapshot.pieces_per_second);
   showRollout(snapshot.rollout);
-  rates.push(snapshot.pieces_per_second);
-  if (rates.length > 120) rates.shift();
-  drawChart();
+  showThroughput(snapshot.pieces_per_second);
 }
 
 function showRollout(rollout) {
@@ -75,19 +79,46 @@ function showRollout(rollout) {
     : "";
 }
 
+// The latest rate the balancer reported: the current second's sample, until the next second.
+function showThroughput(rate) {
+  chart.latest = rate;
+  chart.samples[chart.samples.length - 1] = rate;
+  drawChart();
+}
+
+// Each second: a new sample, the latest rate (0 while nothing streams or the view is down).
+function sampleThroughput() {
+  chart.samples.push(chart.latest);
+  if (chart.samples.length > CHART_SECONDS) chart.samples.shift();
+  chart.taken += 1;
+  drawChart();
+}
+
+// The samples as the line's points: spread across the chart until it is full, then scrolling;
+// a single sample is a flat line across it.
+function chartPoints(samples, top) {
+  const shown = samples.length === 1 ? [samples[0], samples[0]] : samples;
+  const step = CHART_WIDTH / (shown.length - 1);
+  // 0 and the top stay 4 units clear of the edges, so the line never hides in the border.
+  const y = (rate) => CHART_HEIGHT - 4 - (rate / top) * (CHART_HEIGHT - 8);
+  return shown.map((rate, index) => `${(index * step).toFixed(1)},${y(rate).toFixed(1)}`);
+}
+
+// The line, the scale, and what the chart holds as data attributes (points plotted, samples
+// taken since the page opened, the latest and the highest rate plotted).
 function drawChart() {
-  const canvas = $("chart");
-  const context = canvas.getContext("2d");
-  context.clearRect(0, 0, canvas.width, canvas.height);
-  const top = Math.max(1, ...rates);
-  context.strokeStyle = "#3b82f6";
-  context.beginPath();
-  rates.forEach((rate, index) => {
-    const x = (index / 119) * canvas.width;
-    const y = canvas.height - (rate / top) * (canvas.height - 4) - 2;
-    if (index === 0) context.moveTo(x, y); else context.lineTo(x, y);
+  const { samples } = chart;
+  const peak = Math.max(...samples);
+  const top = Math.max(1, peak);
+  const svg = $("chart");
+  svg.querySelector("polyline").setAttribute("points", chartPoints(samples, top).join(" "));
+  $("chart-top").textContent = String(top);
+  Object.assign(svg.dataset, {
+    points: String(samples.length),
+    samples: String(chart.taken),
+    latest: String(samples[samples.length - 1]),
+    peak: String(peak),
   });
-  context.stroke();
 }
 
 function watchCluster() {
@@ -95,6 +126,7 @@ function watchCluster() {
   source.onopen = () => { $("connection").textContent = "live"; };
   source.onerror = () => {
     $("connection").textContent = "reconnecting…";
+    chart.latest = 0;  // no rate is known until the view is back
     // The browser gives up on a refused stream: ask whether the session ended.
     if (source.readyState === EventSource.CLOSED) api("/api/session");
   };
@@ -248,6 +280,8 @@ async function logout() {
 $("state-form").addEventListener("submit", applyState);
 $("logout").addEventListener("click", logout);
 $("prompt-form").addEventListener("submit", send);
+drawChart();
+setInterval(sampleThroughput, 1000);
 watchCluster();
 loadState();
 showSession();

@@ -142,3 +142,15 @@ def test_an_agent_refuses_a_bad_grammar_itself(stub4: Any) -> None:
     assert invalid_field(stub4, request) == "input.grammar.json_schema"
     status = stub4.GetStatus(agent_pb2.GetStatusRequest()).status
     assert status.slots_processing == 0
+
+
+def test_the_grammar_tokenizer_is_built_at_load_not_by_the_first_request() -> None:
+    schema = schema_grammar({"type": "object", "properties": {"n": {"type": "integer"}}})
+    with cluster(("fresh", 1)) as c:
+        agent = c.agents["fresh"]
+        assert len(agent.logs("grammar tokenizer built")) == 1  # with the model, before a request
+        for _ in range(2):
+            generate(c.inference, to_inference(grammar_request("A number?", schema)))
+        served = agent.wait_logs("request served", 2)
+        assert len(served) == 2
+        assert len(agent.logs("grammar tokenizer built")) == 1  # neither request built one

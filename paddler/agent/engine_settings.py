@@ -31,9 +31,11 @@ class EngineSettings:
 def build_engine(
     settings: EngineSettings, metrics: AgentMetrics | None = None
 ) -> tuple[Engine, JobFactory]:
-    """Load the model and build the context (blocking; run it off the event loop)."""
+    """Load the model, its grammar tokenizer and the context (blocking; run it off the event
+    loop)."""
     model = LlamaModel(settings.model)
     try:
+        model.grammars.prepare()
         engine = Engine(model, settings.engine, metrics)
     except BaseException:
         model.close()

@@ -19,6 +19,7 @@ from paddler.agent.slot_claims import SlotClaims
 from paddler.agent.state_report import StateReport
 from paddler.common.embedding_input import check_embedding_input
 from paddler.common.errors import UnavailableError
+from paddler.common.request_context import bind_request
 from paddler.common.rpc_status import ENGINE_STALLED, NOT_READY
 from paddler.common.status_bounds import MAX_TIMING_SECONDS
 from paddler.v1 import agent_pb2, agent_pb2_grpc, embedding_pb2, generation_pb2, status_pb2
@@ -122,6 +123,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.GenerateRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
         """Stream text pieces, then the summary."""
+        bind_request(request_id=request.request_id or None)
         engine, jobs = self._engine, self._jobs
         state_version = self.report.applied_version  # the engine's: both change in one step
         if engine is None or jobs is None or self.stalled:
@@ -181,6 +183,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.EmbedRequest, context: aio.ServicerContext[Any, Any]
     ) -> agent_pb2.EmbedResponse:
         """One vector per text, on the engine's embedding context; holds a slot meanwhile."""
+        bind_request(request_id=request.request_id or None)
         engine = self._engine
         if engine is None:
             raise UnavailableError("the agent has no model loaded right now", reason=NOT_READY)

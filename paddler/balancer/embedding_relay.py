@@ -18,6 +18,7 @@ from paddler.balancer.metrics import BalancerMetrics, RequestMeter
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.stream_claim import BYTES_PER_TOKEN, Demand
 from paddler.common.errors import PaddlerError, UnavailableError
+from paddler.common.request_context import served_status
 from paddler.v1 import agent_pb2, embedding_pb2
 
 log = structlog.get_logger(__name__)
@@ -127,6 +128,7 @@ class EmbeddingRelay:
             "embeddings served",
             request_id=request_id,
             api=api,
+            status=served_status(api),
             texts=len(texts),
             parts=len(parts),
             agents=sorted(set(merged.agent_names)),

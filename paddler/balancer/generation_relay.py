@@ -19,6 +19,7 @@ from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.stream_claim import Demand
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import DeadlineExceededError, PaddlerError, UnavailableError
+from paddler.common.request_context import cancelled_status, served_status
 from paddler.common.tool_calls import offered
 from paddler.v1 import agent_pb2, generation_pb2
 
@@ -239,6 +240,7 @@ class _Progress:
                 "request cancelled",
                 request_id=request_id,
                 api=api,
+                status=cancelled_status(api),
                 stage="streaming" if self.last else "waiting for a slot",
                 agent=self.agent.name if self.agent else None,
             )
@@ -255,6 +257,8 @@ class _Progress:
             "request served",
             request_id=request_id,
             api=api,
+            status=served_status(api),
+            model=summary.model,
             agent=agent.name,
             attempts=self.attempts,
             migrated_from=list(summary.migrated_from) or None,

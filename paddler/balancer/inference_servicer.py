@@ -17,6 +17,7 @@ from paddler.balancer.metrics import BalancerMetrics
 from paddler.common.embedding_input import check_embedding_input
 from paddler.common.generation_input import check_generation_input
 from paddler.common.off_loop import checked_off_loop
+from paddler.common.request_context import bind_request
 from paddler.v1 import agent_pb2, inference_pb2
 
 SERVICE = "paddler.v1.InferenceService"
@@ -52,15 +53,15 @@ class InferenceServicer:
         context: aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[bytes]:
         """Stream the chosen agent's pieces and summary to the client; log one line."""
+        request_id = request.request_id or uuid.uuid4().hex
+        bind_request(request_id=request_id)
         with self._metrics.refusals("grpc", "generate"):
             generation = request.input
             if generation.grammar.WhichOneof("kind") or generation.conversation.tools:
                 await checked_off_loop(lambda: check_generation_input(generation), "input.grammar")
             else:
                 check_generation_input(generation)
-        forwarded = agent_pb2.GenerateRequest(
-            request_id=request.request_id or uuid.uuid4().hex, input=request.input
-        )
+        forwarded = agent_pb2.GenerateRequest(request_id=request_id, input=request.input)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         async for chunk in self._relay.stream(forwarded, deadline, "grpc"):
@@ -72,11 +73,11 @@ class InferenceServicer:
         context: aio.ServicerContext[Any, Any],
     ) -> inference_pb2.InferenceServiceEmbedResponse:
         """The vectors of the request's texts, in order, from whichever agents were free."""
+        request_id = request.request_id or uuid.uuid4().hex
+        bind_request(request_id=request_id)
         with self._metrics.refusals("grpc", "embed"):
             check_embedding_input(request.input)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        result = await self._embeddings.embed(
-            request.request_id or uuid.uuid4().hex, request.input, deadline, "grpc"
-        )
+        result = await self._embeddings.embed(request_id, request.input, deadline, "grpc")
         return inference_pb2.InferenceServiceEmbedResponse(result=result)

@@ -15,6 +15,7 @@ from grpc import aio
 
 from paddler.common.errors import InvalidArgumentError, PaddlerError, UnauthenticatedError
 from paddler.common.guards import AUTHORIZATION, Admission, Guard, bearer
+from paddler.common.request_context import GRPC_METHOD, call_context
 from paddler.common.rpc_status import to_grpc_status
 
 log = structlog.get_logger(__name__)
@@ -27,8 +28,8 @@ async def _abort(context: aio.ServicerContext[Any, Any], method: str, error: Pad
     status = to_grpc_status(error)
     log.info(
         "request rejected",
-        method=method,
-        code=status.code.name,
+        endpoint=method,
+        status=status.code.name,
         reason=error.reason,
         message=error.message,
     )
@@ -74,17 +75,27 @@ def _admitted(
     return admit(context) if admit is not None else contextlib.nullcontext()
 
 
+def _identified(
+    method: str, context: aio.ServicerContext[Any, Any], *, streamed: bool
+) -> contextlib.AbstractContextManager[None]:
+    """The call's identity on every line it logs (see ``call_context``)."""
+    return call_context(
+        api="grpc", endpoint=method, method=GRPC_METHOD, client=context.peer(), streamed=streamed
+    )
+
+
 def _wrap_unary(
     behavior: Any, method: str, admit: Admit
 ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            with _admitted(admit, context):  # the credential first: a stranger learns no more
-                _check_decoded(request)
-                return await behavior(request, context)  # aio behaviours are coroutines
-        except PaddlerError as error:
-            await _abort(context, method, error)
-            raise  # unreachable: abort raises
+        with _identified(method, context, streamed=False):
+            try:
+                with _admitted(admit, context):  # the credential first: a stranger learns no more
+                    _check_decoded(request)
+                    return await behavior(request, context)  # aio behaviours are coroutines
+            except PaddlerError as error:
+                await _abort(context, method, error)
+                raise  # unreachable: abort raises
 
     return handler
 
@@ -98,13 +109,14 @@ def _wrap_stream(behavior: Any, method: str, admit: Admit) -> Callable[[Any, _Co
         return _wrap_unary(behavior, method, admit)
 
     async def handler(request: Any, context: _Context) -> AsyncIterator[Any]:
-        try:
-            with _admitted(admit, context):
-                _check_decoded(request)
-                async for response in behavior(request, context):
-                    yield response
-        except PaddlerError as error:
-            await _abort(context, method, error)
+        with _identified(method, context, streamed=True):
+            try:
+                with _admitted(admit, context):
+                    _check_decoded(request)
+                    async for response in behavior(request, context):
+                        yield response
+            except PaddlerError as error:
+                await _abort(context, method, error)
 
     return handler
 
@@ -142,7 +154,6 @@ class ErrorInterceptor(aio.ServerInterceptor):
             except UnauthenticatedError as error:
                 log.warning(
                     "credential refused",
-                    method=details.method,
                     peer=context.peer(),
                     reason=error.reason,
                 )

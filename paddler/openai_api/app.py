@@ -26,6 +26,7 @@ from paddler.common.errors import ModelNotFoundError, PaddlerError
 from paddler.common.guards import Guard
 from paddler.common.http_guard import BearerGuardMiddleware
 from paddler.common.off_loop import checked_off_loop
+from paddler.common.request_context import CallContextMiddleware, bind_request
 from paddler.openai_api import chat_completions, completions, embeddings, responses
 from paddler.openai_api.chat_protocol import ChatCompletionRequest
 from paddler.openai_api.completion_protocol import CompletionRequest
@@ -160,6 +161,7 @@ def _base_app(settings: OpenAISettings, metrics: BalancerMetrics) -> FastAPI:
             allow_headers=["*"],
             expose_headers=[HEADER],
         )
+    app.add_middleware(CallContextMiddleware, api=API)
     app.add_middleware(RequestIdMiddleware)
     return app
 
@@ -206,7 +208,7 @@ def create_app(
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
         """A chat completion: one JSON object, or SSE chunks with ``stream``."""
         request_id: str = request.state.request_id
-        _log_user(body.user)
+        _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
             model = models.check(body.model)
             inputs = [await checked_off_loop(body.generation_input, "input.grammar")] * body.n
@@ -221,7 +223,7 @@ def create_app(
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
         """A text completion per prompt and per ``n``: one JSON object, or SSE events."""
         request_id: str = request.state.request_id
-        _log_user(body.user)
+        _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
             model = models.check(body.model)
             inputs = await checked_off_loop(body.generation_inputs, "input.grammar")
@@ -236,7 +238,7 @@ def create_app(
     async def create_response(body: ResponseRequest, request: Request) -> Response:
         """A model response (text): one JSON object, or the Responses event stream."""
         request_id: str = request.state.request_id
-        _log_user(body.user)
+        _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
             model = models.check(body.model)
             inputs = [await checked_off_loop(body.generation_input, "input.grammar")]
@@ -253,7 +255,7 @@ def create_app(
     ) -> dict[str, object]:
         """One vector per input, in order (``encoding_format`` float or base64)."""
         request_id: str = request.state.request_id
-        _log_user(body.user)
+        _log_request(body.model, False, body.user)
         with metrics.refusals(API, "embed"):
             model = models.check(body.model)
             embedding = body.embedding_input()
@@ -263,9 +265,10 @@ def create_app(
     return app
 
 
-def _log_user(user: str | None) -> None:
-    """The client's ``user`` goes on every log line of this request (its tasks inherit it),
-    shortened to ``MAX_LOGGED_USER_CHARS``."""
+def _log_request(model: str, streamed: bool, user: str | None) -> None:
+    """The model named, whether the reply streams and the client's ``user`` (shortened to
+    ``MAX_LOGGED_USER_CHARS``) go on every log line of this request (its tasks inherit them)."""
+    bind_request(model=model, streamed=streamed)
     if user is not None:
         structlog.contextvars.bind_contextvars(user=_shortened(user, MAX_LOGGED_USER_CHARS))
 

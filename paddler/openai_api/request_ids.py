@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -13,8 +14,9 @@ _ACCEPTED = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestIdMiddleware:
-    """Puts the request id in ``request.state.request_id`` and on the response's headers (a
-    plain ASGI middleware: it leaves streaming and disconnects alone)."""
+    """Puts the request id in ``request.state.request_id``, on the response's headers and on
+    the request's log lines (a plain ASGI middleware: it leaves streaming and disconnects
+    alone)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
@@ -32,4 +34,5 @@ class RequestIdMiddleware:
                 MutableHeaders(scope=message)[HEADER] = request_id
             await send(message)
 
-        await self._app(scope, receive, send_with_id)
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await self._app(scope, receive, send_with_id)

@@ -9,7 +9,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.types import Scope
 
 from paddler.common.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
+from paddler.common.request_context import CallContextMiddleware
 from paddler.web.pages import error_response
+
+API = "web"
+"""The surface's name on log lines and metrics."""
 
 
 def create_web_app(
@@ -19,6 +23,7 @@ def create_web_app(
     ``max_body_bytes`` (the admin panel's desired state, say) with a 413."""
     app = FastAPI(title=title, version="1", docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, refusal=_too_large)
+    app.add_middleware(CallContextMiddleware, api=API)
 
     @app.get("/metrics")
     async def scrape() -> Response:

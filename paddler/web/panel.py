@@ -31,12 +31,13 @@ from paddler.common.concurrency_limit import ConcurrencyLimit, LimitReachedError
 from paddler.common.errors import InvalidArgumentError, PaddlerError
 from paddler.common.generation_input import check_generation_input
 from paddler.common.guards import Guard
+from paddler.common.request_context import bind_request
 from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
 from paddler.web.admin_session import AdminSessionMiddleware, AdminSessions, add_sign_in
+from paddler.web.app import API
 from paddler.web.pages import STATIC, error_response, page
 from paddler.web.request_checks import RequestChecksMiddleware, allowed_host_names
 
-API = "web"
 # How often the live view refreshes when nothing changes (throughput moves on its own).
 TICK_S = 1.0
 
@@ -164,7 +165,11 @@ def add_panel(
                 generation = _generation_input(body)
         except InvalidArgumentError as error:
             return _refused(error.violations[0].field, error.message)
-        return StreamingResponse(_reply(relay, generation), media_type="text/event-stream")
+        request_id = uuid.uuid4().hex
+        bind_request(request_id=request_id, streamed=True)
+        return StreamingResponse(
+            _reply(relay, generation, request_id), media_type="text/event-stream"
+        )
 
 
 def _refused(field: str | None, message: str) -> JSONResponse:
@@ -241,13 +246,13 @@ async def _snapshots(
 
 
 async def _reply(
-    relay: GenerationRelay, generation: generation_pb2.GenerationInput
+    relay: GenerationRelay, generation: generation_pb2.GenerationInput, request_id: str
 ) -> AsyncIterator[str]:
     def event(payload: dict[str, Any]) -> str:
         return f"data: {json.dumps(payload)}\n\n"
 
     try:
-        forwarded = agent_pb2.GenerateRequest(request_id=uuid.uuid4().hex, input=generation)
+        forwarded = agent_pb2.GenerateRequest(request_id=request_id, input=generation)
         async for chunk in relay.stream(forwarded, None, API):
             response = agent_pb2.GenerateResponse.FromString(chunk)
             if response.HasField("summary"):

@@ -105,4 +105,5 @@ def test_a_server_that_fails_stops_the_other_and_the_exit_status_says_so() -> No
         code = served.wait()
     output = "".join(served.lines)
     assert code != 0, output
+    assert "paddler: cannot listen on" in output and "Traceback" not in output, output
     assert "serve.sh: the balancer exited" in output

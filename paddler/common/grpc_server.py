@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from paddler.common.addresses import join_host_port, split_host_port
 from paddler.common.error_interceptor import ErrorInterceptor, Refused
+from paddler.common.errors import ConfigurationError
 from paddler.common.guards import Guard
 from paddler.common.tls import ServerTls
 
@@ -23,12 +24,18 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # A port another process holds is an error, not a port shared with it (gRPC's default
+    # SO_REUSEPORT would split the calls between a second balancer or agent and the first).
+    ("grpc.so_reuseport", 0),
 )
 SERVER_OPTIONS = (
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # A port another process holds is an error, not a port shared with it (gRPC's default
+    # SO_REUSEPORT would split the calls between a second balancer or agent and the first).
+    ("grpc.so_reuseport", 0),
 )
 
 
@@ -68,10 +75,16 @@ class ManagedServer:
     async def start(self, address: str, tls: ServerTls | None = None) -> str:
         """Bind ``address`` (port 0 picks a free port), with TLS when ``tls`` is given, start,
         and return the bound address."""
-        if tls is None:
-            port = self.server.add_insecure_port(address)
-        else:
-            port = self.server.add_secure_port(address, tls.grpc_credentials())
+        try:
+            if tls is None:
+                port = self.server.add_insecure_port(address)
+            else:
+                port = self.server.add_secure_port(address, tls.grpc_credentials())
+        except RuntimeError as error:  # gRPC says only that it could not bind
+            await self.server.stop(None)  # on this loop, not in a finalizer after it closed
+            raise ConfigurationError(
+                f"cannot listen on {address}: {error} (is another process using the port?)"
+            ) from error
         try:
             host = split_host_port(address)[0]
         except ValueError:  # no port given: gRPC bound its default one

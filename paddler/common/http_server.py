@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import socket
 from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI
 
 from paddler.common.addresses import join_host_port, split_host_port
+from paddler.common.errors import ConfigurationError
 from paddler.common.tls import ServerTls
 
 STARTUP_POLL_S = 0.01
@@ -23,6 +25,24 @@ class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: any free one); ConfigurationError when the
+    address is taken or not this machine's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {join_host_port(host, port)}: {error.strerror} (is another "
+            "process using the port?)"
+        ) from error
+    sock.set_inheritable(True)
+    return sock
 
 
 class HttpServer:
@@ -53,10 +73,11 @@ class HttpServer:
             self._rotation = asyncio.create_task(tls.keep_fresh(config.ssl))
         server = _EmbeddedServer(config)
         self._server = server
-        self._task = asyncio.create_task(server.serve())
+        # Bound here: uvicorn would exit the whole process on a port in use.
+        self._task = asyncio.create_task(server.serve(sockets=[_bound_socket(host, port)]))
         while not server.started:
             if self._task.done():
-                self._task.result()  # the reason it could not start (a port in use, say)
+                self._task.result()  # the reason it could not start
                 raise OSError(f"the HTTP server on {address} stopped while starting")
             await asyncio.sleep(STARTUP_POLL_S)
         bound = server.servers[0].sockets[0].getsockname()

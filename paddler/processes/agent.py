@@ -78,12 +78,7 @@ async def run_agent(config: AgentConfig) -> None:
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, managed.server)
     address = await managed.start(listen, config.tls)
     web = HttpServer(create_web_app(metrics.registry, "Paddler agent"))
-    open_tls = replace(config.tls, client_ca=None) if config.tls else None
-    metrics_address = (
-        await web.start(config.metrics_address, config.grace_period_s, open_tls)
-        if config.metrics_address
-        else None
-    )
+    metrics_address = await _serve_metrics(web, config, managed)
     log.info(
         "agent listening",
         address=address,
@@ -134,6 +129,21 @@ async def run_agent(config: AgentConfig) -> None:
     if failure is not None:
         raise failure
     log.info("agent stopped")
+
+
+async def _serve_metrics(
+    web: HttpServer, config: AgentConfig, managed: ManagedServer
+) -> str | None:
+    """Start the metrics server when --metrics-addr asks for one; its bound address. A port in
+    use closes the started gRPC server (on this loop) before the error goes up."""
+    if not config.metrics_address:
+        return None
+    open_tls = replace(config.tls, client_ca=None) if config.tls else None
+    try:
+        return await web.start(config.metrics_address, config.grace_period_s, open_tls)
+    except BaseException:
+        await managed.server.stop(None)
+        raise
 
 
 async def _watch_engine(servicer: AgentServicer, stall_after_s: float) -> None:

@@ -205,16 +205,24 @@ async def run_balancer(config: BalancerConfig) -> None:
     tls = config.tls
     # Only agents (on the management port) are asked for a client certificate.
     open_tls = replace(tls, client_ca=None) if tls else None
-    listening = {
-        "inference": await inference.start(config.inference_address, open_tls),
-        "management": await management.start(config.management_address, tls),
-    }
     stopping = asyncio.Event()
     http: dict[str, HttpServer] = {}
-    for name, (address, app) in _http_apps(core, config, credentials, stopping).items():
-        server = HttpServer(app)
-        listening[name] = await server.start(address, config.grace_period_s, open_tls)
-        http[name] = server
+    try:
+        listening = {
+            "inference": await inference.start(config.inference_address, open_tls),
+            "management": await management.start(config.management_address, tls),
+        }
+        for name, (address, app) in _http_apps(core, config, credentials, stopping).items():
+            server = HttpServer(app)
+            listening[name] = await server.start(address, config.grace_period_s, open_tls)
+            http[name] = server
+    except BaseException:  # a port in use: close what started, on this loop
+        await asyncio.gather(
+            inference.server.stop(None),
+            management.server.stop(None),
+            *(server.stop() for server in http.values()),
+        )
+        raise
     await inference.set_serving(serving=True)
     await management.set_serving(serving=True)
     log.info(

@@ -19,6 +19,8 @@ from tests.cluster import Cluster, cluster, to_inference
 
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 60_000
+# Every wait of the page and of expect(): a busy machine makes the test slower, never red.
+expect.set_options(timeout=TIMEOUT_MS)
 # The chart's line (an SVG polyline, viewBox 600 x 80) with every point at 0 (y = 76).
 FLAT_AT_ZERO = re.compile(r"^(\d+\.\d,76\.0 )+\d+\.\d,76\.0$")
 ABOVE_ZERO = re.compile(r"^(?!0$)\d+(\.\d+)?$")
@@ -65,6 +67,7 @@ def test_the_panel_shows_load_edits_the_state_and_streams_a_prompt(
     c, page, errors = panel
     row = page.locator("tr[data-agent='solo']")
     expect(row).to_contain_text("SmolLM2-135M-Instruct.Q4_1")
+    expect(row).to_contain_text("512 (flag)")  # tokens per slot, and what decided
     expect(page.locator("#connection")).to_have_text("live")
     # The throughput chart draws from the first second: a fleet at rest is a flat line at 0.
     chart = page.locator("#chart")

@@ -32,7 +32,7 @@ from paddler.common.errors import InvalidArgumentError, PaddlerError
 from paddler.common.generation_input import check_generation_input
 from paddler.common.guards import Guard
 from paddler.common.request_context import bind_request
-from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
+from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2, status_pb2
 from paddler.web.admin_session import AdminSessionMiddleware, AdminSessions, add_sign_in
 from paddler.web.app import API
 from paddler.web.pages import STATIC, error_response, page
@@ -186,6 +186,10 @@ def _agent(agent: RegisteredAgent, now: float) -> dict[str, Any]:
         "name": agent.name,
         "address": agent.address,
         "model": status.model,
+        "context": status.context_size,
+        "context_source": status_pb2.ContextSource.Name(status.context_source)
+        .removeprefix("CONTEXT_SOURCE_")
+        .lower(),
         "slots_busy": agent.busy_slots,
         "slots_total": status.slots_total,
         "claimed": agent.claims,

@@ -8,6 +8,9 @@ from pathlib import Path
 from paddler.common.model_sources import ModelSourcePolicy
 from paddler.common.tls import ClientTls, ServerTls
 
+DEFAULT_PROMPT_CACHE_MIB = 8192
+"""llama-server's ``--cache-ram`` default."""
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -45,6 +48,8 @@ class AgentConfig:
     sources: ModelSourcePolicy = field(default_factory=ModelSourcePolicy)
     # Bytes a model (weights and KV cache) may take; 0: what the machine has free.
     memory_budget_bytes: int = 0
+    # Host memory (MiB) for slots' caches kept after the slots are reused; 0 turns it off.
+    prompt_cache_mib: int = DEFAULT_PROMPT_CACHE_MIB
     # Seconds a model swap waits for in-flight requests before it cuts them (the balancer
     # resumes them elsewhere).
     drain_timeout_s: float = 120.0

@@ -16,6 +16,7 @@ from paddler.agent.embedder import Embedder
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
 from paddler.agent.metrics import AgentMetrics
+from paddler.agent.prompt_store import PromptStore, take_longest_prefix
 from paddler.agent.sampling import SamplerChain
 from paddler.agent.slot import Slot, choose_slot, common_prefix_length, fill_batch, step_shape
 from paddler.agent.step_timings import StepTimings
@@ -36,6 +37,8 @@ class EngineConfig:
     threads: int
     # Keep a finished request's KV cache in its slot for a later prompt with the same prefix.
     prompt_cache: bool = True
+    # Host memory for slots' caches once the slots are reused (0: none; see PromptStore).
+    prompt_store_bytes: int = 0
 
 
 class Engine:
@@ -69,6 +72,11 @@ class Engine:
         self.context_per_slot = min(config.context_size, llama.llama_n_ctx_seq(context))
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
         self._slots = [Slot(seq_id) for seq_id in range(config.slots)]
+        self.prompt_store = (
+            PromptStore(config.prompt_store_bytes)
+            if config.prompt_cache and config.prompt_store_bytes
+            else None
+        )
         self.step_timings = StepTimings()
         self._metrics = metrics
         self._pending: collections.deque[GenerationJob] = collections.deque()
@@ -243,11 +251,14 @@ class Engine:
         prompt = job.prompt_tokens
         busy = [other.seq_id for other in self._slots if other.job is not None]
         slot = choose_slot(free, busy, prompt)
+        restored = take_longest_prefix(self.prompt_store, self._context, slot, prompt)
         reused = min(common_prefix_length(slot.cached, prompt), len(prompt) - 1)  # >= 1 to decode
         if not llama.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
             # Recurrent models cannot drop a tail: start the sequence over.
             llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             reused = 0
+        if restored and self._metrics is not None:
+            self._metrics.prompt_cache_restored_tokens.inc(min(restored, reused))
         slot.start(job, reused, SamplerChain(job.sampling, self.model.n_vocab))
         if job.replay:  # a resumed generation: the text its tokens have that was never sent
             assert slot.text is not None

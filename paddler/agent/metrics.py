@@ -41,6 +41,11 @@ class AgentMetrics:
             "Tokens decoded for generating streams (one per stream per step).",
             registry=self.registry,
         )
+        self.prompt_cache_restored_tokens = Counter(
+            "paddler_engine_prompt_cache_restored_tokens",
+            "Prompt tokens restored from the host-memory prompt cache instead of prefilled.",
+            registry=self.registry,
+        )
         self.credentials_refused = Counter(
             "paddler_credentials_refused",
             "Calls refused for a missing or wrong agent token, by surface and reason.",
@@ -66,8 +71,9 @@ class AgentMetrics:
         self.registry.register(_OccupancyCollector(occupancy))
 
 
-Occupancy = tuple[int, int, int, int]
-"""Slots busy and total, KV cache tokens held and the cache's capacity."""
+Occupancy = tuple[int, int, int, int, int, int]
+"""Slots busy and total, KV cache tokens held and the cache's capacity, and the host-memory
+prompt cache's bytes and prompts."""
 
 
 class _OccupancyCollector(Collector):
@@ -76,7 +82,7 @@ class _OccupancyCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Slots and KV cache, busy or used against total."""
-        busy, total, cached, capacity = self._occupancy()
+        busy, total, cached, capacity, stored_bytes, stored_prompts = self._occupancy()
         slots = GaugeMetricFamily(
             "paddler_engine_slots", "This agent's slots: busy and total.", labels=["state"]
         )
@@ -90,4 +96,12 @@ class _OccupancyCollector(Collector):
         )
         cache.add_metric(["used"], cached)
         cache.add_metric(["capacity"], capacity)
-        yield from (slots, cache)
+        stored = GaugeMetricFamily(
+            "paddler_engine_prompt_cache",
+            "The host-memory prompt cache (slots' caches kept after the slots were reused): "
+            "bytes and prompts held.",
+            labels=["unit"],
+        )
+        stored.add_metric(["bytes"], stored_bytes)
+        stored.add_metric(["prompts"], stored_prompts)
+        yield from (slots, cache, stored)

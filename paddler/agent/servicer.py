@@ -58,11 +58,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.notify()
         return engine
 
-    def occupancy(self) -> tuple[int, int, int, int]:
-        """Slots busy and total, and the KV cache's tokens held and capacity (0 without a
-        model)."""
-        used, capacity = self._engine.kv_cache() if self._engine is not None else (0, 0)
-        return self.claims.in_use, self.claims.total, used, capacity
+    def occupancy(self) -> tuple[int, int, int, int, int, int]:
+        """Slots busy and total, the KV cache's tokens held and capacity, and the host-memory
+        prompt cache's bytes and prompts (0 without a model)."""
+        engine = self._engine
+        used, capacity = engine.kv_cache() if engine is not None else (0, 0)
+        store = engine.prompt_store if engine is not None else None
+        stored = (store.bytes, len(store)) if store is not None else (0, 0)
+        return self.claims.in_use, self.claims.total, used, capacity, *stored
 
     def notify(self) -> None:
         """The model or the state changed: send a snapshot now and re-check health."""
@@ -108,6 +111,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             engine.step_timings.fill(status)
             if self._context is not None:
                 self._context.fill(status, engine.context_per_slot)
+            if engine.prompt_store is not None:
+                status.prompt_cache_bytes = engine.prompt_store.bytes
+                status.prompt_cache_prompts = len(engine.prompt_store)
             status.engine_stalled_seconds = min(engine.stalled_for(), MAX_TIMING_SECONDS)
         if self.stalled:
             status.issues.append("the engine stalled: no decode step (--engine-stall-after)")

@@ -3,6 +3,7 @@ choice of slot for a prompt, and how the slots fill a step's batch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from paddler.agent.generation_job import GenerationJob
@@ -10,7 +11,7 @@ from paddler.agent.sampling import SamplerChain
 from paddler.agent.text_stream import TextStream
 
 
-def common_prefix_length(left: list[int], right: list[int]) -> int:
+def common_prefix_length(left: Sequence[int], right: Sequence[int]) -> int:
     """Length of the longest common prefix of two token lists."""
     length = 0
     for a, b in zip(left, right, strict=False):

@@ -8,7 +8,7 @@ from pathlib import Path
 import structlog
 
 from paddler.agent.config import AgentConfig
-from paddler.agent.context_choice import ContextChoice, choose_context
+from paddler.agent.context_choice import MACHINE_RESERVE_BYTES, ContextChoice, choose_context
 from paddler.agent.engine import EngineConfig
 from paddler.agent.model_shape import ModelShape
 from paddler.common.errors import PaddlerError
@@ -98,19 +98,32 @@ def fit_engine(
         freed=freed,
         from_state=state_context is not None,
     )
-    _log_context(context, config.slots, shape)
+    store = _prompt_store_bytes(config, budget, freed, memory)
+    _log_context(context, config.slots, shape, store)
     engine = EngineConfig(
         slots=config.slots,
         context_size=context.size,
         batch_size=batch,
         threads=config.threads,
         prompt_cache=config.prompt_cache,
+        prompt_store_bytes=store,
     )
     return engine, context, memory
 
 
-def _log_context(context: ContextChoice, slots: int, shape: ModelShape) -> None:
-    """Say how big each slot's context is and why; warn beyond the trained context."""
+def _prompt_store_bytes(config: AgentConfig, budget: int | None, freed: int, needed: int) -> int:
+    """--prompt-cache-mib, cut to the memory the engine leaves (less MACHINE_RESERVE_BYTES of
+    what the machine has free)."""
+    wanted = config.prompt_cache_mib << 20 if config.prompt_cache else 0
+    if budget is None:
+        return wanted
+    reserve = 0 if config.memory_budget_bytes else MACHINE_RESERVE_BYTES
+    return max(min(wanted, budget + freed - needed - reserve), 0)
+
+
+def _log_context(context: ContextChoice, slots: int, shape: ModelShape, store: int) -> None:
+    """Say how big each slot's context is and why, and the prompt cache's cap; warn beyond the
+    trained context."""
     log.info(
         "context size chosen",
         context_size=context.size,
@@ -118,6 +131,7 @@ def _log_context(context: ContextChoice, slots: int, shape: ModelShape) -> None:
         slots=slots,
         kv_cache_mib=_mib(shape.kv_bytes(slots, context.size)),
         decided_by=context.reason,
+        prompt_cache_mib=_mib(store),
     )
     if context.trained and context.size > context.trained:
         log.warning(

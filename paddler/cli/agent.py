@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from paddler.agent.config import DEFAULT_PROMPT_CACHE_MIB
 from paddler.cli.failure import exit_on_domain_error
 from paddler.cli.options import (
     AgentTokenFileOption,
@@ -93,6 +94,17 @@ def agent(
             "prefix (a conversation's next turn) skips that prefill.",
         ),
     ] = True,
+    prompt_cache_mib: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            envvar="PADDLER_PROMPT_CACHE_MIB",
+            help="Host memory (MiB) for slots' caches once the slots are reused, least recently "
+            "used out first; a prompt that starts with one gets it restored into its slot "
+            "(as llama-server's --cache-ram). Capped by the memory left after the model "
+            "(see --memory-budget); 0 turns it off.",
+        ),
+    ] = DEFAULT_PROMPT_CACHE_MIB,
     chat_template_timeout: Annotated[
         float,
         typer.Option(
@@ -196,6 +208,7 @@ def agent(
             context_size=context_size,
             batch_size=batch_size,
             prompt_cache=prompt_cache,
+            prompt_cache_mib=prompt_cache_mib,
             chat_template_timeout_s=chat_template_timeout,
             grace_period_s=grace_period,
             balancer=balancer,

@@ -93,7 +93,7 @@ def check_status(status: status_pb2.AgentStatus) -> None:
     Step timings: at most ``MAX_SLOTS``, each for a stream count of 1 to ``MAX_SLOTS`` not
     given before, with a step time of 0 to ``MAX_TIMING_SECONDS`` (a simulated agent's may be
     0, which routing takes as unmeasured). Prefill time per token: 0 to
-    ``MAX_TIMING_SECONDS``. Backlog and download bytes: not negative. Issues: at most
+    ``MAX_TIMING_SECONDS``. Backlog, download and prompt cache sizes: not negative. Issues: at most
     ``MAX_ISSUES`` of at most ``MAX_ISSUE_CHARS`` each. Strings: at most ``MAX_NAME_CHARS``
     (the name) or ``MAX_LABEL_CHARS``.
     """
@@ -115,6 +115,8 @@ def check_status(status: status_pb2.AgentStatus) -> None:
         status.engine_stalled_seconds, 0, MAX_TIMING_SECONDS, "status.engine_stalled_seconds"
     )
     _check_not_negative(status.prefill_backlog_tokens, "status.prefill_backlog_tokens")
+    _check_not_negative(status.prompt_cache_bytes, "status.prompt_cache_bytes")
+    _check_not_negative(status.prompt_cache_prompts, "status.prompt_cache_prompts")
     _check_not_negative(status.download.bytes_done, "status.download.bytes_done")
     _check_not_negative(status.download.bytes_total, "status.download.bytes_total")
     _check_entries(len(status.issues), MAX_ISSUES, "status.issues")

@@ -156,6 +156,8 @@ class AgentStatus(_message.Message):
     CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
     TRAINED_CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
     CONTEXT_SOURCE_FIELD_NUMBER: _builtins.int
+    PROMPT_CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    PROMPT_CACHE_PROMPTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     slots_total: _builtins.int
     slots_processing: _builtins.int
@@ -193,6 +195,11 @@ class AgentStatus(_message.Message):
     """The model's trained context in tokens (0: the model does not say, or no model)."""
     context_source: Global___ContextSource.ValueType
     """What decided context_size."""
+    prompt_cache_bytes: _builtins.int
+    """The host-memory prompt cache: slots' KV caches kept after the slots were reused (see the
+    agent's --prompt-cache-mib), in bytes and prompts.
+    """
+    prompt_cache_prompts: _builtins.int
     @_builtins.property
     def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Readable problems, e.g. why the last state failed."""
@@ -230,10 +237,12 @@ class AgentStatus(_message.Message):
         context_size: _builtins.int = ...,
         trained_context_size: _builtins.int = ...,
         context_source: Global___ContextSource.ValueType = ...,
+        prompt_cache_bytes: _builtins.int = ...,
+        prompt_cache_prompts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "prompt_cache_bytes", b"prompt_cache_bytes", "prompt_cache_prompts", b"prompt_cache_prompts", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,117 @@
+"""Prompts' KV state kept in host memory once their slot is reused (llama-server's
+``--cache-ram``): a request whose prompt starts with a stored one gets that prefix restored into
+its slot instead of prefilled again. Used from the engine thread only."""
+
+from __future__ import annotations
+
+import ctypes
+from collections import OrderedDict
+from dataclasses import dataclass
+from itertools import count
+
+import llama_cpp as llama
+
+from paddler.agent.slot import Slot, common_prefix_length
+
+MIN_STORED_TOKENS = 32
+"""A slot's cache shorter than this is not worth a copy."""
+
+
+@dataclass(frozen=True)
+class StoredPrompt:
+    """The tokens a sequence held and its KV state, as ``llama_state_seq_get_data`` wrote it."""
+
+    tokens: tuple[int, ...]
+    state: ctypes.Array[ctypes.c_uint8]
+
+    @property
+    def size(self) -> int:
+        """Bytes of host memory the state takes."""
+        return len(self.state)
+
+
+class PromptStore:
+    """At most ``capacity_bytes`` of stored prompts, the least recently used dropped first."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._entries: OrderedDict[int, StoredPrompt] = OrderedDict()
+        self._ids = count()
+        self.bytes = 0
+        self.saved = 0
+        self.restored = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def save(self, context: llama.llama_context_p, seq_id: int, tokens: list[int]) -> None:
+        """Copy sequence ``seq_id``'s KV state (``tokens``) in, unless a stored prompt already
+        holds it all; stored prompts it extends are dropped."""
+        if len(tokens) < MIN_STORED_TOKENS:
+            return
+        held = tuple(tokens)
+        for key, entry in list(self._entries.items()):
+            if entry.tokens[: len(held)] == held:
+                self._entries.move_to_end(key)
+                return  # a stored prompt holds this one and more
+            if held[: len(entry.tokens)] == entry.tokens:
+                self._drop(key)  # this one holds it and more
+        size = llama.llama_state_seq_get_size(context, seq_id)
+        if not 0 < size <= self.capacity_bytes:
+            return
+        while self.bytes + size > self.capacity_bytes:
+            self._drop(next(iter(self._entries)))
+        state = (ctypes.c_uint8 * size)()
+        if llama.llama_state_seq_get_data(context, state, size, seq_id) != size:
+            return
+        self._entries[next(self._ids)] = StoredPrompt(held, state)
+        self.bytes += size
+        self.saved += 1
+
+    def longest(self, prompt: list[int]) -> tuple[int, int]:
+        """The key of the stored prompt sharing the longest prefix with ``prompt``, and that
+        length ((-1, 0) when none shares any)."""
+        best, length = -1, 0
+        for key, entry in self._entries.items():
+            shared = common_prefix_length(entry.tokens, prompt)
+            if shared > length:
+                best, length = key, shared
+        return best, length
+
+    def restore(self, context: llama.llama_context_p, key: int, seq_id: int) -> list[int]:
+        """Load stored prompt ``key`` into sequence ``seq_id`` (which llama.cpp clears first);
+        the tokens it now holds (none when llama.cpp refused the state)."""
+        entry = self._entries[key]
+        self._entries.move_to_end(key)
+        if not llama.llama_state_seq_set_data(context, entry.state, entry.size, seq_id):
+            return []
+        self.restored += 1
+        return list(entry.tokens)
+
+    def _drop(self, key: int) -> None:
+        self.bytes -= self._entries.pop(key).size
+
+
+def take_longest_prefix(
+    store: PromptStore | None, context: llama.llama_context_p, slot: Slot, prompt: list[int]
+) -> int:
+    """Before ``slot`` starts on ``prompt``: when a stored prompt shares more of it than the
+    slot's cache, restore that one into the slot; a cache the slot is about to lose goes into
+    the store first. Returns the tokens of ``prompt`` restored from the store (0: none)."""
+    if store is None:
+        return 0
+    shared = common_prefix_length(slot.cached, prompt)
+    key, stored = store.longest(prompt)
+    if stored <= shared:
+        if _losing(slot, shared):
+            store.save(context, slot.seq_id, slot.cached)
+        return 0
+    if _losing(slot, 0):
+        store.save(context, slot.seq_id, slot.cached)
+    slot.cached = store.restore(context, key, slot.seq_id)
+    return min(stored, len(slot.cached))
+
+
+def _losing(slot: Slot, kept: int) -> bool:
+    """Whether the slot's cache beyond its first ``kept`` tokens is worth storing."""
+    return len(slot.cached) - kept >= MIN_STORED_TOKENS

@@ -13,6 +13,7 @@ from paddler.agent.default_model import default_model_path
 from paddler.agent.engine import Engine, EngineConfig
 from paddler.agent.generation_job import Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel
+from paddler.agent.model_shape import read_model_shape
 from paddler.common.generation_input import SamplingSettings
 from paddler.v1 import agent_pb2
 from tests.client import generate, prompt_request
@@ -80,7 +81,7 @@ def test_the_store_keeps_to_its_capacity_least_recently_used_out_first() -> None
     model = LlamaModel(default_model_path())
     one_prompt = len(model.tokenize(PROMPTS["a"])) + 16  # tokens a stored prompt holds, about
     model.close()
-    kv_bytes_per_token = 23_040  # SmolLM2: 30 layers x 3 KV heads x 128 x 2 bytes
+    kv_bytes_per_token = read_model_shape(default_model_path()).kv_bytes_per_token
     capacity = int(one_prompt * kv_bytes_per_token * 1.5)  # room for one prompt, not two
     results, held = _served("abca", capacity)
     assert held == 1

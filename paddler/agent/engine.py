@@ -18,7 +18,7 @@ from paddler.agent.llama_model import LlamaModel, ModelLoadError
 from paddler.agent.metrics import AgentMetrics
 from paddler.agent.prompt_store import PromptStore, take_longest_prefix
 from paddler.agent.sampling import SamplerChain
-from paddler.agent.slot import Slot, choose_slot, common_prefix_length, fill_batch, step_shape
+from paddler.agent.slot import Slot, choose_slot, fill_batch, step_shape
 from paddler.agent.step_timings import StepTimings
 from paddler.common.errors import InternalError, PaddlerError, UnavailableError
 from paddler.v1 import generation_pb2
@@ -251,14 +251,14 @@ class Engine:
         prompt = job.prompt_tokens
         busy = [other.seq_id for other in self._slots if other.job is not None]
         slot = choose_slot(free, busy, prompt)
-        restored = take_longest_prefix(self.prompt_store, self._context, slot, prompt)
-        reused = min(common_prefix_length(slot.cached, prompt), len(prompt) - 1)  # >= 1 to decode
+        shared, restored = take_longest_prefix(self.prompt_store, self._context, slot, prompt)
+        reused = min(shared, len(prompt) - 1)  # >= 1 to decode
         if not llama.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
             # Recurrent models cannot drop a tail: start the sequence over.
             llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             reused = 0
         if restored and self._metrics is not None:
-            self._metrics.prompt_cache_restored_tokens.inc(min(restored, reused))
+            self._metrics.prompt_cache_restored_tokens.inc(reused)
         slot.start(job, reused, SamplerChain(job.sampling, self.model.n_vocab))
         if job.replay:  # a resumed generation: the text its tokens have that was never sent
             assert slot.text is not None

@@ -81,27 +81,33 @@ class _OccupancyCollector(Collector):
         self._occupancy = occupancy
 
     def collect(self) -> Iterator[Metric]:
-        """Slots and KV cache, busy or used against total."""
+        """Slots and KV cache, busy or used against total; the host-memory prompt cache."""
         busy, total, cached, capacity, stored_bytes, stored_prompts = self._occupancy()
-        slots = GaugeMetricFamily(
-            "paddler_engine_slots", "This agent's slots: busy and total.", labels=["state"]
+        yield _gauge(
+            "paddler_engine_slots",
+            "This agent's slots: busy and total.",
+            "state",
+            {"busy": busy, "total": total},
         )
-        slots.add_metric(["busy"], busy)
-        slots.add_metric(["total"], total)
-        cache = GaugeMetricFamily(
+        yield _gauge(
             "paddler_engine_kv_cache_tokens",
             "Tokens whose keys and values the slots hold (kept for prompt reuse too), and the "
             "context's capacity.",
-            labels=["state"],
+            "state",
+            {"used": cached, "capacity": capacity},
         )
-        cache.add_metric(["used"], cached)
-        cache.add_metric(["capacity"], capacity)
-        stored = GaugeMetricFamily(
+        yield _gauge(
             "paddler_engine_prompt_cache",
             "The host-memory prompt cache (slots' caches kept after the slots were reused): "
             "bytes and prompts held.",
-            labels=["unit"],
+            "unit",
+            {"bytes": stored_bytes, "prompts": stored_prompts},
         )
-        stored.add_metric(["bytes"], stored_bytes)
-        stored.add_metric(["prompts"], stored_prompts)
-        yield from (slots, cache, stored)
+
+
+def _gauge(name: str, documentation: str, label: str, values: dict[str, int]) -> Metric:
+    """A gauge with one sample per value of its one label."""
+    gauge = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in values.items():
+        gauge.add_metric([key], value)
+    return gauge

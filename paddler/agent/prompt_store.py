@@ -94,22 +94,23 @@ class PromptStore:
 
 def take_longest_prefix(
     store: PromptStore | None, context: llama.llama_context_p, slot: Slot, prompt: list[int]
-) -> int:
+) -> tuple[int, bool]:
     """Before ``slot`` starts on ``prompt``: when a stored prompt shares more of it than the
     slot's cache, restore that one into the slot; a cache the slot is about to lose goes into
-    the store first. Returns the tokens of ``prompt`` restored from the store (0: none)."""
-    if store is None:
-        return 0
+    the store first. Returns how much of ``prompt`` the slot now holds, and whether that came
+    from the store."""
     shared = common_prefix_length(slot.cached, prompt)
+    if store is None:
+        return shared, False
     key, stored = store.longest(prompt)
     if stored <= shared:
         if _losing(slot, shared):
             store.save(context, slot.seq_id, slot.cached)
-        return 0
+        return shared, False
     if _losing(slot, 0):
         store.save(context, slot.seq_id, slot.cached)
     slot.cached = store.restore(context, key, slot.seq_id)
-    return min(stored, len(slot.cached))
+    return min(stored, len(slot.cached)), bool(slot.cached)
 
 
 def _losing(slot: Slot, kept: int) -> bool:

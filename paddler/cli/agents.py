@@ -16,6 +16,7 @@ from paddler.cli.options import (
     TlsServerNameOption,
     dialer,
 )
+from paddler.common.context_sources import context_source_label
 from paddler.v1 import management_pb2, status_pb2
 
 
@@ -64,21 +65,12 @@ def agents(
     Console(width=200).print(table)
 
 
-_CONTEXT_SOURCES = {
-    status_pb2.CONTEXT_SOURCE_FLAG: "flag",
-    status_pb2.CONTEXT_SOURCE_DESIRED_STATE: "state",
-    status_pb2.CONTEXT_SOURCE_TRAINED: "trained",
-    status_pb2.CONTEXT_SOURCE_MEMORY: "memory",
-    status_pb2.CONTEXT_SOURCE_FALLBACK: "fallback",
-}
-
-
 def _context(agent: management_pb2.RegisteredAgent) -> str:
     """Tokens per slot and what decided them, e.g. "8192 (trained)" or "3072 (memory, trained
     8192)"."""
     if not agent.context_size:
         return "-"
-    source = _CONTEXT_SOURCES.get(agent.context_source, "?")
+    source = context_source_label(agent.context_source)
     trained = agent.trained_context_size
     if trained and trained != agent.context_size:
         return f"{agent.context_size} ({source}, trained {trained})"

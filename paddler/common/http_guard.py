@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from paddler.common.error_interceptor import Refused
 from paddler.common.errors import PaddlerError, UnauthenticatedError
 from paddler.common.guards import Guard, bearer
+from paddler.common.request_context import http_client
 
 log = structlog.get_logger(__name__)
 
@@ -53,12 +54,11 @@ class BearerGuardMiddleware:
             admission = self._guard.admit(presented)
         except PaddlerError as error:
             if isinstance(error, UnauthenticatedError):
-                client = scope.get("client")
                 log.warning(
                     "credential refused",
                     surface=self._surface,
                     path=scope["path"],
-                    peer=f"{client[0]}:{client[1]}" if client else "",
+                    peer=http_client(scope),
                     reason=error.reason,
                 )
                 if self._on_refused is not None:

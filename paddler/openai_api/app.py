@@ -110,18 +110,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def _model_card(name: str, models: ServedModels) -> dict[str, object]:
-    """OpenAI's model object, with the context a request can use under the names clients
-    read: ``context_length`` (OpenRouter, LiteLLM), ``max_model_len`` (vLLM) and llama-server's
-    ``meta.n_ctx``/``meta.n_ctx_train`` (omitted while no agent serves the model)."""
-    card: dict[str, object] = {"id": name, "object": "model", "created": 0, "owned_by": "paddler"}
-    context, trained = models.context(name)
-    if context:
-        card.update(context_length=context, max_model_len=context)
-        card["meta"] = {"n_ctx": context, "n_ctx_train": trained}
-    return card
-
-
 def _base_app(settings: OpenAISettings, metrics: BalancerMetrics) -> FastAPI:
     """An app with OpenAI's error mapping, request ids and CORS, and no routes yet."""
     app = FastAPI(title=TITLE, version="1")
@@ -180,7 +168,7 @@ def _add_model_routes(app: FastAPI, models: ServedModels) -> None:
     async def list_models() -> dict[str, object]:
         """The models the cluster serves now."""
         names = [*models.names(), *models.aliases]
-        return {"object": "list", "data": [_model_card(name, models) for name in names]}
+        return {"object": "list", "data": [models.card(name) for name in names]}
 
     @app.get("/v1/models/{model_id}", responses={404: ERROR_RESPONSES[404]})
     async def get_model(model_id: str) -> dict[str, object]:
@@ -188,7 +176,7 @@ def _add_model_routes(app: FastAPI, models: ServedModels) -> None:
         served = models.names()
         if model_id not in served and model_id not in models.aliases:
             raise ModelNotFoundError(model_id, served)
-        return _model_card(model_id, models)
+        return models.card(model_id)
 
 
 def create_app(

@@ -26,7 +26,23 @@ class ServedModels:
             }
         )
 
-    def context(self, model: str) -> tuple[int, int]:
+    def card(self, name: str) -> dict[str, object]:
+        """OpenAI's model object, with the context a request can use under the names clients
+        read: ``context_length`` (OpenRouter, LiteLLM), ``max_model_len`` (vLLM) and
+        llama-server's ``meta.n_ctx``/``meta.n_ctx_train`` (omitted while no agent serves it)."""
+        card: dict[str, object] = {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "paddler",
+        }
+        context, trained = self._context(name)
+        if context:
+            card.update(context_length=context, max_model_len=context)
+            card["meta"] = {"n_ctx": context, "n_ctx_train": trained}
+        return card
+
+    def _context(self, model: str) -> tuple[int, int]:
         """The context a request for ``model`` can count on (the smallest of the agents that
         serve it; for an alias, of all serving agents) and the model's trained context (the
         smallest reported); (0, 0) while none serves."""

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from paddler.common.error_interceptor import Refused
 from paddler.common.errors import UnauthenticatedError
 from paddler.common.guards import MISSING, Admission, Guard, bearer
+from paddler.common.request_context import http_client
 from paddler.web.pages import error_response, page
 
 log = structlog.get_logger(__name__)
@@ -46,11 +47,6 @@ class _Session:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _peer(scope: Scope) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else ""
 
 
 class AdminSessions:
@@ -142,7 +138,7 @@ def refused(scope: Scope, error: UnauthenticatedError, on_refused: Refused) -> N
         "credential refused",
         surface=SURFACE,
         path=scope["path"],
-        peer=_peer(scope),
+        peer=http_client(scope),
         reason=error.reason,
     )
     on_refused(SURFACE, error.reason)
@@ -166,7 +162,7 @@ def add_sign_in(app: FastAPI, sessions: AdminSessions, on_refused: Refused) -> N
         except UnauthenticatedError as error:
             refused(request.scope, error, on_refused)
             return error_response(401, error.message, "key")
-        log.info("panel session opened", peer=_peer(request.scope))
+        log.info("panel session opened", peer=http_client(request.scope))
         reply = JSONResponse({"signed_in": True})
         reply.set_cookie(
             COOKIE,

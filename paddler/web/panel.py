@@ -28,11 +28,12 @@ from paddler.balancer.rollout import Rollout
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.state_store import StateStore
 from paddler.common.concurrency_limit import ConcurrencyLimit, LimitReachedError
+from paddler.common.context_sources import context_source_label
 from paddler.common.errors import InvalidArgumentError, PaddlerError
 from paddler.common.generation_input import check_generation_input
 from paddler.common.guards import Guard
 from paddler.common.request_context import bind_request
-from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2, status_pb2
+from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
 from paddler.web.admin_session import AdminSessionMiddleware, AdminSessions, add_sign_in
 from paddler.web.app import API
 from paddler.web.pages import STATIC, error_response, page
@@ -187,9 +188,7 @@ def _agent(agent: RegisteredAgent, now: float) -> dict[str, Any]:
         "address": agent.address,
         "model": status.model,
         "context": status.context_size,
-        "context_source": status_pb2.ContextSource.Name(status.context_source)
-        .removeprefix("CONTEXT_SOURCE_")
-        .lower(),
+        "context_source": context_source_label(status.context_source),
         "slots_busy": agent.busy_slots,
         "slots_total": status.slots_total,
         "claimed": agent.claims,

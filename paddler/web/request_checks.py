@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from paddler.common.addresses import split_host_port
 from paddler.common.errors import ConfigurationError
+from paddler.common.request_context import http_client
 from paddler.web.pages import error_response
 
 log = structlog.get_logger(__name__)
@@ -116,14 +117,13 @@ class RequestChecksMiddleware:
             await self._app(scope, receive, send)
             return
         status, check, message = refusal
-        client = scope.get("client")
         log.warning(
             "request refused",
             check=check,
             method=scope["method"],
             path=scope["path"],
             host=Headers(scope=scope).get("host", "")[:LOGGED_HOST_CHARS],
-            peer=f"{client[0]}:{client[1]}" if client else "",
+            peer=http_client(scope),
         )
         await error_response(status, message)(scope, receive, send)
 

@@ -50,7 +50,7 @@ function showCluster(snapshot) {
       : "";
     tr.append(
       cell(agent.name), cell(agent.address), cell(agent.model),
-      cell(agent.context ? `${agent.context} (${agent.context_source.replace("_", " ")})` : ""),
+      cell(agent.context ? `${agent.context} (${agent.context_source})` : ""),
       bar(agent.slots_busy, agent.slots_total), cell(String(agent.claimed)),
       cell(agent.ready ? "yes" : "no"),
       cell(`v${agent.applied_version}${agent.rolling ? " (updating)" : ""}`),

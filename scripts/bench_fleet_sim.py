@@ -4,7 +4,9 @@ Three parts:
 
 1. Routing decisions/s on one core, in process: a real ``SlotDispatcher`` and ``AgentRegistry``
    with N agents whose statuses and running streams are drawn (seeded), each decision one
-   ``acquire`` (the policy plans) and one ``release``, for ``--routing slots`` and ``speed``.
+   ``acquire`` (the policy plans) and one ``release``, for ``--routing slots`` and ``speed``;
+   then again with every agent reporting a full snapshot of prefix links and each request the
+   next turn of a conversation one of them holds.
 2. A real balancer process with ``paddler simulated-fleet`` (N agents of uneven speed): its CPU
    and memory while the fleet only sends status snapshots (each agent one a second), then under
    seeded Poisson arrivals, per policy: completed, TTFT p50/p99, end-to-end p99.
@@ -38,6 +40,12 @@ from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.state_store import StateStore
 from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.common.logging import configure_logging
+from paddler.common.prefix_chain import (
+    LINKS_PER_PROMPT,
+    MAX_PREFIX_HASHES,
+    prefix_chain,
+    reported_links,
+)
 from paddler.processes.balancer import routing_policy
 from paddler.v1 import (
     agent_pb2,
@@ -62,10 +70,29 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 # ---- 1: decisions per second --------------------------------------------------------------
 
 
-async def decisions_per_second(agents: int, policy: RoutingName, seconds: float) -> float:
-    """Acquire-and-release cycles per second through a real dispatcher over ``agents``."""
+def _conversation(user: int, turns: int) -> generation_pb2.GenerationInput:
+    """User ``user``'s conversation after ``turns`` turns, under a system prompt all share."""
+    messages = [generation_pb2.ChatMessage(role="system", content="You are helpful. " * 50)]
+    messages.extend(
+        generation_pb2.ChatMessage(
+            role="user" if turn % 2 == 0 else "assistant", content=f"user {user}, turn {turn}"
+        )
+        for turn in range(turns)
+    )
+    conversation = generation_pb2.Conversation(messages=messages)
+    return generation_pb2.GenerationInput(conversation=conversation, max_tokens=64)
+
+
+async def decisions_per_second(
+    agents: int, policy: RoutingName, seconds: float, prefixes: bool = False
+) -> float:
+    """Acquire-and-release cycles per second through a real dispatcher over ``agents``.
+
+    With ``prefixes`` every agent reports as many prefix links as a snapshot carries (16
+    conversations of 12 turns each) and each request is the next turn of one of them."""
     chooser = random.Random(agents)
-    registry = AgentRegistry()
+    registry = AgentRegistry(max_agents=max(agents, 1))
+    users_per_agent = MAX_PREFIX_HASHES // LINKS_PER_PROMPT
     for number in range(agents):
         agent = await registry.add(f"sim-{number}", f"{HOST}:{10000 + number}")
         slots = 4
@@ -73,17 +100,28 @@ async def decisions_per_second(agents: int, policy: RoutingName, seconds: float)
         status = status_pb2.AgentStatus(slots_total=slots, ready=True)
         for streams in range(1, slots + 1):
             status.step_timings.add(streams=streams, step_seconds=0.02 * factor * streams)
+        status.prefill_seconds_per_token = 0.001 * factor
+        if prefixes:
+            for user in range(number * users_per_agent, (number + 1) * users_per_agent):
+                chain = prefix_chain(_conversation(user, 12))
+                status.prefix_hashes.extend(reported_links(chain))
         registry.update(agent, status)
         for _ in range(chooser.randint(0, slots - 1)):  # leave a slot free everywhere
             agent.streams.add(StreamClaim(agent, Demand(20, 64), relayed=chooser.randint(0, 63)))
-    dispatcher = SlotDispatcher(registry, StateStore(None), 100, 30, routing_policy(policy))
-    demand = Demand(20, 64)
+    dispatcher = SlotDispatcher(
+        registry, StateStore(None), 100, 30, routing_policy(policy, registry.prefixes)
+    )
+    users = range(agents * users_per_agent)
+    demands = [
+        Demand.of(_conversation(chooser.choice(users), 14)) if prefixes else Demand(20, 64)
+        for _ in range(100)
+    ]
     done = 0
     start = time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        for _ in range(100):
+        for demand in demands:
             dispatcher.release(await dispatcher.acquire(None, demand=demand))
-        done += 100
+        done += len(demands)
     for agent in registry.agents():
         await registry.remove(agent, "benchmark over", abandon=True)
     return done / elapsed
@@ -325,11 +363,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-fleet-sim-"))
     log(f"logs in {log_dir}")
     if "decisions" in args.parts:
-        print("| policy | agents | decisions/s (one core) |\n|---|---|---|")
+        print("| policy | agents | decisions/s (one core) | with prefixes |\n|---|---|---|---|")
         for agents in args.decision_agents:
             for policy in POLICIES:
-                rate = asyncio.run(decisions_per_second(agents, policy, args.decision_seconds))
-                print(f"| {policy} | {agents} | {rate:,.0f} |", flush=True)
+                rates = [
+                    asyncio.run(decisions_per_second(agents, policy, args.decision_seconds, held))
+                    for held in (False, True)
+                ]
+                print(f"| {policy} | {agents} | {rates[0]:,.0f} | {rates[1]:,.0f} |", flush=True)
     if "fleet" in args.parts:
         print(
             "\n| policy | agents | snapshots/s idle | balancer CPU idle | requests/s | completed "

@@ -15,6 +15,7 @@ from paddler.agent.generation_job import Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.model_shape import read_model_shape
 from paddler.common.generation_input import SamplingSettings
+from paddler.common.prefix_chain import prefix_chain, reported_links
 from paddler.v1 import agent_pb2
 from tests.client import generate, prompt_request
 from tests.processes import agent_stub
@@ -90,12 +91,20 @@ def test_the_store_keeps_to_its_capacity_least_recently_used_out_first() -> None
     assert roomy[3][1] > 0
 
 
+def _links(name: str) -> set[int]:
+    """The prefix-chain links an agent reports while it holds prompt ``name``."""
+    chain = prefix_chain(prompt_request(PROMPTS[name]).input)
+    return set(reported_links(chain))
+
+
 def test_the_agent_reports_its_prompt_cache_in_usage_status_and_metrics() -> None:
     with agent_stub("--slots", "1") as (agent, stub):
         replies = [generate(stub, prompt_request(PROMPTS[name], max_tokens=4)) for name in "aba"]
         assert replies[2].summary.usage.cached_tokens == replies[2].summary.usage.prompt_tokens - 1
         status = stub.GetStatus(agent_pb2.GetStatusRequest()).status
         assert status.prompt_cache_prompts == 2 and status.prompt_cache_bytes > 0
+        # What prefix-aware routing reads: the slot's prompt and the stored ones.
+        assert set(status.prefix_hashes) == _links("a") | _links("b")
         [chosen] = agent.logs("context size chosen")
         assert isinstance(chosen["prompt_cache_mib"], int) and chosen["prompt_cache_mib"] > 0
         restored = re.search(
@@ -108,4 +117,6 @@ def test_the_agent_reports_its_prompt_cache_in_usage_status_and_metrics() -> Non
     with agent_stub("--slots", "1", "--prompt-cache-mib", "0") as (_, stub):
         replies = [generate(stub, prompt_request(PROMPTS[name], max_tokens=4)) for name in "aba"]
         assert replies[2].summary.usage.cached_tokens == 0
-        assert stub.GetStatus(agent_pb2.GetStatusRequest()).status.prompt_cache_prompts == 0
+        status = stub.GetStatus(agent_pb2.GetStatusRequest()).status
+        assert status.prompt_cache_prompts == 0
+        assert set(status.prefix_hashes) == _links("a")  # the slot's prompt alone

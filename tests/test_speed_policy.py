@@ -32,7 +32,7 @@ NO_STATE = desired_state_pb2.VersionedDesiredState()
 REQUEST = PendingRequest(Demand(prompt_tokens=20, max_tokens=64))
 
 
-def _status(slots: int, timings: dict[int, float] | None) -> status_pb2.AgentStatus:
+def agent_status(slots: int, timings: dict[int, float] | None) -> status_pb2.AgentStatus:
     status = status_pb2.AgentStatus(slots_total=slots, ready=True)
     for streams, seconds in (timings or {}).items():
         status.step_timings.add(streams=streams, step_seconds=seconds)
@@ -49,10 +49,10 @@ async def _agent(
 ) -> RegisteredAgent:
     """An agent with ``running`` streams of the balancer's: (tokens relayed, max_tokens)."""
     agent = await registry.add(name, f"127.0.0.1:{2000 + len(registry.agents())}")
-    registry.update(agent, _status(slots, timings))
+    registry.update(agent, agent_status(slots, timings))
     for relayed, cap in running:
         agent.streams.add(StreamClaim(agent, Demand(10, cap), relayed=relayed))
-    registry.update(agent, _status(slots, timings))
+    registry.update(agent, agent_status(slots, timings))
     return agent
 
 
@@ -248,12 +248,12 @@ def test_the_typical_length_follows_completed_streams_only() -> None:
 
 
 def test_step_times_between_and_beyond_measured_stream_counts() -> None:
-    speed = AgentSpeed.of(_status(8, {2: 0.04, 4: 0.06}))
+    speed = AgentSpeed.of(agent_status(8, {2: 0.04, 4: 0.06}))
     assert speed is not None
     assert speed.step(1) == 0.04  # never taken as faster than measured
     assert abs(speed.step(3) - 0.05) < 1e-9
     assert abs(speed.step(8) - 0.12) < 1e-9  # beyond: no batching gain assumed
-    assert AgentSpeed.of(_status(8, None)) is None
+    assert AgentSpeed.of(agent_status(8, None)) is None
 
 
 def test_a_waiter_kept_for_a_fast_agent_moves_when_its_estimate_grows() -> None:

@@ -21,6 +21,7 @@ from paddler.agent.sampling import SamplerChain
 from paddler.agent.slot import Slot, choose_slot, fill_batch, step_shape
 from paddler.agent.step_timings import StepTimings
 from paddler.common.errors import InternalError, PaddlerError, UnavailableError
+from paddler.common.prefix_chain import MAX_PREFIX_HASHES
 from paddler.v1 import generation_pb2
 
 log = structlog.get_logger(__name__)
@@ -100,6 +101,14 @@ class Engine:
         """Tokens the slots hold in the KV cache, and its capacity (read from any thread)."""
         used = sum(len(slot.cached) for slot in self._slots)
         return used, self.config.slots * self.context_per_slot
+
+    def held_prefixes(self) -> list[int]:
+        """The prefix-chain links the slots and the prompt store hold, at most
+        ``MAX_PREFIX_HASHES`` (read from any thread)."""
+        links = [link for slot in self._slots for link in slot.prefixes]
+        if self.prompt_store is not None:
+            links.extend(self.prompt_store.recent_links)
+        return list(dict.fromkeys(links))[:MAX_PREFIX_HASHES]
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job; it joins the running batch at the next step with a free slot."""
@@ -226,6 +235,7 @@ class Engine:
         if not self.config.prompt_cache:
             llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             slot.cached = []
+            slot.prefixes = ()
         slot.release()
 
     def _admit(self) -> None:
@@ -323,6 +333,7 @@ class Engine:
             self._outbox.append((slot.job, Failed(error)))
         llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
         slot.cached = []
+        slot.prefixes = ()
         slot.release()
 
     def _fail_all(self, error: PaddlerError) -> None:

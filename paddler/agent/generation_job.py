@@ -56,3 +56,6 @@ class GenerationJob:
     # Every token sampled, in order (appended by the engine thread before the token's text
     # goes out, so a message's text is always covered by the tokens listed so far).
     generated: list[int] = field(default_factory=list)
+    # The prefix-chain links of the input a slot holding its prompt reports (see
+    # ``paddler.common.prefix_chain``).
+    prefixes: tuple[int, ...] = ()

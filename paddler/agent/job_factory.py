@@ -19,6 +19,7 @@ from paddler.common.chat_template import (
 )
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import SamplingSettings, check_generation_input
+from paddler.common.prefix_chain import prefix_chain, reported_links
 from paddler.v1 import agent_pb2, generation_pb2
 
 log = structlog.get_logger(__name__)
@@ -101,6 +102,7 @@ class JobFactory:
             stop=(*generation.stop, *(self._turn_end if conversation else ())),
             grammar=constraint,
             tool_reply=prompt.reader if prompt is not None else None,
+            prefixes=reported_links(prefix_chain(generation)),
         )
         if request.HasField("resumption"):
             self._resume(job, request.resumption)

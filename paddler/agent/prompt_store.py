@@ -12,6 +12,7 @@ from itertools import count
 import llama_cpp as llama
 
 from paddler.agent.slot import Slot, common_prefix_length
+from paddler.common.prefix_chain import MAX_PREFIX_HASHES
 
 MIN_STORED_TOKENS = 32
 """A slot's cache shorter than this is not worth a copy."""
@@ -19,10 +20,12 @@ MIN_STORED_TOKENS = 32
 
 @dataclass(frozen=True)
 class StoredPrompt:
-    """The tokens a sequence held and its KV state, as ``llama_state_seq_get_data`` wrote it."""
+    """The tokens a sequence held and its KV state, as ``llama_state_seq_get_data`` wrote it,
+    and the prefix-chain links of its prompt."""
 
     tokens: tuple[int, ...]
     state: ctypes.Array[ctypes.c_uint8]
+    prefixes: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -40,19 +43,30 @@ class PromptStore:
         self.bytes = 0
         self.saved = 0
         self.restored = 0
+        # The stored prompts' links, the most recently used first, up to the most a status
+        # snapshot carries (replaced whole, so any thread may read it).
+        self.recent_links: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def save(self, context: llama.llama_context_p, seq_id: int, tokens: list[int]) -> None:
-        """Copy sequence ``seq_id``'s KV state (``tokens``) in, unless a stored prompt already
-        holds it all; stored prompts it extends are dropped."""
+    def save(
+        self,
+        context: llama.llama_context_p,
+        seq_id: int,
+        tokens: list[int],
+        prefixes: tuple[int, ...] = (),
+    ) -> None:
+        """Copy sequence ``seq_id``'s KV state (``tokens``, whose prompt has the chain links
+        ``prefixes``) in, unless a stored prompt already holds it all; stored prompts it
+        extends are dropped."""
         if len(tokens) < MIN_STORED_TOKENS:
             return
         held = tuple(tokens)
         for key, entry in list(self._entries.items()):
             if entry.tokens[: len(held)] == held:
                 self._entries.move_to_end(key)
+                self._relink()
                 return  # a stored prompt holds this one and more
             if held[: len(entry.tokens)] == entry.tokens:
                 self._drop(key)  # this one holds it and more
@@ -64,9 +78,10 @@ class PromptStore:
         state = (ctypes.c_uint8 * size)()
         if llama.llama_state_seq_get_data(context, state, size, seq_id) != size:
             return
-        self._entries[next(self._ids)] = StoredPrompt(held, state)
+        self._entries[next(self._ids)] = StoredPrompt(held, state, prefixes)
         self.bytes += size
         self.saved += 1
+        self._relink()
 
     def longest(self, prompt: list[int]) -> tuple[int, int]:
         """The key of the stored prompt sharing the longest prefix with ``prompt``, and that
@@ -83,6 +98,7 @@ class PromptStore:
         the tokens it now holds (none when llama.cpp refused the state)."""
         entry = self._entries[key]
         self._entries.move_to_end(key)
+        self._relink()
         if not llama.llama_state_seq_set_data(context, entry.state, entry.size, seq_id):
             return []
         self.restored += 1
@@ -90,6 +106,15 @@ class PromptStore:
 
     def _drop(self, key: int) -> None:
         self.bytes -= self._entries.pop(key).size
+        self._relink()
+
+    def _relink(self) -> None:
+        links: dict[int, None] = {}
+        for entry in reversed(self._entries.values()):
+            links.update(dict.fromkeys(entry.prefixes))
+            if len(links) >= MAX_PREFIX_HASHES:
+                break
+        self.recent_links = tuple(links)[:MAX_PREFIX_HASHES]
 
 
 def take_longest_prefix(
@@ -105,10 +130,10 @@ def take_longest_prefix(
     key, stored = store.longest(prompt)
     if stored <= shared:
         if _losing(slot, shared):
-            store.save(context, slot.seq_id, slot.cached)
+            store.save(context, slot.seq_id, slot.cached, slot.prefixes)
         return shared, False
     if _losing(slot, 0):
-        store.save(context, slot.seq_id, slot.cached)
+        store.save(context, slot.seq_id, slot.cached, slot.prefixes)
     slot.cached = store.restore(context, key, slot.seq_id)
     return min(stored, len(slot.cached)), bool(slot.cached)
 

@@ -114,6 +114,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             if engine.prompt_store is not None:
                 status.prompt_cache_bytes = engine.prompt_store.bytes
                 status.prompt_cache_prompts = len(engine.prompt_store)
+            status.prefix_hashes.extend(engine.held_prefixes())
             status.engine_stalled_seconds = min(engine.stalled_for(), MAX_TIMING_SECONDS)
         if self.stalled:
             status.issues.append("the engine stalled: no decode step (--engine-stall-after)")

@@ -14,6 +14,7 @@ import structlog
 from grpc import aio
 
 from paddler.balancer.agent_speed import AgentSpeed
+from paddler.balancer.prefix_index import PrefixIndex
 from paddler.common.dialer import Dialer, Metadata
 from paddler.common.errors import ResourceExhaustedError
 from paddler.v1 import agent_pb2, agent_registry_pb2, desired_state_pb2, status_pb2
@@ -157,6 +158,8 @@ class AgentRegistry:
         self._ids = itertools.count(1)
         self._listeners: list[Callable[[], None]] = []
         self._closing: set[asyncio.Task[None]] = set()
+        # Which agents hold which prompt prefixes (prefix-aware routing reads it).
+        self.prefixes = PrefixIndex()
 
     def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` after every change; returns the function that stops it."""
@@ -205,6 +208,7 @@ class AgentRegistry:
         agent.external_busy = max(status.slots_processing - agent.claims, 0)
         agent.last_status_at = time.monotonic()
         agent.reported = True
+        self.prefixes.reported(agent, status.prefix_hashes)
         self.changed()
 
     async def remove(self, agent: RegisteredAgent, reason: str, *, abandon: bool = False) -> None:
@@ -217,6 +221,7 @@ class AgentRegistry:
             return
         log.warning("agent removed", agent_id=agent.agent_id, name=agent.name, reason=reason)
         agent.retired = True
+        self.prefixes.forget(agent)
         self.changed()
         agent.outbox.put_nowait(None)
         if abandon or agent.claims == 0:

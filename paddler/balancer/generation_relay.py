@@ -264,6 +264,7 @@ class _Progress:
             migrated_from=list(summary.migrated_from) or None,
             prompt_tokens=summary.usage.prompt_tokens,
             completion_tokens=summary.usage.completion_tokens,
+            cached_tokens=summary.usage.cached_tokens,
             time_to_first_token_ms=round(summary.time_to_first_token.ToNanoseconds() / 1e6, 1),
             duration_ms=round((time.perf_counter() - self.started) * 1000, 1),
         )

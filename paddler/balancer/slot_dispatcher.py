@@ -247,6 +247,7 @@ class SlotDispatcher:
     def _claim(self, agent: RegisteredAgent, demand: Demand) -> StreamClaim:
         claim = StreamClaim(agent, demand)
         agent.streams.add(claim)
+        self._registry.prefixes.sent(agent, demand.links)
         return claim
 
     def _forget(self, waiter: _Waiter) -> None:

@@ -5,14 +5,16 @@ streams the balancer relays.
 For every agent the policy keeps a timeline: the tokens each busy slot has left (the balancer's
 own streams from what it relayed, other clients' streams at a typical length) and the agent's
 reported time per token at each stream count. On a free slot a request's first token comes after
-its prefill and one step; on a busy agent after the wait for its soonest slot too. A request
+its prefill (of the part of its prompt the agent does not hold already: see ``prefix_index``)
+and one step; on a busy agent after the wait for its soonest slot too. A request
 takes a free slot unless waiting for a busy agent brings its first token sooner (a fast agent
 about to free a slot, against a slow one). Among those options it goes where its completion,
 plus the slowdown it brings to the streams already there, is least: nothing where batching is
 free (a GPU), a lot where it is not (one CPU thread). The policy keeps every agent working: while
 some agent has a free slot where one more stream adds to its token rate (an idle agent, or one
 whose batching pays), a free slot that adds nothing (a second stream on one CPU thread) is not
-an option, for it would leave capacity idle that the requests still to come need. Requests are
+an option, for it would leave capacity idle that the requests still to come need, unless the
+agent holds the start of the prompt and so brings the first token sooner. Requests are
 planned oldest first, each
 seeing the slots planned for those before it. Without any speed reported the slot policy
 decides; an agent that reports none (not yet, or no longer: agents drop figures no step has
@@ -31,8 +33,9 @@ from dataclasses import dataclass
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.agent_speed import AgentSpeed
 from paddler.balancer.candidates import CandidateSampler
+from paddler.balancer.prefix_index import PrefixIndex
 from paddler.balancer.routing_policy import PendingRequest, Plan
-from paddler.balancer.slot_policy import SlotPolicy
+from paddler.balancer.slot_policy import SlotPolicy, held_tokens, with_holders
 from paddler.balancer.stream_claim import StreamClaim
 
 # Tokens a request is taken to generate before any has finished (or when uncapped).
@@ -109,11 +112,15 @@ class _Timeline:
 class SpeedPolicy:
     """The policy of ``--routing speed``."""
 
-    def __init__(self) -> None:
-        self._slots = SlotPolicy()
+    def __init__(self, prefixes: PrefixIndex | None = None) -> None:
+        self._slots = SlotPolicy(prefixes)
+        self._prefixes = prefixes
         self._turns = itertools.count()
         self._sampler = CandidateSampler()
         self.typical_tokens = FIRST_TYPICAL_TOKENS
+        # The fastest speed reported when the plan began: an agent reporting none is taken to
+        # be this fast.
+        self._fastest: AgentSpeed | None = None
 
     def finished(self, claim: StreamClaim) -> None:
         """Learn the typical length from streams that ran to their summary."""
@@ -126,17 +133,27 @@ class SpeedPolicy:
         agents: Sequence[RegisteredAgent],
     ) -> Plan:
         """Grants for ``requests`` (oldest first); see the module's docstring."""
-        timelines = self._timelines(agents)
+        sampled = self._sampler.candidates(agents)
+        timelines = self._timelines(sampled)
         if timelines is None:
             return self._slots.plan(requests, agents)
+        by_id = {agent.agent_id: agent for agent in agents} if len(sampled) < len(agents) else {}
         grants: list[RegisteredAgent | None] = []
         recheck: float | None = None
         for request in requests:
             if not any(timeline.free for timeline in timelines):
                 break  # no slot left to grant now: the rest wait
+            held = held_tokens(self._prefixes, request)
+            candidates = with_holders(sampled, held, by_id)
+            if candidates is not sampled:
+                self._add_holders(timelines, candidates)
             tokens = self._expected_tokens(request.demand.max_tokens)
+            prompt = request.demand.prompt_tokens
             options = [
-                (timeline, *timeline.estimate(tokens, request.demand.prompt_tokens))
+                (
+                    timeline,
+                    *timeline.estimate(tokens, prompt - held.get(timeline.agent.agent_id, 0)),
+                )
                 for timeline in timelines
                 if request.accepts(timeline.agent)
             ]
@@ -144,10 +161,18 @@ class SpeedPolicy:
             soonest_free = min(free, default=float("inf"))
             spares = [timeline.spare for timeline, _, _ in options]
             takes = spares if any(spares) else [timeline.free for timeline, _, _ in options]
+            soonest_take = min(
+                (option[1] for option, taken in zip(options, takes, strict=True) if taken),
+                default=float("inf"),
+            )
             eligible = [
                 option
                 for option, taken in zip(options, takes, strict=True)
-                if taken or option[1] < soonest_free
+                if taken
+                or option[1] < soonest_free
+                or (
+                    option[0].free and option[0].agent.agent_id in held and option[1] < soonest_take
+                )
             ]
             if not eligible:
                 grants.append(None)
@@ -172,25 +197,37 @@ class SpeedPolicy:
     def _timelines(self, agents: Sequence[RegisteredAgent]) -> list[_Timeline] | None:
         """Timelines of the serving candidates, starting at a rotating one (exact
         ties take turns); None when none has reported a speed."""
-        agents = self._sampler.candidates(agents)
         if not agents:
             return []
         serving = [agent for agent in agents if agent.serving]
         known = [agent.speed for agent in serving if agent.speed is not None]
         if not known:
             return None
-        fastest = min(known, key=lambda speed: speed.step_s[0])
-        typical = self.typical_tokens
-        timelines = []
-        for agent in serving:
-            left = [
-                tokens_left(claim.relayed, claim.demand.max_tokens, typical)
-                for claim in agent.streams
-            ]
-            left.extend([typical / 2] * agent.external_busy)
-            speed = agent.speed or fastest
-            timelines.append(_Timeline(agent, speed, agent.status.slots_total, left))
+        self._fastest = min(known, key=lambda speed: speed.step_s[0])
+        timelines = [self._timeline(agent) for agent in serving]
         if timelines:
             start = next(self._turns) % len(timelines)
             timelines = timelines[start:] + timelines[:start]
         return timelines
+
+    def _timeline(self, agent: RegisteredAgent) -> _Timeline:
+        typical = self.typical_tokens
+        left = [
+            tokens_left(claim.relayed, claim.demand.max_tokens, typical) for claim in agent.streams
+        ]
+        left.extend([typical / 2] * agent.external_busy)
+        speed = agent.speed or self._fastest
+        assert speed is not None  # _timelines found a speed before any timeline is made
+        return _Timeline(agent, speed, agent.status.slots_total, left)
+
+    def _add_holders(
+        self, timelines: list[_Timeline], candidates: Sequence[RegisteredAgent]
+    ) -> None:
+        """Timelines for candidates a large fleet's sample left out (agents holding the
+        request's prefix), kept for the rest of the plan."""
+        present = {timeline.agent.agent_id for timeline in timelines}
+        timelines.extend(
+            self._timeline(agent)
+            for agent in candidates
+            if agent.serving and agent.agent_id not in present
+        )

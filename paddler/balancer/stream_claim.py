@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from grpc import aio
 
+from paddler.common.prefix_chain import EMPTY_CHAIN, PrefixChain, prefix_chain, reported_links
 from paddler.v1 import generation_pb2
 
 if TYPE_CHECKING:
@@ -21,11 +22,14 @@ TOKENS_PER_MESSAGE = 4
 
 @dataclass(frozen=True)
 class Demand:
-    """How big a request looks before it runs: its prompt (guessed from its bytes) and the
-    cap on what it generates (None: until the slot's context is full)."""
+    """How big a request looks before it runs: its prompt (guessed from its bytes), the cap on
+    what it generates (None: until the slot's context is full), and its prompt's prefix chain
+    with the links an agent that runs it will report (see ``paddler.common.prefix_chain``)."""
 
     prompt_tokens: int = 0
     max_tokens: int | None = None
+    chain: PrefixChain = EMPTY_CHAIN
+    links: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, generation: generation_pb2.GenerationInput) -> Demand:
@@ -37,7 +41,13 @@ class Demand:
         else:
             prompt = len(generation.prompt.encode()) // BYTES_PER_TOKEN
         cap = generation.max_tokens if generation.HasField("max_tokens") else None
-        return cls(prompt_tokens=max(prompt, 1), max_tokens=cap)
+        chain = prefix_chain(generation)
+        return cls(max(prompt, 1), cap, chain, reported_links(chain))
+
+    def held_tokens(self, links: int) -> int:
+        """Prompt tokens an agent holding the chain's first ``links`` links need not prefill,
+        estimated from the characters they span."""
+        return int(self.prompt_tokens * self.chain.share(links))
 
 
 @dataclass(eq=False)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from paddler.common.addresses import split_host_port
 from paddler.common.desired_state import MAX_CONTEXT_SIZE
 from paddler.common.errors import InvalidArgumentError
+from paddler.common.prefix_chain import MAX_PREFIX_HASHES
 from paddler.v1 import agent_registry_pb2, status_pb2
 
 MAX_SLOTS = 1024
@@ -117,6 +118,7 @@ def check_status(status: status_pb2.AgentStatus) -> None:
     _check_not_negative(status.prefill_backlog_tokens, "status.prefill_backlog_tokens")
     _check_not_negative(status.prompt_cache_bytes, "status.prompt_cache_bytes")
     _check_not_negative(status.prompt_cache_prompts, "status.prompt_cache_prompts")
+    _check_entries(len(status.prefix_hashes), MAX_PREFIX_HASHES, "status.prefix_hashes")
     _check_not_negative(status.download.bytes_done, "status.download.bytes_done")
     _check_not_negative(status.download.bytes_total, "status.download.bytes_total")
     _check_entries(len(status.issues), MAX_ISSUES, "status.issues")

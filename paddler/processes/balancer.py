@@ -19,6 +19,7 @@ from paddler.balancer.inference_servicer import SERVICE as INFERENCE_SERVICE
 from paddler.balancer.inference_servicer import InferenceServicer
 from paddler.balancer.management_servicer import ManagementServicer
 from paddler.balancer.metrics import BalancerMetrics
+from paddler.balancer.prefix_index import PrefixIndex
 from paddler.balancer.registry_servicer import AgentRegistryServicer
 from paddler.balancer.rollout import Rollout
 from paddler.balancer.round_robin_policy import RoundRobinPolicy
@@ -76,14 +77,14 @@ def _guards(guards: dict[str, Guard | None]) -> dict[str, Guard]:
     return {service: guard for service, guard in guards.items() if guard is not None}
 
 
-def routing_policy(name: RoutingName) -> RoutingPolicy:
-    """The policy ``--routing`` names."""
-    policies: dict[RoutingName, type[RoutingPolicy]] = {
-        "slots": SlotPolicy,
-        "speed": SpeedPolicy,
-        "round-robin": RoundRobinPolicy,
-    }
-    return policies[name]()
+def routing_policy(name: RoutingName, prefixes: PrefixIndex | None = None) -> RoutingPolicy:
+    """The policy ``--routing`` names; the slot and speed policies weigh the prompt prefixes
+    ``prefixes`` says agents hold."""
+    if name == "slots":
+        return SlotPolicy(prefixes)
+    if name == "speed":
+        return SpeedPolicy(prefixes)
+    return RoundRobinPolicy()
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
         states,
         config.max_buffered_requests,
         config.buffered_request_timeout_s,
-        routing_policy(config.routing),
+        routing_policy(config.routing, registry.prefixes),
     )
     metrics.watch(registry, rollout, lambda: dispatcher.buffered)
     relay = GenerationRelay(

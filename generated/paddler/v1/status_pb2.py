@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17paddler/v1/status.proto\x12\npaddler.v1\";\n\x10\x44ownloadProgress\x12\x12\n\nbytes_done\x18\x01 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x02 \x01(\x03\"3\n\nStepTiming\x12\x0f\n\x07streams\x18\x01 \x01(\x05\x12\x14\n\x0cstep_seconds\x18\x02 \x01(\x01\"\x94\x05\n\x0b\x41gentStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bslots_total\x18\x02 \x01(\x05\x12\x18\n\x10slots_processing\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12%\n\x05phase\x18\x06 \x01(\x0e\x32\x16.paddler.v1.StatePhase\x12\x1d\n\x15\x61pplied_state_version\x18\x07 \x01(\x04\x12\x0e\n\x06issues\x18\x08 \x03(\t\x12.\n\x08\x64ownload\x18\t \x01(\x0b\x32\x1c.paddler.v1.DownloadProgress\x12\x1b\n\x13\x61pplied_state_epoch\x18\n \x01(\t\x12\x15\n\rchat_template\x18\x0b \x01(\t\x12,\n\x0cstep_timings\x18\x0c \x03(\x0b\x32\x16.paddler.v1.StepTiming\x12!\n\x19prefill_seconds_per_token\x18\r \x01(\x01\x12\x1e\n\x16prefill_backlog_tokens\x18\x0e \x01(\x05\x12\x1f\n\x17\x61ttempted_state_version\x18\x0f \x01(\x04\x12\x1d\n\x15\x61ttempted_state_epoch\x18\x10 \x01(\t\x12\x1e\n\x16\x65ngine_stalled_seconds\x18\x11 \x01(\x01\x12\x14\n\x0c\x63ontext_size\x18\x12 \x01(\x05\x12\x1c\n\x14trained_context_size\x18\x13 \x01(\x05\x12\x31\n\x0e\x63ontext_source\x18\x14 \x01(\x0e\x32\x19.paddler.v1.ContextSource\x12\x1a\n\x12prompt_cache_bytes\x18\x15 \x01(\x03\x12\x1c\n\x14prompt_cache_prompts\x18\x16 \x01(\x05*t\n\nStatePhase\x12\x1b\n\x17STATE_PHASE_UNSPECIFIED\x10\x00\x12\x18\n\x14STATE_PHASE_APPLYING\x10\x01\x12\x17\n\x13STATE_PHASE_APPLIED\x10\x02\x12\x16\n\x12STATE_PHASE_FAILED\x10\x03*\xbe\x01\n\rContextSource\x12\x1e\n\x1a\x43ONTEXT_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONTEXT_SOURCE_FLAG\x10\x01\x12 \n\x1c\x43ONTEXT_SOURCE_DESIRED_STATE\x10\x02\x12\x1a\n\x16\x43ONTEXT_SOURCE_TRAINED\x10\x03\x12\x19\n\x15\x43ONTEXT_SOURCE_MEMORY\x10\x04\x12\x1b\n\x17\x43ONTEXT_SOURCE_FALLBACK\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17paddler/v1/status.proto\x12\npaddler.v1\";\n\x10\x44ownloadProgress\x12\x12\n\nbytes_done\x18\x01 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x02 \x01(\x03\"3\n\nStepTiming\x12\x0f\n\x07streams\x18\x01 \x01(\x05\x12\x14\n\x0cstep_seconds\x18\x02 \x01(\x01\"\xab\x05\n\x0b\x41gentStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bslots_total\x18\x02 \x01(\x05\x12\x18\n\x10slots_processing\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12%\n\x05phase\x18\x06 \x01(\x0e\x32\x16.paddler.v1.StatePhase\x12\x1d\n\x15\x61pplied_state_version\x18\x07 \x01(\x04\x12\x0e\n\x06issues\x18\x08 \x03(\t\x12.\n\x08\x64ownload\x18\t \x01(\x0b\x32\x1c.paddler.v1.DownloadProgress\x12\x1b\n\x13\x61pplied_state_epoch\x18\n \x01(\t\x12\x15\n\rchat_template\x18\x0b \x01(\t\x12,\n\x0cstep_timings\x18\x0c \x03(\x0b\x32\x16.paddler.v1.StepTiming\x12!\n\x19prefill_seconds_per_token\x18\r \x01(\x01\x12\x1e\n\x16prefill_backlog_tokens\x18\x0e \x01(\x05\x12\x1f\n\x17\x61ttempted_state_version\x18\x0f \x01(\x04\x12\x1d\n\x15\x61ttempted_state_epoch\x18\x10 \x01(\t\x12\x1e\n\x16\x65ngine_stalled_seconds\x18\x11 \x01(\x01\x12\x14\n\x0c\x63ontext_size\x18\x12 \x01(\x05\x12\x1c\n\x14trained_context_size\x18\x13 \x01(\x05\x12\x31\n\x0e\x63ontext_source\x18\x14 \x01(\x0e\x32\x19.paddler.v1.ContextSource\x12\x1a\n\x12prompt_cache_bytes\x18\x15 \x01(\x03\x12\x1c\n\x14prompt_cache_prompts\x18\x16 \x01(\x05\x12\x15\n\rprefix_hashes\x18\x17 \x03(\x06*t\n\nStatePhase\x12\x1b\n\x17STATE_PHASE_UNSPECIFIED\x10\x00\x12\x18\n\x14STATE_PHASE_APPLYING\x10\x01\x12\x17\n\x13STATE_PHASE_APPLIED\x10\x02\x12\x16\n\x12STATE_PHASE_FAILED\x10\x03*\xbe\x01\n\rContextSource\x12\x1e\n\x1a\x43ONTEXT_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONTEXT_SOURCE_FLAG\x10\x01\x12 \n\x1c\x43ONTEXT_SOURCE_DESIRED_STATE\x10\x02\x12\x1a\n\x16\x43ONTEXT_SOURCE_TRAINED\x10\x03\x12\x19\n\x15\x43ONTEXT_SOURCE_MEMORY\x10\x04\x12\x1b\n\x17\x43ONTEXT_SOURCE_FALLBACK\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paddler.v1.status_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATEPHASE']._serialized_start=816
-  _globals['_STATEPHASE']._serialized_end=932
-  _globals['_CONTEXTSOURCE']._serialized_start=935
-  _globals['_CONTEXTSOURCE']._serialized_end=1125
+  _globals['_STATEPHASE']._serialized_start=839
+  _globals['_STATEPHASE']._serialized_end=955
+  _globals['_CONTEXTSOURCE']._serialized_start=958
+  _globals['_CONTEXTSOURCE']._serialized_end=1148
   _globals['_DOWNLOADPROGRESS']._serialized_start=39
   _globals['_DOWNLOADPROGRESS']._serialized_end=98
   _globals['_STEPTIMING']._serialized_start=100
   _globals['_STEPTIMING']._serialized_end=151
   _globals['_AGENTSTATUS']._serialized_start=154
-  _globals['_AGENTSTATUS']._serialized_end=814
+  _globals['_AGENTSTATUS']._serialized_end=837
 # @@protoc_insertion_point(module_scope)

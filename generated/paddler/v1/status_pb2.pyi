@@ -158,6 +158,7 @@ class AgentStatus(_message.Message):
     CONTEXT_SOURCE_FIELD_NUMBER: _builtins.int
     PROMPT_CACHE_BYTES_FIELD_NUMBER: _builtins.int
     PROMPT_CACHE_PROMPTS_FIELD_NUMBER: _builtins.int
+    PREFIX_HASHES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     slots_total: _builtins.int
     slots_processing: _builtins.int
@@ -214,6 +215,13 @@ class AgentStatus(_message.Message):
         what speed-aware routing reads.
         """
 
+    @_builtins.property
+    def prefix_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Prompt prefixes the slots and the prompt cache hold, as links of their prefix chains
+        (paddler.common.prefix_chain): what prefix-aware routing matches requests against. At most
+        256, the slots' prompts first, then the most recently used stored ones.
+        """
+
     def __init__(
         self,
         *,
@@ -239,10 +247,11 @@ class AgentStatus(_message.Message):
         context_source: Global___ContextSource.ValueType = ...,
         prompt_cache_bytes: _builtins.int = ...,
         prompt_cache_prompts: _builtins.int = ...,
+        prefix_hashes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "prompt_cache_bytes", b"prompt_cache_bytes", "prompt_cache_prompts", b"prompt_cache_prompts", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "prefix_hashes", b"prefix_hashes", "prompt_cache_bytes", b"prompt_cache_bytes", "prompt_cache_prompts", b"prompt_cache_prompts", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,23 +5,55 @@ are found in one walk down its chain whatever the size of the fleet."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from paddler.common.prefix_chain import MAX_PREFIX_HASHES, PrefixChain
+from paddler.common.prefix_chain import MAX_PREFIX_HASHES
 
 if TYPE_CHECKING:
     from paddler.balancer.agent_registry import RegisteredAgent
+    from paddler.balancer.stream_claim import Demand
 
 MAX_LINKS_PER_AGENT = 2 * MAX_PREFIX_HASHES
 """The most links kept for one agent: its last snapshot's and those of the requests sent to it
 since, until the next snapshot."""
+
+WIDE = 16
+"""Agents holding one link beyond which its holders are kept as a set and a request's walk
+checks them by membership rather than listing them (a system prompt the whole fleet holds)."""
+
+_Holders = list["RegisteredAgent"] | set["RegisteredAgent"]
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """How much of one request's prompt agents hold: ``deep`` lists the holders of links few
+    agents hold, with the deepest such link; ``wide`` the links many hold, deepest first."""
+
+    demand: Demand
+    deep: dict[RegisteredAgent, int]
+    wide: tuple[tuple[int, set[RegisteredAgent]], ...] = ()
+
+    def links(self, agent: RegisteredAgent) -> int:
+        """How many of the chain's first links ``agent`` holds."""
+        links = self.deep.get(agent, 0)
+        for wide_links, holders in self.wide:
+            if wide_links <= links:
+                break
+            if agent in holders:
+                return wide_links
+        return links
+
+    def tokens(self, agent: RegisteredAgent) -> int:
+        """Prompt tokens ``agent`` need not prefill."""
+        return self.demand.held_tokens(self.links(agent))
 
 
 class PrefixIndex:
     """Links by agent and agents by link."""
 
     def __init__(self) -> None:
-        self._holders: dict[int, list[RegisteredAgent]] = {}
+        self._holders: dict[int, _Holders] = {}
         self._links: dict[str, frozenset[int]] = {}
 
     def __len__(self) -> int:
@@ -48,15 +80,21 @@ class PrefixIndex:
         self._replace(agent, frozenset())
         self._links.pop(agent.agent_id, None)
 
-    def holders(self, chain: PrefixChain) -> dict[str, int]:
-        """For every agent holding some of ``chain``: how many of its first links the agent
-        holds (the deepest it reported)."""
-        found: dict[str, int] = {}
-        hashes = chain.hashes
+    def holdings(self, demand: Demand) -> Holdings:
+        """Who holds how much of ``demand``'s prompt: one walk down its chain, deepest first."""
+        deep: dict[RegisteredAgent, int] = {}
+        wide: list[tuple[int, set[RegisteredAgent]]] = []
+        hashes = demand.chain.hashes
         for index in range(len(hashes) - 1, -1, -1):
-            for agent in self._holders.get(hashes[index], ()):
-                found.setdefault(agent.agent_id, index + 1)
-        return found
+            holders = self._holders.get(hashes[index])
+            if holders is None:
+                continue
+            if isinstance(holders, set):
+                wide.append((index + 1, holders))
+                continue
+            for agent in holders:
+                deep.setdefault(agent, index + 1)
+        return Holdings(demand, deep, tuple(wide))
 
     def _replace(self, agent: RegisteredAgent, held: frozenset[int]) -> None:
         before = self._links.get(agent.agent_id, frozenset())
@@ -66,5 +104,11 @@ class PrefixIndex:
             if not holders:
                 del self._holders[link]
         for link in held - before:
-            self._holders.setdefault(link, []).append(agent)
+            holders = self._holders.setdefault(link, [])
+            if isinstance(holders, set):
+                holders.add(agent)
+            elif len(holders) < WIDE:
+                holders.append(agent)
+            else:
+                self._holders[link] = {*holders, agent}
         self._links[agent.agent_id] = held

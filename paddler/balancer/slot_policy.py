@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.candidates import CandidateSampler
-from paddler.balancer.prefix_index import PrefixIndex
+from paddler.balancer.prefix_index import Holdings, PrefixIndex
 from paddler.balancer.routing_policy import PendingRequest, Plan
 from paddler.balancer.stream_claim import StreamClaim
 
@@ -34,15 +34,14 @@ def pick_agent(
     request: PendingRequest,
     turn: int,
     planned: Mapping[str, int] | None = None,
-    held: Mapping[str, int] | None = None,
+    held: Holdings | None = None,
 ) -> RegisteredAgent | None:
     """The agent ``request`` should go to, or None when no agent it accepts has a free slot.
 
-    ``planned`` counts slots already promised to earlier requests, by agent id; ``held`` the
-    prompt tokens each agent holds of the request.
+    ``planned`` counts slots already promised to earlier requests, by agent id; ``held`` says
+    how much of the request's prompt each agent holds.
     """
     planned = planned or {}
-    held = held or {}
     scored = []
     for agent in agents:
         if not request.accepts(agent):
@@ -50,7 +49,7 @@ def pick_agent(
         extra = planned.get(agent.agent_id, 0)
         free = agent.free_slots() - extra
         if free > 0:
-            affinity = held.get(agent.agent_id, 0) / PREFILL_TOKENS_PER_SLOT
+            affinity = held.tokens(agent) / PREFILL_TOKENS_PER_SLOT if held else 0.0
             scored.append(((agent.busy_slots + extra - affinity, -free), agent))
     if not scored:
         return None
@@ -76,10 +75,10 @@ class SlotPolicy:
         planned: collections.Counter[str] = collections.Counter()
         grants: list[RegisteredAgent | None] = []
         sampled = self._sampler.candidates(agents)
-        by_id = {agent.agent_id: agent for agent in agents} if len(sampled) < len(agents) else {}
+        whole = len(sampled) == len(agents)
         for request in requests:
-            held = held_tokens(self._prefixes, request)
-            candidates = with_holders(sampled, held, by_id)
+            held = holdings(self._prefixes, request)
+            candidates = sampled if whole else with_holders(sampled, held)
             agent = pick_agent(candidates, request, next(self._turns), planned, held)
             if agent is None and not request.restricted:
                 break  # no free slot anywhere: nobody behind can have one either
@@ -93,30 +92,22 @@ class SlotPolicy:
         """Nothing to learn: slots and prefixes are all this policy reads."""
 
 
-def held_tokens(prefixes: PrefixIndex | None, request: PendingRequest) -> dict[str, int]:
-    """Prompt tokens of ``request`` each agent holding some of its prompt need not prefill."""
+def holdings(prefixes: PrefixIndex | None, request: PendingRequest) -> Holdings | None:
+    """How much of ``request``'s prompt each agent holds (None: no prompt chain or no index)."""
     if prefixes is None or not request.demand.chain.hashes:
-        return {}
-    demand = request.demand
-    return {
-        agent_id: demand.held_tokens(links)
-        for agent_id, links in prefixes.holders(demand.chain).items()
-    }
+        return None
+    return prefixes.holdings(request.demand)
 
 
 def with_holders(
-    sampled: Sequence[RegisteredAgent],
-    held: Mapping[str, int],
-    by_id: Mapping[str, RegisteredAgent],
+    sampled: Sequence[RegisteredAgent], held: Holdings | None
 ) -> Sequence[RegisteredAgent]:
-    """The sampled candidates of a large fleet (``by_id``: all its agents; empty when every
-    agent is a candidate) and the ``HOLDERS`` agents that hold the most of the request's
-    prompt."""
-    if not by_id or not held:
+    """The candidates a large fleet's plan sampled, and the ``HOLDERS`` agents holding the most
+    of the request's prompt among the few that hold its rarer links."""
+    if held is None or not held.deep:
         return sampled
-    present = {agent.agent_id for agent in sampled}
+    present = set(sampled)
     deepest = heapq.nlargest(
-        HOLDERS, (agent_id for agent_id in held if agent_id not in present), key=held.__getitem__
+        HOLDERS, (agent for agent in held.deep if agent not in present), key=held.deep.__getitem__
     )
-    extra = [by_id[agent_id] for agent_id in deepest if agent_id in by_id]
-    return [*sampled, *extra] if extra else sampled
+    return [*sampled, *deepest] if deepest else sampled

@@ -35,7 +35,7 @@ from paddler.balancer.agent_speed import AgentSpeed
 from paddler.balancer.candidates import CandidateSampler
 from paddler.balancer.prefix_index import PrefixIndex
 from paddler.balancer.routing_policy import PendingRequest, Plan
-from paddler.balancer.slot_policy import SlotPolicy, held_tokens, with_holders
+from paddler.balancer.slot_policy import SlotPolicy, holdings, with_holders
 from paddler.balancer.stream_claim import StreamClaim
 
 # Tokens a request is taken to generate before any has finished (or when uncapped).
@@ -137,22 +137,23 @@ class SpeedPolicy:
         timelines = self._timelines(sampled)
         if timelines is None:
             return self._slots.plan(requests, agents)
-        by_id = {agent.agent_id: agent for agent in agents} if len(sampled) < len(agents) else {}
+        whole = len(sampled) == len(agents)
         grants: list[RegisteredAgent | None] = []
         recheck: float | None = None
         for request in requests:
             if not any(timeline.free for timeline in timelines):
                 break  # no slot left to grant now: the rest wait
-            held = held_tokens(self._prefixes, request)
-            candidates = with_holders(sampled, held, by_id)
-            if candidates is not sampled:
+            held = holdings(self._prefixes, request)
+            if not whole and (candidates := with_holders(sampled, held)) is not sampled:
                 self._add_holders(timelines, candidates)
             tokens = self._expected_tokens(request.demand.max_tokens)
             prompt = request.demand.prompt_tokens
             options = [
                 (
                     timeline,
-                    *timeline.estimate(tokens, prompt - held.get(timeline.agent.agent_id, 0)),
+                    *timeline.estimate(
+                        tokens, prompt - (held.tokens(timeline.agent) if held else 0)
+                    ),
                 )
                 for timeline in timelines
                 if request.accepts(timeline.agent)
@@ -171,7 +172,10 @@ class SpeedPolicy:
                 if taken
                 or option[1] < soonest_free
                 or (
-                    option[0].free and option[0].agent.agent_id in held and option[1] < soonest_take
+                    held is not None
+                    and option[0].free
+                    and held.links(option[0].agent) > 0
+                    and option[1] < soonest_take
                 )
             ]
             if not eligible:

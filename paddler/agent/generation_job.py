@@ -59,3 +59,19 @@ class GenerationJob:
     # The prefix-chain links of the input a slot holding its prompt reports (see
     # ``paddler.common.prefix_chain``).
     prefixes: tuple[int, ...] = ()
+
+
+def take_ready(piece: str, events: asyncio.Queue[Event]) -> tuple[str, Event | None]:
+    """``piece`` and the text pieces queued behind it, joined: a stream whose messages wait
+    (its reader or the event loop is behind) sends what is ready as one message, while at low
+    load every piece still goes alone, at once. Returns the text and the event that ended the
+    run of pieces, if one was queued."""
+    if events.empty():
+        return piece, None
+    pieces = [piece]
+    while not events.empty():
+        event = events.get_nowait()
+        if not isinstance(event, str):
+            return "".join(pieces), event
+        pieces.append(event)
+    return "".join(pieces), None

@@ -13,7 +13,7 @@ from grpc import aio
 
 from paddler.agent.context_choice import ContextChoice
 from paddler.agent.engine import Engine
-from paddler.agent.generation_job import Failed, Finished, GenerationJob
+from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob, take_ready
 from paddler.agent.job_factory import JobFactory
 from paddler.agent.slot_claims import SlotClaims
 from paddler.agent.state_report import StateReport
@@ -156,9 +156,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._running.add(job)
         outcome = "cancelled"
         try:
+            following: Event | None = None
             while True:  # the per-token path: one queue read, one message
-                event = await job.events.get()
+                event = following if following is not None else await job.events.get()
+                following = None
                 if isinstance(event, str):
+                    # Pieces that queued while the last message was sent go out as one.
+                    event, following = take_ready(event, job.events)
                     text = reply.feed(event) if reply is not None else event
                     if text:
                         count = len(generated)

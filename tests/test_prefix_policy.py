@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.prefix_index import WIDE
 from paddler.balancer.routing_policy import PendingRequest
+from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.slot_policy import SlotPolicy
 from paddler.balancer.speed_policy import SpeedPolicy
+from paddler.balancer.state_store import StateStore
 from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.common.prefix_chain import (
     BLOCK_CHARS,
@@ -146,19 +148,20 @@ def test_the_index_finds_the_deepest_link_each_agent_holds_and_forgets_what_it_d
     asyncio.run(scenario())
 
 
-def test_a_request_sent_to_an_agent_counts_as_held_until_a_snapshot_says_otherwise() -> None:
+def test_a_request_counts_as_held_once_prefilled_until_a_snapshot_says_otherwise() -> None:
     async def scenario() -> None:
         registry = AgentRegistry()
+        dispatcher = SlotDispatcher(registry, StateStore(None), 10, 30, SlotPolicy())
         agent = await _agent(registry, "agent")
-        demand = Demand.of(FIRST_TURN)
-        registry.prefixes.sent(agent, demand.links)
-        assert _held(registry, FIRST_TURN) == {"agent": 2}
-        claim = StreamClaim(agent, demand)
-        agent.streams.add(claim)
-        registry.update(agent, _status(2, SMOLLM_1_THREAD))  # not in its slots yet: running
-        assert _held(registry, FIRST_TURN) == {"agent": 2}
-        agent.streams.discard(claim)
+        claim = await dispatcher.acquire(None, demand=Demand.of(FIRST_TURN))
         registry.update(agent, _status(2, SMOLLM_1_THREAD))
+        assert _held(registry, FIRST_TURN) == {}  # still prefilling: nothing to reuse yet
+        claim.relayed = 1  # its first token came: the prompt is in the agent's cache
+        registry.update(agent, _status(2, SMOLLM_1_THREAD))
+        assert _held(registry, FIRST_TURN) == {"agent": 2}
+        dispatcher.release(claim)
+        assert _held(registry, FIRST_TURN) == {"agent": 2}  # until the next snapshot
+        registry.update(agent, _status(2, SMOLLM_1_THREAD))  # its slot was taken since
         assert _held(registry, FIRST_TURN) == {}
 
     asyncio.run(scenario())

@@ -13,6 +13,7 @@ from paddler.agent.default_model import default_model_path
 from paddler.agent.engine import Engine, EngineConfig
 from paddler.agent.generation_job import Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel
+from paddler.agent.metrics import AgentMetrics
 from paddler.agent.model_shape import read_model_shape
 from paddler.common.generation_input import SamplingSettings
 from paddler.common.prefix_chain import prefix_chain, reported_links
@@ -30,14 +31,19 @@ PROMPTS = {
         ("c", "Candles on the shelf, in a row:", "candle"),
     )
 }
+# Two prompts sharing a long opening, each with a long tail of its own: the second starts on
+# the empty slot (taking the first's would throw away more than it reuses).
+OPENING = "Rules of the reading room: " + " ".join(f"rule {n} is to be kind," for n in range(20))
+PROMPTS["x"] = OPENING + " Then the first story: " + " ".join(f"fox {n}," for n in range(60))
+PROMPTS["y"] = OPENING + " Then the second story: " + " ".join(f"owl {n}," for n in range(60))
 
 
-def _served(order: str, store_bytes: int) -> tuple[list[tuple[str, int, int]], int]:
-    """Each prompt of ``order`` in turn on one slot: its greedy text, cached tokens and prompt
-    tokens; and the prompts the store held at the end."""
+def _served(order: str, store_bytes: int, slots: int = 1) -> tuple[list[tuple[str, int, int]], int]:
+    """Each prompt of ``order`` in turn: its greedy text, cached tokens and prompt tokens; and
+    the prompts the store held at the end."""
     model = LlamaModel(default_model_path())
     config = EngineConfig(
-        slots=1, context_size=1024, batch_size=256, threads=2, prompt_store_bytes=store_bytes
+        slots=slots, context_size=1024, batch_size=256, threads=2, prompt_store_bytes=store_bytes
     )
     engine = Engine(model, config)
     results: list[tuple[str, int, int]] = []
@@ -76,6 +82,49 @@ def test_a_reused_slots_prompt_is_restored_and_greedy_output_does_not_change() -
     # prompt token (the one decoded to draw the first new token).
     assert [cached for _, cached, _ in stored] == [0, 0, stored[2][2] - 1, stored[3][2] - 1]
     assert held == 2
+
+
+def test_a_prefix_another_slot_holds_is_copied_and_greedy_output_does_not_change() -> None:
+    copied, _ = _served("xy", 1 << 30, slots=2)
+    plain, _ = _served("xy", 0, slots=2)
+    assert [text for text, _, _ in copied] == [text for text, _, _ in plain]
+    assert plain[1][1] == 0  # no host memory to copy through: the empty slot prefills it all
+    model = LlamaModel(default_model_path())
+    opening = len(model.tokenize(OPENING))
+    model.close()
+    assert copied[1][1] >= opening - 2  # the opening came from the first prompt's slot
+
+
+def test_a_prefix_a_busy_slot_holds_is_copied_while_that_slot_generates() -> None:
+    model = LlamaModel(default_model_path())
+    config = EngineConfig(
+        slots=2, context_size=1024, batch_size=256, threads=2, prompt_store_bytes=1 << 30
+    )
+    metrics = AgentMetrics()
+    engine = Engine(model, config, metrics)
+
+    def job(name: str, max_tokens: int) -> GenerationJob:
+        tokens = model.tokenize(PROMPTS[name])
+        return GenerationJob(name, tokens, max_tokens, GREEDY, ())
+
+    async def scenario() -> tuple[int, int]:
+        engine.start(asyncio.get_running_loop())
+        first, second = job("x", 200), job("y", 4)
+        engine.submit(first)
+        assert isinstance(await asyncio.wait_for(first.events.get(), 120), str)  # generating
+        engine.submit(second)
+        while not isinstance(event := await asyncio.wait_for(second.events.get(), 120), Finished):
+            assert isinstance(event, str), event
+        engine.cancel(first)
+        return event.cached_tokens, len(model.tokenize(OPENING))
+
+    try:
+        cached, opening = asyncio.run(scenario())
+    finally:
+        engine.stop()
+    assert cached >= opening - 2
+    copied = metrics.registry.get_sample_value("paddler_engine_prefix_copied_tokens_total")
+    assert copied == cached
 
 
 def test_the_store_keeps_to_its_capacity_least_recently_used_out_first() -> None:

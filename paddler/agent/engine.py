@@ -16,7 +16,8 @@ from paddler.agent.embedder import Embedder
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
 from paddler.agent.metrics import AgentMetrics
-from paddler.agent.prompt_store import PromptStore, take_longest_prefix
+from paddler.agent.prefix_reuse import Source, take_longest_prefix
+from paddler.agent.prompt_store import PromptStore
 from paddler.agent.sampling import SamplerChain
 from paddler.agent.slot import Slot, choose_slot, fill_batch, step_shape
 from paddler.agent.step_timings import StepTimings
@@ -261,14 +262,18 @@ class Engine:
         prompt = job.prompt_tokens
         busy = [other.seq_id for other in self._slots if other.job is not None]
         slot = choose_slot(free, busy, prompt)
-        shared, restored = take_longest_prefix(self.prompt_store, self._context, slot, prompt)
+        shared, source = take_longest_prefix(
+            self.prompt_store, self._context, slot, self._slots, prompt
+        )
         reused = min(shared, len(prompt) - 1)  # >= 1 to decode
         if not llama.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
             # Recurrent models cannot drop a tail: start the sequence over.
             llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             reused = 0
-        if restored and self._metrics is not None:
+        if self._metrics is not None and source is Source.STORE:
             self._metrics.prompt_cache_restored_tokens.inc(reused)
+        elif self._metrics is not None and source is Source.COPY:
+            self._metrics.prefix_copied_tokens.inc(reused)
         slot.start(job, reused, SamplerChain(job.sampling, self.model.n_vocab))
         if job.replay:  # a resumed generation: the text its tokens have that was never sent
             assert slot.text is not None
@@ -290,6 +295,7 @@ class Engine:
         job.generated.append(token)
         if slot.first_token_at is None:
             slot.first_token_at = time.perf_counter()
+            slot.prefixes = job.prefixes  # the prompt is all in the slot's cache now
         piece = self.model.piece(token)
         if grammar is not None and not grammar.accept(token, piece):
             self._fail(slot, InternalError(f"the grammar refused a sampled token: {grammar.error}"))

@@ -46,6 +46,11 @@ class AgentMetrics:
             "Prompt tokens restored from the host-memory prompt cache instead of prefilled.",
             registry=self.registry,
         )
+        self.prefix_copied_tokens = Counter(
+            "paddler_engine_prefix_copied_tokens",
+            "Prompt tokens copied from another slot's KV cache instead of prefilled.",
+            registry=self.registry,
+        )
         self.credentials_refused = Counter(
             "paddler_credentials_refused",
             "Calls refused for a missing or wrong agent token, by surface and reason.",

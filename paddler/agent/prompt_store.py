@@ -11,7 +11,7 @@ from itertools import count
 
 import llama_cpp as llama
 
-from paddler.agent.slot import Slot, common_prefix_length
+from paddler.agent.slot import common_prefix_length
 from paddler.common.prefix_chain import MAX_PREFIX_HASHES
 
 MIN_STORED_TOKENS = 32
@@ -115,29 +115,3 @@ class PromptStore:
             if len(links) >= MAX_PREFIX_HASHES:
                 break
         self.recent_links = tuple(links)[:MAX_PREFIX_HASHES]
-
-
-def take_longest_prefix(
-    store: PromptStore | None, context: llama.llama_context_p, slot: Slot, prompt: list[int]
-) -> tuple[int, bool]:
-    """Before ``slot`` starts on ``prompt``: when a stored prompt shares more of it than the
-    slot's cache, restore that one into the slot; a cache the slot is about to lose goes into
-    the store first. Returns how much of ``prompt`` the slot now holds, and whether that came
-    from the store."""
-    shared = common_prefix_length(slot.cached, prompt)
-    if store is None:
-        return shared, False
-    key, stored = store.longest(prompt)
-    if stored <= shared:
-        if _losing(slot, shared):
-            store.save(context, slot.seq_id, slot.cached, slot.prefixes)
-        return shared, False
-    if _losing(slot, 0):
-        store.save(context, slot.seq_id, slot.cached, slot.prefixes)
-    slot.cached = store.restore(context, key, slot.seq_id)
-    return min(stored, len(slot.cached)), bool(slot.cached)
-
-
-def _losing(slot: Slot, kept: int) -> bool:
-    """Whether the slot's cache beyond its first ``kept`` tokens is worth storing."""
-    return len(slot.cached) - kept >= MIN_STORED_TOKENS

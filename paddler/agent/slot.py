@@ -56,7 +56,8 @@ class Slot:
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
         self.cached: list[int] = []
-        # The prefix-chain links of the prompt ``cached`` starts with (what the agent reports).
+        # The prefix-chain links of the prompt ``cached`` starts with, once it is all in (what
+        # the agent reports).
         self.prefixes: tuple[int, ...] = ()
         self.job: GenerationJob | None = None
         self.sampler: SamplerChain | None = None
@@ -73,7 +74,7 @@ class Slot:
         self.sampler = sampler
         self.text = TextStream(job.stop)
         self.cached = self.cached[:reused]
-        self.prefixes = job.prefixes
+        self.prefixes = ()  # until the prompt is in (the engine sets them at the first token)
         self.pending = job.prompt_tokens[reused:]
         self.cached_prompt_tokens = reused
         self.completion_tokens = 0
@@ -86,10 +87,7 @@ class Slot:
         return len(self.pending) > 1, self.job.created_at
 
     def release(self) -> None:
-        """Free the slot; its cache is kept for a later prompt with the same prefix (a prompt
-        cut off before its first token holds only part of what its links name: they go)."""
-        if self.completion_tokens == 0:
-            self.prefixes = ()
+        """Free the slot; its cache is kept for a later prompt with the same prefix."""
         if self.sampler is not None:
             self.sampler.free()
         self.job = None

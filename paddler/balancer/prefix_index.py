@@ -1,6 +1,8 @@
-"""Which agents hold which prompt prefixes: the links their snapshots report, the links of the
-requests sent to them since, and an inverted index from link to agents, so a request's holders
-are found in one walk down its chain whatever the size of the fleet."""
+"""Which agents hold which prompt prefixes: the links their snapshots report, those of the
+requests they have prefilled since (a stream that relayed a message), and an inverted index from
+link to agents, so a request's holders are found in one walk down its chain whatever the size of
+the fleet. A request still prefilling counts for nothing: another request sent to its agent
+would prefill beside it rather than reuse it."""
 
 from __future__ import annotations
 
@@ -62,15 +64,16 @@ class PrefixIndex:
 
     def reported(self, agent: RegisteredAgent, links: Iterable[int]) -> None:
         """A snapshot: what ``agent`` holds now is what it reported, plus the links of the
-        requests it is still running (their prompts may not have reached its slots yet)."""
+        requests it is running past their prefill (a snapshot may have left them out)."""
         held = set(links)
         for claim in agent.streams:
-            held.update(claim.demand.links)
+            if claim.relayed:
+                held.update(claim.demand.links)
         self._replace(agent, frozenset(list(held)[:MAX_LINKS_PER_AGENT]))
 
     def sent(self, agent: RegisteredAgent, links: tuple[int, ...]) -> None:
-        """A request with ``links`` went to ``agent``: it holds them from now on (until a
-        snapshot says otherwise)."""
+        """``agent`` ran a request with ``links`` past its prefill: it holds them from now on
+        (until a snapshot says otherwise)."""
         held = self._links.get(agent.agent_id, frozenset())
         if links and len(held) < MAX_LINKS_PER_AGENT and not held.issuperset(links):
             self._replace(agent, held.union(links))

@@ -169,6 +169,8 @@ class SlotDispatcher:
         if claim not in agent.streams:
             return
         agent.streams.discard(claim)
+        if claim.relayed and not agent.retired:  # its prompt is in the agent's cache now
+            self._registry.prefixes.sent(agent, claim.demand.links)
         self._policy.finished(claim)
         self._registry.released(agent)
         self.dispatch()
@@ -247,7 +249,6 @@ class SlotDispatcher:
     def _claim(self, agent: RegisteredAgent, demand: Demand) -> StreamClaim:
         claim = StreamClaim(agent, demand)
         agent.streams.add(claim)
-        self._registry.prefixes.sent(agent, demand.links)
         return claim
 
     def _forget(self, waiter: _Waiter) -> None:

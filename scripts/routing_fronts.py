@@ -40,6 +40,7 @@ from bench_servers import BENCH_SAMPLING, HOST, PROMPTS, free_port, llama_server
 from routing_results import HAPROXY, ROUND_ROBIN, Outcome
 
 NGINX_LEAST_CONN = "nginx-least-conn"
+HAPROXY_STICKY = "haproxy-sticky"  # hashes the X-Session header (bench_prefix.py)
 PEERS = (ROUND_ROBIN, NGINX_LEAST_CONN, HAPROXY)
 CONTEXT_PER_SLOT = 1024
 
@@ -198,10 +199,17 @@ class PaddlerFleet:
 
 @contextlib.asynccontextmanager
 async def paddler_fleet(
-    fleet: Sequence[tuple[str, int]], routing: str, args: argparse.Namespace, log_dir: Path
+    fleet: Sequence[tuple[str, int]],
+    routing: str | None,
+    args: argparse.Namespace,
+    log_dir: Path,
+    context_per_slot: int = CONTEXT_PER_SLOT,
+    prompt_cache: bool = False,
 ) -> AsyncIterator[PaddlerFleet]:
-    """Our balancer and one agent per server, all registered."""
+    """Our balancer (``routing``: its policy, None: its default) and one agent per server, all
+    registered; the agents keep prompt caches (in slots and host memory) only if asked."""
     paddler = [sys.executable, "-m", "paddler"]
+    policy = ["--routing", routing] if routing else []
     await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         balancer_log = log_dir / "balancer.log"
@@ -212,14 +220,12 @@ async def paddler_fleet(
                     *paddler, "balancer", "--inference-addr", f"{HOST}:0",
                     "--openai-addr", f"{HOST}:0", "--web-addr", "", "--openai-model-alias", "any",
                     "--management-addr", f"{HOST}:0", "--max-buffered-requests", "1000",
-                    "--buffered-request-timeout", str(args.request_timeout),
-                    "--routing", routing,
+                    "--buffered-request-timeout", str(args.request_timeout), *policy,
                 ],
                 log_dir,
             )
         )  # fmt: skip
         listening = await first_record(balancer_log, "balancer listening")
-        openai = await first_record(balancer_log, "openai listening")
         pids = [balancer.pid]
         for number, (model, slots) in enumerate(fleet):
             agent = stack.enter_context(
@@ -228,7 +234,8 @@ async def paddler_fleet(
                     [
                         *paddler, "agent", "--name", f"agent-{number}-{model}",
                         "--model", str(gguf(model)), "--slots", str(slots), "--threads", "1",
-                        "--context-size", str(CONTEXT_PER_SLOT), "--no-prompt-cache",
+                        "--context-size", str(context_per_slot),
+                        "--prompt-cache" if prompt_cache else "--no-prompt-cache",
                         "--host", HOST, "--port", "0", "--balancer", str(listening["management"]),
                     ],
                     log_dir,
@@ -247,7 +254,7 @@ async def paddler_fleet(
                 inference_pb2_grpc.InferenceServiceStub(channel),
                 agent_pb2_grpc.AgentServiceStub(direct),
                 tuple(pids),
-                split_host_port(str(openai["address"]))[1],
+                split_host_port(str(listening["openai"]))[1],
             )
 
 
@@ -269,9 +276,13 @@ def _wait_records(path: Path, event: str, count: int, limit_s: float) -> dict[st
 
 @contextlib.contextmanager
 def llama_servers(
-    fleet: Sequence[tuple[str, int]], binary: Path, log_dir: Path
+    fleet: Sequence[tuple[str, int]],
+    binary: Path,
+    log_dir: Path,
+    context_per_slot: int = CONTEXT_PER_SLOT,
 ) -> Iterator[tuple[list[int], list[int]]]:
-    """One llama-server per server of the fleet; yields their ports and process ids."""
+    """One llama-server per server of the fleet (with its default prompt cache in host memory,
+    which requests opt out of per request); yields their ports and process ids."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         ports, pids = [], []
@@ -279,7 +290,7 @@ def llama_servers(
             port = free_port()
             command = [
                 str(binary), "-m", str(gguf(model)), "-t", "1", "-np", str(slots),
-                "-c", str(slots * CONTEXT_PER_SLOT), "--no-repack", "--host", HOST,
+                "-c", str(slots * context_per_slot), "--no-repack", "--host", HOST,
                 "--port", str(port),
             ]  # fmt: skip
             server = stack.enter_context(started(f"llama-server-{number}", command, log_dir))
@@ -319,12 +330,19 @@ http {{
 """
 
 
-def haproxy_config(ports: Sequence[int], slots: Sequence[int], listen: int) -> str:
-    """haproxy leastconn with maxconn = each server's slots (its own FIFO queue beyond)."""
+def haproxy_config(
+    ports: Sequence[int], slots: Sequence[int], listen: int, policy: str = HAPROXY
+) -> str:
+    """haproxy leastconn with maxconn = each server's slots (its own FIFO queue beyond), or
+    sticky sessions: a consistent hash of the X-Session header picks the server. Streams go out
+    as they come (`http-no-delay`: else haproxy holds a stream's first events for up to about
+    200 ms, measured here, waiting to fill packets)."""
+    sticky = policy == HAPROXY_STICKY
     servers = "\n".join(
-        f"  server s{number} {HOST}:{port} maxconn {count}"
+        f"  server s{number} {HOST}:{port}" + ("" if sticky else f" maxconn {count}")
         for number, (port, count) in enumerate(zip(ports, slots, strict=True))
     )
+    balance = "balance hdr(X-Session)\n  hash-type consistent" if sticky else "balance leastconn"
     return f"""
 global
   maxconn 4096
@@ -338,7 +356,8 @@ frontend front
   bind {HOST}:{listen}
   default_backend fleet
 backend fleet
-  balance leastconn
+  {balance}
+  option http-no-delay
 {servers}
 """
 
@@ -351,9 +370,9 @@ def proxy(
     group (nginx forks its worker)."""
     listen = free_port()
     folder = Path(tempfile.mkdtemp(prefix=f"{front}-", dir=log_dir))
-    if front == HAPROXY:
+    if front in (HAPROXY, HAPROXY_STICKY):
         config = folder / "haproxy.cfg"
-        config.write_text(haproxy_config(ports, slots, listen))
+        config.write_text(haproxy_config(ports, slots, listen, front))
         command = ["haproxy", "-db", "-f", str(config)]
     else:
         config = folder / "nginx.conf"

@@ -110,6 +110,9 @@ HOSTILE = {
     "too-many-issues": Hostile("status.issues", hostile_status(issues=["down"] * 50_000)),
     "huge-issue": Hostile("status.issues[0]", hostile_status(issues=["x" * 1_000_000])),
     "huge-model-name": Hostile("status.model", hostile_status(model="m" * 1_000_000)),
+    "too-many-prefix-hashes": Hostile(
+        "status.prefix_hashes", hostile_status(prefix_hashes=range(100_000))
+    ),
     "bad-address": Hostile("registration.address", address="no-port-here"),
     "huge-address": Hostile("registration.address", address=f"{'h' * 1_000_000}:50052"),
     "undecodable-status": Hostile(

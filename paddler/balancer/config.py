@@ -27,7 +27,7 @@ class BalancerConfig:
     max_attempts: int
     # JSON file that keeps the desired state across restarts; None keeps it in memory.
     state_file: Path | None
-    routing: RoutingName = "slots"
+    routing: RoutingName = "speed"
     # Agents that serve and may be out of service at once to apply a new desired state.
     rollout_max_unavailable: int = 1
     # Resume a stream on another agent when its agent fails mid-stream.

@@ -152,12 +152,13 @@ def balancer(
         RoutingName,
         typer.Option(
             envvar="PADDLER_ROUTING",
-            help="How an agent is chosen: 'slots' (fewest busy slots), 'speed' (soonest "
-            "expected first token, then completion, from the speeds agents report) or "
+            help="How an agent is chosen: 'speed' (soonest expected first token, then "
+            "completion, from the speeds agents report and the prompt prefixes they hold), "
+            "'slots' (fewest busy slots, prefixes held counting as free slots) or "
             "'round-robin' (each agent in turn, waiting for its slot: a baseline for "
             "benchmarks, not for production).",
         ),
-    ] = "slots",
+    ] = "speed",
     openai_addr: Annotated[
         str,
         typer.Option(

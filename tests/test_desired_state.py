@@ -216,7 +216,8 @@ def test_a_download_shows_its_progress_and_a_newer_state_cancels_it(tmp_path: Pa
 
 
 def test_a_state_that_fails_stops_its_rollout_and_the_old_model_serves_on() -> None:
-    args = ("--buffered-request-timeout", "30")
+    # The slot policy takes turns between idle agents, so four requests reach both.
+    args = ("--buffered-request-timeout", "30", "--routing", "slots")
     with cluster(("first", 1), ("second", 1), balancer_args=args) as c:
         good = c.set_state(state(packaged("smollm2-135m")))
         c.wait_applied(good)
@@ -240,8 +241,9 @@ def test_a_state_that_fails_stops_its_rollout_and_the_old_model_serves_on() -> N
         assert all(a.ready and a.applied_state_version == good for a in agents)
         # Both serve on, with the old state; the client never sees the agents' issues.
         names = set()
-        for _ in range(4):
-            reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=3)))
+        for number in range(4):  # prompts of their own: no agent holds one of them already
+            request = prompt_request(f"{number}. {STORY}", max_tokens=3)
+            reply = generate(c.inference, to_inference(request))
             assert reply.summary.state_version == good
             names.add(reply.summary.agent_name)
         assert names == {"first", "second"}

@@ -37,11 +37,12 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT
 
 
 class HeldStream:
-    """A streaming chat completion that holds the agent's slot until ``close``."""
+    """A streaming chat completion that holds the agent's slot until ``close`` (greedy: the
+    story runs to the slot's full context, where a sampled one may end within a second)."""
 
     def __init__(self, base: str) -> None:
         self._client = httpx.Client(timeout=WAIT_S)
-        body = {"model": MODEL, "messages": STORY, "stream": True}
+        body = {"model": MODEL, "messages": STORY, "stream": True, "temperature": 0}
         self._stream = self._client.stream("POST", f"{base}/chat/completions", json=body)
         self.response = self._stream.__enter__()
         self.status = self.response.status_code

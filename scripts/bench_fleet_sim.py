@@ -283,6 +283,15 @@ async def stream_tokens(stub: Any, message: Any, count: int) -> int:
     return sum(await asyncio.gather(*(run() for _ in range(count))))
 
 
+async def agent_addresses(management: str) -> list[str]:
+    """The gRPC addresses of the agents the balancer at ``management`` lists."""
+    async with grpc.aio.insecure_channel(management) as channel:
+        listed = await management_pb2_grpc.ManagementServiceStub(channel).ListAgents(
+            management_pb2.ListAgentsRequest()
+        )
+    return [agent.address for agent in listed.agents]
+
+
 async def ceiling(args: argparse.Namespace, log_dir: Path) -> list[str]:
     """Tokens/s through the balancer and straight to the agents, with each process's CPU."""
     agents, streams = args.ceiling_agents, args.ceiling_streams
@@ -291,11 +300,7 @@ async def ceiling(args: argparse.Namespace, log_dir: Path) -> list[str]:
     async with sim_cluster("slots", agents, fleet_args, log_dir / "ceiling") as (
         inference, management, balancer, fleet,
     ):  # fmt: skip
-        async with grpc.aio.insecure_channel(management) as channel:
-            listed = await management_pb2_grpc.ManagementServiceStub(channel).ListAgents(
-                management_pb2.ListAgentsRequest()
-            )
-        addresses = [agent.address for agent in listed.agents]
+        addresses = await agent_addresses(management)
         generation = request(args.ceiling_tokens).input
         processes = (("balancer", balancer), ("fleet", fleet), ("client", os.getpid()))
         for path in ("direct", "balancer"):

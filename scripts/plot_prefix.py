@@ -11,7 +11,7 @@ import argparse
 import collections
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +36,34 @@ def _pooled(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Stats]]:
         lambda: collections.defaultdict(list)
     )
     walls: dict[tuple[str, str], float] = collections.defaultdict(float)
-    for (workload, front, _), (results, wall) in runs.items():
+    seeds: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+    for (workload, front, seed), (results, wall) in runs.items():
         pooled[workload][front].extend(results)
         walls[workload, front] += wall
+        seeds[workload, front].append(seed)
     return {
         workload: {
-            front: Stats(tuple(results), walls[workload, front]) for front, results in f.items()
+            _label(front, seeds[workload, front], seeds.values()): Stats(
+                tuple(results), walls[workload, front]
+            )
+            for front, results in f.items()
         }
         for workload, f in pooled.items()
     }
 
 
+def _label(front: str, seeds: list[str], all_seeds: Iterable[list[str]]) -> str:
+    """The front's name, with its seeds when it ran fewer than the most any front ran (its
+    pooled figures then cover other arrivals)."""
+    most = max(len(each) for each in all_seeds)
+    if len(seeds) == most:
+        return front
+    return f"{front}\n(seed {', '.join(sorted(seeds, key=int))})"
+
+
 def _order(front: str) -> tuple[int, str]:
-    base = front.split("-", maxsplit=1)[0] if front.startswith("paddler") else front
+    name = front.split("\n", maxsplit=1)[0]
+    base = name.split("-", maxsplit=1)[0] if name.startswith("paddler") else name
     return (FRONTS.index(base) if base in FRONTS else len(FRONTS), front)
 
 

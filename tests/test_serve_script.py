@@ -5,6 +5,7 @@ server that fails makes it stop the other and exit non-zero."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -42,6 +43,7 @@ class ServeScript:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            start_new_session=True,  # its own process group: a hung run is killed whole
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -69,8 +71,17 @@ class ServeScript:
         return [record for record in parsed if record.get("event") == event]
 
     def wait(self) -> int:
-        """The exit status, once the script ended and its output was read."""
-        code = self.process.wait(timeout=WAIT_S)
+        """The exit status, once the script ended and its output was read; a script still
+        running after ``WAIT_S`` is killed and fails the test with what it printed."""
+        try:
+            code = self.process.wait(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self._reader.join(timeout=5)
+            raise AssertionError(
+                f"serve.sh still ran after {WAIT_S:g} s; it printed:\n{''.join(self.lines)}"
+            ) from None
         self._reader.join(timeout=5)
         return code
 

@@ -274,13 +274,15 @@ async def fleet_run(args: argparse.Namespace, log_dir: Path) -> list[str]:
 async def stream_tokens(stub: Any, message: Any, count: int) -> int:
     """Run ``count`` streams of ``message`` at once on ``stub``; return the pieces received."""
 
-    async def run() -> int:
-        pieces = 0
-        async for response in stub.Generate(message, timeout=600):
-            pieces += not response.HasField("summary")
-        return pieces
+    return sum(await asyncio.gather(*(pieces_of(stub, message) for _ in range(count))))
 
-    return sum(await asyncio.gather(*(run() for _ in range(count))))
+
+async def pieces_of(stub: Any, message: Any) -> int:
+    """One ``Generate`` call of ``message`` on ``stub``, read to the end: its pieces."""
+    pieces = 0
+    async for response in stub.Generate(message, timeout=600):
+        pieces += not response.HasField("summary")
+    return pieces
 
 
 async def agent_addresses(management: str) -> list[str]:

@@ -27,7 +27,7 @@ import grpc
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fleet_sim import agent_addresses, request, sim_cluster
+from bench_fleet_sim import agent_addresses, pieces_of, request, sim_cluster
 from bench_servers import HOST, started
 from routing_fronts import first_record
 from thread_cpu import read_threads, use_by_name
@@ -77,11 +77,7 @@ async def closed_loop(address: str, streams: int, per_stream: int, tokens: int) 
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
 
         async def client() -> int:
-            received = 0
-            for _ in range(per_stream):
-                async for response in stub.Generate(message, timeout=600):
-                    received += not response.HasField("summary")
-            return received
+            return sum([await pieces_of(stub, message) for _ in range(per_stream)])
 
         return sum(await asyncio.gather(*(client() for _ in range(streams))))
 

@@ -11,7 +11,7 @@ import argparse
 import collections
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,10 @@ def _pooled(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Stats]]:
         pooled[workload][front].extend(results)
         walls[workload, front] += wall
         seeds[workload, front].append(seed)
+    most = max((len(each) for each in seeds.values()), default=0)
     return {
         workload: {
-            _label(front, seeds[workload, front], seeds.values()): Stats(
+            _label(front, seeds[workload, front], most): Stats(
                 tuple(results), walls[workload, front]
             )
             for front, results in f.items()
@@ -52,10 +53,9 @@ def _pooled(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Stats]]:
     }
 
 
-def _label(front: str, seeds: list[str], all_seeds: Iterable[list[str]]) -> str:
-    """The front's name, with its seeds when it ran fewer than the most any front ran (its
+def _label(front: str, seeds: list[str], most: int) -> str:
+    """The front's name, with its seeds when it ran fewer than the ``most`` any front ran (its
     pooled figures then cover other arrivals)."""
-    most = max(len(each) for each in all_seeds)
     if len(seeds) == most:
         return front
     return f"{front}\n(seed {', '.join(sorted(seeds, key=int))})"

@@ -17,9 +17,10 @@ from paddler.agent import engine as engine_module
 from paddler.agent import llama_model
 from paddler.agent.context_choice import ContextChoice
 from paddler.agent.default_model import default_model_path
-from paddler.agent.engine import Engine, EngineConfig
+from paddler.agent.engine import Engine
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
 from paddler.agent.job_factory import JobFactory
+from paddler.agent.llama_context import EngineConfig
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.sampling import SamplerChain
 from paddler.agent.servicer import AgentServicer

@@ -10,8 +10,9 @@ import re
 import httpx
 
 from paddler.agent.default_model import default_model_path
-from paddler.agent.engine import Engine, EngineConfig
+from paddler.agent.engine import Engine
 from paddler.agent.generation_job import Finished, GenerationJob
+from paddler.agent.llama_context import EngineConfig
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.metrics import AgentMetrics
 from paddler.agent.model_shape import read_model_shape

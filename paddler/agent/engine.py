@@ -6,16 +6,18 @@ import asyncio
 import collections
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import llama_cpp as llama
 import setproctitle
 import structlog
 
 from paddler.agent.embedder import Embedder
-from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob
-from paddler.agent.llama_model import LlamaModel, ModelLoadError
+from paddler.agent.generation_job import Failed, Finished, GenerationJob
+from paddler.agent.llama_context import EngineConfig, new_context
+from paddler.agent.llama_model import LlamaModel
 from paddler.agent.metrics import AgentMetrics
+from paddler.agent.outbox import Outbox
 from paddler.agent.prefix_reuse import Source, take_longest_prefix
 from paddler.agent.prompt_store import PromptStore
 from paddler.agent.sampling import SamplerChain
@@ -29,20 +31,6 @@ log = structlog.get_logger(__name__)
 FinishReason = generation_pb2.FinishReason
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """Sizes of the llama context."""
-
-    slots: int
-    context_size: int
-    batch_size: int
-    threads: int
-    # Keep a finished request's KV cache in its slot for a later prompt with the same prefix.
-    prompt_cache: bool = True
-    # Host memory for slots' caches once the slots are reused (0: none; see PromptStore).
-    prompt_store_bytes: int = 0
-
-
 class Engine:
     """Owns the context, the batch and the slots; the asyncio side only submits and cancels."""
 
@@ -51,27 +39,12 @@ class Engine:
     ) -> None:
         # Every generating slot gets its token each step, however small n_batch was set.
         config = replace(config, batch_size=max(config.batch_size, config.slots))
-        params = llama.llama_context_default_params()
-        params.n_seq_max = config.slots
-        params.n_ctx = config.slots * config.context_size
-        params.n_batch = config.batch_size
-        params.n_ubatch = min(config.batch_size, 512)
-        params.n_threads = config.threads
-        params.n_threads_batch = config.threads
-        params.no_perf = True
-        context = llama.llama_init_from_model(model.handle, params)
-        if not context:
-            raise ModelLoadError(
-                f"llama.cpp could not create a context of {config.slots} slots x "
-                f"{config.context_size} tokens for {model.path.name} (out of memory?); "
-                "lower the context size or the slots"
-            )
         self.model = model
         self.config = config
-        self._context = context
-        self._memory = llama.llama_get_memory(context)
+        self._context = new_context(model, config)
+        self._memory = llama.llama_get_memory(self._context)
         # llama.cpp pads the context; the flag's size is the contract.
-        self.context_per_slot = min(config.context_size, llama.llama_n_ctx_seq(context))
+        self.context_per_slot = min(config.context_size, llama.llama_n_ctx_seq(self._context))
         self._batch = llama.llama_batch_init(config.batch_size, 0, 1)
         self._slots = [Slot(seq_id) for seq_id in range(config.slots)]
         self.prompt_store = (
@@ -88,14 +61,13 @@ class Engine:
         self._abort: PaddlerError | None = None
         # When the step loop last moved on (a step ended, or it woke for work).
         self._heartbeat = time.monotonic()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._outbox: list[tuple[GenerationJob, Event]] = []
+        self._outbox = Outbox()
         self._thread = threading.Thread(target=self._run, name="paddler-engine", daemon=True)
         self.embedder = Embedder(model, config.threads, config.context_size)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the step loop; events are delivered on ``loop``."""
-        self._loop = loop
+        self._outbox.bind(loop)
         self._thread.start()
 
     def kv_cache(self) -> tuple[int, int]:
@@ -171,7 +143,7 @@ class Engine:
             if aborted is not None:
                 self._fail_all(aborted)
                 self._fail_pending(aborted)
-                self._flush_outbox()
+                self._outbox.flush()
                 continue
             try:
                 self._step()
@@ -180,15 +152,16 @@ class Engine:
                 self._fail_all(InternalError(f"engine step failed: {error}"))
             finally:
                 self._heartbeat = time.monotonic()
-                self._flush_outbox()
+                self._outbox.flush()
         self._fail_all(UnavailableError("the agent stopped before the request finished"))
         self._fail_pending(UnavailableError("the agent stopped before the request started"))
-        self._flush_outbox()
+        self._outbox.flush()
 
     def _fail_pending(self, error: PaddlerError) -> None:
         with self._wakeup:
             pending, self._pending = list(self._pending), collections.deque()
-        self._outbox.extend((job, Failed(error)) for job in pending)
+        for job in pending:
+            self._outbox.put(job, Failed(error))
 
     def _busy(self) -> bool:
         return any(slot.job is not None for slot in self._slots)
@@ -255,7 +228,7 @@ class Engine:
                 except Exception as error:  # the job is ours now: it must end, not vanish
                     log.exception("request could not start", request_id=job.request_id)
                     failure = InternalError(f"the request could not start: {error}")
-                    self._outbox.append((job, Failed(failure)))
+                    self._outbox.put(job, Failed(failure))
 
     def _start(self, job: GenerationJob, free: list[Slot]) -> None:
         """Put ``job`` in a free slot, reusing as much of that slot's cached prefix as it can."""
@@ -279,7 +252,7 @@ class Engine:
             assert slot.text is not None
             shown, stopped = slot.text.push(job.replay)
             if shown:
-                self._outbox.append((job, shown))
+                self._outbox.put(job, shown)
             if stopped:
                 self._finish(slot, FinishReason.FINISH_REASON_STOP_STRING, flush=False)
 
@@ -305,7 +278,7 @@ class Engine:
             return
         shown, stopped = text.push(piece)
         if shown:
-            self._outbox.append((job, shown))
+            self._outbox.put(job, shown)
         if stopped:
             self._finish(slot, FinishReason.FINISH_REASON_STOP_STRING, flush=False)
         elif grammar is not None and grammar.complete:  # the JSON value is closed
@@ -321,7 +294,7 @@ class Engine:
         job, text = slot.job, slot.text
         assert job is not None and text is not None
         if flush and (tail := text.flush()):
-            self._outbox.append((job, tail))
+            self._outbox.put(job, tail)
         first = slot.first_token_at if slot.first_token_at is not None else time.perf_counter()
         prompt = len(job.prompt_tokens) - job.resumed_tokens
         summary = Finished(
@@ -331,12 +304,12 @@ class Engine:
             cached_tokens=min(slot.cached_prompt_tokens, prompt),
             time_to_first_token_s=first - job.created_at,
         )
-        self._outbox.append((job, summary))
+        self._outbox.put(job, summary)
         self._release(slot)
 
     def _fail(self, slot: Slot, error: PaddlerError) -> None:
         if slot.job is not None:
-            self._outbox.append((slot.job, Failed(error)))
+            self._outbox.put(slot.job, Failed(error))
         llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
         slot.cached = []
         slot.prefixes = ()
@@ -346,17 +319,3 @@ class Engine:
         for slot in self._slots:
             if slot.job is not None:
                 self._fail(slot, error)
-
-    def _flush_outbox(self) -> None:
-        if not self._outbox or self._loop is None:
-            return
-        outbox, self._outbox = self._outbox, []
-        try:
-            self._loop.call_soon_threadsafe(_deliver, outbox)
-        except RuntimeError:  # the event loop is closed: nobody is left to wait for these
-            log.warning("events dropped after the event loop closed", count=len(outbox))
-
-
-def _deliver(outbox: list[tuple[GenerationJob, Event]]) -> None:
-    for job, event in outbox:
-        job.events.put_nowait(event)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paddler.agent.context_choice import ContextChoice
-from paddler.agent.engine import Engine, EngineConfig
+from paddler.agent.engine import Engine
 from paddler.agent.job_factory import JobFactory
+from paddler.agent.llama_context import EngineConfig
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.metrics import AgentMetrics
 from paddler.common.generation_input import SamplingSettings

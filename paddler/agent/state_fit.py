@@ -9,7 +9,7 @@ import structlog
 
 from paddler.agent.config import AgentConfig
 from paddler.agent.context_choice import MACHINE_RESERVE_BYTES, ContextChoice, choose_context
-from paddler.agent.engine import EngineConfig
+from paddler.agent.llama_context import EngineConfig
 from paddler.agent.model_shape import ModelShape
 from paddler.common.errors import PaddlerError
 from paddler.common.model_sources import ModelSourcePolicy

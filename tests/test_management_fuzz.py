@@ -39,6 +39,18 @@ MODELS = st.one_of(
             desired_state_pb2.HuggingFaceModel, repo=TEXT, file=TEXT, revision=TEXT
         ),
     ),
+    st.builds(
+        desired_state_pb2.ModelSource,
+        url=st.builds(
+            desired_state_pb2.UrlModel,
+            url=st.one_of(
+                TEXT,
+                TEXT.map(lambda rest: f"https://{rest}"),
+                st.sampled_from(["http://h/m.gguf", "https://u:p@h/m.gguf", "https://h:0/"]),
+            ),
+            sha256=st.one_of(TEXT, st.text("0123456789abcdefABCDEFG", min_size=64, max_size=64)),
+        ),
+    ),
     st.just(desired_state_pb2.ModelSource()),
 )
 FLOATS = st.floats(allow_nan=True, allow_infinity=True)
@@ -73,6 +85,16 @@ VALID_STATES = st.builds(
     model=st.one_of(
         st.builds(desired_state_pb2.ModelSource, packaged=st.sampled_from(PACKAGED_MODELS)),
         st.builds(desired_state_pb2.ModelSource, local_path=st.just("/models/sub/a.gguf")),
+        st.builds(
+            desired_state_pb2.ModelSource,
+            url=st.builds(
+                desired_state_pb2.UrlModel,
+                url=st.just("https://models.example/a.gguf"),
+                sha256=st.one_of(
+                    st.just(""), st.text("0123456789abcdef", min_size=64, max_size=64)
+                ),
+            ),
+        ),
     ),
     defaults=st.builds(
         desired_state_pb2.InferenceDefaults,

@@ -98,11 +98,11 @@ def _materialize_locked(
         partial.replace(target)  # atomic: readers see the old state or the whole file
     finally:
         partial.unlink(missing_ok=True)
-    _sync_directory(target.parent)
+    sync_directory(target.parent)
     return target
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
     """Make a rename in ``directory`` durable, where the platform can open directories."""
     if not hasattr(os, "O_DIRECTORY"):
         return

@@ -10,6 +10,7 @@ import structlog
 
 from paddler.agent.config import AgentConfig
 from paddler.agent.default_model import default_model_path
+from paddler.agent.download_progress import DownloadCancelledError
 from paddler.agent.engine import Engine
 from paddler.agent.engine_settings import (
     EngineSettings,
@@ -23,7 +24,7 @@ from paddler.agent.llama_model import check_model_file
 from paddler.agent.memory_budget import available_memory_bytes
 from paddler.agent.metrics import AgentMetrics
 from paddler.agent.model_shape import read_model_shape
-from paddler.agent.model_source import DownloadCancelledError, resolve_model
+from paddler.agent.model_source import resolve_model
 from paddler.agent.servicer import AgentServicer
 from paddler.agent.state_fit import check_allowed_file, fit_engine
 from paddler.common.chat_template import ChatTemplate
@@ -208,7 +209,7 @@ class ModelHost:
             path = config.model or default_model_path()
         else:
             config.sources.check(state.model)
-            path = resolve_model(state.model, self._report, cancelled)
+            path = resolve_model(state.model, self._report, cancelled, config.sources)
             if state.model.WhichOneof("source") == "local_path":
                 check_allowed_file(path, config.sources)
         check_model_file(path)

@@ -1,4 +1,5 @@
-"""Resolves a ModelSource to a GGUF path on this machine: packaged, local, or Hugging Face."""
+"""Resolves a ModelSource to a GGUF path on this machine: packaged, local, Hugging Face or a
+URL."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from paddler.agent.default_model import default_model_path
+from paddler.agent.download_progress import DownloadProgress
 from paddler.agent.llama_model import ModelLoadError
 from paddler.agent.model_files import file_sha256, materialize
 from paddler.agent.state_report import StateReport
+from paddler.agent.url_download import download_url, url_cache_path
+from paddler.common.model_sources import ModelSourcePolicy
 from paddler.v1 import desired_state_pb2
 
 GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
@@ -22,23 +26,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PADDLER_CACHE_DIR", Path.home() / ".cache" / "paddler"))
 
 
-class DownloadCancelledError(Exception):
-    """A newer desired state came while a model downloaded (the partial file stays for the
-    next try to resume)."""
-
-
 def resolve_model(
     source: desired_state_pb2.ModelSource,
     report: StateReport,
     cancelled: threading.Event | None = None,
+    sources: ModelSourcePolicy | None = None,
 ) -> Path:
     """The GGUF to load; blocking (it may assemble or download), so run it in a thread. A
-    download stops with DownloadCancelledError once ``cancelled`` is set."""
+    download stops with DownloadCancelledError once ``cancelled`` is set; ``sources`` says
+    where a URL may redirect to."""
     kind = source.WhichOneof("source")
+    progress = DownloadProgress(report, cancelled or threading.Event())
     if kind == "local_path":
         return Path(source.local_path)
     if kind == "hugging_face":
-        return _from_hugging_face(source.hugging_face, report, cancelled or threading.Event())
+        return _from_hugging_face(source.hugging_face, progress)
+    if kind == "url":
+        target = url_cache_path(cache_dir() / "models", source.url)
+        return download_url(source.url, target, sources or ModelSourcePolicy(), progress)
     resolve = PACKAGED_RESOLVERS.get(source.packaged)
     if resolve is None:
         raise ModelLoadError(f"this agent does not know the packaged model {source.packaged!r}")
@@ -74,7 +79,7 @@ PACKAGED_RESOLVERS: dict[str, Callable[[], Path]] = {
 
 
 def _from_hugging_face(
-    reference: desired_state_pb2.HuggingFaceModel, report: StateReport, cancelled: threading.Event
+    reference: desired_state_pb2.HuggingFaceModel, progress: DownloadProgress
 ) -> Path:
     from huggingface_hub import constants, hf_hub_download  # noqa: PLC0415 - agent extra
     from huggingface_hub.errors import (  # noqa: PLC0415
@@ -109,9 +114,7 @@ def _from_hugging_face(
                 "HF_HUB_OFFLINE is set"
             ) from error
     try:
-        download_into_cache(
-            reference.repo, reference.file, revision, _progress_bar(report, cancelled)
-        )
+        download_into_cache(reference.repo, reference.file, revision, _progress_bar(progress))
         return cached()
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as error:
         raise ModelLoadError(f"Hugging Face model {name} does not exist: {error}") from error
@@ -121,21 +124,18 @@ def _from_hugging_face(
         ) from error
 
 
-def _progress_bar(report: StateReport, cancelled: threading.Event) -> Any:
-    """A tqdm class that writes the download's byte counts into the report, and stops the
-    download once ``cancelled`` is set."""
+def _progress_bar(progress: DownloadProgress) -> Any:
+    """A tqdm class that counts the download's bytes in ``progress`` (which stops it once
+    cancelled)."""
     from huggingface_hub.utils.tqdm import tqdm  # noqa: PLC0415
 
     class _ReportingBar(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **{**kwargs, "disable": True})  # type: ignore[no-untyped-call]
-            report.bytes_total = int(kwargs.get("total") or 0)
-            report.bytes_done = int(kwargs.get("initial") or 0)
+            progress.start(int(kwargs.get("initial") or 0), int(kwargs.get("total") or 0))
 
         def update(self, n: float | None = 1) -> bool | None:
-            if cancelled.is_set():
-                raise DownloadCancelledError
-            report.bytes_done += int(n or 0)
+            progress.advance(int(n or 0))
             return None
 
     return _ReportingBar

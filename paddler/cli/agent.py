@@ -16,6 +16,8 @@ from paddler.cli.options import (
     AgentTokenFileOption,
     AllowedHfOwnerOption,
     AllowedModelRootOption,
+    AllowedUrlHostOption,
+    AllowHttpModelsOption,
     AllowInsecureOption,
     GracePeriodOption,
     LogLevelOption,
@@ -154,6 +156,8 @@ def agent(
     allow_insecure: AllowInsecureOption = False,
     allowed_model_root: AllowedModelRootOption = None,
     allowed_hf_owner: AllowedHfOwnerOption = None,
+    allowed_url_host: AllowedUrlHostOption = None,
+    allow_http_models: AllowHttpModelsOption = False,
     memory_budget: Annotated[
         int,
         typer.Option(
@@ -218,7 +222,9 @@ def agent(
             tls=tls,
             balancer_tls=client_tls(tls_ca, tls_server_name, tls),
             agent_token_file=agent_token_file,
-            sources=model_sources(allowed_model_root, allowed_hf_owner),
+            sources=model_sources(
+                allowed_model_root, allowed_hf_owner, allowed_url_host, allow_http=allow_http_models
+            ),
             memory_budget_bytes=memory_budget,
             drain_timeout_s=drain_timeout,
             engine_stall_after_s=engine_stall_after,

@@ -17,6 +17,8 @@ from paddler.cli.options import (
     AgentTokenFileOption,
     AllowedHfOwnerOption,
     AllowedModelRootOption,
+    AllowedUrlHostOption,
+    AllowHttpModelsOption,
     AllowInsecureOption,
     GracePeriodOption,
     LogLevelOption,
@@ -241,6 +243,8 @@ def balancer(
     ] = DEFAULT_MAX_WATCHERS,
     allowed_model_root: AllowedModelRootOption = None,
     allowed_hf_owner: AllowedHfOwnerOption = None,
+    allowed_url_host: AllowedUrlHostOption = None,
+    allow_http_models: AllowHttpModelsOption = False,
     web_allowed_host: Annotated[
         list[str] | None,
         typer.Option(
@@ -297,7 +301,9 @@ def balancer(
         admin_key_file=admin_key_file,
         api_keys_file=api_keys_file,
         max_body_bytes=max_request_body,
-        sources=model_sources(allowed_model_root, allowed_hf_owner),
+        sources=model_sources(
+            allowed_model_root, allowed_hf_owner, allowed_url_host, allow_http=allow_http_models
+        ),
         max_agents=max_agents,
         max_watchers=max_watchers,
         web_allowed_hosts=tuple(web_allowed_host or ()),

@@ -160,9 +160,33 @@ AllowedHfOwnerOption = Annotated[
 ]
 
 
-def model_sources(roots: list[str] | None, owners: list[str] | None) -> ModelSourcePolicy:
+AllowedUrlHostOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        envvar="PADDLER_ALLOWED_URL_HOST",
+        help="A host desired states may download models from by URL, redirects included "
+        "(repeatable; default: any).",
+    ),
+]
+AllowHttpModelsOption = Annotated[
+    bool,
+    typer.Option(
+        envvar="PADDLER_ALLOW_HTTP_MODELS",
+        help="Let desired states download models over plain http (default: https only).",
+    ),
+]
+
+
+def model_sources(
+    roots: list[str] | None,
+    owners: list[str] | None,
+    url_hosts: list[str] | None,
+    *,
+    allow_http: bool,
+) -> ModelSourcePolicy:
     """The allow-list the flags give; a root must be absolute."""
     for root in roots or ():
         if not root.startswith("/"):
             raise typer.BadParameter(f"{root!r} is not an absolute path")
-    return ModelSourcePolicy(tuple(roots or ()), tuple(owners or ()))
+    hosts = tuple(host.lower() for host in url_hosts or ())
+    return ModelSourcePolicy(tuple(roots or ()), tuple(owners or ()), hosts, allow_http)

@@ -31,10 +31,19 @@ state_app = typer.Typer(
 )
 
 HF_PREFIX = "hf:"
+URL_PREFIXES = ("https://", "http://")
 
 
-def model_source(model: str) -> desired_state_pb2.ModelSource:
-    """A packaged name, ``hf:OWNER/REPO/FILE.gguf[@REVISION]``, or a path on the agents."""
+def model_source(model: str, sha256: str | None = None) -> desired_state_pb2.ModelSource:
+    """A packaged name, ``hf:OWNER/REPO/FILE.gguf[@REVISION]``, an http(s) URL (with the
+    sha256 it must have, if given), or a path on the agents."""
+    if model.startswith(URL_PREFIXES):
+        url = desired_state_pb2.UrlModel(url=model, sha256=sha256 or "")
+        return desired_state_pb2.ModelSource(url=url)
+    if sha256 is not None:
+        raise typer.BadParameter(
+            "only a model given by URL is checked against a sha256", param_hint="--model-sha256"
+        )
     if model in PACKAGED_MODELS:
         return desired_state_pb2.ModelSource(packaged=model)
     if model.startswith(HF_PREFIX):
@@ -88,7 +97,14 @@ def set_state(
         typer.Option(
             envvar="PADDLER_STATE_MODEL",
             help=f"{' or '.join(PACKAGED_MODELS)}, hf:OWNER/REPO/FILE.gguf[@REVISION], "
-            "or a GGUF path on the agents.",
+            "an https:// URL of a GGUF, or a GGUF path on the agents.",
+        ),
+    ] = None,
+    model_sha256: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PADDLER_STATE_MODEL_SHA256",
+            help="With a URL --model: the hex sha256 the downloaded file must have.",
         ),
     ] = None,
     address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS,
@@ -204,6 +220,7 @@ def set_state(
     if file is not None:
         flags = {
             "model": model,
+            "model_sha256": model_sha256,
             "context_size": context_size,
             "batch_size": batch_size,
             "chat_template": chat_template,
@@ -224,7 +241,8 @@ def set_state(
     elif model is None:
         raise typer.BadParameter("give --model, or --file with the whole state")
     else:
-        state = _state_from_flags(model, context_size, batch_size, chat_template, sampling)
+        source = model_source(model, model_sha256)
+        state = _state_from_flags(source, context_size, batch_size, chat_template, sampling)
     with management_stub(address, connection) as stub:
         reply = stub.SetDesiredState(
             management_pb2.SetDesiredStateRequest(state=state), timeout=CALL_TIMEOUT_S
@@ -236,7 +254,7 @@ def set_state(
 
 
 def _state_from_flags(
-    model: str,
+    model: desired_state_pb2.ModelSource,
     context_size: int | None,
     batch_size: int | None,
     chat_template: Path | None,
@@ -250,7 +268,7 @@ def _state_from_flags(
     for name, value in sampling.items():
         if value is not None:
             setattr(defaults.sampling, name, value)
-    state = desired_state_pb2.DesiredState(model=model_source(model), defaults=defaults)
+    state = desired_state_pb2.DesiredState(model=model, defaults=defaults)
     if chat_template is not None:
         state.chat_template_override = chat_template.read_text()
     return state

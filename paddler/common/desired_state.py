@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 import jinja2
 
@@ -22,6 +23,8 @@ MAX_BATCH_SIZE = 1 << 16
 MAX_TEMPLATE_CHARS = 64 * 1024
 MAX_PATH_CHARS = 4096
 MAX_HF_FIELD_CHARS = 256
+MAX_URL_CHARS = 2048
+SHA256_HEX_CHARS = 64
 
 
 def check_desired_state(
@@ -82,7 +85,7 @@ def _check_model(model: desired_state_pb2.ModelSource) -> None:
     source = model.WhichOneof("source")
     if source is None:
         raise InvalidArgumentError(
-            "state.model", "choose a model source: packaged, local_path or hugging_face"
+            "state.model", "choose a model source: packaged, local_path, hugging_face or url"
         )
     if source == "packaged" and model.packaged not in PACKAGED_MODELS:
         raise InvalidArgumentError(
@@ -114,3 +117,31 @@ def _check_model(model: desired_state_pb2.ModelSource) -> None:
                 "state.model.hugging_face.file",
                 f"must name a .gguf file in the repository, got {reference.file!r}",
             )
+    if source == "url":
+        _check_url(model.url)
+
+
+def _check_url(model: desired_state_pb2.UrlModel) -> None:
+    field = "state.model.url.url"
+    if len(model.url) > MAX_URL_CHARS:
+        raise InvalidArgumentError(field, f"must be at most {MAX_URL_CHARS} characters")
+    try:
+        parts = urlsplit(model.url)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError as error:
+        raise InvalidArgumentError(field, f"is not a URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgumentError(field, f"must be an https:// URL with a host, got {model.url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidArgumentError(
+            field,
+            "must not carry a user name or password: the state is shown to operators and "
+            "in the agents' status",
+        )
+    digest = model.sha256
+    if digest and (
+        len(digest) != SHA256_HEX_CHARS or any(c not in "0123456789abcdefABCDEF" for c in digest)
+    ):
+        raise InvalidArgumentError(
+            "state.model.url.sha256", f"must be {SHA256_HEX_CHARS} hex digits or empty"
+        )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from paddler.v1 import generation_pb2 as paddler_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epaddler/v1/desired_state.proto\x12\npaddler.v1\x1a\x1bpaddler/v1/generation.proto\"@\n\x10HuggingFaceModel\x12\x0c\n\x04repo\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\"w\n\x0bModelSource\x12\x12\n\x08packaged\x18\x01 \x01(\tH\x00\x12\x14\n\nlocal_path\x18\x02 \x01(\tH\x00\x12\x34\n\x0chugging_face\x18\x03 \x01(\x0b\x32\x1c.paddler.v1.HuggingFaceModelH\x00\x42\x08\n\x06source\"\x99\x01\n\x11InferenceDefaults\x12\x19\n\x0c\x63ontext_size\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nbatch_size\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x30\n\x08sampling\x18\x03 \x01(\x0b\x32\x1e.paddler.v1.SamplingParametersB\x0f\n\r_context_sizeB\r\n\x0b_batch_size\"\xa7\x01\n\x0c\x44\x65siredState\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.paddler.v1.ModelSource\x12/\n\x08\x64\x65\x66\x61ults\x18\x02 \x01(\x0b\x32\x1d.paddler.v1.InferenceDefaults\x12#\n\x16\x63hat_template_override\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x19\n\x17_chat_template_override\"`\n\x15VersionedDesiredState\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\'\n\x05state\x18\x02 \x01(\x0b\x32\x18.paddler.v1.DesiredState\x12\r\n\x05\x65poch\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epaddler/v1/desired_state.proto\x12\npaddler.v1\x1a\x1bpaddler/v1/generation.proto\"@\n\x10HuggingFaceModel\x12\x0c\n\x04repo\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\"\'\n\x08UrlModel\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x9c\x01\n\x0bModelSource\x12\x12\n\x08packaged\x18\x01 \x01(\tH\x00\x12\x14\n\nlocal_path\x18\x02 \x01(\tH\x00\x12\x34\n\x0chugging_face\x18\x03 \x01(\x0b\x32\x1c.paddler.v1.HuggingFaceModelH\x00\x12#\n\x03url\x18\x04 \x01(\x0b\x32\x14.paddler.v1.UrlModelH\x00\x42\x08\n\x06source\"\x99\x01\n\x11InferenceDefaults\x12\x19\n\x0c\x63ontext_size\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nbatch_size\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x30\n\x08sampling\x18\x03 \x01(\x0b\x32\x1e.paddler.v1.SamplingParametersB\x0f\n\r_context_sizeB\r\n\x0b_batch_size\"\xa7\x01\n\x0c\x44\x65siredState\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.paddler.v1.ModelSource\x12/\n\x08\x64\x65\x66\x61ults\x18\x02 \x01(\x0b\x32\x1d.paddler.v1.InferenceDefaults\x12#\n\x16\x63hat_template_override\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x19\n\x17_chat_template_override\"`\n\x15VersionedDesiredState\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\'\n\x05state\x18\x02 \x01(\x0b\x32\x18.paddler.v1.DesiredState\x12\r\n\x05\x65poch\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HUGGINGFACEMODEL']._serialized_start=75
   _globals['_HUGGINGFACEMODEL']._serialized_end=139
-  _globals['_MODELSOURCE']._serialized_start=141
-  _globals['_MODELSOURCE']._serialized_end=260
-  _globals['_INFERENCEDEFAULTS']._serialized_start=263
-  _globals['_INFERENCEDEFAULTS']._serialized_end=416
-  _globals['_DESIREDSTATE']._serialized_start=419
-  _globals['_DESIREDSTATE']._serialized_end=586
-  _globals['_VERSIONEDDESIREDSTATE']._serialized_start=588
-  _globals['_VERSIONEDDESIREDSTATE']._serialized_end=684
+  _globals['_URLMODEL']._serialized_start=141
+  _globals['_URLMODEL']._serialized_end=180
+  _globals['_MODELSOURCE']._serialized_start=183
+  _globals['_MODELSOURCE']._serialized_end=339
+  _globals['_INFERENCEDEFAULTS']._serialized_start=342
+  _globals['_INFERENCEDEFAULTS']._serialized_end=495
+  _globals['_DESIREDSTATE']._serialized_start=498
+  _globals['_DESIREDSTATE']._serialized_end=665
+  _globals['_VERSIONEDDESIREDSTATE']._serialized_start=667
+  _globals['_VERSIONEDDESIREDSTATE']._serialized_end=763
 # @@protoc_insertion_point(module_scope)

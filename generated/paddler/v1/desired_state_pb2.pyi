@@ -48,6 +48,34 @@ class HuggingFaceModel(_message.Message):
 Global___HuggingFaceModel: _TypeAlias = HuggingFaceModel  # noqa: Y015
 
 @_typing.final
+class UrlModel(_message.Message):
+    """A GGUF served over HTTP(S), downloaded resumably into the agent's cache (named by a hash of
+    the URL and the sha256).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """https://... (http:// only where the agents and the balancer allow it)."""
+    sha256: _builtins.str
+    """Hex sha256 the file must have; empty: not checked."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UrlModel: _TypeAlias = UrlModel  # noqa: Y015
+
+@_typing.final
 class ModelSource(_message.Message):
     """Where the agents get the model."""
 
@@ -56,24 +84,28 @@ class ModelSource(_message.Message):
     PACKAGED_FIELD_NUMBER: _builtins.int
     LOCAL_PATH_FIELD_NUMBER: _builtins.int
     HUGGING_FACE_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
     packaged: _builtins.str
     """A model shipped in a Python package: "smollm2-135m" (the default) or "gemma3-270m"."""
     local_path: _builtins.str
     """A GGUF file path on the agent's own file system."""
     @_builtins.property
     def hugging_face(self) -> Global___HuggingFaceModel: ...
+    @_builtins.property
+    def url(self) -> Global___UrlModel: ...
     def __init__(
         self,
         *,
         packaged: _builtins.str = ...,
         local_path: _builtins.str = ...,
         hugging_face: Global___HuggingFaceModel | None = ...,
+        url: Global___UrlModel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hugging_face", b"hugging_face", "local_path", b"local_path", "packaged", b"packaged", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hugging_face", b"hugging_face", "local_path", b"local_path", "packaged", b"packaged", "source", b"source", "url", b"url"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hugging_face", b"hugging_face", "local_path", b"local_path", "packaged", b"packaged", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hugging_face", b"hugging_face", "local_path", b"local_path", "packaged", b"packaged", "source", b"source", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["packaged", "local_path", "hugging_face"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["packaged", "local_path", "hugging_face", "url"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 

@@ -140,11 +140,10 @@ async function loadState() {
   state = versioned.state || {};
   $("state-version").textContent = versioned.version ? `v${versioned.version}` : "(none set)";
   const model = state.model || {};
-  const kind = ["packaged", "localPath", "huggingFace"].find((k) => k in model) || "packaged";
+  const kind = ["packaged", "localPath", "huggingFace", "url"].find((k) => k in model)
+    || "packaged";
   $("source-kind").value = kind;
-  const hf = model.huggingFace;
-  $("source-value").value = kind === "huggingFace"
-    ? `${hf.repo}/${hf.file}${hf.revision ? `@${hf.revision}` : ""}` : (model[kind] || "");
+  $("source-value").value = sourceText(kind, model);
   const defaults = state.defaults || {};
   for (const input of document.querySelectorAll("[data-sampling]")) {
     input.value = (defaults.sampling || {})[input.dataset.sampling] ?? "";
@@ -155,7 +154,20 @@ async function loadState() {
   $("template").value = state.chatTemplateOverride ?? "";
 }
 
+// What the source field shows: Hugging Face as repo/file@revision, a URL with pip's
+// #sha256= suffix when it is pinned.
+function sourceText(kind, model) {
+  const hf = model.huggingFace;
+  if (kind === "huggingFace") return `${hf.repo}/${hf.file}${hf.revision ? `@${hf.revision}` : ""}`;
+  if (kind === "url") return model.url.url + (model.url.sha256 ? `#sha256=${model.url.sha256}` : "");
+  return model[kind] || "";
+}
+
 function modelSource(kind, value) {
+  if (kind === "url") {
+    const [url, sha256] = value.split("#sha256=");
+    return { url: sha256 === undefined ? { url } : { url, sha256 } };
+  }
   if (kind !== "huggingFace") return { [kind]: value };
   const [path, revision] = value.split("@");
   const slash = path.lastIndexOf("/");

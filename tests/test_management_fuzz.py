@@ -6,6 +6,7 @@ balancer stays healthy and keeps the last good state."""
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections import Counter
 from collections.abc import Iterator
@@ -73,11 +74,28 @@ TEMPLATES = st.one_of(
     TEXT,
     st.sampled_from(["{% if %}", "{{ '%2000000000s' % '' }}", "{{ messages[0]['content'] }}"]),
 )
+ENUMS = st.integers(0, 5)
+PLACEMENTS = st.builds(
+    desired_state_pb2.Placement,
+    n_gpu_layers=st.one_of(st.none(), INT32),
+    split_mode=ENUMS,
+    tensor_split=st.lists(
+        FLOATS.filter(lambda x: abs(x) < 3e38 or not math.isfinite(x)), max_size=20
+    ),
+    main_gpu=st.one_of(st.none(), INT32),
+    flash_attention=ENUMS,
+    cache_type_k=ENUMS,
+    cache_type_v=ENUMS,
+    use_mmap=st.one_of(st.none(), st.booleans()),
+    use_mlock=st.one_of(st.none(), st.booleans()),
+    ubatch_size=st.one_of(st.none(), INT32),
+)
 WILD_STATES = st.builds(
     desired_state_pb2.DesiredState,
     model=MODELS,
     defaults=DEFAULTS,
     chat_template_override=TEMPLATES,
+    placement=PLACEMENTS,
 )
 # States within every bound, so the accepting path is exercised as often as the refusals.
 VALID_STATES = st.builds(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from paddler.common.model_sources import ModelSourcePolicy
+from paddler.common.placement import PlacementSettings
 from paddler.common.tls import ClientTls, ServerTls
 
 DEFAULT_PROMPT_CACHE_MIB = 8192
@@ -56,3 +57,6 @@ class AgentConfig:
     # Seconds the engine may have work without finishing a decode step before the agent
     # counts it as hung.
     engine_stall_after_s: float = 60.0
+    # GPU layers, split, flash attention, KV cache types, mmap/mlock, n_ubatch (flags; a
+    # desired state's placement takes their place field by field).
+    placement: PlacementSettings = field(default_factory=PlacementSettings)

@@ -18,6 +18,7 @@ from paddler.agent.llama_context import EngineConfig, new_context
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.metrics import AgentMetrics
 from paddler.agent.outbox import Outbox
+from paddler.agent.placement_report import AppliedPlacement
 from paddler.agent.prefix_reuse import Source, take_longest_prefix
 from paddler.agent.prompt_store import PromptStore
 from paddler.agent.sampling import SamplerChain
@@ -53,6 +54,8 @@ class Engine:
             else None
         )
         self.step_timings = StepTimings()
+        # What llama.cpp did with the placement (set by whoever built the engine).
+        self.placement: AppliedPlacement | None = None
         self._metrics = metrics
         self._pending: collections.deque[GenerationJob] = collections.deque()
         self._wakeup = threading.Condition()

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import structlog
 
 from paddler.agent.context_choice import ContextChoice
 from paddler.agent.engine import Engine
 from paddler.agent.job_factory import JobFactory
 from paddler.agent.llama_context import EngineConfig
+from paddler.agent.llama_logging import recorded_llama_logs
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.metrics import AgentMetrics
+from paddler.agent.placement_report import read_placement
 from paddler.common.generation_input import SamplingSettings
 from paddler.v1 import desired_state_pb2
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,13 +40,16 @@ def build_engine(
 ) -> tuple[Engine, JobFactory]:
     """Load the model, its grammar tokenizer and the context (blocking; run it off the event
     loop)."""
-    model = LlamaModel(settings.model)
-    try:
-        model.grammars.prepare()
-        engine = Engine(model, settings.engine, metrics)
-    except BaseException:
-        model.close()
-        raise
+    with recorded_llama_logs() as lines:
+        model = LlamaModel(settings.model, settings.engine.placement)
+        try:
+            model.grammars.prepare()
+            engine = Engine(model, settings.engine, metrics)
+        except BaseException:
+            model.close()
+            raise
+    engine.placement = read_placement(lines)
+    log.info("model placed", model=model.name, **asdict(engine.placement))
     return engine, job_factory(engine, settings)
 
 

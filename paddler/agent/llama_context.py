@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llama_cpp as llama
 
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
+from paddler.common.placement import PlacementSettings
+
+FLASH_ATTENTION = {
+    "auto": llama.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+KV_CACHE_TYPES = {
+    "f16": llama.GGML_TYPE_F16,
+    "q8_0": llama.GGML_TYPE_Q8_0,
+    "q4_0": llama.GGML_TYPE_Q4_0,
+}
 
 
 @dataclass(frozen=True)
@@ -21,6 +33,13 @@ class EngineConfig:
     prompt_cache: bool = True
     # Host memory for slots' caches once the slots are reused (0: none; see PromptStore).
     prompt_store_bytes: int = 0
+    # Flash attention, KV cache types and n_ubatch here; the rest is the model's.
+    placement: PlacementSettings = field(default_factory=PlacementSettings)
+
+    @property
+    def ubatch_size(self) -> int:
+        """Tokens per physical batch: the placement's, else min(batch size, 512)."""
+        return self.placement.ubatch_size or min(self.batch_size, 512)
 
 
 def new_context(model: LlamaModel, config: EngineConfig) -> llama.llama_context_p:
@@ -30,9 +49,12 @@ def new_context(model: LlamaModel, config: EngineConfig) -> llama.llama_context_
     params.n_seq_max = config.slots
     params.n_ctx = config.slots * config.context_size
     params.n_batch = config.batch_size
-    params.n_ubatch = min(config.batch_size, 512)
+    params.n_ubatch = config.ubatch_size
     params.n_threads = config.threads
     params.n_threads_batch = config.threads
+    params.flash_attn_type = FLASH_ATTENTION[config.placement.flash_attention]
+    params.type_k = KV_CACHE_TYPES[config.placement.cache_type_k]
+    params.type_v = KV_CACHE_TYPES[config.placement.cache_type_v]
     params.no_perf = True
     context: llama.llama_context_p = llama.llama_init_from_model(model.handle, params)
     if not context:

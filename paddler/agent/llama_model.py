@@ -9,6 +9,7 @@ import llama_cpp as llama
 
 from paddler.agent.grammar_constraint import GrammarCompiler
 from paddler.common.errors import PaddlerError
+from paddler.common.placement import PlacementSettings
 
 GGUF_MAGIC = b"GGUF"
 _PIECE_BUFFER = 256
@@ -28,18 +29,65 @@ def check_model_file(path: Path) -> None:
         raise ModelLoadError(f"model file {path} is not a GGUF file (it does not start with GGUF)")
 
 
+SPLIT_MODES = {
+    "none": llama.LLAMA_SPLIT_MODE_NONE,
+    "layer": llama.LLAMA_SPLIT_MODE_LAYER,
+    "row": llama.LLAMA_SPLIT_MODE_ROW,
+}
+
+
+def load_mode(placement: PlacementSettings) -> int:
+    """llama.cpp's load mode for mmap and mlock (mmap alone: auto, mmap where the devices
+    support it, as llama.cpp does by default)."""
+    if placement.use_mmap:
+        return (
+            llama.LLAMA_LOAD_MODE_MMAP_MLOCK if placement.use_mlock else llama.LLAMA_LOAD_MODE_AUTO
+        )
+    return llama.LLAMA_LOAD_MODE_MLOCK if placement.use_mlock else llama.LLAMA_LOAD_MODE_NONE
+
+
+def place_model(params: llama.llama_model_params, placement: PlacementSettings) -> object:
+    """Set the model's placement in ``params``; returns what must stay alive until the load
+    returns (the tensor split array)."""
+    layers = placement.n_gpu_layers
+    if layers is None:  # auto: everything where llama.cpp can offload at all
+        layers = -1 if llama.llama_supports_gpu_offload() else 0
+    params.n_gpu_layers = layers
+    params.split_mode = SPLIT_MODES[placement.split_mode]
+    params.main_gpu = placement.main_gpu
+    params.load_mode = load_mode(placement)
+    if not placement.tensor_split:
+        return None
+    devices = llama.llama_max_devices()
+    if len(placement.tensor_split) > devices:
+        raise ModelLoadError(
+            f"tensor_split has {len(placement.tensor_split)} shares; this llama.cpp takes at "
+            f"most {devices}"
+        )
+    split = (ctypes.c_float * devices)(*placement.tensor_split)
+    params.tensor_split = split
+    return split
+
+
 class LlamaModel:
     """Weights and vocabulary of one GGUF; safe to tokenize from any thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, placement: PlacementSettings | None = None) -> None:
         check_model_file(path)
         llama.llama_backend_init()
         params = llama.llama_model_default_params()
         # Weight repacking into extra buffer types crashes on AMX CPUs (see BRIEF section 4).
         params.use_extra_bufts = False
+        split = place_model(params, placement or PlacementSettings())
         model = llama.llama_model_load_from_file(str(path).encode(), params)
+        del split  # llama.cpp copied the tensor split while loading
         if not model:
-            raise ModelLoadError(f"llama.cpp could not load {path}")
+            raise ModelLoadError(
+                f"llama.cpp could not load {path} (with the placement given: is there memory "
+                "for the layers on each device?)"
+                if placement
+                else f"llama.cpp could not load {path}"
+            )
         self.path = path
         self.name = path.name.removesuffix(".gguf")
         self.handle = model

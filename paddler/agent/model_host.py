@@ -219,7 +219,7 @@ class ModelHost:
             ChatTemplate(template, "", "")  # compiles, or the state fails before the swap
         budget, freed = self._budget()
         engine, context, memory = fit_engine(
-            read_model_shape(path), config, defaults, budget=budget, freed=freed
+            read_model_shape(path), config, defaults, state.placement, budget=budget, freed=freed
         )
         return EngineSettings(
             model=path,

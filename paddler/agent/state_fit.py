@@ -3,6 +3,7 @@ and the folders models may come from. Checked before the running model is let go
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -13,6 +14,7 @@ from paddler.agent.llama_context import EngineConfig
 from paddler.agent.model_shape import ModelShape
 from paddler.common.errors import PaddlerError
 from paddler.common.model_sources import ModelSourcePolicy
+from paddler.common.placement import PlacementSettings
 from paddler.v1 import desired_state_pb2
 
 log = structlog.get_logger(__name__)
@@ -67,13 +69,17 @@ def fit_engine(
     shape: ModelShape,
     config: AgentConfig,
     defaults: desired_state_pb2.InferenceDefaults,
+    placement: desired_state_pb2.Placement,
     *,
     budget: int | None,
     freed: int,
 ) -> tuple[EngineConfig, ContextChoice, int]:
-    """The engine's sizes for a model of ``shape`` (the desired state's ``defaults`` over the
-    agent's flags, the context chosen and logged), how the context was chosen, and the bytes it
-    needs; DoesNotFitError when it does not fit."""
+    """The engine's sizes for a model of ``shape`` (the desired state's ``defaults`` and
+    ``placement`` over the agent's flags, the context chosen and logged), how the context was
+    chosen, and the bytes it needs; DoesNotFitError when it does not fit."""
+    placed = config.placement.over(placement)
+    placed.check()
+    shape = replace(shape, kv_bytes_per_token=round(shape.kv_bytes_per_token * _kv_scale(placed)))
     state_context = defaults.context_size if defaults.HasField("context_size") else None
     room = None if budget is None else budget + freed
     context = choose_context(
@@ -89,6 +95,11 @@ def fit_engine(
         raise DoesNotFitError(
             f"state.defaults.batch_size {batch} is more than the context it would fill "
             f"({config.slots} slots x {context.size} tokens): lower it"
+        )
+    if placed.ubatch_size is not None and placed.ubatch_size > batch:
+        raise DoesNotFitError(
+            f"placement.ubatch_size {placed.ubatch_size} is more than the batch size {batch}: "
+            "lower it"
         )
     memory = check_fits(
         shape,
@@ -107,8 +118,21 @@ def fit_engine(
         threads=config.threads,
         prompt_cache=config.prompt_cache,
         prompt_store_bytes=store,
+        placement=placed,
     )
     return engine, context, memory
+
+
+# Bytes per KV cache element against f16's 2 (q8_0 and q4_0 blocks: 32 values and a scale).
+_KV_ELEMENT_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+def _kv_scale(placement: PlacementSettings) -> float:
+    """The KV cache's size with the placement's types, as a share of an f16 cache's (K and V
+    are half of it each)."""
+    k = _KV_ELEMENT_BYTES[placement.cache_type_k]
+    v = _KV_ELEMENT_BYTES[placement.cache_type_v]
+    return (k + v) / (2 * _KV_ELEMENT_BYTES["f16"])
 
 
 def _prompt_store_bytes(config: AgentConfig, budget: int | None, freed: int, needed: int) -> int:

@@ -30,6 +30,19 @@ from paddler.cli.options import (
     model_sources,
     server_tls,
 )
+from paddler.cli.placement_options import (
+    CacheTypeKOption,
+    CacheTypeVOption,
+    FlashAttentionOption,
+    MainGpuOption,
+    MlockOption,
+    MmapOption,
+    NGpuLayersOption,
+    SplitModeOption,
+    TensorSplitOption,
+    UbatchSizeOption,
+    agent_placement,
+)
 from paddler.common.chat_template import DEFAULT_RENDER_TIMEOUT_S
 from paddler.common.desired_state import MIN_CONTEXT_SIZE
 from paddler.common.logging import configure_logging
@@ -107,6 +120,16 @@ def agent(
             "(see --memory-budget); 0 turns it off.",
         ),
     ] = DEFAULT_PROMPT_CACHE_MIB,
+    n_gpu_layers: NGpuLayersOption = "auto",
+    split_mode: SplitModeOption = "layer",
+    tensor_split: TensorSplitOption = "",
+    main_gpu: MainGpuOption = 0,
+    flash_attention: FlashAttentionOption = "auto",
+    cache_type_k: CacheTypeKOption = "f16",
+    cache_type_v: CacheTypeVOption = "f16",
+    mmap: MmapOption = True,
+    mlock: MlockOption = False,
+    ubatch_size: UbatchSizeOption = None,
     chat_template_timeout: Annotated[
         float,
         typer.Option(
@@ -198,6 +221,19 @@ def agent(
             param_hint="--context-size",
         )
     tls = server_tls(tls_cert, tls_key, tls_client_ca)
+    placement = agent_placement(
+        n_gpu_layers=n_gpu_layers or "auto",
+        split_mode=split_mode or "layer",
+        tensor_split_text=tensor_split or "",
+        main_gpu=main_gpu or 0,
+        flash_attention=flash_attention or "auto",
+        cache_type_k=cache_type_k or "f16",
+        cache_type_v=cache_type_v or "f16",
+        mmap=mmap is not False,
+        mlock=bool(mlock),
+        ubatch_size=ubatch_size,
+        batch_size=batch_size,
+    )
     with exit_on_domain_error():
         from paddler.agent.config import AgentConfig  # noqa: PLC0415 - the agent extra
         from paddler.processes.agent import run_agent  # noqa: PLC0415
@@ -228,5 +264,6 @@ def agent(
             memory_budget_bytes=memory_budget,
             drain_timeout_s=drain_timeout,
             engine_stall_after_s=engine_stall_after,
+            placement=placement,
         )
         asyncio.run(run_agent(config))

@@ -21,41 +21,28 @@ from paddler.cli.options import (
     TlsServerNameOption,
     dialer,
 )
+from paddler.cli.placement_options import (
+    CacheTypeKOption,
+    CacheTypeVOption,
+    FlashAttentionOption,
+    MainGpuOption,
+    MlockOption,
+    MmapOption,
+    NGpuLayersOption,
+    SplitModeOption,
+    TensorSplitOption,
+    UbatchSizeOption,
+    state_placement,
+)
 from paddler.cli.rollout_watch import wait_for_rollout
 from paddler.cli.state_file import read_state_file, watch_state_file
+from paddler.cli.state_flags import model_source, state_from_flags
 from paddler.common.desired_state import PACKAGED_MODELS
 from paddler.v1 import desired_state_pb2, management_pb2
 
 state_app = typer.Typer(
     no_args_is_help=True, help="Show or set the cluster's desired state.", rich_markup_mode=None
 )
-
-HF_PREFIX = "hf:"
-URL_PREFIXES = ("https://", "http://")
-
-
-def model_source(model: str, sha256: str | None = None) -> desired_state_pb2.ModelSource:
-    """A packaged name, ``hf:OWNER/REPO/FILE.gguf[@REVISION]``, an http(s) URL (with the
-    sha256 it must have, if given), or a path on the agents."""
-    if model.startswith(URL_PREFIXES):
-        url = desired_state_pb2.UrlModel(url=model, sha256=sha256 or "")
-        return desired_state_pb2.ModelSource(url=url)
-    if sha256 is not None:
-        raise typer.BadParameter(
-            "only a model given by URL is checked against a sha256", param_hint="--model-sha256"
-        )
-    if model in PACKAGED_MODELS:
-        return desired_state_pb2.ModelSource(packaged=model)
-    if model.startswith(HF_PREFIX):
-        reference, _, revision = model.removeprefix(HF_PREFIX).partition("@")
-        owner, _, rest = reference.partition("/")
-        name, _, file = rest.partition("/")
-        return desired_state_pb2.ModelSource(
-            hugging_face=desired_state_pb2.HuggingFaceModel(
-                repo=f"{owner}/{name}", file=file, revision=revision
-            )
-        )
-    return desired_state_pb2.ModelSource(local_path=model)
 
 
 def _print(
@@ -155,6 +142,16 @@ def set_state(
             help="Jinja file overriding the GGUF's template.",
         ),
     ] = None,
+    n_gpu_layers: NGpuLayersOption = None,
+    split_mode: SplitModeOption = None,
+    tensor_split: TensorSplitOption = None,
+    main_gpu: MainGpuOption = None,
+    flash_attention: FlashAttentionOption = None,
+    cache_type_k: CacheTypeKOption = None,
+    cache_type_v: CacheTypeVOption = None,
+    mmap: MmapOption = None,
+    mlock: MlockOption = None,
+    ubatch_size: UbatchSizeOption = None,
     file: Annotated[
         Path | None,
         typer.Option(
@@ -217,6 +214,18 @@ def set_state(
         "presence_penalty": presence_penalty,
         "frequency_penalty": frequency_penalty,
     }
+    placing = {
+        "n_gpu_layers": n_gpu_layers,
+        "split_mode": split_mode,
+        "tensor_split_text": tensor_split,
+        "main_gpu": main_gpu,
+        "flash_attention": flash_attention,
+        "cache_type_k": cache_type_k,
+        "cache_type_v": cache_type_v,
+        "mmap": mmap,
+        "mlock": mlock,
+        "ubatch_size": ubatch_size,
+    }
     if file is not None:
         flags = {
             "model": model,
@@ -225,6 +234,7 @@ def set_state(
             "batch_size": batch_size,
             "chat_template": chat_template,
             **sampling,
+            **{name.removesuffix("_text"): value for name, value in placing.items()},
         }
         given = [name for name, value in flags.items() if value is not None]
         if given:
@@ -242,7 +252,8 @@ def set_state(
         raise typer.BadParameter("give --model, or --file with the whole state")
     else:
         source = model_source(model, model_sha256)
-        state = _state_from_flags(source, context_size, batch_size, chat_template, sampling)
+        state = state_from_flags(source, context_size, batch_size, chat_template, sampling)
+        state.placement.CopyFrom(state_placement(**placing))  # type: ignore[arg-type]
     with management_stub(address, connection) as stub:
         reply = stub.SetDesiredState(
             management_pb2.SetDesiredStateRequest(state=state), timeout=CALL_TIMEOUT_S
@@ -251,24 +262,3 @@ def set_state(
         if wait:
             stored = reply.desired_state
             wait_for_rollout(stub, stored.version, stored.epoch, wait_timeout)
-
-
-def _state_from_flags(
-    model: desired_state_pb2.ModelSource,
-    context_size: int | None,
-    batch_size: int | None,
-    chat_template: Path | None,
-    sampling: dict[str, float | None],
-) -> desired_state_pb2.DesiredState:
-    defaults = desired_state_pb2.InferenceDefaults()
-    if context_size is not None:
-        defaults.context_size = context_size
-    if batch_size is not None:
-        defaults.batch_size = batch_size
-    for name, value in sampling.items():
-        if value is not None:
-            setattr(defaults.sampling, name, value)
-    state = desired_state_pb2.DesiredState(model=model, defaults=defaults)
-    if chat_template is not None:
-        state.chat_template_override = chat_template.read_text()
-    return state

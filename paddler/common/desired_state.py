@@ -11,6 +11,7 @@ from paddler.common.chat_template import ChatTemplate
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import SamplingSettings
 from paddler.common.model_sources import ModelSourcePolicy
+from paddler.common.placement import check_placement
 from paddler.v1 import desired_state_pb2
 
 PACKAGED_MODELS = ("smollm2-135m", "gemma3-270m")
@@ -48,6 +49,8 @@ def check_desired_state(
             f"{defaults.batch_size}",
         )
     SamplingSettings().overridden_by(defaults.sampling, "state.defaults.sampling")
+    batch = defaults.batch_size if defaults.HasField("batch_size") else None
+    check_placement(state.placement, batch)
     if len(state.chat_template_override) > MAX_TEMPLATE_CHARS:
         raise InvalidArgumentError(
             "state.chat_template_override",

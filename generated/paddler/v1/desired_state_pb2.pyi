@@ -3,8 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from paddler.v1 import generation_pb2 as _generation_pb2
 import builtins as _builtins
 import sys
@@ -16,6 +19,72 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SplitMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SplitModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SplitMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPLIT_MODE_UNSPECIFIED: _SplitMode.ValueType  # 0
+    SPLIT_MODE_NONE: _SplitMode.ValueType  # 1
+    """One GPU (main_gpu) holds every offloaded layer."""
+    SPLIT_MODE_LAYER: _SplitMode.ValueType  # 2
+    """Whole layers (and their KV cache) per GPU."""
+    SPLIT_MODE_ROW: _SplitMode.ValueType  # 3
+    """Rows of each layer's tensors across GPUs (tensor parallelism where supported)."""
+
+class SplitMode(_SplitMode, metaclass=_SplitModeEnumTypeWrapper):
+    """How a model's layers are split across GPUs (llama.cpp's split_mode)."""
+
+SPLIT_MODE_UNSPECIFIED: SplitMode.ValueType  # 0
+SPLIT_MODE_NONE: SplitMode.ValueType  # 1
+"""One GPU (main_gpu) holds every offloaded layer."""
+SPLIT_MODE_LAYER: SplitMode.ValueType  # 2
+"""Whole layers (and their KV cache) per GPU."""
+SPLIT_MODE_ROW: SplitMode.ValueType  # 3
+"""Rows of each layer's tensors across GPUs (tensor parallelism where supported)."""
+Global___SplitMode: _TypeAlias = SplitMode  # noqa: Y015
+
+class _FlashAttention:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FlashAttentionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FlashAttention.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FLASH_ATTENTION_UNSPECIFIED: _FlashAttention.ValueType  # 0
+    FLASH_ATTENTION_AUTO: _FlashAttention.ValueType  # 1
+    FLASH_ATTENTION_ON: _FlashAttention.ValueType  # 2
+    FLASH_ATTENTION_OFF: _FlashAttention.ValueType  # 3
+
+class FlashAttention(_FlashAttention, metaclass=_FlashAttentionEnumTypeWrapper):
+    """Flash attention: llama.cpp decides (auto), always or never."""
+
+FLASH_ATTENTION_UNSPECIFIED: FlashAttention.ValueType  # 0
+FLASH_ATTENTION_AUTO: FlashAttention.ValueType  # 1
+FLASH_ATTENTION_ON: FlashAttention.ValueType  # 2
+FLASH_ATTENTION_OFF: FlashAttention.ValueType  # 3
+Global___FlashAttention: _TypeAlias = FlashAttention  # noqa: Y015
+
+class _KvCacheType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KvCacheTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KvCacheType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KV_CACHE_TYPE_UNSPECIFIED: _KvCacheType.ValueType  # 0
+    KV_CACHE_TYPE_F16: _KvCacheType.ValueType  # 1
+    KV_CACHE_TYPE_Q8_0: _KvCacheType.ValueType  # 2
+    KV_CACHE_TYPE_Q4_0: _KvCacheType.ValueType  # 3
+
+class KvCacheType(_KvCacheType, metaclass=_KvCacheTypeEnumTypeWrapper):
+    """The element type of the KV cache (quantized types need less memory per token)."""
+
+KV_CACHE_TYPE_UNSPECIFIED: KvCacheType.ValueType  # 0
+KV_CACHE_TYPE_F16: KvCacheType.ValueType  # 1
+KV_CACHE_TYPE_Q8_0: KvCacheType.ValueType  # 2
+KV_CACHE_TYPE_Q4_0: KvCacheType.ValueType  # 3
+Global___KvCacheType: _TypeAlias = KvCacheType  # noqa: Y015
 
 @_typing.final
 class HuggingFaceModel(_message.Message):
@@ -151,6 +220,84 @@ class InferenceDefaults(_message.Message):
 Global___InferenceDefaults: _TypeAlias = InferenceDefaults  # noqa: Y015
 
 @_typing.final
+class Placement(_message.Message):
+    """Where the model and its KV cache go, and how they are held in memory. Each field left unset
+    keeps the agent's own flag (--n-gpu-layers, --split-mode, ...).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    N_GPU_LAYERS_FIELD_NUMBER: _builtins.int
+    SPLIT_MODE_FIELD_NUMBER: _builtins.int
+    TENSOR_SPLIT_FIELD_NUMBER: _builtins.int
+    MAIN_GPU_FIELD_NUMBER: _builtins.int
+    FLASH_ATTENTION_FIELD_NUMBER: _builtins.int
+    CACHE_TYPE_K_FIELD_NUMBER: _builtins.int
+    CACHE_TYPE_V_FIELD_NUMBER: _builtins.int
+    USE_MMAP_FIELD_NUMBER: _builtins.int
+    USE_MLOCK_FIELD_NUMBER: _builtins.int
+    UBATCH_SIZE_FIELD_NUMBER: _builtins.int
+    n_gpu_layers: _builtins.int
+    """Layers offloaded to the GPUs: 0 none, -1 all."""
+    split_mode: Global___SplitMode.ValueType
+    main_gpu: _builtins.int
+    """The GPU of split mode none, and of the small tensors in the other modes."""
+    flash_attention: Global___FlashAttention.ValueType
+    cache_type_k: Global___KvCacheType.ValueType
+    cache_type_v: Global___KvCacheType.ValueType
+    """A quantized V cache needs flash attention."""
+    use_mmap: _builtins.bool
+    """Map the GGUF into memory instead of reading it."""
+    use_mlock: _builtins.bool
+    """Lock the weights in RAM (no swapping; needs the memlock limit)."""
+    ubatch_size: _builtins.int
+    """Tokens per physical batch (n_ubatch); at most the batch size."""
+    @_builtins.property
+    def tensor_split(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Each GPU's share of the model, in device order (empty: in proportion to free memory)."""
+
+    def __init__(
+        self,
+        *,
+        n_gpu_layers: _builtins.int | None = ...,
+        split_mode: Global___SplitMode.ValueType = ...,
+        tensor_split: _abc.Iterable[_builtins.float] | None = ...,
+        main_gpu: _builtins.int | None = ...,
+        flash_attention: Global___FlashAttention.ValueType = ...,
+        cache_type_k: Global___KvCacheType.ValueType = ...,
+        cache_type_v: Global___KvCacheType.ValueType = ...,
+        use_mmap: _builtins.bool | None = ...,
+        use_mlock: _builtins.bool | None = ...,
+        ubatch_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_main_gpu", b"_main_gpu", "_n_gpu_layers", b"_n_gpu_layers", "_ubatch_size", b"_ubatch_size", "_use_mlock", b"_use_mlock", "_use_mmap", b"_use_mmap", "main_gpu", b"main_gpu", "n_gpu_layers", b"n_gpu_layers", "ubatch_size", b"ubatch_size", "use_mlock", b"use_mlock", "use_mmap", b"use_mmap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_main_gpu", b"_main_gpu", "_n_gpu_layers", b"_n_gpu_layers", "_ubatch_size", b"_ubatch_size", "_use_mlock", b"_use_mlock", "_use_mmap", b"_use_mmap", "cache_type_k", b"cache_type_k", "cache_type_v", b"cache_type_v", "flash_attention", b"flash_attention", "main_gpu", b"main_gpu", "n_gpu_layers", b"n_gpu_layers", "split_mode", b"split_mode", "tensor_split", b"tensor_split", "ubatch_size", b"ubatch_size", "use_mlock", b"use_mlock", "use_mmap", b"use_mmap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__main_gpu: _TypeAlias = _typing.Literal["main_gpu"]  # noqa: Y015
+    _WhichOneofArgType__main_gpu: _TypeAlias = _typing.Literal["_main_gpu", b"_main_gpu"]  # noqa: Y015
+    _WhichOneofReturnType__n_gpu_layers: _TypeAlias = _typing.Literal["n_gpu_layers"]  # noqa: Y015
+    _WhichOneofArgType__n_gpu_layers: _TypeAlias = _typing.Literal["_n_gpu_layers", b"_n_gpu_layers"]  # noqa: Y015
+    _WhichOneofReturnType__ubatch_size: _TypeAlias = _typing.Literal["ubatch_size"]  # noqa: Y015
+    _WhichOneofArgType__ubatch_size: _TypeAlias = _typing.Literal["_ubatch_size", b"_ubatch_size"]  # noqa: Y015
+    _WhichOneofReturnType__use_mlock: _TypeAlias = _typing.Literal["use_mlock"]  # noqa: Y015
+    _WhichOneofArgType__use_mlock: _TypeAlias = _typing.Literal["_use_mlock", b"_use_mlock"]  # noqa: Y015
+    _WhichOneofReturnType__use_mmap: _TypeAlias = _typing.Literal["use_mmap"]  # noqa: Y015
+    _WhichOneofArgType__use_mmap: _TypeAlias = _typing.Literal["_use_mmap", b"_use_mmap"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__main_gpu) -> _WhichOneofReturnType__main_gpu | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__n_gpu_layers) -> _WhichOneofReturnType__n_gpu_layers | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ubatch_size) -> _WhichOneofReturnType__ubatch_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__use_mlock) -> _WhichOneofReturnType__use_mlock | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__use_mmap) -> _WhichOneofReturnType__use_mmap | None: ...
+
+Global___Placement: _TypeAlias = Placement  # noqa: Y015
+
+@_typing.final
 class DesiredState(_message.Message):
     """What the whole cluster should serve."""
 
@@ -159,22 +306,26 @@ class DesiredState(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     DEFAULTS_FIELD_NUMBER: _builtins.int
     CHAT_TEMPLATE_OVERRIDE_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     chat_template_override: _builtins.str
     """Jinja chat template used instead of the one in the GGUF."""
     @_builtins.property
     def model(self) -> Global___ModelSource: ...
     @_builtins.property
     def defaults(self) -> Global___InferenceDefaults: ...
+    @_builtins.property
+    def placement(self) -> Global___Placement: ...
     def __init__(
         self,
         *,
         model: Global___ModelSource | None = ...,
         defaults: Global___InferenceDefaults | None = ...,
         chat_template_override: _builtins.str | None = ...,
+        placement: Global___Placement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_chat_template_override", b"_chat_template_override", "chat_template_override", b"chat_template_override", "defaults", b"defaults", "model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_chat_template_override", b"_chat_template_override", "chat_template_override", b"chat_template_override", "defaults", b"defaults", "model", b"model", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_chat_template_override", b"_chat_template_override", "chat_template_override", b"chat_template_override", "defaults", b"defaults", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_chat_template_override", b"_chat_template_override", "chat_template_override", b"chat_template_override", "defaults", b"defaults", "model", b"model", "placement", b"placement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__chat_template_override: _TypeAlias = _typing.Literal["chat_template_override"]  # noqa: Y015
     _WhichOneofArgType__chat_template_override: _TypeAlias = _typing.Literal["_chat_template_override", b"_chat_template_override"]  # noqa: Y015

@@ -113,6 +113,20 @@ HOSTILE = {
     "too-many-prefix-hashes": Hostile(
         "status.prefix_hashes", hostile_status(prefix_hashes=range(100_000))
     ),
+    "too-many-devices": Hostile(
+        "status.placement.devices",
+        hostile_status(
+            placement=status_pb2.ModelPlacement(
+                devices=[status_pb2.Device(name=f"GPU{n}") for n in range(10_000)]
+            )
+        ),
+    ),
+    "huge-device-name": Hostile(
+        "status.placement.devices[0].name",
+        hostile_status(
+            placement=status_pb2.ModelPlacement(devices=[status_pb2.Device(name="d" * 100_000)])
+        ),
+    ),
     "bad-address": Hostile("registration.address", address="no-port-here"),
     "huge-address": Hostile("registration.address", address=f"{'h' * 1_000_000}:50052"),
     "undecodable-status": Hostile(

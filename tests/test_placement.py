@@ -8,11 +8,13 @@ from __future__ import annotations
 import math
 
 import grpc
+import httpx
 import pytest
 
 from paddler.v1 import desired_state_pb2, status_pb2
 from tests.client import field_violations, generate, prompt_request
 from tests.cluster import cluster, to_inference
+from tests.metric_samples import parse_samples, value
 from tests.processes import run_paddler
 
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
@@ -119,6 +121,22 @@ def test_the_flags_reach_llama_cpp_and_a_state_takes_their_place() -> None:
         # A quantized V cache needs it: llama.cpp turned auto into enabled.
         assert placed["flash_attention"] == "enabled"
         assert (placed["ubatch_size"], placed["load_mode"]) == (32, "none")
+        # The status says the same: to the balancer, `paddler agents` and Prometheus.
+        [listed] = c.wait_for(lambda agents: bool(agents[0].placement.devices))
+        shown = listed.placement
+        assert [(device.name, device.layers) for device in shown.devices] == [("CPU", 31)]
+        assert shown.devices[0].memory_total_bytes >= shown.devices[0].memory_free_bytes > 0
+        assert (shown.cache_type_k, shown.cache_type_v) == ("q8_0", "q4_0")
+        assert (shown.flash_attention, shown.ubatch_size, shown.load_mode) == (
+            "enabled",
+            32,
+            "none",
+        )
+        table = run_paddler("agents", "--address", c.balancer.management)
+        assert "q8_0/q4_0" in table.stdout, table.stdout
+        samples = parse_samples(httpx.get(agent.metrics, timeout=10).text)
+        memory = value(samples, "paddler_engine_device_memory_bytes", device="CPU", state="total")
+        assert memory == shown.devices[0].memory_total_bytes
         # The quantized caches decode (answers may differ from f16's, so only that it runs).
         reply = generate(c.inference, to_inference(prompt_request(STORY, max_tokens=8)))
         assert reply.summary.usage.completion_tokens == 8

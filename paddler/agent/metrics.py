@@ -4,11 +4,13 @@ and how full the slots and the KV cache are (read at each scrape)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from paddler.agent.devices import DeviceInfo
 
 _STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
 _STREAM_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -75,6 +77,10 @@ class AgentMetrics:
         """Report slots and KV cache use at each scrape."""
         self.registry.register(_OccupancyCollector(occupancy))
 
+    def watch_devices(self, devices: Callable[[], Sequence[DeviceInfo]]) -> None:
+        """Report the memory of the devices llama.cpp sees at each scrape."""
+        self.registry.register(_DeviceCollector(devices))
+
 
 Occupancy = tuple[int, int, int, int, int, int]
 """Slots busy and total, KV cache tokens held and the cache's capacity, and the host-memory
@@ -108,6 +114,25 @@ class _OccupancyCollector(Collector):
             "unit",
             {"bytes": stored_bytes, "prompts": stored_prompts},
         )
+
+
+class _DeviceCollector(Collector):
+    def __init__(self, devices: Callable[[], Sequence[DeviceInfo]]) -> None:
+        self._devices = devices
+
+    def collect(self) -> Iterator[Metric]:
+        """Each device's memory, total and free, where llama.cpp reports it."""
+        gauge = GaugeMetricFamily(
+            "paddler_engine_device_memory_bytes",
+            "Memory of each device llama.cpp sees (the CPU's is the host's), total and free; "
+            "devices that report none are left out.",
+            labels=["device", "state"],
+        )
+        for device in self._devices():
+            if device.memory_total_bytes:
+                gauge.add_metric([device.name, "total"], device.memory_total_bytes)
+                gauge.add_metric([device.name, "free"], device.memory_free_bytes)
+        yield gauge
 
 
 def _gauge(name: str, documentation: str, label: str, values: dict[str, int]) -> Metric:

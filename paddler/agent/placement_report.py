@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from paddler.agent.devices import DeviceInfo
+from paddler.v1 import status_pb2
 
 _LAYER = re.compile(r"layer +\d+ assigned to device (\S+?),")
 _LOAD_MODE = re.compile(r"load_mode = (\w+)")
@@ -27,6 +31,27 @@ class AppliedPlacement:
     cache_type_k: str
     cache_type_v: str
     ubatch_size: int
+
+    def fill(self, placement: status_pb2.ModelPlacement, devices: Sequence[DeviceInfo]) -> None:
+        """Copy into a status snapshot: every device llama.cpp sees with the layers on it (and
+        any the load named that the registry did not)."""
+        for device in devices:
+            placement.devices.add(
+                name=device.name,
+                description=device.description,
+                memory_total_bytes=device.memory_total_bytes,
+                memory_free_bytes=device.memory_free_bytes,
+                layers=self.layers_by_device.get(device.name, 0),
+            )
+        known = {device.name for device in devices}
+        for name, layers in self.layers_by_device.items():
+            if name not in known:
+                placement.devices.add(name=name, layers=layers)
+        placement.flash_attention = self.flash_attention
+        placement.cache_type_k = self.cache_type_k
+        placement.cache_type_v = self.cache_type_v
+        placement.ubatch_size = self.ubatch_size
+        placement.load_mode = self.load_mode
 
 
 def read_placement(lines: list[str]) -> AppliedPlacement:

@@ -12,6 +12,7 @@ import structlog
 from grpc import aio
 
 from paddler.agent.context_choice import ContextChoice
+from paddler.agent.devices import Devices
 from paddler.agent.engine import Engine
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob, take_ready
 from paddler.agent.job_factory import JobFactory
@@ -30,8 +31,9 @@ log = structlog.get_logger(__name__)
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """Admits a request only when a slot is free, then streams the engine's events."""
 
-    def __init__(self, name: str, slots: int) -> None:
+    def __init__(self, name: str, slots: int, devices: Devices | None = None) -> None:
         self.name = name
+        self._devices = devices
         self.status_changed = asyncio.Event()  # any change: the balancer link sends a snapshot
         self.readiness_changed = asyncio.Event()  # attach/detach or state: health follows
         self.claims = SlotClaims(slots, self.status_changed.set)
@@ -116,6 +118,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 status.prompt_cache_prompts = len(engine.prompt_store)
             status.prefix_hashes.extend(engine.held_prefixes())
             status.engine_stalled_seconds = min(engine.stalled_for(), MAX_TIMING_SECONDS)
+            if engine.placement is not None:
+                devices = self._devices.now() if self._devices is not None else ()
+                engine.placement.fill(status.placement, devices)
         if self.stalled:
             status.issues.append("the engine stalled: no decode step (--engine-stall-after)")
         return status

@@ -38,6 +38,7 @@ def _describe(agent: RegisteredAgent, now: float) -> management_pb2.RegisteredAg
         context_size=status.context_size,
         trained_context_size=status.trained_context_size,
         context_source=status.context_source,
+        placement=status.placement,
     )
     described.last_status_age.FromNanoseconds(int((now - agent.last_status_at) * 1e9))
     return described

@@ -29,7 +29,8 @@ def agents(
     tls_key: TlsKeyOption = None,
 ) -> None:
     """Show each agent's slots (busy/total), model, context per slot (and what decided it),
-    chat template, applied state, issues and status age."""
+    placement (devices and the layers on each, KV cache types, flash attention), chat
+    template, applied state, issues and status age."""
     with management_stub(
         address, dialer(tls_ca, tls_server_name, admin_key_file, (tls_cert, tls_key))
     ) as stub:
@@ -41,6 +42,7 @@ def agents(
         "claimed",
         "model",
         "context",
+        "placement",
         "template",
         "ready",
         "state",
@@ -56,6 +58,7 @@ def agents(
             str(agent.slots_claimed),
             agent.model or "-",
             _context(agent),
+            _placement(agent.placement),
             agent.chat_template or "-",
             "yes" if agent.ready else "no",
             _state(agent),
@@ -75,6 +78,22 @@ def _context(agent: management_pb2.RegisteredAgent) -> str:
     if trained and trained != agent.context_size:
         return f"{agent.context_size} ({source}, trained {trained})"
     return f"{agent.context_size} ({source})"
+
+
+def _placement(placement: status_pb2.ModelPlacement) -> str:
+    """Devices with the model's layers on them, then the KV cache and flash attention, e.g.
+    "CUDA0 (NVIDIA H100) 31 layers, CPU 0; KV q8_0/q8_0, flash enabled"."""
+    if not placement.devices:
+        return "-"
+    devices = ", ".join(
+        f"{device.name}{f' ({device.description})' if device.layers else ''} {device.layers}"
+        + (" layers" if device.layers else "")
+        for device in placement.devices
+    )
+    return (
+        f"{devices}; KV {placement.cache_type_k}/{placement.cache_type_v}, "
+        f"flash {placement.flash_attention}"
+    )
 
 
 def _state(agent: management_pb2.RegisteredAgent) -> str:

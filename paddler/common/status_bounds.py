@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from paddler.common.addresses import split_host_port
 from paddler.common.desired_state import MAX_CONTEXT_SIZE
 from paddler.common.errors import InvalidArgumentError
+from paddler.common.placement import MAX_GPU_LAYERS, MAX_UBATCH_SIZE
 from paddler.common.prefix_chain import MAX_PREFIX_HASHES
 from paddler.v1 import agent_registry_pb2, status_pb2
 
@@ -40,6 +41,9 @@ MAX_LABEL_CHARS = 512
 
 MAX_PORT = 65535
 """The highest TCP port."""
+
+MAX_DEVICES_REPORTED = 64
+"""The most devices one snapshot may list (llama.cpp splits a model over 16 at the most)."""
 
 _PHASES = frozenset(status_pb2.StatePhase.values())
 _CONTEXT_SOURCES = frozenset(status_pb2.ContextSource.values())
@@ -96,7 +100,8 @@ def check_status(status: status_pb2.AgentStatus) -> None:
     0, which routing takes as unmeasured). Prefill time per token: 0 to
     ``MAX_TIMING_SECONDS``. Backlog, download and prompt cache sizes: not negative. Issues: at most
     ``MAX_ISSUES`` of at most ``MAX_ISSUE_CHARS`` each. Strings: at most ``MAX_NAME_CHARS``
-    (the name) or ``MAX_LABEL_CHARS``.
+    (the name) or ``MAX_LABEL_CHARS``. Placement: at most ``MAX_DEVICES_REPORTED`` devices,
+    layers and n_ubatch within their bounds.
     """
     _check_range(status.slots_total, 1, MAX_SLOTS, "status.slots_total")
     _check_range(status.slots_processing, 0, status.slots_total, "status.slots_processing")
@@ -128,6 +133,19 @@ def check_status(status: status_pb2.AgentStatus) -> None:
     _check_length(status.model, MAX_LABEL_CHARS, "status.model")
     _check_length(status.chat_template, MAX_LABEL_CHARS, "status.chat_template")
     _check_length(status.applied_state_epoch, MAX_LABEL_CHARS, "status.applied_state_epoch")
+    _check_placement(status.placement)
+
+
+def _check_placement(placement: status_pb2.ModelPlacement) -> None:
+    _check_entries(len(placement.devices), MAX_DEVICES_REPORTED, "status.placement.devices")
+    for index, device in enumerate(placement.devices):
+        field = f"status.placement.devices[{index}]"
+        _check_length(device.name, MAX_LABEL_CHARS, f"{field}.name")
+        _check_length(device.description, MAX_LABEL_CHARS, f"{field}.description")
+        _check_range(device.layers, 0, MAX_GPU_LAYERS + 1, f"{field}.layers")
+    for name in ("flash_attention", "cache_type_k", "cache_type_v", "load_mode"):
+        _check_length(getattr(placement, name), MAX_LABEL_CHARS, f"status.placement.{name}")
+    _check_range(placement.ubatch_size, 0, MAX_UBATCH_SIZE, "status.placement.ubatch_size")
 
 
 def _check_step_timings(timings: Sequence[status_pb2.StepTiming]) -> None:

@@ -12,6 +12,7 @@ import structlog
 from paddler.agent.balancer_link import BalancerLink
 from paddler.agent.config import AgentConfig
 from paddler.agent.default_model import default_model_path
+from paddler.agent.devices import Devices
 from paddler.agent.llama_logging import route_llama_logs
 from paddler.agent.llama_model import check_model_file
 from paddler.agent.metrics import AgentMetrics
@@ -67,9 +68,11 @@ async def run_agent(config: AgentConfig) -> None:
         allow_insecure=config.allow_insecure,
     )
     route_llama_logs()
-    servicer = AgentServicer(config.name, config.slots)
+    devices = Devices()
+    servicer = AgentServicer(config.name, config.slots, devices)
     metrics = AgentMetrics()
     metrics.watch(servicer.occupancy)
+    metrics.watch_devices(devices.now)
     host = ModelHost(config, servicer, metrics)
     guards: dict[str, Guard] = {}
     if token is not None:

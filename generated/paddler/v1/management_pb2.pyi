@@ -47,6 +47,7 @@ class RegisteredAgent(_message.Message):
     CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
     TRAINED_CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
     CONTEXT_SOURCE_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     name: _builtins.str
     address: _builtins.str
@@ -82,6 +83,12 @@ class RegisteredAgent(_message.Message):
     def step_timings(self) -> _containers.RepeatedCompositeFieldContainer[_status_pb2.StepTiming]:
         """The agent's recent decode step timings (see AgentStatus.step_timings)."""
 
+    @_builtins.property
+    def placement(self) -> _status_pb2.ModelPlacement:
+        """Where llama.cpp put the agent's model: its devices and the layers on each, flash
+        attention, KV cache types (see AgentStatus.placement).
+        """
+
     def __init__(
         self,
         *,
@@ -105,10 +112,11 @@ class RegisteredAgent(_message.Message):
         context_size: _builtins.int = ...,
         trained_context_size: _builtins.int = ...,
         context_source: _status_pb2.ContextSource.ValueType = ...,
+        placement: _status_pb2.ModelPlacement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "last_status_age", b"last_status_age"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "last_status_age", b"last_status_age", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "ready", b"ready", "rolling", b"rolling", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "placement", b"placement", "ready", b"ready", "rolling", b"rolling", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

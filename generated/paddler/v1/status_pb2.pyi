@@ -159,6 +159,7 @@ class AgentStatus(_message.Message):
     PROMPT_CACHE_BYTES_FIELD_NUMBER: _builtins.int
     PROMPT_CACHE_PROMPTS_FIELD_NUMBER: _builtins.int
     PREFIX_HASHES_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     slots_total: _builtins.int
     slots_processing: _builtins.int
@@ -222,6 +223,10 @@ class AgentStatus(_message.Message):
         256, the slots' prompts first, then the most recently used stored ones.
         """
 
+    @_builtins.property
+    def placement(self) -> Global___ModelPlacement:
+        """Where llama.cpp put the loaded model (empty with no model)."""
+
     def __init__(
         self,
         *,
@@ -248,11 +253,90 @@ class AgentStatus(_message.Message):
         prompt_cache_bytes: _builtins.int = ...,
         prompt_cache_prompts: _builtins.int = ...,
         prefix_hashes: _abc.Iterable[_builtins.int] | None = ...,
+        placement: Global___ModelPlacement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "prefix_hashes", b"prefix_hashes", "prompt_cache_bytes", b"prompt_cache_bytes", "prompt_cache_prompts", b"prompt_cache_prompts", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "placement", b"placement", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "prefix_hashes", b"prefix_hashes", "prompt_cache_bytes", b"prompt_cache_bytes", "prompt_cache_prompts", b"prompt_cache_prompts", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
+
+@_typing.final
+class Device(_message.Message):
+    """A device llama.cpp sees, and the loaded model's layers on it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """llama.cpp's name for it: "CPU", "CUDA0", ..."""
+    description: _builtins.str
+    """What it is (a GPU's model, the CPU's)."""
+    memory_total_bytes: _builtins.int
+    """Its memory in bytes, where llama.cpp reports it (0: not reported)."""
+    memory_free_bytes: _builtins.int
+    layers: _builtins.int
+    """The model's layers on it (the output layer counts as one)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        memory_total_bytes: _builtins.int = ...,
+        memory_free_bytes: _builtins.int = ...,
+        layers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "layers", b"layers", "memory_free_bytes", b"memory_free_bytes", "memory_total_bytes", b"memory_total_bytes", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Device: _TypeAlias = Device  # noqa: Y015
+
+@_typing.final
+class ModelPlacement(_message.Message):
+    """What llama.cpp did with the desired state's placement and the agent's flags."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    FLASH_ATTENTION_FIELD_NUMBER: _builtins.int
+    CACHE_TYPE_K_FIELD_NUMBER: _builtins.int
+    CACHE_TYPE_V_FIELD_NUMBER: _builtins.int
+    UBATCH_SIZE_FIELD_NUMBER: _builtins.int
+    LOAD_MODE_FIELD_NUMBER: _builtins.int
+    flash_attention: _builtins.str
+    """"enabled" or "disabled" (as llama.cpp resolved auto), "auto" where it did not say."""
+    cache_type_k: _builtins.str
+    """The KV cache's element types ("f16", "q8_0", "q4_0")."""
+    cache_type_v: _builtins.str
+    ubatch_size: _builtins.int
+    """Tokens per physical batch."""
+    load_mode: _builtins.str
+    """How the weights were loaded ("mmap", "none", "mlock", "mmap_mlock")."""
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Device]: ...
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___Device] | None = ...,
+        flash_attention: _builtins.str = ...,
+        cache_type_k: _builtins.str = ...,
+        cache_type_v: _builtins.str = ...,
+        ubatch_size: _builtins.int = ...,
+        load_mode: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_type_k", b"cache_type_k", "cache_type_v", b"cache_type_v", "devices", b"devices", "flash_attention", b"flash_attention", "load_mode", b"load_mode", "ubatch_size", b"ubatch_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelPlacement: _TypeAlias = ModelPlacement  # noqa: Y015

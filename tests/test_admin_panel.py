@@ -14,6 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from paddler.v1 import desired_state_pb2
 from tests.client import COUNTING_PROMPT, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
 
@@ -110,13 +111,26 @@ def test_the_panel_shows_load_edits_the_state_and_streams_a_prompt(
     expect(message).to_contain_text("plain-http model URLs are refused")
     page.select_option("#source-kind", "packaged")
     page.fill("#source-value", "smollm2-135m")
+    # A placement the balancer refuses, then one it takes (a q8_0 K cache, 64-token ubatches).
+    page.select_option("[data-placement='cacheTypeV']", "KV_CACHE_TYPE_Q8_0")
+    page.select_option("[data-placement='flashAttention']", "FLASH_ATTENTION_OFF")
+    page.click("#state-form button[type=submit]")
+    expect(message).to_contain_text("needs flash attention")
+    page.select_option("[data-placement='cacheTypeV']", "")
+    page.select_option("[data-placement='flashAttention']", "")
+    page.select_option("[data-placement='cacheTypeK']", "KV_CACHE_TYPE_Q8_0")
+    page.fill("[data-placement='ubatchSize']", "64")
     page.fill("[data-sampling='temperature']", "0")
     page.fill("[data-sampling='topK']", "40")
     page.click("#state-form button[type=submit]")
     expect(message).to_have_text("Applied as v1.")
     expect(page.locator("#state-version")).to_have_text("v1")
-    defaults = c.desired_state().state.defaults.sampling
-    assert (defaults.temperature, defaults.top_k) == (0, 40)
+    applied = c.desired_state().state
+    assert (applied.defaults.sampling.temperature, applied.defaults.sampling.top_k) == (0, 40)
+    assert applied.placement == desired_state_pb2.Placement(
+        cache_type_k=desired_state_pb2.KV_CACHE_TYPE_Q8_0, ubatch_size=64
+    )
+    expect(page.locator("[data-placement='cacheTypeK']")).to_have_value("KV_CACHE_TYPE_Q8_0")
     c.wait_applied(1)
     expect(row).to_contain_text("v1")
 

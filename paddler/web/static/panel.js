@@ -151,7 +151,26 @@ async function loadState() {
   for (const input of document.querySelectorAll("[data-size]")) {
     input.value = defaults[input.dataset.size] ?? "";
   }
+  const placement = state.placement || {};
+  for (const input of document.querySelectorAll("[data-placement]")) {
+    const value = placement[input.dataset.placement];
+    input.value = value === undefined ? "" : (Array.isArray(value) ? value.join(",") : String(value));
+  }
   $("template").value = state.chatTemplateOverride ?? "";
+}
+
+// The placement fields as protobuf JSON: empty ones are left out (each agent's flag applies).
+function placementOf(inputs) {
+  const placement = {};
+  for (const input of inputs) {
+    const { placement: key, kind } = input.dataset;
+    if (input.value === "") continue;
+    if (kind === "number") placement[key] = Number(input.value);
+    else if (kind === "bool") placement[key] = input.value === "true";
+    else if (kind === "list") placement[key] = input.value.split(",").map(Number);
+    else placement[key] = input.value;
+  }
+  return placement;
 }
 
 // What the source field shows: Hugging Face as repo/file@revision, a URL with pip's
@@ -192,6 +211,7 @@ async function applyState(event) {
     if (input.value === "") delete defaults[key]; else defaults[key] = Number(input.value);
   }
   next.defaults = defaults;
+  next.placement = placementOf(document.querySelectorAll("[data-placement]"));
   const template = $("template").value;
   if (template) next.chatTemplateOverride = template; else delete next.chatTemplateOverride;
   const reply = await api("/api/state", {

@@ -21,8 +21,16 @@ SYSTEM = (
 ) * 6
 
 
+# A reply that cannot end before 2,000 digits and separators, so a stream given 1,000 tokens
+# runs until it is cancelled, however fast the machine decodes.
+ENDLESS = generation_pb2.Grammar(gbnf='root ::= [0-9, ]{2000,} "."')
+
+
 def _request(
-    messages: list[tuple[str, str]], request_id: str, max_tokens: int = 8
+    messages: list[tuple[str, str]],
+    request_id: str,
+    max_tokens: int = 8,
+    grammar: generation_pb2.Grammar | None = None,
 ) -> inference_pb2.InferenceServiceGenerateRequest:
     conversation = generation_pb2.Conversation(
         messages=[generation_pb2.ChatMessage(role=role, content=text) for role, text in messages]
@@ -33,6 +41,7 @@ def _request(
             conversation=conversation,
             max_tokens=max_tokens,
             sampling=generation_pb2.SamplingParameters(temperature=0.0),
+            grammar=grammar,
         ),
     )
 
@@ -96,15 +105,15 @@ def test_an_openai_conversation_goes_back_to_its_agent_and_reports_cached_tokens
 def test_a_flood_of_one_conversation_spreads_over_both_agents(pair: Cluster) -> None:
     messages = [("system", SYSTEM), ("user", "Count from one to one hundred, please.")]
     generate(pair.inference, _request(messages, "flood-0"))  # its agent now holds the prefix
-    calls = [
-        pair.inference.Generate(_request(messages, f"flood-{n}", max_tokens=1000), timeout=300)
-        for n in range(1, 5)
-    ]
+    flood = [_request(messages, f"flood-{n}", 1000, ENDLESS) for n in range(1, 5)]
+    calls = [pair.inference.Generate(request, timeout=600) for request in flood]
     try:
-        # Four long streams on two agents of two slots: the holder's slots fill, and however
-        # long the policy expects them to run, the other agent takes some of the rest while
-        # they do (one conversation never makes the fleet one agent).
-        pair.wait_for(lambda agents: all(a.slots_claimed >= 1 for a in agents))
+        # Four streams that run until cancelled, on two agents of two slots: the holder's slots
+        # fill, and however long the policy expects them to run, the other agent takes some of
+        # the rest while they do (one conversation never makes the fleet one agent). Whether
+        # the policy waits a while for the holder first depends on the speeds measured, so
+        # the streams outlast any such wait.
+        pair.wait_for(lambda agents: all(a.slots_claimed >= 1 for a in agents), timeout_s=300)
     finally:
         for call in calls:
             call.cancel()

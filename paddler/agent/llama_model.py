@@ -82,12 +82,7 @@ class LlamaModel:
         model = llama.llama_model_load_from_file(str(path).encode(), params)
         del split  # llama.cpp copied the tensor split while loading
         if not model:
-            raise ModelLoadError(
-                f"llama.cpp could not load {path} (with the placement given: is there memory "
-                "for the layers on each device?)"
-                if placement
-                else f"llama.cpp could not load {path}"
-            )
+            raise ModelLoadError(f"llama.cpp could not load {path}")
         self.path = path
         self.name = path.name.removesuffix(".gguf")
         self.handle = model

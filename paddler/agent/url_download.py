@@ -21,7 +21,7 @@ import httpx
 from filelock import FileLock, Timeout
 
 from paddler.agent.download_progress import DownloadProgress
-from paddler.agent.llama_model import ModelLoadError
+from paddler.agent.llama_model import GGUF_MAGIC, ModelLoadError
 from paddler.agent.model_files import LOCK_TIMEOUT_S, file_sha256, sync_directory
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.model_sources import ModelSourcePolicy
@@ -31,7 +31,6 @@ PARTIAL_SUFFIX = ".paddler-partial"
 VALIDATOR_SUFFIX = ".paddler-validator"
 MAX_REDIRECTS = 5
 TIMEOUT = httpx.Timeout(60.0, connect=15.0)
-GGUF_MAGIC = b"GGUF"
 _CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")

@@ -42,6 +42,7 @@ from paddler.cli.placement_options import (
     TensorSplitOption,
     UbatchSizeOption,
     agent_placement,
+    state_placement,
 )
 from paddler.common.chat_template import DEFAULT_RENDER_TIMEOUT_S
 from paddler.common.desired_state import MIN_CONTEXT_SIZE
@@ -221,19 +222,19 @@ def agent(
             param_hint="--context-size",
         )
     tls = server_tls(tls_cert, tls_key, tls_client_ca)
-    placement = agent_placement(
-        n_gpu_layers=n_gpu_layers or "auto",
-        split_mode=split_mode or "layer",
-        tensor_split_text=tensor_split or "",
-        main_gpu=main_gpu or 0,
-        flash_attention=flash_attention or "auto",
-        cache_type_k=cache_type_k or "f16",
-        cache_type_v=cache_type_v or "f16",
-        mmap=mmap is not False,
-        mlock=bool(mlock),
+    flags = state_placement(
+        n_gpu_layers=None,
+        split_mode=split_mode,
+        tensor_split_text=tensor_split,
+        main_gpu=main_gpu,
+        flash_attention=flash_attention,
+        cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v,
+        mmap=mmap,
+        mlock=mlock,
         ubatch_size=ubatch_size,
-        batch_size=batch_size,
     )
+    placement = agent_placement(flags, n_gpu_layers=n_gpu_layers, batch_size=batch_size)
     with exit_on_domain_error():
         from paddler.agent.config import AgentConfig  # noqa: PLC0415 - the agent extra
         from paddler.processes.agent import run_agent  # noqa: PLC0415

@@ -4,6 +4,7 @@ desired state's ``placement`` (left out: each agent's flag)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -126,36 +127,17 @@ def tensor_split(value: str) -> tuple[float, ...]:
 
 
 def agent_placement(
-    *,
-    n_gpu_layers: str,
-    split_mode: SplitModeName,
-    tensor_split_text: str,
-    main_gpu: int,
-    flash_attention: FlashAttentionName,
-    cache_type_k: KvCacheTypeName,
-    cache_type_v: KvCacheTypeName,
-    mmap: bool,
-    mlock: bool,
-    ubatch_size: int | None,
-    batch_size: int,
+    flags: desired_state_pb2.Placement, *, n_gpu_layers: str | None, batch_size: int
 ) -> PlacementSettings:
-    """The agent's own placement from its flags, checked."""
-    if ubatch_size is not None and ubatch_size > batch_size:
+    """The agent's own placement: its flags (read as ``state_placement`` reads ``state
+    set``'s) over the built-in defaults, ``--n-gpu-layers`` (auto too), checked."""
+    if flags.HasField("ubatch_size") and flags.ubatch_size > batch_size:
         raise typer.BadParameter(
-            f"must be at most --batch-size ({batch_size}), got {ubatch_size}",
+            f"must be at most --batch-size ({batch_size}), got {flags.ubatch_size}",
             param_hint="--ubatch-size",
         )
-    placed = PlacementSettings(
-        n_gpu_layers=gpu_layers(n_gpu_layers),
-        split_mode=split_mode,
-        tensor_split=tensor_split(tensor_split_text),
-        main_gpu=main_gpu,
-        flash_attention=flash_attention,
-        cache_type_k=cache_type_k,
-        cache_type_v=cache_type_v,
-        use_mmap=mmap,
-        use_mlock=mlock,
-        ubatch_size=ubatch_size,
+    placed = replace(
+        PlacementSettings().over(flags), n_gpu_layers=gpu_layers(n_gpu_layers or "auto")
     )
     try:
         placed.check("flags")

@@ -38,6 +38,7 @@ from bench_servers import (
     RequestFn,
     Sample,
     Server,
+    add_placement_arguments,
     log,
     serving_agent,
     serving_llama_server,
@@ -281,6 +282,11 @@ def notes(
         f"{args.requests_per_worker} requests per worker, closed loop, one server at a time, "
         f"best of {args.rounds} round(s)."
     )
+    if args.n_gpu_layers is not None or args.flash_attention is not None:
+        text += (
+            f" GPU layers {args.n_gpu_layers or 'unset'}, "
+            f"flash attention {args.flash_attention or 'unset'} on both servers."
+        )
     for c in args.concurrency:
         if baseline and agent and baseline[c].mean_tokens != agent[c].mean_tokens:
             text += (
@@ -320,9 +326,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=1, help="repeat and keep each server's best round"
     )
     parser.add_argument("--servers", choices=["both", LLAMA_SERVER, AGENT], default="both")
+    add_placement_arguments(parser)
     parser.add_argument(
         "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="llama-server build cache"
     )
+    parser.add_argument(
+        "--llama-server", type=Path, default=None, metavar="PATH",
+        help="a llama-server binary to use instead of the one built into --cache-dir",
+    )  # fmt: skip
     parser.add_argument("--build-jobs", type=int, default=2)
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds")
@@ -350,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="paddler-bench-"))
     binary = None
     if args.servers in ("both", LLAMA_SERVER):
-        binary = ensure_llama_server(args.cache_dir, args.build_jobs)
+        binary = args.llama_server or ensure_llama_server(args.cache_dir, args.build_jobs)
     if args.side_by_side:
         kinds = [LLAMA_SERVER, AGENT] if args.servers == "both" else [args.servers]
         runs = {

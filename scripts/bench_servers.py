@@ -167,6 +167,18 @@ def llama_server_ready(port: int) -> bool:
         connection.close()
 
 
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--n-gpu-layers` and `--flash-attention`, given alike to both servers when set."""
+    parser.add_argument(
+        "--n-gpu-layers", default=None, metavar="auto|all|N",
+        help="layers on the GPU: the agent's --n-gpu-layers, llama-server's -ngl (default unset)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--flash-attention", choices=["on", "off", "auto"], default=None,
+        help="the agent's --flash-attention, llama-server's -fa (default unset: each its own)",
+    )  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def serving_llama_server(
     binary: Path, args: argparse.Namespace, log_dir: Path, name: str = LLAMA_SERVER
@@ -178,6 +190,10 @@ async def serving_llama_server(
         "-c", str(args.slots * args.context_size), "--no-repack",
         "--host", HOST, "--port", str(port),
     ]  # fmt: skip
+    if args.n_gpu_layers is not None:
+        command += ["-ngl", args.n_gpu_layers]
+    if args.flash_attention is not None:
+        command += ["-fa", args.flash_attention]
     loop = asyncio.get_running_loop()
     # The server is stopped before the pool waits for its threads, so none is left hanging.
     with (
@@ -211,6 +227,10 @@ async def serving_agent(
         "--balancer", "",
         "--prompt-cache" if args.prompt_cache else "--no-prompt-cache",
     ]  # fmt: skip
+    if args.n_gpu_layers is not None:
+        command += ["--n-gpu-layers", args.n_gpu_layers]
+    if args.flash_attention is not None:
+        command += ["--flash-attention", args.flash_attention]
     with started(name, command, log_dir) as process:
         async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)

@@ -242,6 +242,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # What serving_llama_server / serving_agent read besides the flags above.
     args.tokens, args.prompt_cache, args.startup_timeout, args.request_timeout = (
         args.max_tokens, False, 300.0, 300.0)  # fmt: skip
+    args.n_gpu_layers = args.flash_attention = None
     if not args.model.is_file():
         parser.error(f"no model file at {args.model}")
     if min(*args.concurrency, args.requests_per_worker, args.max_tokens) < 1:

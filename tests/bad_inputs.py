@@ -16,6 +16,14 @@ from tests.client import conversation_request, prompt_request
 
 _HALF = "x" * (MAX_INPUT_BYTES // 2)
 
+
+def _with(request: agent_pb2.GenerateRequest, **fields: object) -> agent_pb2.GenerateRequest:
+    """``request`` with input fields set."""
+    for name, value in fields.items():
+        setattr(request.input, name, value)
+    return request
+
+
 BAD_INPUTS: list[tuple[agent_pb2.GenerateRequest, str]] = [
     (prompt_request(""), "input.prompt"),
     (agent_pb2.GenerateRequest(), "input"),
@@ -39,4 +47,11 @@ BAD_INPUTS: list[tuple[agent_pb2.GenerateRequest, str]] = [
     (conversation_request([("user", _HALF), ("user", _HALF + "x")]), "input.conversation.messages"),
     (prompt_request("Hi", stop=("a",) * (MAX_STOP_STRINGS + 1)), "input.stop"),
     (prompt_request("Hi", stop=("ok", "x" * (MAX_STOP_BYTES + 1))), "input.stop[1]"),
+    (_with(prompt_request("Hi"), enable_thinking=True), "input.enable_thinking"),
+    (_with(prompt_request("Hi"), reasoning_effort="low"), "input.reasoning_effort"),
+    (
+        _with(conversation_request([("user", "hi")]), reasoning_effort="max"),
+        "input.reasoning_effort",
+    ),
+    (_with(prompt_request("Hi"), reasoning_format=7), "input.reasoning_format"),
 ]

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from paddler.agent.grammar_constraint import GrammarConstraint
+from paddler.agent.reasoning_split import ReasoningSplit
 from paddler.agent.tool_reply import ReplyReader
 from paddler.common.errors import PaddlerError
 from paddler.common.generation_input import SamplingSettings
@@ -46,6 +47,8 @@ class GenerationJob:
     grammar: GrammarConstraint | None = None
     # Set when tools may be called: reads the reply's generic format.
     tool_reply: ReplyReader | None = None
+    # Set when the reply's reasoning is split from its text.
+    reasoning: ReasoningSplit | None = None
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     created_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False

@@ -9,6 +9,7 @@ import structlog
 
 from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
+from paddler.agent.reasoning_split import OPEN_TAG, ReasoningSplit, starts_in_reasoning
 from paddler.agent.tool_prompt import ToolPrompt, generic_prompt, hermes_prompt, uses_hermes_calls
 from paddler.agent.tool_reply import check_parameter_schemas
 from paddler.common.chat_template import (
@@ -48,6 +49,9 @@ class JobFactory:
             source, self.template_name = CHATML, "chatml"
             log.info("no chat template in the model: using ChatML", model=model.name)
         self._template = ChatTemplate(source, model.bos_text, model.eos_text, template_timeout_s)
+        # A template that writes <think> tags has a reasoning model behind it: its replies are
+        # split unless a request says otherwise.
+        self._thinks = OPEN_TAG in source
         self._prompt_of = hermes_prompt if uses_hermes_calls(source) else generic_prompt
         # ChatML's end of turn is plain text to a model that was not trained on it.
         self._turn_end = (CHATML_END_OF_TURN,) if self.template_name == "chatml" else ()
@@ -63,7 +67,7 @@ class JobFactory:
         if conversation:
             check_parameter_schemas(generation.conversation)
         prompt = self._prompt_of(generation.conversation) if conversation else None
-        tokens = self._prompt_tokens(generation, prompt)
+        text, tokens = self._prompt(generation, prompt)
         if not tokens:
             raise InvalidArgumentError(
                 "input", "the input renders to no tokens at all; send some text to continue"
@@ -102,6 +106,7 @@ class JobFactory:
             stop=(*generation.stop, *(self._turn_end if conversation else ())),
             grammar=constraint,
             tool_reply=prompt.reader if prompt is not None else None,
+            reasoning=self._reasoning(generation, text),
             prefixes=reported_links(prefix_chain(generation)),
         )
         if request.HasField("resumption"):
@@ -143,15 +148,38 @@ class JobFactory:
         job.max_tokens -= len(generated)
         job.resumed_tokens = len(generated)
         job.replay = text[len(delivered) :]
+        if job.reasoning is not None and delivered:
+            # Text went out (a stream that sent reasoning is not resumed): no more reasoning.
+            job.reasoning = ReasoningSplit.in_text()
         if job.sampling.seed is not None:  # the draws the failed agent made are not repeated
             job.sampling = replace(job.sampling, seed=(job.sampling.seed + len(generated)) % 2**32)
 
-    def _prompt_tokens(
+    def _reasoning(
+        self, generation: generation_pb2.GenerationInput, prompt: str
+    ) -> ReasoningSplit | None:
+        """The request's reasoning splitter, if its reply is split (ReasoningFormat)."""
+        formats = generation_pb2.ReasoningFormat
+        wanted = generation.reasoning_format
+        if wanted == formats.REASONING_FORMAT_NONE:
+            return None
+        if wanted == formats.REASONING_FORMAT_UNSPECIFIED and not (
+            self._thinks and generation.WhichOneof("source") == "conversation"
+        ):
+            return None
+        return ReasoningSplit(starts_in_reasoning(prompt))
+
+    def _prompt(
         self, generation: generation_pb2.GenerationInput, prompt: ToolPrompt | None
-    ) -> list[int]:
+    ) -> tuple[str, list[int]]:
+        """The prompt's text and tokens."""
         if prompt is None:
-            return self._model.tokenize(generation.prompt)
-        text = self._template.render(prompt.messages, prompt.tools)
+            return generation.prompt, self._model.tokenize(generation.prompt)
+        options: dict[str, object] = {}
+        if generation.HasField("enable_thinking"):
+            options["enable_thinking"] = generation.enable_thinking
+        if generation.reasoning_effort:
+            options["reasoning_effort"] = generation.reasoning_effort
+        text = self._template.render(prompt.messages, prompt.tools, options)
         if self._model.add_bos and text.startswith(self._model.bos_text):
             text = text[len(self._model.bos_text) :]
-        return self._model.tokenize(text)
+        return text, self._model.tokenize(text)

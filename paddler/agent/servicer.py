@@ -16,6 +16,7 @@ from paddler.agent.devices import Devices
 from paddler.agent.engine import Engine
 from paddler.agent.generation_job import Event, Failed, Finished, GenerationJob, take_ready
 from paddler.agent.job_factory import JobFactory
+from paddler.agent.reply_messages import ReplyMessages
 from paddler.agent.slot_claims import SlotClaims
 from paddler.agent.state_report import StateReport
 from paddler.common.embedding_input import check_embedding_input
@@ -154,9 +155,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, engine: Engine, job: GenerationJob, state_version: int
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
         """Submit ``job`` and turn its events into responses; cancel it unless it finished."""
-        reply = job.tool_reply
-        generated = job.generated
-        listed = 0  # tokens listed in messages so far
+        messages = ReplyMessages(job)
         engine.submit(job)
         self._running.add(job)
         outcome = "cancelled"
@@ -168,20 +167,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 if isinstance(event, str):
                     # Pieces that queued while the last message was sent go out as one.
                     event, following = take_ready(event, job.events)
-                    text = reply.feed(event) if reply is not None else event
-                    if text:
-                        count = len(generated)
-                        yield agent_pb2.GenerateResponse(text=text, tokens=generated[listed:count])
-                        listed = count
+                    for response in messages.of(event):
+                        yield response
                     continue
                 if isinstance(event, Failed):
                     raise event.error  # noqa: TRY301 - the engine failed this request
                 summary = self._summary(event, engine.model.name, state_version)
-                if reply is not None and (held := reply.flush()):
-                    yield agent_pb2.GenerateResponse(text=held)
-                if reply is not None and (call := reply.call()) is not None:
-                    yield agent_pb2.GenerateResponse(tool_call=call)
-                    summary.finish_reason = generation_pb2.FINISH_REASON_TOOL_CALLS
+                for response in messages.closing():
+                    yield response
+                    if response.HasField("tool_call"):
+                        summary.finish_reason = generation_pb2.FINISH_REASON_TOOL_CALLS
+                messages.usage(summary.usage)
                 outcome = "ok"
                 _log_summary(job, summary)
                 yield agent_pb2.GenerateResponse(summary=summary)

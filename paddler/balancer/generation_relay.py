@@ -202,12 +202,15 @@ class _Progress:
 
     def resumption(self, forwarded: agent_pb2.GenerateRequest) -> agent_pb2.GenerateRequest | None:
         """``forwarded``, to resume after what was relayed so far; None when the agent listed
-        no tokens with its text (an agent of an older version)."""
+        no tokens with its text (an agent of an older version) or sent reasoning (the split of
+        tags already sent cannot be carried over)."""
         resumed = agent_pb2.GenerateRequest()
         resumed.CopyFrom(forwarded)
         texts = []
         for chunk in self.chunks:
             response = agent_pb2.GenerateResponse.FromString(chunk)
+            if response.HasField("reasoning"):
+                return None
             if response.HasField("text"):
                 texts.append(response.text)
                 resumed.resumption.tokens.extend(response.tokens)

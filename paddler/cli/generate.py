@@ -31,6 +31,17 @@ TimeoutOption = Annotated[
 ]
 
 
+ThinkingOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--thinking/--no-thinking",
+        envvar="PADDLER_THINKING",
+        help="Ask a reasoning model to think first or not (the chat template's enable_thinking); "
+        "default: the template's. Reasoning goes to stderr.",
+    ),
+]
+
+
 def _grammar_file(envvar: str, help_text: str) -> Any:
     """A typer option naming a readable file."""
     return typer.Option(exists=True, dir_okay=False, readable=True, envvar=envvar, help=help_text)
@@ -39,6 +50,7 @@ def _grammar_file(envvar: str, help_text: str) -> Any:
 def _input(
     max_tokens: int,
     temperature: float | None,
+    thinking: bool | None,
     *,
     prompt: str = "",
     messages: list[tuple[str, str]] | None = None,
@@ -47,6 +59,8 @@ def _input(
     if temperature is not None:
         sampling.temperature = temperature
     generation = generation_pb2.GenerationInput(max_tokens=max_tokens, sampling=sampling)
+    if thinking is not None:
+        generation.enable_thinking = thinking
     if messages is None:
         generation.prompt = prompt
     else:
@@ -79,6 +93,7 @@ def generate(
             "A GBNF grammar file (llama.cpp's format, start rule `root`) the reply matches.",
         ),
     ] = None,
+    thinking: ThinkingOption = None,
     timeout: TimeoutOption = 120.0,
     api_key_file: ApiKeyFileOption = None,
     tls_ca: TlsCaOption = None,
@@ -87,8 +102,10 @@ def generate(
     """Stream one reply to stdout (the prompt is a user message unless --raw)."""
     if json_schema is not None and grammar is not None:
         raise typer.BadParameter("give --json-schema or --grammar, not both")
+    if raw and thinking is not None:
+        raise typer.BadParameter("--thinking/--no-thinking needs the chat template: drop --raw")
     messages = None if raw else [("user", prompt)]
-    generation = _input(max_tokens, temperature, prompt=prompt, messages=messages)
+    generation = _input(max_tokens, temperature, thinking, prompt=prompt, messages=messages)
     if json_schema is not None:
         generation.grammar.json_schema = json_schema.read_text()
     if grammar is not None:
@@ -107,6 +124,7 @@ def chat(
     ] = "",
     max_tokens: MaxTokensOption = 256,
     temperature: TemperatureOption = None,
+    thinking: ThinkingOption = None,
     timeout: TimeoutOption = 120.0,
     api_key_file: ApiKeyFileOption = None,
     tls_ca: TlsCaOption = None,
@@ -126,6 +144,6 @@ def chat(
             history.append(("user", line))
             typer.echo("model> ", nl=False)
             reply, _ = stream_reply(
-                stub, _input(max_tokens, temperature, messages=history), timeout
+                stub, _input(max_tokens, temperature, thinking, messages=history), timeout
             )
             history.append(("assistant", reply))

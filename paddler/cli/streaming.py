@@ -16,7 +16,8 @@ def stream_reply(
     generation: generation_pb2.GenerationInput,
     timeout_s: float,
 ) -> tuple[str, generation_pb2.GenerationSummary]:
-    """Print the pieces as they come; return the whole text and the summary."""
+    """Print the pieces as they come (the reasoning, if any, to stderr); return the whole text
+    and the summary."""
     request = inference_pb2.InferenceServiceGenerateRequest(input=generation)
     pieces: list[str] = []
     summary = generation_pb2.GenerationSummary()
@@ -26,7 +27,10 @@ def stream_reply(
                 pieces.append(response.text)
                 sys.stdout.write(response.text)
                 sys.stdout.flush()
-            else:
+            elif response.HasField("reasoning"):
+                sys.stderr.write(response.reasoning)
+                sys.stderr.flush()
+            elif response.HasField("summary"):
                 summary = response.summary
     sys.stdout.write("\n")
     return "".join(pieces), summary
@@ -36,7 +40,9 @@ def describe(summary: generation_pb2.GenerationSummary) -> str:
     """One line about how the reply was served."""
     reason = generation_pb2.FinishReason.Name(summary.finish_reason).removeprefix("FINISH_REASON_")
     ttft_ms = summary.time_to_first_token.ToNanoseconds() / 1e6
+    reasoning = summary.usage.reasoning_tokens
+    thought = f" ({reasoning} reasoning)" if reasoning else ""
     return (
-        f"[{summary.agent_name} · {summary.model} · {summary.usage.completion_tokens} tokens · "
-        f"first token {ttft_ms:.0f} ms · {reason.lower()}]"
+        f"[{summary.agent_name} · {summary.model} · {summary.usage.completion_tokens} tokens"
+        f"{thought} · first token {ttft_ms:.0f} ms · {reason.lower()}]"
     )

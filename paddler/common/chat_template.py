@@ -81,12 +81,13 @@ class ChatTemplate:
         self,
         messages: Sequence[Mapping[str, object]],
         tools: Sequence[Mapping[str, object]] | None = None,
+        options: Mapping[str, object] | None = None,
     ) -> str:
         """Render messages (``role``, ``content`` and what else the template reads) and the
         ``tools`` (OpenAI's shape, for a template with a tool syntax) with the generation prompt
-        added; a template's own error, or one that runs past its render timeout or
-        ``MAX_RENDERED_CHARS`` (in all, or in one padding, format width, repetition, join...),
-        rejects the request.
+        added and ``options`` as further variables (``enable_thinking``...); a template's own
+        error, or one that runs past its render timeout or ``MAX_RENDERED_CHARS`` (in all, or in
+        one padding, format width, repetition, join...), rejects the request.
 
         Blocking, and traced line by line against the deadline: call it from a worker thread.
         """
@@ -96,6 +97,7 @@ class ChatTemplate:
             add_generation_prompt=True,
             bos_token=self._bos_token,
             eos_token=self._eos_token,
+            **(options or {}),
         )
         try:
             with render_allowance():

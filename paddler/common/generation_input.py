@@ -64,6 +64,10 @@ class SamplingSettings:
                 )
 
 
+# What templates read as `reasoning_effort` (OpenAI's values).
+REASONING_EFFORTS = ("minimal", "low", "medium", "high")
+
+
 def check_generation_input(generation: generation_pb2.GenerationInput) -> str | None:
     """Raise InvalidArgumentError for anything wrong that needs no model to see; return the
     compiled grammar (None without one)."""
@@ -78,6 +82,7 @@ def check_generation_input(generation: generation_pb2.GenerationInput) -> str | 
         _check_conversation(generation.conversation.messages)
         check_tools(generation.conversation)
     _check_stop(generation.stop)
+    _check_reasoning(generation)
     if generation.HasField("max_tokens") and generation.max_tokens < 1:
         raise InvalidArgumentError(
             "input.max_tokens",
@@ -118,6 +123,32 @@ def _check_conversation(messages: Sequence[generation_pb2.ChatMessage]) -> None:
             )
     size = sum(len(message.content.encode()) for message in messages)
     _check_size(field, size, "the message contents together are")
+
+
+def _check_reasoning(generation: generation_pb2.GenerationInput) -> None:
+    if generation.reasoning_format not in generation_pb2.ReasoningFormat.values():
+        raise InvalidArgumentError(
+            "input.reasoning_format",
+            f"unknown value {generation.reasoning_format}; use UNSPECIFIED (auto), NONE or "
+            "THINK_TAGS",
+        )
+    effort = generation.reasoning_effort
+    if effort and effort not in REASONING_EFFORTS:
+        raise InvalidArgumentError(
+            "input.reasoning_effort",
+            f"unknown effort {effort[:40]!r}; use one of {', '.join(REASONING_EFFORTS)}",
+        )
+    if generation.WhichOneof("source") == "prompt":
+        for name, given in (
+            ("enable_thinking", generation.HasField("enable_thinking")),
+            ("reasoning_effort", bool(effort)),
+        ):
+            if given:
+                raise InvalidArgumentError(
+                    f"input.{name}",
+                    "only a conversation's chat template reads it; a raw prompt is generated "
+                    "from as it is (write the template's thinking switch into the prompt)",
+                )
 
 
 def _check_stop(stop: Sequence[str]) -> None:

@@ -27,7 +27,13 @@ from paddler.common.guards import Guard
 from paddler.common.http_guard import BearerGuardMiddleware
 from paddler.common.off_loop import checked_off_loop
 from paddler.common.request_context import CallContextMiddleware, bind_request
-from paddler.openai_api import chat_completions, completions, embeddings, responses
+from paddler.openai_api import (
+    chat_completions,
+    completions,
+    embeddings,
+    response_stream,
+    responses,
+)
 from paddler.openai_api.chat_protocol import ChatCompletionRequest
 from paddler.openai_api.completion_protocol import CompletionRequest
 from paddler.openai_api.errors import (
@@ -235,7 +241,7 @@ def create_app(
             collected = await _unless_disconnected(request, _collect(events))
             return JSONResponse(responses.whole(body, request_id, collected))
         first = await _unless_disconnected(request, anext(events))
-        return _sse(responses.stream(body, request_id, _prepend(first, events)), request_id)
+        return _sse(response_stream.stream(body, request_id, _prepend(first, events)), request_id)
 
     @app.post("/v1/embeddings", responses=ERROR_RESPONSES)
     async def create_embeddings(

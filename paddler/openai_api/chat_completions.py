@@ -26,7 +26,9 @@ def completion(
         "choices": [
             {
                 "index": index,
-                "message": _message(gathered.texts[index], gathered.tool_calls[index]),
+                "message": _message(
+                    gathered.texts[index], gathered.reasonings[index], gathered.tool_calls[index]
+                ),
                 "finish_reason": finish_reason(gathered.summaries[index]),
                 "logprobs": None,
                 "paddler": served_by(gathered.summaries[index]),
@@ -37,14 +39,13 @@ def completion(
     }
 
 
-def _message(text: str, calls: list[generation_pb2.ToolCall]) -> dict[str, object]:
-    if not calls:
-        return {"role": "assistant", "content": text}
-    return {
-        "role": "assistant",
-        "content": text or None,
-        "tool_calls": [_call(call) for call in calls],
-    }
+def _message(text: str, reasoning: str, calls: list[generation_pb2.ToolCall]) -> dict[str, object]:
+    message: dict[str, object] = {"role": "assistant", "content": text or None if calls else text}
+    if reasoning:  # as llama-server, vLLM and DeepSeek's API name it
+        message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = [_call(call) for call in calls]
+    return message
 
 
 def _call(call: generation_pb2.ToolCall, index: int | None = None) -> dict[str, object]:
@@ -92,8 +93,10 @@ async def chunks(
             )
             continue
         if event.summary is None:
-            if event.text:
+            if event.text or event.reasoning:
                 delta = {"content": event.text}
+                if event.reasoning:
+                    delta = {"reasoning_content": event.reasoning}
                 choice = {"index": event.index, "delta": delta, "finish_reason": None}
                 yield _sse(chunk([choice], model))
             continue

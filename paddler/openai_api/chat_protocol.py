@@ -52,6 +52,21 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
 
+class ChatTemplateKwargs(BaseModel):
+    """``chat_template_kwargs`` (vLLM's and llama-server's extension): the variables we pass."""
+
+    model_config = ConfigDict(extra="forbid")
+    enable_thinking: bool | None = None
+
+
+# How a reply's reasoning is split (llama-server's ``reasoning_format``; "deepseek": <think>).
+REASONING_FORMATS = {
+    "auto": generation_pb2.REASONING_FORMAT_UNSPECIFIED,
+    "none": generation_pb2.REASONING_FORMAT_NONE,
+    "deepseek": generation_pb2.REASONING_FORMAT_THINK_TAGS,
+}
+
+
 class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
 
@@ -62,6 +77,10 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Mode | ChatNamedChoice | None = None
     # At most one call per reply is made either way.
     parallel_tool_calls: bool | None = None
+    # Passed to the chat template.
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    chat_template_kwargs: ChatTemplateKwargs | None = None
+    reasoning_format: Literal["auto", "none", "deepseek"] = "auto"
     # Fields that change generation and are not served yet: refused when set.
     top_logprobs: int | None = None
 
@@ -77,7 +96,14 @@ class ChatCompletionRequest(SamplingFields):
             conversation.tool_choice.CopyFrom(choice(None, self.tool_choice.function.name))
         elif self.tool_choice is not None:
             conversation.tool_choice.CopyFrom(choice(self.tool_choice, None))
-        generation = generation_pb2.GenerationInput(conversation=conversation)
+        generation = generation_pb2.GenerationInput(
+            conversation=conversation,
+            reasoning_effort=self.reasoning_effort or "",
+            reasoning_format=REASONING_FORMATS[self.reasoning_format],
+        )
+        thinking = self.chat_template_kwargs.enable_thinking if self.chat_template_kwargs else None
+        if thinking is not None:
+            generation.enable_thinking = thinking
         output = self.response_format.grammar() if self.response_format else None
         refuse_beside_tools(
             self.tools,

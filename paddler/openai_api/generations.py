@@ -18,10 +18,11 @@ BACKLOG_PER_CHOICE = 64
 
 @dataclass(frozen=True)
 class Event:
-    """A piece of text, a tool call or the summary of choice ``index``."""
+    """A piece of text or reasoning, a tool call or the summary of choice ``index``."""
 
     index: int
     text: str = ""
+    reasoning: str = ""
     summary: generation_pb2.GenerationSummary | None = None
     tool_call: generation_pb2.ToolCall | None = None
 
@@ -42,6 +43,8 @@ async def _choice(
             yield Event(index, summary=response.summary)
         elif kind == "tool_call":
             yield Event(index, tool_call=response.tool_call)
+        elif kind == "reasoning":
+            yield Event(index, reasoning=response.reasoning)
         else:
             yield Event(index, text=response.text)
 
@@ -106,9 +109,11 @@ async def generate(
 
 @dataclass(frozen=True)
 class Choices:
-    """Every choice of a finished request: its text, tool calls and summary, in choice order."""
+    """Every choice of a finished request: its text, reasoning, tool calls and summary, in
+    choice order."""
 
     texts: list[str]
+    reasonings: list[str]
     tool_calls: list[list[generation_pb2.ToolCall]]
     summaries: list[generation_pb2.GenerationSummary]
     model: str
@@ -117,13 +122,15 @@ class Choices:
 def gather_choices(events: list[Event], count: int, model: str) -> Choices:
     """The ``count`` choices the events make up; ``model`` as the summaries name it."""
     texts = [""] * count
+    reasonings = [""] * count
     calls: list[list[generation_pb2.ToolCall]] = [[] for _ in range(count)]
     summaries: dict[int, generation_pb2.GenerationSummary] = {}
     for event in events:
         texts[event.index] += event.text
+        reasonings[event.index] += event.reasoning
         if event.tool_call is not None:
             calls[event.index].append(event.tool_call)
         if event.summary is not None:
             summaries[event.index] = event.summary
             model = event.summary.model or model
-    return Choices(texts, calls, [summaries[index] for index in range(count)], model)
+    return Choices(texts, reasonings, calls, [summaries[index] for index in range(count)], model)

@@ -1,11 +1,9 @@
-"""``POST /v1/responses``: one ``response`` object, or the Responses API's event stream
-(``response.created`` ... ``response.output_text.delta`` ... ``response.completed``)."""
+"""``POST /v1/responses``: the ``response`` object, whole or as it grows (the event stream is
+``response_stream``)."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
 
 from paddler.openai_api.generations import Event
 from paddler.openai_api.responses_protocol import ResponseRequest
@@ -21,10 +19,17 @@ class ResponseBuilder:
         self.request = request
         self.id = f"resp_{request_id}"
         self.message_id = f"msg_{request_id}"
+        self.reasoning_id = f"rs_{request_id}"
         self.created_at = int(time.time())
         self.model = request.model
         self.text = ""
+        self.reasoning = ""
         self.calls: list[generation_pb2.ToolCall] = []
+
+    @property
+    def message_index(self) -> int:
+        """The message's output index: after the reasoning item, if there is one."""
+        return 1 if self.reasoning else 0
 
     @property
     def has_message(self) -> bool:
@@ -43,9 +48,21 @@ class ResponseBuilder:
         }
 
     def output(self) -> list[dict[str, object]]:
-        """The finished output items: the message (if any), then the calls."""
-        items = [self.message("completed")] if self.has_message else []
+        """The finished output items: the reasoning (if any), the message (if any), the calls."""
+        items = [self.reasoning_item("completed")] if self.reasoning else []
+        items += [self.message("completed")] if self.has_message else []
         return items + [self.call_item(call, "completed") for call in self.calls]
+
+    def reasoning_item(self, status: str) -> dict[str, object]:
+        """The reasoning output item: the model's reasoning as text, no summary."""
+        content = [{"type": "reasoning_text", "text": self.reasoning}]
+        return {
+            "type": "reasoning",
+            "id": self.reasoning_id,
+            "status": status,
+            "summary": [],
+            "content": content if status == "completed" else [],
+        }
 
     def message(self, status: str) -> dict[str, object]:
         """The assistant message item."""
@@ -96,7 +113,7 @@ class ResponseBuilder:
                 "input_tokens": usage.prompt_tokens,
                 "input_tokens_details": {"cached_tokens": usage.cached_tokens},
                 "output_tokens": usage.completion_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
                 "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             },
         )
@@ -109,58 +126,11 @@ def whole(request: ResponseRequest, request_id: str, events: list[Event]) -> dic
     summary = None
     for event in events:
         builder.text += event.text
+        builder.reasoning += event.reasoning
         if event.tool_call is not None:
             builder.calls.append(event.tool_call)
         summary = event.summary or summary
     return builder.response(summary)
-
-
-async def stream(
-    request: ResponseRequest, request_id: str, events: AsyncIterator[Event]
-) -> AsyncIterator[str]:
-    """The event stream, each event with its type and sequence number."""
-    builder = ResponseBuilder(request, request_id)
-    numbers = iter(range(1 << 62))
-    where = {"item_id": builder.message_id, "output_index": 0, "content_index": 0}
-
-    def sse(kind: str, **fields: object) -> str:
-        payload = {"type": kind, "sequence_number": next(numbers), **fields}
-        return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
-
-    def opened() -> Iterator[str]:
-        yield sse("response.output_item.added", output_index=0, item=builder.message("in_progress"))
-        empty = {"type": "output_text", "text": "", "annotations": []}
-        yield sse("response.content_part.added", **where, part=empty)
-
-    yield sse("response.created", response=builder.response(None))
-    yield sse("response.in_progress", response=builder.response(None))
-    summary = None
-    # The message is announced with its first text: a reply that is a tool call has none.
-    message_open = False
-    async for event in events:
-        if event.text:
-            if not message_open:
-                message_open = True
-                for line in opened():
-                    yield line
-            builder.text += event.text
-            yield sse("response.output_text.delta", **where, delta=event.text, logprobs=[])
-        if event.tool_call is not None:
-            builder.calls.append(event.tool_call)
-            for line in _call_events(builder, event.tool_call, sse):
-                yield line
-        summary = event.summary or summary
-    finished = builder.response(summary)
-    if builder.has_message:
-        if not message_open:
-            for line in opened():
-                yield line
-        yield sse("response.output_text.done", **where, text=builder.text, logprobs=[])
-        part = {"type": "output_text", "text": builder.text, "annotations": []}
-        yield sse("response.content_part.done", **where, part=part)
-        yield sse("response.output_item.done", output_index=0, item=builder.message("completed"))
-    final = "response.incomplete" if finished["status"] == "incomplete" else "response.completed"
-    yield sse(final, response=finished)
 
 
 def _format_of(request: ResponseRequest) -> dict[str, object]:
@@ -168,27 +138,6 @@ def _format_of(request: ResponseRequest) -> dict[str, object]:
     if request.text is None or request.text.format is None:
         return {"type": "text"}
     return request.text.format.model_dump(by_alias=True, exclude_none=True)
-
-
-def _call_events(
-    builder: ResponseBuilder, call: generation_pb2.ToolCall, sse: Callable[..., str]
-) -> Iterator[str]:
-    """A whole call's events: the item added, its arguments in one delta, done."""
-    index = len(builder.calls) - 1 + (1 if builder.text else 0)
-    item_id = builder.call_item(call, "completed")["id"]
-    where = {"item_id": item_id, "output_index": index}
-    yield sse(
-        "response.output_item.added",
-        output_index=index,
-        item=builder.call_item(call, "in_progress"),
-    )
-    yield sse("response.function_call_arguments.delta", **where, delta=call.arguments)
-    yield sse(
-        "response.function_call_arguments.done", **where, name=call.name, arguments=call.arguments
-    )
-    yield sse(
-        "response.output_item.done", output_index=index, item=builder.call_item(call, "completed")
-    )
 
 
 def _tool_choice_of(request: ResponseRequest) -> object:

@@ -3,7 +3,7 @@ becomes our ``GenerationInput``."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,6 +67,14 @@ class FunctionCallOutputItem(BaseModel):
 InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
 
 
+class ReasoningOptions(BaseModel):
+    """``reasoning``: the effort goes to the chat template; summaries are not made."""
+
+    model_config = ConfigDict(extra="forbid")
+    effort: Literal["minimal", "low", "medium", "high"] | None = None
+    summary: str | None = None
+
+
 class ResponseRequest(BaseModel):
     """``POST /v1/responses``."""
 
@@ -92,14 +100,14 @@ class ResponseRequest(BaseModel):
     previous_response_id: str | None = None
     text: TextOptions | None = None
     top_logprobs: int | None = None
-    reasoning: dict[str, Any] | None = None
+    reasoning: ReasoningOptions | None = None
 
     def generation_input(self) -> generation_pb2.GenerationInput:
         """Our GenerationInput; refuses what we do not serve yet."""
         SamplingFields.refuse_unsupported(
             ("previous_response_id", self.previous_response_id),
             ("top_logprobs", self.top_logprobs),
-            ("reasoning", self.reasoning),
+            ("reasoning.summary", self.reasoning.summary if self.reasoning else None),
         )
         messages = []
         if self.instructions:
@@ -117,6 +125,8 @@ class ResponseRequest(BaseModel):
         elif self.tool_choice is not None:
             conversation.tool_choice.CopyFrom(choice(self.tool_choice, None))
         generation = generation_pb2.GenerationInput(conversation=conversation)
+        if self.reasoning is not None and self.reasoning.effort is not None:
+            generation.reasoning_effort = self.reasoning.effort
         if self.max_output_tokens is not None:
             generation.max_tokens = self.max_output_tokens
         for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):

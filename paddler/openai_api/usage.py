@@ -43,4 +43,7 @@ def usage(
         "prompt_tokens_details": {
             "cached_tokens": sum(summary.usage.cached_tokens for summary in prompts)
         },
+        "completion_tokens_details": {
+            "reasoning_tokens": sum(summary.usage.reasoning_tokens for summary in summaries)
+        },
     }

@@ -12,14 +12,13 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Collection
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, Field
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.generation_relay import GenerationRelay
@@ -30,34 +29,17 @@ from paddler.balancer.state_store import StateStore
 from paddler.common.concurrency_limit import ConcurrencyLimit, LimitReachedError
 from paddler.common.context_sources import context_source_label
 from paddler.common.errors import InvalidArgumentError, PaddlerError
-from paddler.common.generation_input import check_generation_input
 from paddler.common.guards import Guard
 from paddler.common.request_context import bind_request
-from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
+from paddler.v1 import desired_state_pb2
 from paddler.web.admin_session import AdminSessionMiddleware, AdminSessions, add_sign_in
 from paddler.web.app import API
 from paddler.web.pages import STATIC, error_response, page
+from paddler.web.playground import PlaygroundRequest, generation_input, reply_events
 from paddler.web.request_checks import RequestChecksMiddleware, allowed_host_names
 
 # How often the live view refreshes when nothing changes (throughput moves on its own).
 TICK_S = 1.0
-
-
-class PanelMessage(BaseModel):
-    """One turn of the playground's conversation."""
-
-    role: str
-    content: str
-
-
-class PlaygroundRequest(BaseModel):
-    """What the playground sends: a conversation and its sampling."""
-
-    messages: Annotated[list[PanelMessage], Field(min_length=1)]
-    max_tokens: Annotated[int | None, Field(ge=1, le=2**31 - 1)] = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None
 
 
 def add_panel(
@@ -163,13 +145,13 @@ def add_panel(
         request the checks refuse gets a 400 naming the field."""
         try:
             with metrics.refusals(API, "generate"):
-                generation = _generation_input(body)
+                generation = generation_input(body)
         except InvalidArgumentError as error:
             return _refused(error.violations[0].field, error.message)
         request_id = uuid.uuid4().hex
         bind_request(request_id=request_id, streamed=True)
         return StreamingResponse(
-            _reply(relay, generation, request_id), media_type="text/event-stream"
+            reply_events(relay, generation, request_id), media_type="text/event-stream"
         )
 
 
@@ -246,51 +228,3 @@ async def _snapshots(
     finally:
         stop_listening()
         held.__exit__(None, None, None)
-
-
-async def _reply(
-    relay: GenerationRelay, generation: generation_pb2.GenerationInput, request_id: str
-) -> AsyncIterator[str]:
-    def event(payload: dict[str, Any]) -> str:
-        return f"data: {json.dumps(payload)}\n\n"
-
-    try:
-        forwarded = agent_pb2.GenerateRequest(request_id=request_id, input=generation)
-        async for chunk in relay.stream(forwarded, None, API):
-            response = agent_pb2.GenerateResponse.FromString(chunk)
-            if response.HasField("summary"):
-                summary = response.summary
-                yield event(
-                    {
-                        "summary": {
-                            "agent": summary.agent_name,
-                            "model": summary.model,
-                            "completion_tokens": summary.usage.completion_tokens,
-                            "time_to_first_token_ms": round(
-                                summary.time_to_first_token.ToNanoseconds() / 1e6, 1
-                            ),
-                        }
-                    }
-                )
-            elif response.text:
-                yield event({"text": response.text})
-    except PaddlerError as error:
-        yield event({"error": {"code": error.code.name, "message": error.message}})
-
-
-def _generation_input(body: PlaygroundRequest) -> generation_pb2.GenerationInput:
-    generation = generation_pb2.GenerationInput(
-        conversation=generation_pb2.Conversation(
-            messages=[
-                generation_pb2.ChatMessage(role=m.role, content=m.content) for m in body.messages
-            ]
-        )
-    )
-    if body.max_tokens is not None:
-        generation.max_tokens = body.max_tokens
-    for name in ("temperature", "top_p", "top_k"):
-        value = getattr(body, name)
-        if value is not None:
-            setattr(generation.sampling, name, value)
-    check_generation_input(generation)
-    return generation

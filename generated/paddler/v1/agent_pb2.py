@@ -27,7 +27,7 @@ from paddler.v1 import generation_pb2 as paddler_dot_v1_dot_generation__pb2
 from paddler.v1 import status_pb2 as paddler_dot_v1_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16paddler/v1/agent.proto\x12\npaddler.v1\x1a\x1apaddler/v1/embedding.proto\x1a\x1bpaddler/v1/generation.proto\x1a\x17paddler/v1/status.proto\"b\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x05input\x18\x02 \x01(\x0b\x32\x1a.paddler.v1.EmbeddingInput\x12\x13\n\x0b\x66irst_index\x18\x03 \x01(\x05\"<\n\rEmbedResponse\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.paddler.v1.EmbeddingResult\"}\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05input\x18\x02 \x01(\x0b\x32\x1b.paddler.v1.GenerationInput\x12*\n\nresumption\x18\x03 \x01(\x0b\x32\x16.paddler.v1.Resumption\"4\n\nResumption\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x16\n\x0e\x64\x65livered_text\x18\x02 \x01(\t\"\x98\x01\n\x10GenerateResponse\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x30\n\x07summary\x18\x02 \x01(\x0b\x32\x1d.paddler.v1.GenerationSummaryH\x00\x12)\n\ttool_call\x18\x03 \x01(\x0b\x32\x14.paddler.v1.ToolCallH\x00\x12\x0e\n\x06tokens\x18\x04 \x03(\x05\x42\x07\n\x05\x65vent\"\x12\n\x10GetStatusRequest\"<\n\x11GetStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.paddler.v1.AgentStatus2\xdf\x01\n\x0c\x41gentService\x12G\n\x08Generate\x12\x1b.paddler.v1.GenerateRequest\x1a\x1c.paddler.v1.GenerateResponse0\x01\x12H\n\tGetStatus\x12\x1c.paddler.v1.GetStatusRequest\x1a\x1d.paddler.v1.GetStatusResponse\x12<\n\x05\x45mbed\x12\x18.paddler.v1.EmbedRequest\x1a\x19.paddler.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16paddler/v1/agent.proto\x12\npaddler.v1\x1a\x1apaddler/v1/embedding.proto\x1a\x1bpaddler/v1/generation.proto\x1a\x17paddler/v1/status.proto\"b\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x05input\x18\x02 \x01(\x0b\x32\x1a.paddler.v1.EmbeddingInput\x12\x13\n\x0b\x66irst_index\x18\x03 \x01(\x05\"<\n\rEmbedResponse\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.paddler.v1.EmbeddingResult\"}\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05input\x18\x02 \x01(\x0b\x32\x1b.paddler.v1.GenerationInput\x12*\n\nresumption\x18\x03 \x01(\x0b\x32\x16.paddler.v1.Resumption\"4\n\nResumption\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x16\n\x0e\x64\x65livered_text\x18\x02 \x01(\t\"\xad\x01\n\x10GenerateResponse\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x30\n\x07summary\x18\x02 \x01(\x0b\x32\x1d.paddler.v1.GenerationSummaryH\x00\x12)\n\ttool_call\x18\x03 \x01(\x0b\x32\x14.paddler.v1.ToolCallH\x00\x12\x13\n\treasoning\x18\x05 \x01(\tH\x00\x12\x0e\n\x06tokens\x18\x04 \x03(\x05\x42\x07\n\x05\x65vent\"\x12\n\x10GetStatusRequest\"<\n\x11GetStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.paddler.v1.AgentStatus2\xdf\x01\n\x0c\x41gentService\x12G\n\x08Generate\x12\x1b.paddler.v1.GenerateRequest\x1a\x1c.paddler.v1.GenerateResponse0\x01\x12H\n\tGetStatus\x12\x1c.paddler.v1.GetStatusRequest\x1a\x1d.paddler.v1.GetStatusResponse\x12<\n\x05\x45mbed\x12\x18.paddler.v1.EmbedRequest\x1a\x19.paddler.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,11 +43,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESUMPTION']._serialized_start=409
   _globals['_RESUMPTION']._serialized_end=461
   _globals['_GENERATERESPONSE']._serialized_start=464
-  _globals['_GENERATERESPONSE']._serialized_end=616
-  _globals['_GETSTATUSREQUEST']._serialized_start=618
-  _globals['_GETSTATUSREQUEST']._serialized_end=636
-  _globals['_GETSTATUSRESPONSE']._serialized_start=638
-  _globals['_GETSTATUSRESPONSE']._serialized_end=698
-  _globals['_AGENTSERVICE']._serialized_start=701
-  _globals['_AGENTSERVICE']._serialized_end=924
+  _globals['_GENERATERESPONSE']._serialized_end=637
+  _globals['_GETSTATUSREQUEST']._serialized_start=639
+  _globals['_GETSTATUSREQUEST']._serialized_end=657
+  _globals['_GETSTATUSRESPONSE']._serialized_start=659
+  _globals['_GETSTATUSRESPONSE']._serialized_end=719
+  _globals['_AGENTSERVICE']._serialized_start=722
+  _globals['_AGENTSERVICE']._serialized_end=945
 # @@protoc_insertion_point(module_scope)

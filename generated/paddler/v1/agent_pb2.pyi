@@ -140,9 +140,14 @@ class GenerateResponse(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     TOOL_CALL_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The next piece of generated text (whole UTF-8 characters)."""
+    reasoning: _builtins.str
+    """The next piece of the model's reasoning (whole UTF-8 characters, tags removed): sent
+    before the reply's text (see GenerationInput.reasoning_format).
+    """
     @_builtins.property
     def summary(self) -> _generation_pb2.GenerationSummary:
         """Sent once, last."""
@@ -153,8 +158,8 @@ class GenerateResponse(_message.Message):
 
     @_builtins.property
     def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """With text: the tokens generated since the previous message (what a balancer resumes from
-        if this agent fails).
+        """With text or reasoning: the tokens generated since the previous message (what a balancer
+        resumes from if this agent fails).
         """
 
     def __init__(
@@ -163,13 +168,14 @@ class GenerateResponse(_message.Message):
         text: _builtins.str = ...,
         summary: _generation_pb2.GenerationSummary | None = ...,
         tool_call: _generation_pb2.ToolCall | None = ...,
+        reasoning: _builtins.str = ...,
         tokens: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "reasoning", b"reasoning", "summary", b"summary", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "summary", b"summary", "text", b"text", "tokens", b"tokens", "tool_call", b"tool_call"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "reasoning", b"reasoning", "summary", b"summary", "text", b"text", "tokens", b"tokens", "tool_call", b"tool_call"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text", "summary", "tool_call"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text", "summary", "tool_call", "reasoning"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -48,6 +48,38 @@ TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode.ValueType  # 3
 """The reply is one call."""
 Global___ToolChoiceMode: _TypeAlias = ToolChoiceMode  # noqa: Y015
 
+class _ReasoningFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReasoningFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasoningFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REASONING_FORMAT_UNSPECIFIED: _ReasoningFormat.ValueType  # 0
+    """AUTO: conversations are split when the chat template writes `<think>` tags; raw prompts
+    are not split.
+    """
+    REASONING_FORMAT_NONE: _ReasoningFormat.ValueType  # 1
+    """Nothing is split: every piece is text, tags and all."""
+    REASONING_FORMAT_THINK_TAGS: _ReasoningFormat.ValueType  # 2
+    """Text between `<think>` and `</think>` at the start of the reply (or from the start, where
+    the prompt ends with `<think>`) is reasoning, for prompts and conversations alike.
+    """
+
+class ReasoningFormat(_ReasoningFormat, metaclass=_ReasoningFormatEnumTypeWrapper):
+    """How generated text is split into reasoning and reply text."""
+
+REASONING_FORMAT_UNSPECIFIED: ReasoningFormat.ValueType  # 0
+"""AUTO: conversations are split when the chat template writes `<think>` tags; raw prompts
+are not split.
+"""
+REASONING_FORMAT_NONE: ReasoningFormat.ValueType  # 1
+"""Nothing is split: every piece is text, tags and all."""
+REASONING_FORMAT_THINK_TAGS: ReasoningFormat.ValueType  # 2
+"""Text between `<think>` and `</think>` at the start of the reply (or from the start, where
+the prompt ends with `<think>`) is reasoning, for prompts and conversations alike.
+"""
+Global___ReasoningFormat: _TypeAlias = ReasoningFormat  # noqa: Y015
+
 class _FinishReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -355,10 +387,23 @@ class GenerationInput(_message.Message):
     SAMPLING_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
     GRAMMAR_FIELD_NUMBER: _builtins.int
+    ENABLE_THINKING_FIELD_NUMBER: _builtins.int
+    REASONING_EFFORT_FIELD_NUMBER: _builtins.int
+    REASONING_FORMAT_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Raw text, tokenized as is (special tokens parsed)."""
     max_tokens: _builtins.int
     """Upper bound on generated tokens, >= 1; unset generates until the slot's context is full."""
+    enable_thinking: _builtins.bool
+    """Passed to the chat template as `enable_thinking` (reasoning models such as Qwen 3 read it;
+    off, their template closes the reasoning before the reply starts); unset: not passed.
+    """
+    reasoning_effort: _builtins.str
+    """Passed to the chat template as `reasoning_effort`: "minimal", "low", "medium" or "high";
+    empty: not passed.
+    """
+    reasoning_format: Global___ReasoningFormat.ValueType
+    """Whether the reply's reasoning is split from its text (see ReasoningFormat)."""
     @_builtins.property
     def conversation(self) -> Global___Conversation:
         """Rendered with the model's chat template, generation prompt added."""
@@ -371,7 +416,9 @@ class GenerationInput(_message.Message):
 
     @_builtins.property
     def grammar(self) -> Global___Grammar:
-        """Constrains the reply; unset generates freely."""
+        """Constrains the reply; unset generates freely. A GBNF grammar covers the whole generated
+        text, reasoning included.
+        """
 
     def __init__(
         self,
@@ -382,15 +429,22 @@ class GenerationInput(_message.Message):
         sampling: Global___SamplingParameters | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
         grammar: Global___Grammar | None = ...,
+        enable_thinking: _builtins.bool | None = ...,
+        reasoning_effort: _builtins.str = ...,
+        reasoning_format: Global___ReasoningFormat.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "conversation", b"conversation", "grammar", b"grammar", "max_tokens", b"max_tokens", "prompt", b"prompt", "sampling", b"sampling", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enable_thinking", b"_enable_thinking", "_max_tokens", b"_max_tokens", "conversation", b"conversation", "enable_thinking", b"enable_thinking", "grammar", b"grammar", "max_tokens", b"max_tokens", "prompt", b"prompt", "sampling", b"sampling", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "conversation", b"conversation", "grammar", b"grammar", "max_tokens", b"max_tokens", "prompt", b"prompt", "sampling", b"sampling", "source", b"source", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enable_thinking", b"_enable_thinking", "_max_tokens", b"_max_tokens", "conversation", b"conversation", "enable_thinking", b"enable_thinking", "grammar", b"grammar", "max_tokens", b"max_tokens", "prompt", b"prompt", "reasoning_effort", b"reasoning_effort", "reasoning_format", b"reasoning_format", "sampling", b"sampling", "source", b"source", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enable_thinking: _TypeAlias = _typing.Literal["enable_thinking"]  # noqa: Y015
+    _WhichOneofArgType__enable_thinking: _TypeAlias = _typing.Literal["_enable_thinking", b"_enable_thinking"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["prompt", "conversation"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enable_thinking) -> _WhichOneofReturnType__enable_thinking | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
     @_typing.overload
@@ -407,20 +461,24 @@ class Usage(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
     cached_tokens: _builtins.int
     """Prompt tokens served from the slot's cache instead of being prefilled."""
+    reasoning_tokens: _builtins.int
+    """Of completion_tokens, those sent as reasoning."""
     def __init__(
         self,
         *,
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
         cached_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -237,6 +237,28 @@ function addTurn(role, text) {
   return turn;
 }
 
+// An assistant turn: the reasoning (folded away once the reply's text begins), then the text.
+function assistantTurn() {
+  const turn = addTurn("assistant", "");
+  const reasoning = document.createElement("details");
+  reasoning.className = "reasoning";
+  reasoning.open = true;
+  reasoning.hidden = true;
+  const label = document.createElement("summary");
+  label.textContent = "Reasoning";
+  const thought = document.createElement("div");
+  reasoning.append(label, thought);
+  const text = document.createElement("span");
+  text.className = "text";
+  turn.append(reasoning, text);
+  return {
+    turn,
+    text,
+    think(piece) { reasoning.hidden = false; thought.textContent += piece; },
+    say(piece) { reasoning.open = false; text.textContent += piece; },
+  };
+}
+
 async function send(event) {
   event.preventDefault();
   const prompt = $("prompt").value.trim();
@@ -244,8 +266,9 @@ async function send(event) {
   turns.push({ role: "user", content: prompt });
   const asked = addTurn("user", prompt);
   $("prompt").value = "";
-  const reply = addTurn("assistant", "");
+  const reply = assistantTurn();
   const summary = $("summary");
+  const thinking = $("thinking").value;
   summary.className = "";
   summary.textContent = "…";
   const response = await api("/api/generate", {
@@ -256,6 +279,7 @@ async function send(event) {
       max_tokens: Number($("max-tokens").value),
       temperature: Number($("temperature").value),
       top_p: Number($("top-p").value),
+      thinking: thinking === "" ? null : thinking === "on",
     }),
   });
   if (!response.ok) {
@@ -264,7 +288,7 @@ async function send(event) {
     summary.textContent = body.error ? body.error.message : `Refused (${response.status}).`;
     turns.pop();  // the refused question does not stay in the conversation
     asked.remove();
-    reply.remove();
+    reply.turn.remove();
     return;
   }
   const reader = response.body.getReader();
@@ -278,24 +302,26 @@ async function send(event) {
     pending = events.pop();
     for (const raw of events) {
       const data = JSON.parse(raw.replace(/^data: /, ""));
-      if (data.text) reply.textContent += data.text;
+      if (data.reasoning) reply.think(data.reasoning);
+      if (data.text) reply.say(data.text);
       if (data.error) {
         summary.className = "error";
         summary.textContent = `${data.error.code}: ${data.error.message}`;
         turns.pop();  // the refused question does not stay in the conversation
         asked.remove();
-        reply.remove();
+        reply.turn.remove();
         return;
       }
       if (data.summary) {
         const s = data.summary;
         summary.className = "ok";
+        const thought = s.reasoning_tokens ? ` (${s.reasoning_tokens} reasoning)` : "";
         summary.textContent =
-          `${s.agent} · ${s.model} · ${s.completion_tokens} tokens · first token ${s.time_to_first_token_ms} ms`;
+          `${s.agent} · ${s.model} · ${s.completion_tokens} tokens${thought} · first token ${s.time_to_first_token_ms} ms`;
       }
     }
   }
-  turns.push({ role: "assistant", content: reply.textContent });
+  turns.push({ role: "assistant", content: reply.text.textContent });
 }
 
 async function showSession() {

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import grpc
 
-from paddler.v1 import inference_pb2
-from tests.client import COUNTING_PROMPT, generate, prompt_request
+from paddler.v1 import generation_pb2, inference_pb2
+from tests.client import COUNTING_PROMPT, error_reason, generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
 from tests.openai_clients import client_of
 
@@ -118,3 +118,48 @@ def test_a_call_that_goes_silent_is_cut_and_resumed_elsewhere() -> None:
     assert "".join(texts) == unbroken.text
     assert cut["agent"] == hung
     assert list(rest[-1].summary.migrated_from) == [hung]
+
+
+def _split(prompt: str, max_tokens: int) -> inference_pb2.InferenceServiceGenerateRequest:
+    """A counting request whose reply is split into reasoning and text (<think> tags)."""
+    request = to_inference(prompt_request(prompt, max_tokens=max_tokens))
+    request.input.reasoning_format = generation_pb2.REASONING_FORMAT_THINK_TAGS
+    return request
+
+
+def test_a_split_stream_that_sent_only_text_resumes_as_text() -> None:
+    with cluster(("first", 1), ("second", 1)) as c:
+        unbroken = generate(c.inference, _split(COUNTING_PROMPT, 60))
+        stream = c.inference.Generate(_split(COUNTING_PROMPT, 60), timeout=300)
+        texts = _read(stream, PIECES_BEFORE_FAILURE)
+        doomed = _serving(c)
+        c.agents[doomed].kill()
+        rest = list(stream)
+    assert all(response.WhichOneof("event") in ("text", "summary") for response in rest)
+    assert "".join(texts + [response.text for response in rest[:-1]]) == unbroken.text
+    assert list(rest[-1].summary.migrated_from) == [doomed]
+
+
+def test_a_stream_that_sent_reasoning_fails_instead_of_resuming() -> None:
+    """The split of what was sent cannot be carried to another agent (as a tool call's
+    reader cannot): the stream fails with its cause, as with no other agent."""
+    with cluster(("first", 1), ("second", 1)) as c:
+        # The prompt opens the reasoning: everything the model counts on is reasoning.
+        stream = c.inference.Generate(_split(COUNTING_PROMPT + " <think>", 200), timeout=300)
+        sent = []
+        for response in stream:
+            sent.append(response.WhichOneof("event"))
+            if len(sent) == PIECES_BEFORE_FAILURE:
+                break
+        assert set(sent) == {"reasoning"}
+        doomed = _serving(c)
+        c.agents[doomed].kill()
+        try:
+            list(stream)
+        except grpc.RpcError as error:
+            assert isinstance(error, grpc.Call)
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_reason(error) == "AGENT_FAILED_MID_STREAM"
+            assert f"agent {doomed} failed mid-stream" in (error.details() or "")
+        else:
+            raise AssertionError("a stream that sent reasoning was resumed")

@@ -132,6 +132,17 @@ def test_thinking_on_opens_the_reasoning_in_the_prompt(thinking: Cluster) -> Non
     assert summary.usage.reasoning_tokens > 0
 
 
+def test_a_json_schema_holds_after_the_reasoning_not_over_it(thinking: Cluster) -> None:
+    """The prompt opens the reasoning and SmolLM2 never closes it in 16 tokens: under a schema
+    that held from the first token the reply would open with "{"; the reasoning is free."""
+    request = _request(None, max_tokens=16, enable_thinking=True)
+    request.input.grammar.json_schema = '{"type": "object"}'
+    events, summary = _events(thinking, request)
+    assert {kind for kind, _, _ in events} == {"reasoning"}
+    assert not _joined(events, "reasoning").startswith("{")
+    assert summary.finish_reason == generation_pb2.FINISH_REASON_MAX_TOKENS
+
+
 def test_openai_chat_returns_reasoning_content(thinking: Cluster) -> None:
     with client_of(thinking) as client:
         reply = client.chat.completions.create(

@@ -9,6 +9,7 @@ import structlog
 
 from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
+from paddler.agent.reasoning_grammar import after_reasoning
 from paddler.agent.reasoning_split import OPEN_TAG, ReasoningSplit, starts_in_reasoning
 from paddler.agent.tool_prompt import ToolPrompt, generic_prompt, hermes_prompt, uses_hermes_calls
 from paddler.agent.tool_reply import check_parameter_schemas
@@ -92,8 +93,13 @@ class JobFactory:
         trigger = None
         if prompt is not None and prompt.grammar is not None:  # the template's call syntax
             grammar, trigger = prompt.grammar, prompt.trigger
+        reasoning = self._reasoning(generation, text)
         constraint = None
         if grammar is not None:
+            # A schema (or the tools' reply) holds after the reasoning; a GBNF covers it all.
+            opened = starts_in_reasoning(text)
+            if reasoning is not None and trigger is None and opened is not False:
+                grammar = after_reasoning(grammar, in_reasoning=bool(opened))
             kind = generation.grammar.WhichOneof("kind")
             field = f"input.grammar.{kind}" if kind else "input.conversation.tools"
             constraint = self._model.grammars.constraint(grammar, field, trigger)
@@ -106,7 +112,7 @@ class JobFactory:
             stop=(*generation.stop, *(self._turn_end if conversation else ())),
             grammar=constraint,
             tool_reply=prompt.reader if prompt is not None else None,
-            reasoning=self._reasoning(generation, text),
+            reasoning=reasoning,
             prefixes=reported_links(prefix_chain(generation)),
         )
         if request.HasField("resumption"):

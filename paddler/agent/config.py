@@ -60,3 +60,5 @@ class AgentConfig:
     # GPU layers, split, flash attention, KV cache types, mmap/mlock, n_ubatch (flags; a
     # desired state's placement takes their place field by field).
     placement: PlacementSettings = field(default_factory=PlacementSettings)
+    # The multimodal projector of --model (images), until a desired state says otherwise.
+    mmproj: Path | None = None

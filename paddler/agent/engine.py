@@ -14,12 +14,14 @@ import structlog
 
 from paddler.agent.embedder import Embedder
 from paddler.agent.generation_job import Failed, Finished, GenerationJob
+from paddler.agent.image_feed import decode_images, whole_images
 from paddler.agent.llama_context import EngineConfig, new_context
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.metrics import AgentMetrics
 from paddler.agent.outbox import Outbox
 from paddler.agent.placement_report import AppliedPlacement
 from paddler.agent.prefix_reuse import Source, take_longest_prefix
+from paddler.agent.projector import Projector
 from paddler.agent.prompt_store import PromptStore
 from paddler.agent.sampling import SamplerChain
 from paddler.agent.slot import Slot, choose_slot, fill_batch, step_shape
@@ -36,12 +38,18 @@ class Engine:
     """Owns the context, the batch and the slots; the asyncio side only submits and cancels."""
 
     def __init__(
-        self, model: LlamaModel, config: EngineConfig, metrics: AgentMetrics | None = None
+        self,
+        model: LlamaModel,
+        config: EngineConfig,
+        metrics: AgentMetrics | None = None,
+        projector: Projector | None = None,
     ) -> None:
         # Every generating slot gets its token each step, however small n_batch was set.
         config = replace(config, batch_size=max(config.batch_size, config.slots))
         self.model = model
         self.config = config
+        # Reads the prompts' images, when the model has a projector; closed with the engine.
+        self.projector = projector
         self._context = new_context(model, config)
         self._memory = llama.llama_get_memory(self._context)
         # llama.cpp pads the context; the flag's size is the contract.
@@ -127,6 +135,8 @@ class Engine:
             slot.release()
         llama.llama_batch_free(self._batch)
         llama.llama_free(self._context)
+        if self.projector is not None:
+            self.projector.close()
         self.model.close()
 
     def _run(self) -> None:
@@ -172,6 +182,10 @@ class Engine:
     def _step(self) -> None:
         self._drop_cancelled()
         self._admit()
+        for slot, error in decode_images(
+            self.projector, self._context, self._slots, self.config.batch_size
+        ):
+            self._fail(slot, InternalError(f"the image could not be decoded: {error}"))
         fed = fill_batch(self._batch, self._slots, self.config.batch_size)
         if not fed:
             return
@@ -241,7 +255,7 @@ class Engine:
         shared, source = take_longest_prefix(
             self.prompt_store, self._context, slot, self._slots, prompt
         )
-        reused = min(shared, len(prompt) - 1)  # >= 1 to decode
+        reused = whole_images(job, min(shared, len(prompt) - 1))  # >= 1 to decode
         if not llama.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
             # Recurrent models cannot drop a tail: start the sequence over.
             llama.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)

@@ -15,6 +15,7 @@ from paddler.agent.llama_logging import recorded_llama_logs
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.metrics import AgentMetrics
 from paddler.agent.placement_report import read_placement
+from paddler.agent.projector import Projector
 from paddler.common.generation_input import SamplingSettings
 from paddler.v1 import desired_state_pb2
 
@@ -33,6 +34,8 @@ class EngineSettings:
     chat_template_timeout_s: float
     # Weights plus KV cache, as estimated before the build.
     memory_bytes: int = 0
+    # The multimodal projector's GGUF, if the model reads images.
+    mmproj: Path | None = None
 
 
 def build_engine(
@@ -42,10 +45,15 @@ def build_engine(
     loop)."""
     with recorded_llama_logs() as lines:
         model = LlamaModel(settings.model, settings.engine.placement)
+        projector = None
         try:
             model.grammars.prepare()
-            engine = Engine(model, settings.engine, metrics)
+            if settings.mmproj is not None:
+                projector = Projector(settings.mmproj, model, settings.engine.threads)
+            engine = Engine(model, settings.engine, metrics, projector)
         except BaseException:
+            if projector is not None:
+                projector.close()
             model.close()
             raise
     engine.placement = read_placement(lines)
@@ -86,4 +94,5 @@ def job_factory(engine: Engine, settings: EngineSettings) -> JobFactory:
         settings.sampling,
         settings.chat_template,
         settings.chat_template_timeout_s,
+        projector=engine.projector,
     )

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from paddler.agent.grammar_constraint import GrammarConstraint
+from paddler.agent.projector import ImageChunk
 from paddler.agent.reasoning_split import ReasoningSplit
 from paddler.agent.tool_reply import ReplyReader
 from paddler.common.errors import PaddlerError
@@ -49,6 +50,8 @@ class GenerationJob:
     tool_reply: ReplyReader | None = None
     # Set when the reply's reasoning is split from its text.
     reasoning: ReasoningSplit | None = None
+    # The prompt's images, by the index of their first placeholder in ``prompt_tokens``.
+    images: dict[int, ImageChunk] = field(default_factory=dict)
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     created_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False

@@ -9,6 +9,7 @@ import structlog
 
 from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
+from paddler.agent.projector import MediaPrompt, Projector
 from paddler.agent.reasoning_grammar import after_reasoning
 from paddler.agent.reasoning_split import OPEN_TAG, ReasoningSplit, starts_in_reasoning
 from paddler.agent.tool_prompt import ToolPrompt, generic_prompt, hermes_prompt, uses_hermes_calls
@@ -19,7 +20,7 @@ from paddler.common.chat_template import (
     DEFAULT_RENDER_TIMEOUT_S,
     ChatTemplate,
 )
-from paddler.common.errors import InvalidArgumentError
+from paddler.common.errors import ConfigurationError, InvalidArgumentError
 from paddler.common.generation_input import SamplingSettings, check_generation_input
 from paddler.common.prefix_chain import prefix_chain, reported_links
 from paddler.v1 import agent_pb2, generation_pb2
@@ -37,10 +38,13 @@ class JobFactory:
         sampling_defaults: SamplingSettings,
         chat_template: str | None,
         template_timeout_s: float = DEFAULT_RENDER_TIMEOUT_S,
+        *,
+        projector: Projector | None = None,
     ) -> None:
         """``chat_template`` overrides the GGUF's own template when given; a model with
         neither chats in ChatML, as llama-server does."""
         self._model = model
+        self._projector = projector
         self._context_per_slot = context_per_slot
         self._defaults = sampling_defaults
         source, self.template_name = chat_template, "override"
@@ -68,7 +72,8 @@ class JobFactory:
         if conversation:
             check_parameter_schemas(generation.conversation)
         prompt = self._prompt_of(generation.conversation) if conversation else None
-        text, tokens = self._prompt(generation, prompt)
+        text, media = self._prompt(generation, prompt)
+        tokens = media.tokens
         if not tokens:
             raise InvalidArgumentError(
                 "input", "the input renders to no tokens at all; send some text to continue"
@@ -113,6 +118,7 @@ class JobFactory:
             grammar=constraint,
             tool_reply=prompt.reader if prompt is not None else None,
             reasoning=reasoning,
+            images=media.images,
             prefixes=reported_links(prefix_chain(generation)),
         )
         if request.HasField("resumption"):
@@ -176,10 +182,10 @@ class JobFactory:
 
     def _prompt(
         self, generation: generation_pb2.GenerationInput, prompt: ToolPrompt | None
-    ) -> tuple[str, list[int]]:
-        """The prompt's text and tokens."""
+    ) -> tuple[str, MediaPrompt]:
+        """The prompt's text, and its tokens with its images (libmtmd's) if it has any."""
         if prompt is None:
-            return generation.prompt, self._model.tokenize(generation.prompt)
+            return generation.prompt, MediaPrompt(self._model.tokenize(generation.prompt))
         options: dict[str, object] = {}
         if generation.HasField("enable_thinking"):
             options["enable_thinking"] = generation.enable_thinking
@@ -188,4 +194,18 @@ class JobFactory:
         text = self._template.render(prompt.messages, prompt.tools, options)
         if self._model.add_bos and text.startswith(self._model.bos_text):
             text = text[len(self._model.bos_text) :]
-        return text, self._model.tokenize(text)
+        images = [
+            part.image
+            for message in generation.conversation.messages
+            for part in message.parts
+            if part.HasField("image")
+        ]
+        if not images:
+            return text, MediaPrompt(self._model.tokenize(text))
+        if self._projector is None:
+            raise ConfigurationError(
+                f"the request has images but model {self._model.name} has no projector here: "
+                "set the desired state's mmproj (paddler state set --mmproj SOURCE) or start "
+                "the agents with --mmproj"
+            )
+        return text, self._projector.tokenize(text, images)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import structlog
 
@@ -205,14 +206,17 @@ class ModelHost:
         """Resolve and check everything before the old engine is touched (blocking; a
         download stops with DownloadCancelledError once ``cancelled`` is set)."""
         config, state = self._config, update.state
+        mmproj = None
         if update.version == 0:
             path = config.model or default_model_path()
+            mmproj = config.mmproj
         else:
-            config.sources.check(state.model)
-            path = resolve_model(state.model, self._report, cancelled, config.sources)
-            if state.model.WhichOneof("source") == "local_path":
-                check_allowed_file(path, config.sources)
+            path = self._resolve(state.model, "state.model", cancelled)
+            if state.HasField("mmproj"):
+                mmproj = self._resolve(state.mmproj, "state.mmproj", cancelled)
         check_model_file(path)
+        if mmproj is not None:
+            check_model_file(mmproj)
         defaults = state.defaults
         template = state_template(state)
         if template is not None:
@@ -229,7 +233,19 @@ class ModelHost:
             sampling=state_sampling(state),
             chat_template=template,
             chat_template_timeout_s=config.chat_template_timeout_s,
+            mmproj=mmproj,
         )
+
+    def _resolve(
+        self, source: desired_state_pb2.ModelSource, field: str, cancelled: threading.Event
+    ) -> Path:
+        """A model (or projector) file of the state, within the agent's source policy."""
+        sources = self._config.sources
+        sources.check(source, field)
+        path = resolve_model(source, self._report, cancelled, sources)
+        if source.WhichOneof("source") == "local_path":
+            check_allowed_file(path, sources)
+        return path
 
     def _budget(self) -> tuple[int | None, int]:
         """The bytes a model may take (None: unknown) and what the running engine gives back

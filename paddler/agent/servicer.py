@@ -119,6 +119,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 status.prompt_cache_prompts = len(engine.prompt_store)
             status.prefix_hashes.extend(engine.held_prefixes())
             status.engine_stalled_seconds = min(engine.stalled_for(), MAX_TIMING_SECONDS)
+            status.images = engine.projector is not None
             if engine.placement is not None:
                 devices = self._devices.now() if self._devices is not None else ()
                 engine.placement.fill(status.placement, devices)

@@ -119,6 +119,10 @@ def fill_batch(batch: Any, slots: list[Slot], budget: int) -> list[tuple[Slot, l
         if budget == 0:
             break
         chunk = slot.pending[:budget]
+        # An image (placeholders, negative) is decoded in a call of its own: stop before it.
+        chunk = chunk[: next((i for i, token in enumerate(chunk) if token < 0), len(chunk))]
+        if not chunk:
+            continue
         del slot.pending[: len(chunk)]
         budget -= len(chunk)
         fed.append((slot, chunk))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from llguidance import LLMatcher
 
+from paddler.agent.message_text import message_text
 from paddler.agent.tool_reply import CALL_CLOSE, CALL_OPEN, GenericReply, HermesReply, ReplyReader
 from paddler.common.tool_calls import (
     call_schema,
@@ -75,7 +76,7 @@ def generic_prompt(conversation: generation_pb2.Conversation) -> ToolPrompt:
             # As the model wrote it: its next turn's cached prefix stays the same.
             messages.append(_plain("assistant", compact({"response": message.content})))
         else:
-            messages.append(_plain(message.role, message.content))
+            messages.append(_plain(message.role, message_text(message)))
     if not tools:
         return ToolPrompt(messages)
     guide = instructions(conversation)
@@ -91,7 +92,7 @@ def hermes_prompt(conversation: generation_pb2.Conversation) -> ToolPrompt:
     """The conversation for a template with ``<tool_call>`` syntax."""
     messages: list[Message] = []
     for message in conversation.messages:
-        rendered = _plain(message.role, message.content)
+        rendered = _plain(message.role, message_text(message))
         if message.tool_calls:
             rendered["tool_calls"] = [
                 {

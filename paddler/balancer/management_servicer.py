@@ -39,6 +39,7 @@ def _describe(agent: RegisteredAgent, now: float) -> management_pb2.RegisteredAg
         trained_context_size=status.trained_context_size,
         context_source=status.context_source,
         placement=status.placement,
+        images=status.images,
     )
     described.last_status_age.FromNanoseconds(int((now - agent.last_status_at) * 1e9))
     return described

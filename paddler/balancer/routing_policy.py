@@ -26,12 +26,15 @@ class PendingRequest:
     @property
     def restricted(self) -> bool:
         """Whether some serving agents may not take the request."""
-        return bool(self.exclude or self.model)
+        return bool(self.exclude or self.model or self.demand.images)
 
     def accepts(self, agent: RegisteredAgent) -> bool:
-        """Whether the request may go to ``agent`` (if it has a free slot)."""
-        return agent.agent_id not in self.exclude and (
-            not self.model or agent.status.model == self.model
+        """Whether the request may go to ``agent`` (if it has a free slot): not excluded, of
+        the model asked for, and reading images if the request has any."""
+        return (
+            agent.agent_id not in self.exclude
+            and (not self.model or agent.status.model == self.model)
+            and (not self.demand.images or agent.status.images)
         )
 
 

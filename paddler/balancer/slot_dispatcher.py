@@ -17,6 +17,7 @@ from paddler.balancer.state_store import StateStore
 from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import (
+    ConfigurationError,
     DeadlineExceededError,
     ModelNotFoundError,
     PaddlerError,
@@ -83,6 +84,7 @@ class SlotDispatcher:
         started = time.monotonic() if arrived_at is None else arrived_at
         buffer_left_s = started + self._timeout_s - time.monotonic()
         request = PendingRequest(demand or Demand(), exclude, next(self._arrivals), model)
+        self._check_images(request)
         if buffer_left_s <= 0:
             raise self._wait_failed(request)
         loop = asyncio.get_running_loop()
@@ -128,6 +130,18 @@ class SlotDispatcher:
                 "the request's deadline passed while it waited for a free slot"
             )
         raise self._wait_failed(request)
+
+    def _check_images(self, request: PendingRequest) -> None:
+        """A request with images fails at once when no agent reads images and the desired
+        state names no projector that agents are loading."""
+        if not request.demand.images or self._states.current.state.HasField("mmproj"):
+            return
+        if not any(agent.status.images for agent in self._registry.agents()):
+            raise ConfigurationError(
+                "the request has images but no agent reads images: set the desired state's "
+                "mmproj (paddler state set --mmproj SOURCE, state.mmproj) or start the agents "
+                "with --mmproj"
+            )
 
     def _wait_failed(self, request: PendingRequest) -> PaddlerError:
         """Why a request's --buffered-request-timeout ran out. The agents' issues (local paths,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from grpc import aio
 
+from paddler.common.image_input import image_count
 from paddler.common.prefix_chain import EMPTY_CHAIN, PrefixChain, prefix_chain, reported_links
 from paddler.v1 import generation_pb2
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 BYTES_PER_TOKEN = 4
 # Template tokens around each message of a conversation.
 TOKENS_PER_MESSAGE = 4
+# What an image weighs in a prompt before it runs (many projectors make 256 tokens of one).
+IMAGE_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -30,19 +33,23 @@ class Demand:
     max_tokens: int | None = None
     chain: PrefixChain = EMPTY_CHAIN
     links: tuple[int, ...] = ()
+    # Images in the input: only an agent with a projector can take it.
+    images: int = 0
 
     @classmethod
     def of(cls, generation: generation_pb2.GenerationInput) -> Demand:
         """The demand of an input that passed ``check_generation_input``."""
+        images = 0
         if generation.HasField("conversation"):
             messages = generation.conversation.messages
+            images = image_count(messages)
             size = sum(len(m.content.encode()) for m in messages) // BYTES_PER_TOKEN
-            prompt = size + TOKENS_PER_MESSAGE * len(messages)
+            prompt = size + TOKENS_PER_MESSAGE * len(messages) + IMAGE_TOKENS * images
         else:
             prompt = len(generation.prompt.encode()) // BYTES_PER_TOKEN
         cap = generation.max_tokens if generation.HasField("max_tokens") else None
         chain = prefix_chain(generation)
-        return cls(max(prompt, 1), cap, chain, reported_links(chain))
+        return cls(max(prompt, 1), cap, chain, reported_links(chain), images)
 
     def held_tokens(self, links: int) -> int:
         """Prompt tokens an agent holding the chain's first ``links`` links need not prefill,

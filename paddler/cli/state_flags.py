@@ -14,15 +14,18 @@ HF_PREFIX = "hf:"
 URL_PREFIXES = ("https://", "http://")
 
 
-def model_source(model: str, sha256: str | None = None) -> desired_state_pb2.ModelSource:
+def model_source(
+    model: str, sha256: str | None = None, flag: str = "--model"
+) -> desired_state_pb2.ModelSource:
     """A packaged name, ``hf:OWNER/REPO/FILE.gguf[@REVISION]``, an http(s) URL (with the
-    sha256 it must have, if given), or a path on the agents."""
+    sha256 it must have, if given), or a path on the agents (``flag`` names the option)."""
     if model.startswith(URL_PREFIXES):
         url = desired_state_pb2.UrlModel(url=model, sha256=sha256 or "")
         return desired_state_pb2.ModelSource(url=url)
     if sha256 is not None:
         raise typer.BadParameter(
-            "only a model given by URL is checked against a sha256", param_hint="--model-sha256"
+            f"only a file given by URL is checked against a sha256 (give {flag} a URL)",
+            param_hint=f"{flag}-sha256",
         )
     if model in PACKAGED_MODELS:
         return desired_state_pb2.ModelSource(packaged=model)

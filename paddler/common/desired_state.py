@@ -35,6 +35,9 @@ def check_desired_state(
     ``sources`` limits where models may come from."""
     _check_model(state.model)
     (sources or ModelSourcePolicy()).check(state.model)
+    if state.HasField("mmproj"):
+        _check_model(state.mmproj, "state.mmproj")
+        (sources or ModelSourcePolicy()).check(state.mmproj, "state.mmproj")
     defaults = state.defaults
     _check_range(defaults, "context_size", MIN_CONTEXT_SIZE, MAX_CONTEXT_SIZE)
     _check_range(defaults, "batch_size", 1, MAX_BATCH_SIZE)
@@ -84,22 +87,22 @@ def _check_range(
         )
 
 
-def _check_model(model: desired_state_pb2.ModelSource) -> None:
+def _check_model(model: desired_state_pb2.ModelSource, field: str = "state.model") -> None:
     source = model.WhichOneof("source")
     if source is None:
         raise InvalidArgumentError(
-            "state.model", "choose a model source: packaged, local_path, hugging_face or url"
+            field, "choose a model source: packaged, local_path, hugging_face or url"
         )
     if source == "packaged" and model.packaged not in PACKAGED_MODELS:
         raise InvalidArgumentError(
-            "state.model.packaged",
+            f"{field}.packaged",
             f"unknown packaged model {model.packaged!r}; use one of {', '.join(PACKAGED_MODELS)}",
         )
     if source == "local_path":
         path = model.local_path
         if not path.startswith("/") or len(path) > MAX_PATH_CHARS or "\0" in path:
             raise InvalidArgumentError(
-                "state.model.local_path",
+                f"{field}.local_path",
                 f"must be an absolute path on the agents, of at most {MAX_PATH_CHARS} characters",
             )
     if source == "hugging_face":
@@ -107,25 +110,25 @@ def _check_model(model: desired_state_pb2.ModelSource) -> None:
         for name in ("repo", "file", "revision"):
             if len(getattr(reference, name)) > MAX_HF_FIELD_CHARS:
                 raise InvalidArgumentError(
-                    f"state.model.hugging_face.{name}",
+                    f"{field}.hugging_face.{name}",
                     f"must be at most {MAX_HF_FIELD_CHARS} characters",
                 )
         if reference.repo.count("/") != 1 or not all(reference.repo.split("/")):
             raise InvalidArgumentError(
-                "state.model.hugging_face.repo",
+                f"{field}.hugging_face.repo",
                 f"must be 'owner/name', got {reference.repo!r}",
             )
         if not reference.file.endswith(".gguf"):
             raise InvalidArgumentError(
-                "state.model.hugging_face.file",
+                f"{field}.hugging_face.file",
                 f"must name a .gguf file in the repository, got {reference.file!r}",
             )
     if source == "url":
-        _check_url(model.url)
+        _check_url(model.url, field)
 
 
-def _check_url(model: desired_state_pb2.UrlModel) -> None:
-    field = "state.model.url.url"
+def _check_url(model: desired_state_pb2.UrlModel, source_field: str) -> None:
+    field = f"{source_field}.url.url"
     if len(model.url) > MAX_URL_CHARS:
         raise InvalidArgumentError(field, f"must be at most {MAX_URL_CHARS} characters")
     try:
@@ -146,5 +149,5 @@ def _check_url(model: desired_state_pb2.UrlModel) -> None:
         len(digest) != SHA256_HEX_CHARS or any(c not in "0123456789abcdefABCDEF" for c in digest)
     ):
         raise InvalidArgumentError(
-            "state.model.url.sha256", f"must be {SHA256_HEX_CHARS} hex digits or empty"
+            f"{source_field}.url.sha256", f"must be {SHA256_HEX_CHARS} hex digits or empty"
         )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.grammar import compile_grammar
+from paddler.common.image_input import check_parts
 from paddler.common.tool_calls import check_tools, reply_schema
 from paddler.v1 import generation_pb2
 
@@ -122,6 +123,7 @@ def _check_conversation(messages: Sequence[generation_pb2.ChatMessage]) -> None:
                 f"unknown role {message.role!r}; use one of {', '.join(sorted(CHAT_ROLES))}",
             )
     size = sum(len(message.content.encode()) for message in messages)
+    size += check_parts(messages, field)
     _check_size(field, size, "the message contents together are")
 
 

@@ -24,14 +24,15 @@ class ModelSourcePolicy:
     url_hosts: tuple[str, ...] = ()
     allow_http: bool = False
 
-    def check(self, model: desired_state_pb2.ModelSource) -> None:
-        """InvalidArgumentError when ``model`` is outside the allow-list."""
+    def check(self, model: desired_state_pb2.ModelSource, field: str = "state.model") -> None:
+        """InvalidArgumentError (naming ``field``'s part) when ``model`` is outside the
+        allow-list."""
         source = model.WhichOneof("source")
         if source == "local_path" and self.local_roots:
             path = posixpath.normpath(model.local_path)
             if not any(_within(path, root) for root in self.local_roots):
                 raise InvalidArgumentError(
-                    "state.model.local_path",
+                    f"{field}.local_path",
                     "must lie in an allowed model folder (--allowed-model-root): "
                     + ", ".join(self.local_roots),
                 )
@@ -39,12 +40,12 @@ class ModelSourcePolicy:
             owner = model.hugging_face.repo.partition("/")[0]
             if owner not in self.hf_owners:
                 raise InvalidArgumentError(
-                    "state.model.hugging_face.repo",
+                    f"{field}.hugging_face.repo",
                     "must belong to an allowed Hugging Face owner (--allowed-hf-owner): "
                     + ", ".join(self.hf_owners),
                 )
         if source == "url":
-            self.check_url(model.url.url, "state.model.url.url")
+            self.check_url(model.url.url, f"{field}.url.url")
 
     def check_url(self, url: str, field: str) -> None:
         """InvalidArgumentError naming ``field`` when ``url`` (a model URL or a redirect on the

@@ -22,6 +22,9 @@ BLOCK_CHARS = 256
 MAX_LINKS = 512
 """Links hashed per request: a prompt's first 128k characters, or first 512 messages."""
 
+IMAGE_CHARS = 1024
+"""What an image weighs in a prompt, in characters (about the 256 tokens many projectors make)."""
+
 LINKS_PER_PROMPT = 16
 """Links an agent reports of each prompt it holds (see ``reported_links``)."""
 
@@ -56,6 +59,12 @@ def _link(previous: bytes, data: bytes) -> bytes:
     return hashlib.blake2b(previous + data, digest_size=8).digest()
 
 
+def _size(message: generation_pb2.ChatMessage) -> int:
+    """A message's size in characters of prompt, an image counted as ``IMAGE_CHARS``."""
+    parts = sum(len(part.text) or IMAGE_CHARS for part in message.parts)
+    return len(message.content) + len(message.role) + parts
+
+
 def prefix_chain(generation: generation_pb2.GenerationInput) -> PrefixChain:
     """The chain of a generation's input (empty when it has no text)."""
     if generation.HasField("conversation"):
@@ -64,7 +73,7 @@ def prefix_chain(generation: generation_pb2.GenerationInput) -> PrefixChain:
             tools=conversation.tools, tool_choice=conversation.tool_choice
         )
         pieces = [m.SerializeToString(deterministic=True) for m in conversation.messages]
-        sizes = [len(m.content) + len(m.role) for m in conversation.messages]
+        sizes = [_size(m) for m in conversation.messages]
         head = _link(_CHAT_SEED, seed.SerializeToString(deterministic=True))
     else:
         text = generation.prompt

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.tool_calls import MAX_TOOLS
+from paddler.openai_api.image_parts import image_from_url
 from paddler.openai_api.output_format import ResponseFormat
 from paddler.openai_api.sampling_fields import SamplingFields
 from paddler.openai_api.tool_protocol import (
@@ -33,8 +34,22 @@ class TextPart(BaseModel):
     text: str
 
 
+class ImageUrl(BaseModel):
+    """``image_url`` of an image part: a base64 ``data:`` URI (``detail`` is not used)."""
+
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(BaseModel):
+    """An image part of a user message's content."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
 class OtherPart(BaseModel):
-    """Any other content part (an image, audio, a file): refused with a clear error."""
+    """Any other content part (audio, a file): refused with a clear error."""
 
     model_config = ConfigDict(extra="allow")
     type: str
@@ -45,7 +60,7 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart | OtherPart] | None = None
+    content: str | list[TextPart | ImagePart | OtherPart] | None = None
     name: str | None = None
     # Role "assistant": the calls it made; role "tool": the call this message answers.
     tool_calls: list[ChatToolCall] | None = None
@@ -118,13 +133,35 @@ class ChatCompletionRequest(SamplingFields):
 
 
 def _message(message: ChatMessage, index: int) -> generation_pb2.ChatMessage:
-    return generation_pb2.ChatMessage(
+    converted = generation_pb2.ChatMessage(
         role="system" if message.role == "developer" else message.role,
-        content=_text(message, index),
         tool_calls=[
             call(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ()
         ],
         tool_call_id=message.tool_call_id or "",
+    )
+    content = message.content
+    if isinstance(content, list) and any(isinstance(part, ImagePart) for part in content):
+        converted.parts.extend(_part(part, index, number) for number, part in enumerate(content))
+    else:
+        converted.content = _text(message, index)
+    return converted
+
+
+def _part(
+    part: TextPart | ImagePart | OtherPart, index: int, number: int
+) -> generation_pb2.ContentPart:
+    """One part of a message with images, as ours (the same order and numbering)."""
+    field = f"messages[{index}].content[{number}]"
+    if isinstance(part, TextPart):
+        return generation_pb2.ContentPart(text=part.text)
+    if isinstance(part, ImagePart):
+        return generation_pb2.ContentPart(
+            image=image_from_url(part.image_url.url, f"{field}.image_url.url")
+        )
+    raise InvalidArgumentError(
+        f"{field}.type",
+        f"content parts of type {part.type!r} are not supported; send text or image_url parts",
     )
 
 
@@ -139,7 +176,8 @@ def _text(message: ChatMessage, index: int) -> str:
         if not isinstance(part, TextPart):
             raise InvalidArgumentError(
                 f"messages[{index}].content[{number}].type",
-                f"content parts of type {part.type!r} are not supported; send text parts",
+                f"content parts of type {part.type!r} are not supported; send text or "
+                "image_url parts",
             )
         texts.append(part.text)
     return "".join(texts)

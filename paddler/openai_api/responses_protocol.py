@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import check_generation_input
 from paddler.common.tool_calls import MAX_TOOLS
+from paddler.openai_api.image_parts import image_from_url
 from paddler.openai_api.output_format import TextOptions
 from paddler.openai_api.sampling_fields import SamplingFields, User
 from paddler.openai_api.tool_protocol import (
@@ -29,11 +30,14 @@ _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
 class ContentPart(BaseModel):
-    """A part of an input message's content; only text parts are served."""
+    """A part of an input message's content: text, or an image as a base64 ``data:`` URI
+    (``input_image``; a ``file_id`` is refused)."""
 
     model_config = ConfigDict(extra="allow")
     type: str
     text: str | None = None
+    image_url: str | None = None
+    file_id: str | None = None
 
 
 class InputMessage(BaseModel):
@@ -162,8 +166,32 @@ def _messages(items: list[InputItem]) -> list[generation_pb2.ChatMessage]:
             )
         else:
             role = "system" if item.role == "developer" else item.role
-            messages.append(generation_pb2.ChatMessage(role=role, content=_text(item, index)))
+            message = generation_pb2.ChatMessage(role=role)
+            parts = item.content if isinstance(item.content, list) else []
+            if any(part.type == "input_image" for part in parts):
+                message.parts.extend(_part(part, index, n) for n, part in enumerate(parts))
+            else:
+                message.content = _text(item, index)
+            messages.append(message)
     return messages
+
+
+def _part(part: ContentPart, index: int, number: int) -> generation_pb2.ContentPart:
+    """One part of a message with images, as ours (the same order and numbering)."""
+    field = f"input[{index}].content[{number}]"
+    if part.type == "input_image":
+        if part.file_id is not None or part.image_url is None:
+            raise InvalidArgumentError(
+                f"{field}.image_url", "send the image as a base64 data: URI in image_url"
+            )
+        return generation_pb2.ContentPart(image=image_from_url(part.image_url, field))
+    if part.type not in _TEXT_PARTS or part.text is None:
+        raise InvalidArgumentError(
+            f"{field}.type",
+            f"content parts of type {part.type!r} are not supported; send input_text or "
+            "input_image parts",
+        )
+    return generation_pb2.ContentPart(text=part.text)
 
 
 def _text(item: InputMessage, index: int) -> str:
@@ -174,7 +202,8 @@ def _text(item: InputMessage, index: int) -> str:
         if part.type not in _TEXT_PARTS or part.text is None:
             raise InvalidArgumentError(
                 f"input[{index}].content[{number}].type",
-                f"content parts of type {part.type!r} are not supported; send input_text parts",
+                f"content parts of type {part.type!r} are not supported; send input_text or "
+                "input_image parts",
             )
         texts.append(part.text)
     return "".join(texts)

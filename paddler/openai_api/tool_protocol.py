@@ -16,6 +16,8 @@ from paddler.common.errors import InvalidArgumentError
 from paddler.v1 import generation_pb2
 
 _TOOL_FIELD = re.compile(r"(tools\[\d+\])\.(name|parameters)")
+# A content part of a message: ``messages[1].parts[0].image.data`` and so on.
+_PART_FIELD = re.compile(r"(messages\[\d+\])\.parts\[(\d+)\](\.image(?:\..*)?)?")
 _MODES = {
     "auto": generation_pb2.TOOL_CHOICE_MODE_AUTO,
     "none": generation_pb2.TOOL_CHOICE_MODE_NONE,
@@ -127,6 +129,8 @@ def openai_fields(rename: Callable[[str], str]) -> Iterator[None]:
 def responses_field(field: str) -> str:
     """``input.conversation.tools[0].name`` -> ``tools[0].name``, and so on."""
     field = field.removeprefix("input.conversation.")
+    if match := _PART_FIELD.fullmatch(field):
+        return f"{match[1]}.content[{match[2]}]" + (".image_url" if match[3] else "")
     return "tool_choice.name" if field == "tool_choice.function" else field
 
 
@@ -147,6 +151,8 @@ def chat_field(field: str) -> str:
     field = field.removeprefix("input.conversation.")
     if field == "tool_choice.function":
         return "tool_choice.function.name"
+    if match := _PART_FIELD.fullmatch(field):  # parts are numbered as the content's parts
+        return f"{match[1]}.content[{match[2]}]" + (".image_url" if match[3] else "")
     if match := _TOOL_FIELD.fullmatch(field):
         return f"{match[1]}.function.{match[2]}"
     return field

@@ -307,6 +307,7 @@ class DesiredState(_message.Message):
     DEFAULTS_FIELD_NUMBER: _builtins.int
     CHAT_TEMPLATE_OVERRIDE_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
+    MMPROJ_FIELD_NUMBER: _builtins.int
     chat_template_override: _builtins.str
     """Jinja chat template used instead of the one in the GGUF."""
     @_builtins.property
@@ -315,6 +316,12 @@ class DesiredState(_message.Message):
     def defaults(self) -> Global___InferenceDefaults: ...
     @_builtins.property
     def placement(self) -> Global___Placement: ...
+    @_builtins.property
+    def mmproj(self) -> Global___ModelSource:
+        """The multimodal projector ("mmproj") that lets the model read images: a GGUF made for this
+        model, from the same kinds of source; unset: no images.
+        """
+
     def __init__(
         self,
         *,
@@ -322,10 +329,11 @@ class DesiredState(_message.Message):
         defaults: Global___InferenceDefaults | None = ...,
         chat_template_override: _builtins.str | None = ...,
         placement: Global___Placement | None = ...,
+        mmproj: Global___ModelSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_chat_template_override", b"_chat_template_override", "chat_template_override", b"chat_template_override", "defaults", b"defaults", "model", b"model", "placement", b"placement"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_chat_template_override", b"_chat_template_override", "chat_template_override", b"chat_template_override", "defaults", b"defaults", "mmproj", b"mmproj", "model", b"model", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_chat_template_override", b"_chat_template_override", "chat_template_override", b"chat_template_override", "defaults", b"defaults", "model", b"model", "placement", b"placement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_chat_template_override", b"_chat_template_override", "chat_template_override", b"chat_template_override", "defaults", b"defaults", "mmproj", b"mmproj", "model", b"model", "placement", b"placement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__chat_template_override: _TypeAlias = _typing.Literal["chat_template_override"]  # noqa: Y015
     _WhichOneofArgType__chat_template_override: _TypeAlias = _typing.Literal["_chat_template_override", b"_chat_template_override"]  # noqa: Y015

@@ -25,37 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpaddler/v1/generation.proto\x12\npaddler.v1\x1a\x1egoogle/protobuf/duration.proto\"l\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.paddler.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"=\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"V\n\nToolChoice\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.paddler.v1.ToolChoiceModeH\x00\x12\x12\n\x08\x66unction\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"\x87\x01\n\x0c\x43onversation\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.paddler.v1.ChatMessage\x12\x1f\n\x05tools\x18\x02 \x03(\x0b\x32\x10.paddler.v1.Tool\x12+\n\x0btool_choice\x18\x03 \x01(\x0b\x32\x16.paddler.v1.ToolChoice\"\xce\x02\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\rH\x07\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x11\n\x0f_repeat_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seed\"8\n\x07Grammar\x12\x0e\n\x04gbnf\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\xf0\x02\n\x0fGenerationInput\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\x30\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x18.paddler.v1.ConversationH\x00\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.paddler.v1.SamplingParameters\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12$\n\x07grammar\x18\x06 \x01(\x0b\x32\x13.paddler.v1.Grammar\x12\x1c\n\x0f\x65nable_thinking\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\x18\n\x10reasoning_effort\x18\x08 \x01(\t\x12\x35\n\x10reasoning_format\x18\t \x01(\x0e\x32\x1b.paddler.v1.ReasoningFormatB\x08\n\x06sourceB\r\n\x0b_max_tokensB\x12\n\x10_enable_thinking\"j\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x18\n\x10reasoning_tokens\x18\x04 \x01(\x05\"\xef\x01\n\x11GenerationSummary\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.paddler.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.paddler.v1.Usage\x12\x36\n\x13time_to_first_token\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nagent_name\x18\x05 \x01(\t\x12\x15\n\rstate_version\x18\x06 \x01(\x04\x12\x15\n\rmigrated_from\x18\x07 \x03(\t*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*o\n\x0fReasoningFormat\x12 \n\x1cREASONING_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15REASONING_FORMAT_NONE\x10\x01\x12\x1f\n\x1bREASONING_FORMAT_THINK_TAGS\x10\x02*\xcd\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x46INISH_REASON_END_OF_GENERATION\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x03\x12\x1e\n\x1a\x46INISH_REASON_CONTEXT_FULL\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpaddler/v1/generation.proto\x12\npaddler.v1\x1a\x1egoogle/protobuf/duration.proto\"\x94\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.paddler.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12&\n\x05parts\x18\x05 \x03(\x0b\x32\x17.paddler.v1.ContentPart\"I\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x11.paddler.v1.ImageH\x00\x42\x06\n\x04kind\"(\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"=\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"V\n\nToolChoice\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.paddler.v1.ToolChoiceModeH\x00\x12\x12\n\x08\x66unction\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"\x87\x01\n\x0c\x43onversation\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.paddler.v1.ChatMessage\x12\x1f\n\x05tools\x18\x02 \x03(\x0b\x32\x10.paddler.v1.Tool\x12+\n\x0btool_choice\x18\x03 \x01(\x0b\x32\x16.paddler.v1.ToolChoice\"\xce\x02\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\rH\x07\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x11\n\x0f_repeat_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seed\"8\n\x07Grammar\x12\x0e\n\x04gbnf\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\xf0\x02\n\x0fGenerationInput\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\x30\n\x0c\x63onversation\x18\x02 \x01(\x0b\x32\x18.paddler.v1.ConversationH\x00\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.paddler.v1.SamplingParameters\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12$\n\x07grammar\x18\x06 \x01(\x0b\x32\x13.paddler.v1.Grammar\x12\x1c\n\x0f\x65nable_thinking\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\x18\n\x10reasoning_effort\x18\x08 \x01(\t\x12\x35\n\x10reasoning_format\x18\t \x01(\x0e\x32\x1b.paddler.v1.ReasoningFormatB\x08\n\x06sourceB\r\n\x0b_max_tokensB\x12\n\x10_enable_thinking\"j\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\x12\x18\n\x10reasoning_tokens\x18\x04 \x01(\x05\"\xef\x01\n\x11GenerationSummary\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.paddler.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.paddler.v1.Usage\x12\x36\n\x13time_to_first_token\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nagent_name\x18\x05 \x01(\t\x12\x15\n\rstate_version\x18\x06 \x01(\x04\x12\x15\n\rmigrated_from\x18\x07 \x03(\t*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*o\n\x0fReasoningFormat\x12 \n\x1cREASONING_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15REASONING_FORMAT_NONE\x10\x01\x12\x1f\n\x1bREASONING_FORMAT_THINK_TAGS\x10\x02*\xcd\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x46INISH_REASON_END_OF_GENERATION\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x03\x12\x1e\n\x1a\x46INISH_REASON_CONTEXT_FULL\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paddler.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOOLCHOICEMODE']._serialized_start=1648
-  _globals['_TOOLCHOICEMODE']._serialized_end=1783
-  _globals['_REASONINGFORMAT']._serialized_start=1785
-  _globals['_REASONINGFORMAT']._serialized_end=1896
-  _globals['_FINISHREASON']._serialized_start=1899
-  _globals['_FINISHREASON']._serialized_end=2104
-  _globals['_CHATMESSAGE']._serialized_start=75
-  _globals['_CHATMESSAGE']._serialized_end=183
-  _globals['_TOOL']._serialized_start=185
-  _globals['_TOOL']._serialized_end=246
-  _globals['_TOOLCALL']._serialized_start=248
-  _globals['_TOOLCALL']._serialized_end=303
-  _globals['_TOOLCHOICE']._serialized_start=305
-  _globals['_TOOLCHOICE']._serialized_end=391
-  _globals['_CONVERSATION']._serialized_start=394
-  _globals['_CONVERSATION']._serialized_end=529
-  _globals['_SAMPLINGPARAMETERS']._serialized_start=532
-  _globals['_SAMPLINGPARAMETERS']._serialized_end=866
-  _globals['_GRAMMAR']._serialized_start=868
-  _globals['_GRAMMAR']._serialized_end=924
-  _globals['_GENERATIONINPUT']._serialized_start=927
-  _globals['_GENERATIONINPUT']._serialized_end=1295
-  _globals['_USAGE']._serialized_start=1297
-  _globals['_USAGE']._serialized_end=1403
-  _globals['_GENERATIONSUMMARY']._serialized_start=1406
-  _globals['_GENERATIONSUMMARY']._serialized_end=1645
+  _globals['_TOOLCHOICEMODE']._serialized_start=1806
+  _globals['_TOOLCHOICEMODE']._serialized_end=1941
+  _globals['_REASONINGFORMAT']._serialized_start=1943
+  _globals['_REASONINGFORMAT']._serialized_end=2054
+  _globals['_FINISHREASON']._serialized_start=2057
+  _globals['_FINISHREASON']._serialized_end=2262
+  _globals['_CHATMESSAGE']._serialized_start=76
+  _globals['_CHATMESSAGE']._serialized_end=224
+  _globals['_CONTENTPART']._serialized_start=226
+  _globals['_CONTENTPART']._serialized_end=299
+  _globals['_IMAGE']._serialized_start=301
+  _globals['_IMAGE']._serialized_end=341
+  _globals['_TOOL']._serialized_start=343
+  _globals['_TOOL']._serialized_end=404
+  _globals['_TOOLCALL']._serialized_start=406
+  _globals['_TOOLCALL']._serialized_end=461
+  _globals['_TOOLCHOICE']._serialized_start=463
+  _globals['_TOOLCHOICE']._serialized_end=549
+  _globals['_CONVERSATION']._serialized_start=552
+  _globals['_CONVERSATION']._serialized_end=687
+  _globals['_SAMPLINGPARAMETERS']._serialized_start=690
+  _globals['_SAMPLINGPARAMETERS']._serialized_end=1024
+  _globals['_GRAMMAR']._serialized_start=1026
+  _globals['_GRAMMAR']._serialized_end=1082
+  _globals['_GENERATIONINPUT']._serialized_start=1085
+  _globals['_GENERATIONINPUT']._serialized_end=1453
+  _globals['_USAGE']._serialized_start=1455
+  _globals['_USAGE']._serialized_end=1561
+  _globals['_GENERATIONSUMMARY']._serialized_start=1564
+  _globals['_GENERATIONSUMMARY']._serialized_end=1803
 # @@protoc_insertion_point(module_scope)

@@ -48,6 +48,7 @@ class RegisteredAgent(_message.Message):
     TRAINED_CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
     CONTEXT_SOURCE_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     name: _builtins.str
     address: _builtins.str
@@ -71,6 +72,8 @@ class RegisteredAgent(_message.Message):
     """Tokens each slot holds, the model's trained context, and what decided (see AgentStatus)."""
     trained_context_size: _builtins.int
     context_source: _status_pb2.ContextSource.ValueType
+    images: _builtins.bool
+    """The agent's model reads images (a projector is loaded)."""
     @_builtins.property
     def last_status_age(self) -> _duration_pb2.Duration:
         """Time since the agent's last status snapshot."""
@@ -113,10 +116,11 @@ class RegisteredAgent(_message.Message):
         trained_context_size: _builtins.int = ...,
         context_source: _status_pb2.ContextSource.ValueType = ...,
         placement: _status_pb2.ModelPlacement | None = ...,
+        images: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "last_status_age", b"last_status_age", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "placement", b"placement", "ready", b"ready", "rolling", b"rolling", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "images", b"images", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "placement", b"placement", "ready", b"ready", "rolling", b"rolling", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

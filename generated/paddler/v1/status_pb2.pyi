@@ -160,6 +160,7 @@ class AgentStatus(_message.Message):
     PROMPT_CACHE_PROMPTS_FIELD_NUMBER: _builtins.int
     PREFIX_HASHES_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     slots_total: _builtins.int
     slots_processing: _builtins.int
@@ -202,6 +203,8 @@ class AgentStatus(_message.Message):
     agent's --prompt-cache-mib), in bytes and prompts.
     """
     prompt_cache_prompts: _builtins.int
+    images: _builtins.bool
+    """The model reads images: a multimodal projector is loaded with it."""
     @_builtins.property
     def issues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Readable problems, e.g. why the last state failed."""
@@ -254,10 +257,11 @@ class AgentStatus(_message.Message):
         prompt_cache_prompts: _builtins.int = ...,
         prefix_hashes: _abc.Iterable[_builtins.int] | None = ...,
         placement: Global___ModelPlacement | None = ...,
+        images: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "placement", b"placement", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "prefix_hashes", b"prefix_hashes", "prompt_cache_bytes", b"prompt_cache_bytes", "prompt_cache_prompts", b"prompt_cache_prompts", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "attempted_state_epoch", b"attempted_state_epoch", "attempted_state_version", b"attempted_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "engine_stalled_seconds", b"engine_stalled_seconds", "images", b"images", "issues", b"issues", "model", b"model", "name", b"name", "phase", b"phase", "placement", b"placement", "prefill_backlog_tokens", b"prefill_backlog_tokens", "prefill_seconds_per_token", b"prefill_seconds_per_token", "prefix_hashes", b"prefix_hashes", "prompt_cache_bytes", b"prompt_cache_bytes", "prompt_cache_prompts", b"prompt_cache_prompts", "ready", b"ready", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

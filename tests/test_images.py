@@ -1,0 +1,236 @@
+"""Images in conversations, end to end: real balancer and agent processes, the packaged
+Gemma 3 270M with a multimodal projector the tests write (``tests/projector_file.py``: random
+weights of the right shape, 4 image tokens per image). Gemma 3 270M has no vision of its own
+and the projector's weights are random, so what the model says about an image is meaningless:
+these tests check the wiring (limits, routing, the projector in the desired state, libmtmd in
+the slot, the KV cache reused past an image), never answer quality."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import openai
+import pytest
+from PIL import Image
+
+from paddler.common.image_input import MAX_IMAGE_BYTES, MAX_IMAGES
+from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
+from tests.client import generate, invalid_field
+from tests.cluster import Cluster, cluster, to_inference
+from tests.openai_clients import bad_request_param, client_of
+from tests.processes import run_paddler
+from tests.projector_file import IMAGE_TOKENS, write_projector
+
+GEMMA_WIDTH = 640
+ASK = "What is in this picture?"
+
+
+def png(width: int = 64, height: int = 48, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A small PNG of one colour."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def image_part(data: bytes, mime_type: str = "image/png") -> generation_pb2.ContentPart:
+    return generation_pb2.ContentPart(image=generation_pb2.Image(data=data, mime_type=mime_type))
+
+
+def text_part(text: str) -> generation_pb2.ContentPart:
+    return generation_pb2.ContentPart(text=text)
+
+
+def request_of(
+    *messages: generation_pb2.ChatMessage, max_tokens: int = 6
+) -> agent_pb2.GenerateRequest:
+    return agent_pb2.GenerateRequest(
+        input=generation_pb2.GenerationInput(
+            conversation=generation_pb2.Conversation(messages=list(messages)),
+            max_tokens=max_tokens,
+            sampling=generation_pb2.SamplingParameters(temperature=0.0),
+        )
+    )
+
+
+def asking(*parts: generation_pb2.ContentPart) -> generation_pb2.ChatMessage:
+    return generation_pb2.ChatMessage(role="user", parts=list(parts))
+
+
+@pytest.fixture(scope="module")
+def seeing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A balancer and one agent: the packaged Gemma 3 with the test projector."""
+    projector = tmp_path_factory.mktemp("projector") / "mmproj.gguf"
+    write_projector(projector, GEMMA_WIDTH)
+    with cluster(("solo", 2)) as c:
+        # Before any projector: a request with an image is refused at once, naming the state.
+        error = _error(c, request_of(asking(text_part(ASK), image_part(png()))))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "mmproj" in (error.details() or "")
+        state = desired_state_pb2.DesiredState(
+            model=desired_state_pb2.ModelSource(packaged="gemma3-270m"),
+            mmproj=desired_state_pb2.ModelSource(local_path=str(projector)),
+        )
+        c.wait_applied(c.set_state(state))
+        c.wait_for(lambda agents: all(agent.images for agent in agents))
+        yield c
+
+
+def _error(c: Cluster, request: agent_pb2.GenerateRequest) -> grpc.Call:
+    with pytest.raises(grpc.RpcError) as raised:
+        generate(c.inference, to_inference(request))
+    assert isinstance(raised.value, grpc.Call)
+    return raised.value
+
+
+def test_an_image_takes_its_positions_and_the_model_generates(seeing: Cluster) -> None:
+    with_image = generate(seeing.inference, to_inference(request_of(asking(
+        text_part(ASK), image_part(png())))))  # fmt: skip
+    text_only = generate(seeing.inference, to_inference(request_of(asking(text_part(ASK)))))
+    assert with_image.summary.usage.completion_tokens > 0
+    # The image's 4 positions, and Gemma's <start_of_image> / <end_of_image> around them.
+    extra = with_image.summary.usage.prompt_tokens - text_only.summary.usage.prompt_tokens
+    assert extra >= IMAGE_TOKENS
+
+
+def test_the_cache_is_reused_past_an_image_and_not_past_another(seeing: Cluster) -> None:
+    first = asking(text_part(ASK), image_part(png(colour=(10, 200, 10))))
+    reply = generate(seeing.inference, to_inference(request_of(first)))
+    answer = generation_pb2.ChatMessage(role="assistant", content=reply.text)
+    follow = generation_pb2.ChatMessage(role="user", content="And the colour?")
+    again = generate(seeing.inference, to_inference(request_of(first, answer, follow)))
+    # Everything up to the reply was in the slot, the image included.
+    assert again.summary.usage.cached_tokens >= reply.summary.usage.prompt_tokens - 1
+    other = asking(text_part(ASK), image_part(png(colour=(10, 10, 200))))
+    changed = generate(seeing.inference, to_inference(request_of(other, answer, follow)))
+    # A different image: only the text before it can be reused.
+    assert changed.summary.usage.cached_tokens < reply.summary.usage.prompt_tokens - IMAGE_TOKENS
+
+
+BAD = [
+    (generation_pb2.ChatMessage(role="assistant", parts=[image_part(png())]), "parts[0].image"),
+    (asking(image_part(png(), "image/gif")), "parts[0].image.mime_type"),
+    (asking(image_part(png(), "image/jpeg")), "parts[0].image.mime_type"),
+    (asking(image_part(b"not an image at all")), "parts[0].image.data"),
+    (asking(image_part(b"")), "parts[0].image.data"),
+    (asking(image_part(b"\x89PNG" + b"x" * MAX_IMAGE_BYTES)), "parts[0].image.data"),
+    (asking(image_part(png(5000, 4000))), "parts[0].image.data"),
+    (asking(*[image_part(png())] * (MAX_IMAGES + 1)), f"parts[{MAX_IMAGES}].image"),
+    (asking(generation_pb2.ContentPart()), "parts[0]"),
+    (
+        generation_pb2.ChatMessage(role="user", content="hi", parts=[image_part(png())]),
+        "messages[0].content",
+    ),
+]
+
+
+@pytest.mark.parametrize(("message", "field"), BAD)
+def test_bad_images_are_refused_naming_the_part(
+    seeing: Cluster, message: generation_pb2.ChatMessage, field: str
+) -> None:
+    named = invalid_field(seeing.inference, to_inference(request_of(message)))
+    assert named.endswith(field), named
+
+
+def _data_uri(data: bytes, mime_type: str = "image/png") -> str:
+    return f"data:{mime_type};base64,{base64.b64encode(data).decode()}"
+
+
+def test_openai_chat_and_responses_take_data_uris(seeing: Cluster) -> None:
+    with client_of(seeing) as client:
+        reply = client.chat.completions.create(
+            model="gemma-3-270m-q4_k_m",
+            max_tokens=6,
+            temperature=0,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": ASK},
+                        {"type": "image_url", "image_url": {"url": _data_uri(png())}},
+                    ],
+                }
+            ],
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens > 0
+        response = client.responses.create(
+            model="gemma-3-270m-q4_k_m",
+            max_output_tokens=16,
+            input=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": ASK},
+                        {"type": "input_image", "image_url": _data_uri(png()), "detail": "auto"},
+                    ],
+                }
+            ],
+        )
+        assert response.usage is not None and response.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("url", "param"),
+    [
+        ("https://example.com/cat.png", "messages[0].content[1].image_url.url"),
+        ("data:image/png;base64,@@@@", "messages[0].content[1].image_url.url"),
+        ("data:image/gif;base64,R0lGOD==", "messages[0].content[1].image_url.url"),
+        (_data_uri(b"not a png"), "messages[0].content[1].image_url"),
+        (_data_uri(png(), "image/webp"), "messages[0].content[1].image_url"),
+    ],
+)
+def test_openai_refuses_bad_image_urls_with_400(seeing: Cluster, url: str, param: str) -> None:
+    body: dict[str, object] = {
+        "model": "gemma-3-270m-q4_k_m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": ASK},
+                    {"type": "image_url", "image_url": {"url": url}},
+                ],
+            }
+        ],
+    }
+    with client_of(seeing) as client:
+        named = bad_request_param(client, "/chat/completions", body)
+    assert named is not None and named.startswith(param), named
+
+
+def test_an_openai_client_error_is_not_a_server_error(seeing: Cluster) -> None:
+    """A remote URL is refused (not fetched) with the message saying what to send instead."""
+    with client_of(seeing) as client, pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(
+            model="gemma-3-270m-q4_k_m",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+                    ],
+                }
+            ],
+        )
+    assert "data: URI" in raised.value.message
+
+
+def test_the_cli_shows_the_model_an_image(seeing: Cluster, tmp_path: Path) -> None:
+    picture = tmp_path / "red.png"
+    picture.write_bytes(png())
+    address = seeing.balancer.inference
+    chat = run_paddler(
+        "chat", "--address", address, "--image", str(picture), "--max-tokens", "4",
+        stdin=f"{ASK}\nAnd now?\n",
+    )  # fmt: skip
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.count("model>") == 2
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    refused = run_paddler("generate", "--address", address, "--image", str(text), ASK)
+    assert refused.returncode == 2
+    assert "not a PNG, JPEG or WebP" in refused.stderr
+    raw = run_paddler("generate", "--address", address, "--raw", "--image", str(picture), ASK)
+    assert raw.returncode == 2

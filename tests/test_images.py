@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,7 @@ from paddler.common.image_input import MAX_IMAGE_BYTES, MAX_IMAGES
 from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
 from tests.client import generate, invalid_field
 from tests.cluster import Cluster, cluster, to_inference
+from tests.local_http import serving
 from tests.openai_clients import bad_request_param, client_of
 from tests.processes import run_paddler
 from tests.projector_file import IMAGE_TOKENS, write_projector
@@ -65,7 +67,7 @@ def seeing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A balancer and one agent: the packaged Gemma 3 with the test projector."""
     projector = tmp_path_factory.mktemp("projector") / "mmproj.gguf"
     write_projector(projector, GEMMA_WIDTH)
-    with cluster(("solo", 2)) as c:
+    with cluster(("solo", 2), balancer_args=("--allowed-image-host", "127.0.0.1")) as c:
         # Before any projector: a request with an image is refused at once, naming the state.
         error = _error(c, request_of(asking(text_part(ASK), image_part(png()))))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -198,6 +200,61 @@ def test_openai_refuses_bad_image_urls_with_400(seeing: Cluster, url: str, param
     with client_of(seeing) as client:
         named = bad_request_param(client, "/chat/completions", body)
     assert named is not None and named.startswith(param), named
+
+
+class _Pictures(BaseHTTPRequestHandler):
+    """An image host: /red.png, a page that is not an image, and a redirect."""
+
+    def do_GET(self) -> None:
+        if self.path == "/moved.png":
+            self.send_response(302)
+            self.send_header("Location", "/red.png")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body, kind = (
+            (png(), "image/png") if self.path == "/red.png" else (b"<p>hi</p>", "text/html")
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+def _chat_with(url: str) -> dict[str, object]:
+    return {
+        "model": "gemma-3-270m-q4_k_m",
+        "max_tokens": 4,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": ASK},
+                    {"type": "image_url", "image_url": {"url": url}},
+                ],
+            }
+        ],
+    }
+
+
+def test_an_allowed_hosts_image_url_is_fetched_and_others_are_refused(seeing: Cluster) -> None:
+    """The balancer runs with --allowed-image-host 127.0.0.1."""
+    with serving(_Pictures) as site, client_of(seeing) as client:
+        reply = client.post("/chat/completions", body=_chat_with(f"{site}/red.png"), cast_to=object)
+        assert isinstance(reply, dict) and reply["usage"]["completion_tokens"] > 0
+        for path, words in (("/page.html", "text/html"), ("/moved.png", "HTTP 302")):
+            with pytest.raises(openai.BadRequestError) as raised:
+                client.post("/chat/completions", body=_chat_with(f"{site}{path}"), cast_to=object)
+            assert words in raised.value.message
+            assert raised.value.param == "messages[0].content[1].image_url.url"
+        other = site.replace("127.0.0.1", "localhost")  # the same server, not an allowed name
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.post("/chat/completions", body=_chat_with(f"{other}/red.png"), cast_to=object)
+        assert "--allowed-image-host" in raised.value.message
 
 
 def test_an_openai_client_error_is_not_a_server_error(seeing: Cluster) -> None:

@@ -42,6 +42,8 @@ class BalancerConfig:
     openai_model_aliases: tuple[str, ...] = ()
     # Origins browsers may call the OpenAI API from (CORS); none by default.
     openai_cors_origins: tuple[str, ...] = ()
+    # Hosts whose image URLs the OpenAI API fetches; none by default (data: URIs only).
+    openai_image_hosts: tuple[str, ...] = ()
     # Where the web server (Prometheus metrics) listens; "" turns it off.
     web_address: str = ""
     # A StatsD server to push the gauges to every second; "" turns it off.

@@ -182,6 +182,14 @@ def balancer(
             help="An origin browsers may call the OpenAI API from (repeatable; none by default).",
         ),
     ] = None,
+    allowed_image_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="PADDLER_ALLOWED_IMAGE_HOST",
+            help="A host whose image URLs the OpenAI API fetches (repeatable; none by default: "
+            "images come inline as data: URIs).",
+        ),
+    ] = None,
     web_addr: Annotated[
         str,
         typer.Option(
@@ -290,6 +298,7 @@ def balancer(
         openai_address=openai_addr,
         openai_model_aliases=tuple(openai_model_alias or ()),
         openai_cors_origins=tuple(openai_cors_origin or ()),
+        openai_image_hosts=tuple(allowed_image_host or ()),
         web_address=web_addr,
         statsd_address=statsd_addr,
         statsd_prefix=statsd_prefix,

@@ -46,6 +46,7 @@ from paddler.openai_api.errors import (
     validation_error,
 )
 from paddler.openai_api.generations import API, Event, generate
+from paddler.openai_api.remote_images import RemoteImages
 from paddler.openai_api.request_ids import HEADER, RequestIdMiddleware
 from paddler.openai_api.responses_protocol import ResponseRequest
 from paddler.openai_api.served_models import ServedModels
@@ -67,6 +68,8 @@ class OpenAISettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     # Who may call (clients' API keys); None: anyone. /health stays open.
     guard: Guard | None = None
+    # Hosts whose image URLs the balancer fetches (--allowed-image-host); none: data: only.
+    image_hosts: Sequence[str] = ()
     on_refused: Refused | None = None
 
 
@@ -195,6 +198,7 @@ def create_app(
     """The app; it shares the balancer's relays (and so its dispatcher and buffer) and
     metrics."""
     app = _base_app(settings, metrics)
+    remote = RemoteImages(settings.image_hosts)
 
     _add_model_routes(app, models)
 
@@ -205,6 +209,7 @@ def create_app(
         _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
             model = models.check(body.model)
+            await body.inline_images(remote)
             inputs = [await checked_off_loop(body.generation_input, "input.grammar")] * body.n
         events = generate(relay, inputs, request_id, model)
         if not body.stream:
@@ -235,6 +240,7 @@ def create_app(
         _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
             model = models.check(body.model)
+            await body.inline_images(remote)
             inputs = [await checked_off_loop(body.generation_input, "input.grammar")]
         events = generate(relay, inputs, request_id, model)
         if not body.stream:

@@ -11,6 +11,7 @@ from paddler.common.errors import InvalidArgumentError
 from paddler.common.tool_calls import MAX_TOOLS
 from paddler.openai_api.image_parts import image_from_url
 from paddler.openai_api.output_format import ResponseFormat
+from paddler.openai_api.remote_images import RemoteImages
 from paddler.openai_api.sampling_fields import SamplingFields
 from paddler.openai_api.tool_protocol import (
     ChatNamedChoice,
@@ -98,6 +99,15 @@ class ChatCompletionRequest(SamplingFields):
     reasoning_format: Literal["auto", "none", "deepseek"] = "auto"
     # Fields that change generation and are not served yet: refused when set.
     top_logprobs: int | None = None
+
+    async def inline_images(self, remote: RemoteImages) -> None:
+        """Fetch the images of allowed hosts into data: URIs (others are left to refuse)."""
+        for index, message in enumerate(self.messages):
+            parts = message.content if isinstance(message.content, list) else []
+            for number, part in enumerate(parts):
+                if isinstance(part, ImagePart):
+                    field = f"messages[{index}].content[{number}].image_url.url"
+                    part.image_url.url = await remote.inline(part.image_url.url, field)
 
     def generation_input(self) -> generation_pb2.GenerationInput:
         """Our GenerationInput for one choice; refuses what we do not serve yet."""

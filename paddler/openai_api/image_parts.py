@@ -1,5 +1,6 @@
 """OpenAI's image content parts (``image_url`` on chat, ``input_image`` on Responses) as our
-``Image``: base64 ``data:`` URIs only; a remote URL is refused, not fetched."""
+``Image``: base64 ``data:`` URIs (an allowed host's URL was inlined as one before, see
+``remote_images``); any other URL is refused."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def image_from_url(url: str, field: str) -> generation_pb2.Image:
         if scheme in ("http", "https"):
             raise InvalidArgumentError(
                 field,
-                "image URLs are not fetched: send the image inline as a base64 data: URI "
+                "image URLs are fetched only from hosts the balancer allows "
+                "(--allowed-image-host): send the image inline as a base64 data: URI "
                 "(data:image/png;base64,...)",
             )
         raise InvalidArgumentError(

@@ -12,6 +12,7 @@ from paddler.common.generation_input import check_generation_input
 from paddler.common.tool_calls import MAX_TOOLS
 from paddler.openai_api.image_parts import image_from_url
 from paddler.openai_api.output_format import TextOptions
+from paddler.openai_api.remote_images import RemoteImages
 from paddler.openai_api.sampling_fields import SamplingFields, User
 from paddler.openai_api.tool_protocol import (
     FunctionTool,
@@ -105,6 +106,16 @@ class ResponseRequest(BaseModel):
     text: TextOptions | None = None
     top_logprobs: int | None = None
     reasoning: ReasoningOptions | None = None
+
+    async def inline_images(self, remote: RemoteImages) -> None:
+        """Fetch the images of allowed hosts into data: URIs (others are left to refuse)."""
+        for index, item in enumerate(self.input if isinstance(self.input, list) else ()):
+            if not isinstance(item, InputMessage) or isinstance(item.content, str):
+                continue
+            for number, part in enumerate(item.content):
+                if part.type == "input_image" and part.image_url is not None:
+                    field = f"input[{index}].content[{number}].image_url"
+                    part.image_url = await remote.inline(part.image_url, field)
 
     def generation_input(self) -> generation_pb2.GenerationInput:
         """Our GenerationInput; refuses what we do not serve yet."""

@@ -169,6 +169,7 @@ def _http_apps(
             max_body_bytes=config.max_body_bytes,
             guard=credentials.client_guard(),
             on_refused=metrics.credential_refused,
+            image_hosts=config.openai_image_hosts,
         )
         app = create_app(core.relay, core.embeddings, models, settings, metrics)
         apps["openai"] = (config.openai_address, app)

@@ -17,6 +17,7 @@ import grpc
 import openai
 import pytest
 from PIL import Image
+from playwright.sync_api import expect, sync_playwright
 
 from paddler.common.image_input import MAX_IMAGE_BYTES, MAX_IMAGES
 from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
@@ -28,6 +29,8 @@ from tests.processes import run_paddler
 from tests.projector_file import IMAGE_TOKENS, write_projector
 
 GEMMA_WIDTH = 640
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_MS = 60_000
 ASK = "What is in this picture?"
 
 
@@ -291,3 +294,34 @@ def test_the_cli_shows_the_model_an_image(seeing: Cluster, tmp_path: Path) -> No
     assert "not a PNG, JPEG or WebP" in refused.stderr
     raw = run_paddler("generate", "--address", address, "--raw", "--image", str(picture), ASK)
     assert raw.returncode == 2
+
+
+def test_the_playground_sends_an_image_and_shows_it(seeing: Cluster, tmp_path: Path) -> None:
+    picture = tmp_path / "green.png"
+    picture.write_bytes(png(colour=(20, 180, 20)))
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(seeing.balancer.web)
+        page.fill("#max-tokens", "4")
+        page.set_input_files("#images", str(picture))
+        page.fill("#prompt", ASK)
+        page.click("#prompt-form button[type=submit]")
+        summary = page.locator("#summary")
+        expect(summary).to_have_class("ok", timeout=TIMEOUT_MS)
+        expect(summary).to_contain_text("gemma-3-270m")
+        shown = page.locator(".turn.user img.thumb")
+        expect(shown).to_have_count(1)
+        assert (shown.get_attribute("src") or "").startswith("data:image/png;base64,")
+        # The next question goes with the conversation, the image still in its turn.
+        page.fill("#prompt", "And its colour?")
+        page.click("#prompt-form button[type=submit]")
+        expect(page.locator(".turn.assistant")).to_have_count(2)
+        expect(summary).to_have_class("ok", timeout=TIMEOUT_MS)
+        browser.close()
+    assert errors == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -9,17 +11,26 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 from paddler.balancer.generation_relay import GenerationRelay
-from paddler.common.errors import PaddlerError
+from paddler.common.errors import InvalidArgumentError, PaddlerError
 from paddler.common.generation_input import check_generation_input
+from paddler.common.image_input import MAX_IMAGES
 from paddler.v1 import agent_pb2, generation_pb2
 from paddler.web.app import API
 
 
+class PanelImage(BaseModel):
+    """An image the playground attached to a question: base64 bytes and their type."""
+
+    data: str
+    mime_type: str
+
+
 class PanelMessage(BaseModel):
-    """One turn of the playground's conversation."""
+    """One turn of the playground's conversation (a question may carry images)."""
 
     role: str
     content: str
+    images: list[PanelImage] = Field(default_factory=list, max_length=MAX_IMAGES + 1)
 
 
 class PlaygroundRequest(BaseModel):
@@ -38,9 +49,7 @@ def generation_input(body: PlaygroundRequest) -> generation_pb2.GenerationInput:
     """The request's GenerationInput, checked (InvalidArgumentError names the field)."""
     generation = generation_pb2.GenerationInput(
         conversation=generation_pb2.Conversation(
-            messages=[
-                generation_pb2.ChatMessage(role=m.role, content=m.content) for m in body.messages
-            ]
+            messages=[_message(m, index) for index, m in enumerate(body.messages)]
         )
     )
     if body.max_tokens is not None:
@@ -53,6 +62,23 @@ def generation_input(body: PlaygroundRequest) -> generation_pb2.GenerationInput:
         generation.enable_thinking = body.thinking
     check_generation_input(generation)
     return generation
+
+
+def _message(message: PanelMessage, index: int) -> generation_pb2.ChatMessage:
+    """A turn as ours: its text, then its images as parts."""
+    if not message.images:
+        return generation_pb2.ChatMessage(role=message.role, content=message.content)
+    parts = [generation_pb2.ContentPart(text=message.content)]
+    for number, image in enumerate(message.images):
+        try:
+            data = base64.b64decode(image.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgumentError(
+                f"messages[{index}].images[{number}].data", "is not base64"
+            ) from None
+        picture = generation_pb2.Image(data=data, mime_type=image.mime_type)
+        parts.append(generation_pb2.ContentPart(image=picture))
+    return generation_pb2.ChatMessage(role=message.role, parts=parts)
 
 
 async def reply_events(

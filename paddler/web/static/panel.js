@@ -259,18 +259,45 @@ function assistantTurn() {
   };
 }
 
+// The files chosen in the image input, as {data (base64), mime_type, url (to show)}.
+async function chosenImages() {
+  const files = Array.from($("images").files);
+  return Promise.all(files.map((file) => new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => {
+      const url = reader.result;
+      resolve({ data: url.slice(url.indexOf(",") + 1), mime_type: file.type, url });
+    };
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  })));
+}
+
 async function send(event) {
   event.preventDefault();
   const prompt = $("prompt").value.trim();
   if (!prompt) return;
-  turns.push({ role: "user", content: prompt });
-  const asked = addTurn("user", prompt);
-  $("prompt").value = "";
-  const reply = assistantTurn();
   const summary = $("summary");
-  const thinking = $("thinking").value;
   summary.className = "";
   summary.textContent = "…";
+  const images = await chosenImages();
+  turns.push({
+    role: "user",
+    content: prompt,
+    images: images.map(({ data, mime_type }) => ({ data, mime_type })),
+  });
+  const asked = addTurn("user", prompt);
+  for (const image of images) {
+    const picture = document.createElement("img");
+    picture.className = "thumb";
+    picture.alt = "an image sent with the question";
+    picture.src = image.url;
+    asked.appendChild(picture);
+  }
+  $("prompt").value = "";
+  $("images").value = "";
+  const reply = assistantTurn();
+  const thinking = $("thinking").value;
   const response = await api("/api/generate", {
     method: "POST",
     headers: { "Content-Type": "application/json" },

@@ -301,6 +301,12 @@ def test_the_balancer_keeps_models_to_the_allowed_sources() -> None:
                 c.set_state(state(model))
             assert field_violations(caught.value) == [field]
             assert "allowed" in (caught.value.details() or "")
+        # A projector comes from the same sources as the model, under the same allow-lists.
+        projector = state(packaged("gemma3-270m"))
+        projector.mmproj.CopyFrom(_local(Path("/elsewhere/mmproj.gguf")))
+        with pytest.raises(grpc.RpcError) as caught:
+            c.set_state(projector)
+        assert field_violations(caught.value) == ["state.mmproj.local_path"]
         assert c.set_state(state(_local(Path("/models/sub/model.gguf")))) == 1
         assert c.set_state(state(_hugging_face("paddler-test/smollm2", "a.gguf"))) == 2
         assert c.set_state(state(packaged("gemma3-270m"))) == 3
@@ -317,6 +323,12 @@ def _one_layer_too_many(path: Path) -> None:
 
 def _local(path: Path) -> desired_state_pb2.ModelSource:
     return desired_state_pb2.ModelSource(local_path=str(path))
+
+
+def _with_mmproj(mmproj: desired_state_pb2.ModelSource) -> desired_state_pb2.DesiredState:
+    with_projector = state(packaged("smollm2-135m"))
+    with_projector.mmproj.CopyFrom(mmproj)
+    return with_projector
 
 
 def test_an_agent_without_a_model_takes_the_desired_state() -> None:
@@ -367,6 +379,25 @@ def test_an_agent_without_a_model_takes_the_desired_state() -> None:
         (
             state(desired_state_pb2.ModelSource(local_path="models/a.gguf")),
             "state.model.local_path",
+        ),
+        (
+            _with_mmproj(desired_state_pb2.ModelSource(local_path="a.gguf")),
+            "state.mmproj.local_path",
+        ),
+        (_with_mmproj(packaged("clip-vit")), "state.mmproj.packaged"),
+        (
+            _with_mmproj(
+                desired_state_pb2.ModelSource(url=desired_state_pb2.UrlModel(url="ftp://x"))
+            ),
+            "state.mmproj.url.url",
+        ),
+        (
+            _with_mmproj(
+                desired_state_pb2.ModelSource(
+                    url=desired_state_pb2.UrlModel(url="https://x.example/m.gguf", sha256="zz")
+                )
+            ),
+            "state.mmproj.url.sha256",
         ),
         (state(_hugging_face("owner/" + "n" * 300, "a.gguf")), "state.model.hugging_face.repo"),
         (  # nested deeper than Python compiles: a refusal, not UNKNOWN

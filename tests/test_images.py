@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -308,6 +309,15 @@ def test_the_playground_sends_an_image_and_shows_it(seeing: Cluster, tmp_path: P
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(seeing.balancer.web)
+        # The state form shows the projector, and refuses a bad one naming it.
+        expect(page.locator("#mmproj-kind")).to_have_value("localPath")
+        expect(page.locator("#mmproj-value")).to_have_value(re.compile(r"/mmproj\.gguf$"))
+        page.select_option("#mmproj-kind", "url")
+        page.fill("#mmproj-value", "ftp://models.example/mmproj.gguf")
+        page.click("#state-form button[type=submit]")
+        expect(page.locator("#state-message")).to_have_class("error")
+        expect(page.locator("#state-message")).to_contain_text("https://")
+        assert seeing.desired_state().state.mmproj.local_path.endswith("mmproj.gguf")
         page.fill("#max-tokens", "4")
         page.set_input_files("#images", str(picture))
         page.fill("#prompt", ASK)

@@ -144,6 +144,11 @@ async function loadState() {
     || "packaged";
   $("source-kind").value = kind;
   $("source-value").value = sourceText(kind, model);
+  const mmproj = state.mmproj || {};
+  const mmprojKind = ["localPath", "huggingFace", "url", "packaged"].find((k) => k in mmproj)
+    || "";
+  $("mmproj-kind").value = mmprojKind;
+  $("mmproj-value").value = mmprojKind ? sourceText(mmprojKind, mmproj) : "";
   const defaults = state.defaults || {};
   for (const input of document.querySelectorAll("[data-sampling]")) {
     input.value = (defaults.sampling || {})[input.dataset.sampling] ?? "";
@@ -212,6 +217,9 @@ async function applyState(event) {
   }
   next.defaults = defaults;
   next.placement = placementOf(document.querySelectorAll("[data-placement]"));
+  const mmprojKind = $("mmproj-kind").value;
+  if (mmprojKind) next.mmproj = modelSource(mmprojKind, $("mmproj-value").value);
+  else delete next.mmproj;
   const template = $("template").value;
   if (template) next.chatTemplateOverride = template; else delete next.chatTemplateOverride;
   const reply = await api("/api/state", {

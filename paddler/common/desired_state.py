@@ -93,6 +93,11 @@ def _check_model(model: desired_state_pb2.ModelSource, field: str = "state.model
         raise InvalidArgumentError(
             field, "choose a model source: packaged, local_path, hugging_face or url"
         )
+    if source == "packaged" and field == "state.mmproj":
+        raise InvalidArgumentError(
+            f"{field}.packaged",
+            "no projector is packaged; give its local_path, hugging_face or url",
+        )
     if source == "packaged" and model.packaged not in PACKAGED_MODELS:
         raise InvalidArgumentError(
             f"{field}.packaged",

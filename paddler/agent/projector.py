@@ -27,7 +27,7 @@ from llama_cpp import mtmd_cpp as mtmd
 from PIL import Image
 
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
-from paddler.common.errors import InternalError, InvalidArgumentError
+from paddler.common.errors import InternalError, InvalidArgumentError, UnavailableError
 from paddler.v1 import generation_pb2
 
 log = structlog.get_logger(__name__)
@@ -93,6 +93,8 @@ class Projector:
             )
             array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*(b for b, _ in bitmaps))
             with self.lock:
+                if not self._context:
+                    raise UnavailableError("the model was swapped out while the request began")
                 status = mtmd.mtmd_tokenize(
                     self._context, chunks, ctypes.byref(request), array, len(bitmaps)
                 )
@@ -115,6 +117,8 @@ class Projector:
         thread). Raises InternalError when libmtmd fails."""
         after = llama.llama_pos(0)
         with self.lock:
+            if not self._context:
+                raise InternalError("the projector was closed")
             status = mtmd.mtmd_encode_chunk(self._context, image.chunk)
             if status == 0:
                 embeddings = mtmd.mtmd_get_output_embd(self._context)
@@ -134,20 +138,22 @@ class Projector:
             raise InternalError(f"the image could not be decoded (libmtmd status {status})")
 
     def close(self) -> None:
-        """Free libmtmd's context."""
-        if self._context:
-            mtmd.mtmd_free(self._context)
-            self._context = None
+        """Free libmtmd's context (after any call in flight)."""
+        with self.lock:
+            if self._context:
+                mtmd.mtmd_free(self._context)
+                self._context = None
 
 
 def _bitmap(image: generation_pb2.Image, index: int) -> tuple[Any, bytes]:
     """A libmtmd RGB bitmap of ``image``, decoded with Pillow, and the bytes' SHA-256."""
-    field_path = f"input.conversation.messages.image[{index}]"
     try:
         with Image.open(io.BytesIO(image.data)) as opened:
             rgb = opened.convert("RGB")
     except (OSError, ValueError) as error:
-        raise InvalidArgumentError(field_path, f"does not decode: {error}") from None
+        raise InvalidArgumentError(
+            "input.conversation.messages", f"image {index + 1} does not decode: {error}"
+        ) from None
     width, height = rgb.size
     pixels = rgb.tobytes()
     bitmap = mtmd.mtmd_bitmap_init(

@@ -175,6 +175,8 @@ def test_a_model_the_cluster_does_not_serve_is_not_found(client: openai.OpenAI) 
         ({"logit_bias": {"1": 5}}, "logit_bias"),
         ({"stop": ["x"] * 20}, "stop"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+         "messages[0].content[0].image_url"),
+        ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
          "messages[0].content[0].type"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
         ({"messages": []}, "messages"),

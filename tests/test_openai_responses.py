@@ -83,6 +83,8 @@ def test_the_stream_runs_from_created_to_the_end_with_the_same_text(
          "text.format.schema"),
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+         "input[0].content[0].image_url"),
+        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
          "input[0].content[0].type"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
     ],

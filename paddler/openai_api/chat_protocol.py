@@ -162,17 +162,12 @@ def _part(
     part: TextPart | ImagePart | OtherPart, index: int, number: int
 ) -> generation_pb2.ContentPart:
     """One part of a message with images, as ours (the same order and numbering)."""
-    field = f"messages[{index}].content[{number}]"
     if isinstance(part, TextPart):
         return generation_pb2.ContentPart(text=part.text)
     if isinstance(part, ImagePart):
-        return generation_pb2.ContentPart(
-            image=image_from_url(part.image_url.url, f"{field}.image_url.url")
-        )
-    raise InvalidArgumentError(
-        f"{field}.type",
-        f"content parts of type {part.type!r} are not supported; send text or image_url parts",
-    )
+        field = f"messages[{index}].content[{number}].image_url.url"
+        return generation_pb2.ContentPart(image=image_from_url(part.image_url.url, field))
+    raise _unserved(part, index, number)
 
 
 def _text(message: ChatMessage, index: int) -> str:
@@ -184,10 +179,20 @@ def _text(message: ChatMessage, index: int) -> str:
     texts = []
     for number, part in enumerate(content):
         if not isinstance(part, TextPart):
-            raise InvalidArgumentError(
-                f"messages[{index}].content[{number}].type",
-                f"content parts of type {part.type!r} are not supported; send text or "
-                "image_url parts",
-            )
+            raise _unserved(part, index, number)
         texts.append(part.text)
     return "".join(texts)
+
+
+def _unserved(part: ImagePart | OtherPart, index: int, number: int) -> InvalidArgumentError:
+    """The refusal of a part that is not text nor a whole image part."""
+    field = f"messages[{index}].content[{number}]"
+    if part.type == "image_url":
+        return InvalidArgumentError(
+            f"{field}.image_url",
+            "an image_url part needs image_url.url: a base64 data: URI of the image",
+        )
+    return InvalidArgumentError(
+        f"{field}.type",
+        f"content parts of type {part.type!r} are not supported; send text or image_url parts",
+    )

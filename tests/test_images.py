@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 import openai
@@ -209,7 +210,10 @@ def test_openai_refuses_bad_image_urls_with_400(seeing: Cluster, url: str, param
 class _Pictures(BaseHTTPRequestHandler):
     """An image host: /red.png, a page that is not an image, and a redirect."""
 
+    paths: ClassVar[list[str]] = []  # every GET, in order
+
     def do_GET(self) -> None:
+        self.paths.append(self.path)
         if self.path == "/moved.png":
             self.send_response(302)
             self.send_header("Location", "/red.png")
@@ -255,6 +259,15 @@ def test_an_allowed_hosts_image_url_is_fetched_and_others_are_refused(seeing: Cl
                 client.post("/chat/completions", body=_chat_with(f"{site}{path}"), cast_to=object)
             assert words in raised.value.message
             assert raised.value.param == "messages[0].content[1].image_url.url"
+        # More image parts than a request may carry: refused before anything is fetched.
+        fetched = len(_Pictures.paths)
+        crowded = _chat_with(f"{site}/red.png")
+        parts = [{"type": "image_url", "image_url": {"url": f"{site}/red.png"}}] * (MAX_IMAGES + 1)
+        crowded["messages"] = [{"role": "user", "content": parts}]
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.post("/chat/completions", body=crowded, cast_to=object)
+        assert raised.value.param == f"messages[0].content[{MAX_IMAGES}].image_url.url"
+        assert len(_Pictures.paths) == fetched
         other = site.replace("127.0.0.1", "localhost")  # the same server, not an allowed name
         with pytest.raises(openai.BadRequestError) as raised:
             client.post("/chat/completions", body=_chat_with(f"{other}/red.png"), cast_to=object)
@@ -335,3 +348,22 @@ def test_the_playground_sends_an_image_and_shows_it(seeing: Cluster, tmp_path: P
         expect(summary).to_have_class("ok", timeout=TIMEOUT_MS)
         browser.close()
     assert errors == []
+
+
+def test_a_micro_batch_smaller_than_an_image_is_refused_clearly(seeing: Cluster) -> None:
+    """A micro-batch smaller than an image: Gemma 3's projector decodes an image with
+    non-causal attention, so it must fit one (llama.cpp would abort the agent otherwise)."""
+    before = seeing.desired_state().state
+    message = asking(text_part(ASK), image_part(png()))
+    try:
+        small = desired_state_pb2.DesiredState()
+        small.CopyFrom(before)
+        small.placement.ubatch_size = 2
+        seeing.wait_applied(seeing.set_state(small))
+        error = _error(seeing, request_of(message))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+        assert "--ubatch-size" in (error.details() or "")
+        # The agent lives on: a request without an image is served.
+        assert generate(seeing.inference, to_inference(request_of(asking(text_part(ASK))))).text
+    finally:
+        seeing.wait_applied(seeing.set_state(before))

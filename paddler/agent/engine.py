@@ -185,7 +185,8 @@ class Engine:
         for slot, error in decode_images(
             self.projector, self._context, self._slots, self.config.batch_size
         ):
-            self._fail(slot, InternalError(f"the image could not be decoded: {error}"))
+            failure = error if isinstance(error, PaddlerError) else InternalError(f"{error}")
+            self._fail(slot, failure)
         fed = fill_batch(self._batch, self._slots, self.config.batch_size)
         if not fed:
             return

@@ -34,7 +34,7 @@ def decode_images(
             continue
         try:
             projector.decode(context, image, len(slot.cached), slot.seq_id, batch_size)
-        except Exception as error:  # noqa: BLE001 - that request fails alone
+        except Exception as error:  # noqa: BLE001 - that request fails alone (its status kept)
             failed.append((slot, error))
             continue
         slot.cached.extend(slot.pending[: image.positions])

@@ -11,7 +11,7 @@ from paddler.agent.generation_job import GenerationJob
 from paddler.agent.llama_model import LlamaModel
 from paddler.agent.projector import MediaPrompt, Projector
 from paddler.agent.reasoning_grammar import after_reasoning
-from paddler.agent.reasoning_split import OPEN_TAG, ReasoningSplit, starts_in_reasoning
+from paddler.agent.reasoning_split import OPEN_TAG, Kind, ReasoningSplit, starts_in_reasoning
 from paddler.agent.tool_prompt import ToolPrompt, generic_prompt, hermes_prompt, uses_hermes_calls
 from paddler.agent.tool_reply import check_parameter_schemas
 from paddler.common.chat_template import (
@@ -77,6 +77,12 @@ class JobFactory:
         if not tokens:
             raise InvalidArgumentError(
                 "input", "the input renders to no tokens at all; send some text to continue"
+            )
+        if tokens[-1] < 0:  # an image's placeholder: nothing would be left to decode after it
+            raise InvalidArgumentError(
+                "input.conversation.messages",
+                "the prompt ends with an image: the chat template must write text after it "
+                "(its generation prompt)",
             )
         limit = self._context_per_slot
         if len(tokens) >= limit:
@@ -147,6 +153,8 @@ class JobFactory:
                         "resumption.tokens", "the tokens break the request's grammar"
                     )
         text = b"".join(pieces)
+        if job.reasoning is not None:  # what was sent is the text the splitter let through
+            text = _split_text(job.reasoning, text)
         delivered = resumption.delivered_text.encode()
         if not text.startswith(delivered):
             raise InvalidArgumentError(
@@ -160,9 +168,6 @@ class JobFactory:
         job.max_tokens -= len(generated)
         job.resumed_tokens = len(generated)
         job.replay = text[len(delivered) :]
-        if job.reasoning is not None and delivered:
-            # Text went out (a stream that sent reasoning is not resumed): no more reasoning.
-            job.reasoning = ReasoningSplit.in_text()
         if job.sampling.seed is not None:  # the draws the failed agent made are not repeated
             job.sampling = replace(job.sampling, seed=(job.sampling.seed + len(generated)) % 2**32)
 
@@ -209,3 +214,23 @@ class JobFactory:
                 "the agents with --mmproj"
             )
         return text, self._projector.tokenize(text, images)
+
+
+def _split_text(split: ReasoningSplit, text: bytes) -> bytes:
+    """``text`` as the reply's text after ``split`` (which it advances): tags and the
+    whitespace around them gone; a partial character at the end kept as bytes. A reply whose
+    reasoning had begun is refused (its pieces cannot be sent again as they were)."""
+    for cut in range(min(4, len(text)) + 1):
+        try:
+            whole, tail = text[: len(text) - cut].decode(), text[len(text) - cut :]
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        whole, tail = text.decode(errors="replace"), b""
+    pieces = split.feed(whole)
+    if any(kind is Kind.REASONING for kind, _ in pieces) or split.in_reasoning:
+        raise InvalidArgumentError(
+            "resumption", "the reply's reasoning had begun; a split reasoning is not resumed"
+        )
+    return "".join(piece for _, piece in pieces).encode() + tail

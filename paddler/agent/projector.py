@@ -27,7 +27,12 @@ from llama_cpp import mtmd_cpp as mtmd
 from PIL import Image
 
 from paddler.agent.llama_model import LlamaModel, ModelLoadError
-from paddler.common.errors import InternalError, InvalidArgumentError, UnavailableError
+from paddler.common.errors import (
+    ConfigurationError,
+    InternalError,
+    InvalidArgumentError,
+    UnavailableError,
+)
 from paddler.v1 import generation_pb2
 
 log = structlog.get_logger(__name__)
@@ -41,6 +46,7 @@ class ImageChunk:
     def __init__(self, chunk: Any, positions: int) -> None:
         self.chunk = chunk
         self.positions = positions
+        self.tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
         weakref.finalize(self, mtmd.mtmd_input_chunk_free, chunk)
 
 
@@ -78,15 +84,27 @@ class Projector:
         if not mtmd.mtmd_support_vision(self._context):
             mtmd.mtmd_free(self._context)
             raise ModelLoadError(f"the projector {path} reads no images (an audio projector?)")
+        if mtmd.mtmd_decode_use_mrope(self._context):
+            # Its images take more KV cells than positions: the slots' accounting is by position.
+            mtmd.mtmd_free(self._context)
+            raise ModelLoadError(
+                f"the projector {path} places images with M-RoPE (Qwen-VL style), which this "
+                "agent does not serve yet"
+            )
+        # An image decoded with non-causal attention must fit one micro-batch (llama.cpp
+        # asserts it): ``decode`` refuses a bigger one instead.
+        self._non_causal = bool(mtmd.mtmd_decode_use_non_causal(self._context, None))
         self.path = path
         self.lock = threading.Lock()
         self.marker = mtmd.mtmd_default_marker().decode()
 
     def tokenize(self, text: str, images: Sequence[generation_pb2.Image]) -> MediaPrompt:
         """The prompt ``text`` (one marker per image, in order) with its images. Blocking."""
-        bitmaps = [_bitmap(image, index) for index, image in enumerate(images)]
+        bitmaps: list[tuple[Any, bytes]] = []
         chunks = mtmd.mtmd_input_chunks_init()
         try:
+            for index, image in enumerate(images):  # each freed below, whatever fails
+                bitmaps.append(_bitmap(image, index))
             encoded = text.encode()
             request = mtmd.mtmd_input_text(
                 text=encoded, text_len=len(encoded), add_special=True, parse_special=True
@@ -114,7 +132,16 @@ class Projector:
         self, context: Any, image: ImageChunk, position: int, seq_id: int, batch_size: int
     ) -> None:
         """Encode ``image`` and decode its embeddings into ``seq_id`` from ``position`` (engine
-        thread). Raises InternalError when libmtmd fails."""
+        thread), in batches of at most ``batch_size`` and the context's micro-batch. Raises
+        ConfigurationError when the image cannot fit a micro-batch, InternalError when
+        libmtmd fails."""
+        micro = int(llama.llama_n_ubatch(context))
+        if self._non_causal and image.tokens > micro:
+            raise ConfigurationError(
+                f"an image is {image.tokens} tokens but a micro-batch holds {micro}: raise the "
+                "agents' --ubatch-size (or the state's placement.ubatch_size) to at least that"
+            )
+        batch_size = min(batch_size, micro)
         after = llama.llama_pos(0)
         with self.lock:
             if not self._context:

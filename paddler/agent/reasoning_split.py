@@ -47,14 +47,6 @@ class ReasoningSplit:
         }[in_reasoning]
         self._held = ""
 
-    @classmethod
-    def in_text(cls) -> ReasoningSplit:
-        """A splitter for a reply whose text has begun (a resumed one): nothing more is
-        reasoning, and no whitespace is dropped."""
-        split = cls(False)
-        split._state = _State.TEXT
-        return split
-
     @property
     def in_reasoning(self) -> bool:
         """Whether text fed now would be reasoning."""

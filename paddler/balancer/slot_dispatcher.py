@@ -136,7 +136,11 @@ class SlotDispatcher:
         state names no projector that agents are loading."""
         if not request.demand.images or self._states.current.state.HasField("mmproj"):
             return
-        if not any(agent.status.images for agent in self._registry.agents()):
+        model = request.model
+        if not any(
+            agent.status.images and (not model or agent.status.model == model)
+            for agent in self._registry.agents()
+        ):
             raise ConfigurationError(
                 "the request has images but no agent reads images: set the desired state's "
                 "mmproj (paddler state set --mmproj SOURCE, state.mmproj) or start the agents "

@@ -102,12 +102,17 @@ class ChatCompletionRequest(SamplingFields):
 
     async def inline_images(self, remote: RemoteImages) -> None:
         """Fetch the images of allowed hosts into data: URIs (others are left to refuse)."""
-        for index, message in enumerate(self.messages):
-            parts = message.content if isinstance(message.content, list) else []
-            for number, part in enumerate(parts):
-                if isinstance(part, ImagePart):
-                    field = f"messages[{index}].content[{number}].image_url.url"
-                    part.image_url.url = await remote.inline(part.image_url.url, field)
+        found = [
+            (part, f"messages[{index}].content[{number}].image_url.url")
+            for index, message in enumerate(self.messages)
+            for number, part in enumerate(
+                message.content if isinstance(message.content, list) else ()
+            )
+            if isinstance(part, ImagePart)
+        ]
+        urls = await remote.inline_all([(part.image_url.url, field) for part, field in found])
+        for (part, _), url in zip(found, urls, strict=True):
+            part.image_url.url = url
 
     def generation_input(self) -> generation_pb2.GenerationInput:
         """Our GenerationInput for one choice; refuses what we do not serve yet."""

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from paddler.common.errors import InvalidArgumentError
 from paddler.common.generation_input import check_generation_input
+from paddler.common.image_input import check_image
 from paddler.common.tool_calls import MAX_TOOLS
 from paddler.openai_api.image_parts import image_from_url
 from paddler.openai_api.output_format import TextOptions
@@ -109,13 +110,16 @@ class ResponseRequest(BaseModel):
 
     async def inline_images(self, remote: RemoteImages) -> None:
         """Fetch the images of allowed hosts into data: URIs (others are left to refuse)."""
-        for index, item in enumerate(self.input if isinstance(self.input, list) else ()):
-            if not isinstance(item, InputMessage) or isinstance(item.content, str):
-                continue
-            for number, part in enumerate(item.content):
-                if part.type == "input_image" and part.image_url is not None:
-                    field = f"input[{index}].content[{number}].image_url"
-                    part.image_url = await remote.inline(part.image_url, field)
+        found = [
+            (part, part.image_url, f"input[{index}].content[{number}].image_url")
+            for index, item in enumerate(self.input if isinstance(self.input, list) else ())
+            if isinstance(item, InputMessage) and not isinstance(item.content, str)
+            for number, part in enumerate(item.content)
+            if part.type == "input_image" and part.image_url is not None
+        ]
+        urls = await remote.inline_all([(url, field) for _, url, field in found])
+        for (part, _, _), url in zip(found, urls, strict=True):
+            part.image_url = url
 
     def generation_input(self) -> generation_pb2.GenerationInput:
         """Our GenerationInput; refuses what we do not serve yet."""
@@ -195,7 +199,9 @@ def _part(part: ContentPart, index: int, number: int) -> generation_pb2.ContentP
             raise InvalidArgumentError(
                 f"{field}.image_url", "send the image as a base64 data: URI in image_url"
             )
-        return generation_pb2.ContentPart(image=image_from_url(part.image_url, field))
+        image = image_from_url(part.image_url, f"{field}.image_url")
+        check_image(image, f"{field}.image_url")  # named as the client wrote it
+        return generation_pb2.ContentPart(image=image)
     if part.type not in _TEXT_PARTS or part.text is None:
         raise InvalidArgumentError(
             f"{field}.type",

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from paddler.balancer.generation_relay import GenerationRelay
 from paddler.common.errors import InvalidArgumentError, PaddlerError
 from paddler.common.generation_input import check_generation_input
-from paddler.common.image_input import MAX_IMAGES
+from paddler.common.image_input import MAX_IMAGES, check_image
 from paddler.v1 import agent_pb2, generation_pb2
 from paddler.web.app import API
 
@@ -77,6 +77,7 @@ def _message(message: PanelMessage, index: int) -> generation_pb2.ChatMessage:
                 f"messages[{index}].images[{number}].data", "is not base64"
             ) from None
         picture = generation_pb2.Image(data=data, mime_type=image.mime_type)
+        check_image(picture, f"messages[{index}].images[{number}]")  # named as the panel sent it
         parts.append(generation_pb2.ContentPart(image=picture))
     return generation_pb2.ChatMessage(role=message.role, parts=parts)
 

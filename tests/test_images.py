@@ -19,7 +19,7 @@ import grpc
 import openai
 import pytest
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from paddler.common.image_input import MAX_IMAGE_BYTES, MAX_IMAGES
 from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
@@ -27,12 +27,11 @@ from tests.client import generate, invalid_field
 from tests.cluster import Cluster, cluster, to_inference
 from tests.local_http import serving
 from tests.openai_clients import bad_request_param, client_of
+from tests.panel_page import TIMEOUT_MS, panel_page
 from tests.processes import run_paddler
 from tests.projector_file import IMAGE_TOKENS, write_projector
 
 GEMMA_WIDTH = 640
-CHROMIUM = "/usr/bin/chromium"
-TIMEOUT_MS = 60_000
 ASK = "What is in this picture?"
 
 
@@ -313,15 +312,7 @@ def test_the_cli_shows_the_model_an_image(seeing: Cluster, tmp_path: Path) -> No
 def test_the_playground_sends_an_image_and_shows_it(seeing: Cluster, tmp_path: Path) -> None:
     picture = tmp_path / "green.png"
     picture.write_bytes(png(colour=(20, 180, 20)))
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(seeing.balancer.web)
+    with panel_page(seeing.balancer.web) as (page, errors):
         # The state form shows the projector, and refuses a bad one naming it.
         expect(page.locator("#mmproj-kind")).to_have_value("localPath")
         expect(page.locator("#mmproj-value")).to_have_value(re.compile(r"/mmproj\.gguf$"))
@@ -346,7 +337,6 @@ def test_the_playground_sends_an_image_and_shows_it(seeing: Cluster, tmp_path: P
         page.click("#prompt-form button[type=submit]")
         expect(page.locator(".turn.assistant")).to_have_count(2)
         expect(summary).to_have_class("ok", timeout=TIMEOUT_MS)
-        browser.close()
     assert errors == []
 
 

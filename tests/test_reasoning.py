@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from paddler.v1 import agent_pb2, desired_state_pb2, generation_pb2
 from tests.client import conversation_request
 from tests.cluster import Cluster, cluster, to_inference
 from tests.openai_clients import MODEL, bad_request_param, client_of
+from tests.panel_page import TIMEOUT_MS, panel_page
 from tests.processes import run_paddler
 
 THINKING_TEMPLATE = """\
@@ -42,8 +43,6 @@ Reasoning: {{ reasoning_effort }}<|im_end|>
 THINK = 'root ::= "<think>" [a-z ]{10,60} "</think>" [a-z ]{5,40}\n'
 CLOSE = 'root ::= [a-z ]{10,60} "</think>" [a-z ]{5,40}\n'
 WORDS = re.compile(r"[a-z ]+")
-CHROMIUM = "/usr/bin/chromium"
-TIMEOUT_MS = 60_000
 ASK = "Is the sky blue?"
 
 
@@ -268,15 +267,7 @@ def test_the_cli_prints_the_reply_and_sends_the_reasoning_to_stderr(
 
 
 def test_the_playground_shows_the_reasoning_apart(thinking: Cluster) -> None:
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(thinking.balancer.web)
+    with panel_page(thinking.balancer.web) as (page, errors):
         page.fill("#max-tokens", "12")
         page.fill("#temperature", "0")
         # On: the template opens the reasoning, and SmolLM2 never closes it in 12 tokens.
@@ -298,5 +289,4 @@ def test_the_playground_shows_the_reasoning_apart(thinking: Cluster) -> None:
         expect(summary).not_to_contain_text("reasoning)")
         expect(second.locator("details.reasoning")).to_be_hidden()
         assert second.locator(".text").inner_text().strip()
-        browser.close()
     assert errors == []

@@ -79,6 +79,50 @@ def test_a_fleet_of_three_serves_on_every_agent_and_stops_on_sigint() -> None:
         _stop_everything(fleet, lines)
 
 
+@pytest.mark.timeout(600)
+def test_a_fleet_with_a_second_pool_routes_by_model() -> None:
+    command = ["fleet", "--agents", "1", "--pool", "side=1", "--slots", "1", "--threads", "1"]
+    fleet = subprocess.Popen(
+        [sys.executable, "-m", "paddler", *command, *PORTS],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=process_env()[0],
+    )
+    lines: list[str] = []
+    try:
+        assert fleet.stdout is not None
+        while not lines or not lines[-1].startswith("fleet ready"):
+            line = fleet.stdout.readline()
+            assert line, f"the fleet ended before it was ready: {lines}"
+            lines.append(line.strip())
+        balancer, *agents = [_fields(line) for line in lines[:-1]]
+        assert [a["name"] for a in agents] == ["agent-1", "side-1"]
+        with grpc.insecure_channel(balancer["inference"]) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            for model, agent in (("side", "side-1"), ("", "agent-1"), ("side", "side-1")):
+                request = to_inference(prompt_request("Hi", max_tokens=2))
+                request.model = model
+                assert generate(stub, request).summary.agent_name == agent
+        fleet.send_signal(signal.SIGINT)
+        assert fleet.wait(timeout=180) == 0
+    finally:
+        _stop_everything(fleet, lines)
+
+
+@pytest.mark.parametrize("given", ["side", "side=0", "Side=1", "default=1", "side=x"])
+def test_a_bad_pool_of_the_fleet_is_refused_before_anything_starts(given: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "paddler", "fleet", "--pool", given, *PORTS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=process_env()[0],
+    )
+    assert result.returncode == 2
+    assert "--pool" in result.stderr
+
+
 def _stop_everything(fleet: subprocess.Popen[str], lines: list[str]) -> None:
     """After a failure too: the fleet's processes run in sessions of their own."""
     if fleet.poll() is None:

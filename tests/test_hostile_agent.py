@@ -65,13 +65,16 @@ class Hostile:
     address: str = ""  # "" : a port nobody serves
     raw: tuple[bytes, ...] = ()
     register: bool = True
+    pool: str = ""
 
     def messages(self) -> list[bytes]:
         """The Connect stream's requests, serialized."""
         sent: list[agent_registry_pb2.ConnectRequest] = []
         if self.register:
             address = self.address or f"127.0.0.1:{free_port()}"
-            registration = agent_registry_pb2.AgentRegistration(name=self.name, address=address)
+            registration = agent_registry_pb2.AgentRegistration(
+                name=self.name, address=address, pool=self.pool
+            )
             sent.append(agent_registry_pb2.ConnectRequest(registration=registration))
         if self.status is not None:
             sent.append(agent_registry_pb2.ConnectRequest(status=self.status))
@@ -128,6 +131,8 @@ HOSTILE = {
         ),
     ),
     "bad-address": Hostile("registration.address", address="no-port-here"),
+    "bad-pool": Hostile("registration.pool", pool="Not_A_Pool"),
+    "huge-pool": Hostile("registration.pool", pool="p" * 1_000_000),
     "huge-address": Hostile("registration.address", address=f"{'h' * 1_000_000}:50052"),
     "undecodable-status": Hostile(
         "status",

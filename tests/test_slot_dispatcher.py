@@ -12,11 +12,15 @@ import time
 import pytest
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
+from paddler.balancer.model_routes import Route
 from paddler.balancer.registry_servicer import reachable_address
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.state_store import StateStore
 from paddler.common.errors import ModelNotFoundError, UnavailableError
+from paddler.common.pool_names import DEFAULT_POOL
 from paddler.v1 import desired_state_pb2, status_pb2
+
+GEMMA = Route(model="gemma")
 
 
 async def _agent(
@@ -142,18 +146,18 @@ def test_a_request_for_a_model_goes_only_to_its_agents() -> None:
         smollm.status.model = "smollm"
         gemma = await _agent(registry, "gemma", 1)
         gemma.status.model = "gemma"
-        held = await dispatcher.acquire(None, model="gemma")
+        held = await dispatcher.acquire(None, route=GEMMA)
         assert held.agent is gemma
-        waiting = asyncio.create_task(dispatcher.acquire(None, model="gemma"))
+        waiting = asyncio.create_task(dispatcher.acquire(None, route=GEMMA))
         await asyncio.sleep(0)
         assert dispatcher.buffered == 1  # smollm's free slot is not for it ...
         assert (await dispatcher.acquire(None)).agent is smollm  # ... and nobody waits on it
         dispatcher.release(held)
         assert (await waiting).agent is gemma
-        assert dispatcher.most_served_model() == "gemma"  # a tie: the first name
+        assert dispatcher.most_served_model(DEFAULT_POOL) == "gemma"  # a tie: the first name
         gemma.status.model = "gemma-v2"  # the model went away (a rollout) while one waited
         with pytest.raises(ModelNotFoundError) as caught:
-            await dispatcher.acquire(None, model="gemma")
+            await dispatcher.acquire(None, route=GEMMA)
         assert "gemma-v2" in caught.value.message
 
     asyncio.run(scenario())

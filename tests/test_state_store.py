@@ -57,3 +57,46 @@ def test_a_restored_state_is_checked_like_a_new_one(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("paddler: the state in ")
     assert "state.defaults.context_size" in lines[-1]
+
+
+def test_a_state_file_from_before_pools_is_the_default_pool(tmp_path: Path) -> None:
+    path = tmp_path / "desired.json"
+    old = desired_state_pb2.VersionedDesiredState(version=4, state=SMOLLM, epoch="e1")
+    path.write_text(json_format.MessageToJson(old))
+    store = StateStore(path)
+    assert (store.current.version, store.current.epoch, store.current.pool) == (4, "e1", "default")
+    assert store.current.state == SMOLLM
+    gemma = _state(model=desired_state_pb2.ModelSource(packaged="gemma3-270m"))
+    stored = store.set(gemma, "gemma", ["gemma-chat"])
+    assert (stored.version, stored.pool, stored.epoch) == (1, "gemma", "e1")  # its own count
+    assert store.set(SMOLLM).version == 5
+    restored = StateStore(path)  # the file is in the pools' form now
+    assert restored.state_of("gemma") == stored
+    assert restored.aliases_of("gemma") == ["gemma-chat"]
+    assert restored.current.version == 5
+    assert sorted(restored.pools()) == ["default", "gemma"]
+    restored.set(gemma, "gemma")  # aliases kept unless given
+    assert restored.aliases_of("gemma") == ["gemma-chat"]
+    restored.set(gemma, "gemma", [])
+    assert restored.aliases_of("gemma") == []
+
+
+def test_a_bad_pool_in_the_state_file_names_its_pool(tmp_path: Path) -> None:
+    path = tmp_path / "desired.json"
+    StateStore(path).set(
+        _state(model=desired_state_pb2.ModelSource(local_path="/elsewhere/m.gguf")), "side"
+    )
+    with pytest.raises(StateFileError) as caught:
+        StateStore(path, ModelSourcePolicy(local_roots=("/models",)))
+    assert "(pool 'side')" in caught.value.message
+
+
+def test_new_aliases_with_the_same_state_roll_nothing_out(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "desired.json")
+    announced: list[int] = []
+    store.listen(lambda state: announced.append(state.version))
+    first = store.set(SMOLLM, "chat", ["a"])
+    again = store.set(SMOLLM, "chat", ["b", "c"])
+    assert again == first and announced == [1]
+    assert store.aliases_of("chat") == ["b", "c"]
+    assert store.set(SMOLLM, "chat").version == 2  # no aliases given: a new version, as before

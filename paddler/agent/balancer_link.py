@@ -12,6 +12,7 @@ import structlog
 from grpc import aio
 
 from paddler.common.dialer import Dialer
+from paddler.common.pool_names import DEFAULT_POOL
 from paddler.common.status_interval import STATUS_INTERVAL_S
 from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc, desired_state_pb2, status_pb2
 
@@ -50,11 +51,13 @@ class BalancerLink:
         servicer: StatusSource,
         on_desired_state: Callable[[desired_state_pb2.VersionedDesiredState], None],
         dialer: Dialer | None = None,
+        *,
+        pool: str = DEFAULT_POOL,
     ) -> None:
         self._balancer = balancer
         self._dialer = dialer or Dialer()
         self._registration = agent_registry_pb2.AgentRegistration(
-            name=servicer.name, address=advertise
+            name=servicer.name, address=advertise, pool=pool
         )
         self._servicer = servicer
         self._on_desired_state = on_desired_state

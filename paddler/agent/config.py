@@ -7,6 +7,7 @@ from pathlib import Path
 
 from paddler.common.model_sources import ModelSourcePolicy
 from paddler.common.placement import PlacementSettings
+from paddler.common.pool_names import DEFAULT_POOL
 from paddler.common.tls import ClientTls, ServerTls
 
 DEFAULT_PROMPT_CACHE_MIB = 8192
@@ -62,3 +63,5 @@ class AgentConfig:
     placement: PlacementSettings = field(default_factory=PlacementSettings)
     # The multimodal projector of --model (images), until a desired state says otherwise.
     mmproj: Path | None = None
+    # The pool the agent joins: the balancer sends it that pool's desired state and requests.
+    pool: str = DEFAULT_POOL

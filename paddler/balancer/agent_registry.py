@@ -17,6 +17,7 @@ from paddler.balancer.agent_speed import AgentSpeed
 from paddler.balancer.prefix_index import PrefixIndex
 from paddler.common.dialer import Dialer, Metadata
 from paddler.common.errors import ResourceExhaustedError
+from paddler.common.pool_names import DEFAULT_POOL
 from paddler.v1 import agent_pb2, agent_registry_pb2, desired_state_pb2, status_pb2
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class RegisteredAgent:
     name: str
     address: str
     channel: aio.Channel
+    # The pool the agent joined: it is sent that pool's state and serves its requests.
+    pool: str = DEFAULT_POOL
     # The last snapshot; ``ready`` is cleared locally until the next one when the agent may be
     # swapping models (a desired state was sent, or it answered NOT_READY).
     status: status_pb2.AgentStatus = field(default_factory=status_pb2.AgentStatus)
@@ -175,8 +178,12 @@ class AgentRegistry:
         """The registered agents, in registration order."""
         return list(self._agents.values())
 
-    async def add(self, name: str, address: str) -> RegisteredAgent:
-        """Register an agent and open the channel the balancer dials it on.
+    def in_pool(self, pool: str) -> list[RegisteredAgent]:
+        """The registered agents of ``pool``, in registration order."""
+        return [agent for agent in self._agents.values() if agent.pool == pool]
+
+    async def add(self, name: str, address: str, pool: str = DEFAULT_POOL) -> RegisteredAgent:
+        """Register an agent of ``pool`` and open the channel the balancer dials it on.
 
         An entry with the same address is an earlier connection of the same agent: it goes.
         """
@@ -192,12 +199,13 @@ class AgentRegistry:
             agent_id=f"agent-{next(self._ids)}",
             name=name,
             address=address,
+            pool=pool,
             # dns:/// so an address is never read as another scheme (unix:, vsock:).
             channel=self._dialer.aio_channel(f"dns:///{address}"),
             call_metadata=self._dialer.metadata,
         )
         self._agents[agent.agent_id] = agent
-        log.info("agent registered", agent_id=agent.agent_id, name=name, address=address)
+        log.info("agent registered", agent_id=agent.agent_id, name=name, address=address, pool=pool)
         self.changed()
         return agent
 

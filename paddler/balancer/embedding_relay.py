@@ -15,6 +15,7 @@ from grpc import aio
 
 from paddler.balancer.failover import Failover, agent_failure, remaining
 from paddler.balancer.metrics import BalancerMetrics, RequestMeter
+from paddler.balancer.model_routes import DEFAULT_ROUTE, Route
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.stream_claim import BYTES_PER_TOKEN, Demand
 from paddler.common.errors import PaddlerError, UnavailableError
@@ -50,13 +51,13 @@ class EmbeddingRelay:
         embedding: embedding_pb2.EmbeddingInput,
         deadline: float | None,
         api: str,
-        model: str = "",
+        route: Route = DEFAULT_ROUTE,
     ) -> embedding_pb2.EmbeddingResult:
         """The vectors of ``embedding``'s texts (checked already), in order; logs one line and
-        counts the request. ``model`` ("": any) is the model that must serve it."""
-        meter = RequestMeter(self._metrics, api, "embed")
+        counts the request. ``route`` says which pool (and model) must serve it."""
+        meter = RequestMeter(self._metrics, api, "embed", route.pool)
         try:
-            result = await self._embed(request_id, embedding, deadline, api, meter, model=model)
+            result = await self._embed(request_id, embedding, deadline, api, meter, route=route)
         except PaddlerError as error:
             meter.ended("failed", error.code.name)
             raise
@@ -77,7 +78,7 @@ class EmbeddingRelay:
         api: str,
         meter: RequestMeter,
         *,
-        model: str,
+        route: Route,
     ) -> embedding_pb2.EmbeddingResult:
         started = time.perf_counter()
         arrived_at = time.monotonic()
@@ -92,17 +93,17 @@ class EmbeddingRelay:
             parts.append(
                 agent_pb2.EmbedRequest(request_id=request_id, input=part, first_index=first)
             )
-        if len(parts) > 1 and not model:  # every part on one model, even during a rollout
-            model = self._dispatcher.most_served_model()
+        if len(parts) > 1 and not route.model:  # every part on one model, even in a rollout
+            route = Route(route.pool, self._dispatcher.most_served_model(route.pool))
         results: list[embedding_pb2.EmbeddingResult | None] = [None] * len(parts)
         queue = collections.deque(enumerate(parts))
 
         async def worker() -> None:
             while queue:
                 index, part = queue.popleft()
-                results[index] = await self._part(part, deadline, arrived_at, meter, model)
+                results[index] = await self._part(part, deadline, arrived_at, meter, route)
 
-        workers = max(1, min(len(parts), self._dispatcher.serving()))
+        workers = max(1, min(len(parts), self._dispatcher.serving(route.pool)))
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
@@ -129,6 +130,7 @@ class EmbeddingRelay:
             request_id=request_id,
             api=api,
             status=served_status(api),
+            pool=route.pool,
             texts=len(texts),
             parts=len(parts),
             agents=sorted(set(merged.agent_names)),
@@ -143,12 +145,12 @@ class EmbeddingRelay:
         deadline: float | None,
         arrived_at: float,
         meter: RequestMeter,
-        model: str,
+        route: Route,
     ) -> embedding_pb2.EmbeddingResult:
         size = sum(len(text.encode()) for text in request.input.texts) // BYTES_PER_TOKEN
         demand = Demand(prompt_tokens=max(size, 1), max_tokens=1)
         failover = Failover(
-            self._dispatcher, self._max_attempts, request.request_id, self._metrics, model
+            self._dispatcher, self._max_attempts, request.request_id, self._metrics, route
         )
         attempts = 0
         while True:
@@ -160,7 +162,7 @@ class EmbeddingRelay:
                     retry=attempts > 0,
                     arrived_at=arrived_at,
                     demand=demand,
-                    model=model,
+                    route=route,
                 )
             finally:
                 meter.waited(waiting)

@@ -12,6 +12,7 @@ from grpc import aio
 
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.metrics import BalancerMetrics
+from paddler.balancer.model_routes import DEFAULT_ROUTE, Route
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import AgentCallError, PaddlerError, RelayedError, UnavailableError
@@ -105,10 +106,10 @@ class Failover:
         max_attempts: int,
         request_id: str,
         metrics: BalancerMetrics,
-        model: str = "",
+        route: Route = DEFAULT_ROUTE,
     ) -> None:
         self._dispatcher = dispatcher
-        self._model = model
+        self._route = route
         self._retries = metrics.retries
         self._max_attempts = max_attempts
         self._request_id = request_id
@@ -146,7 +147,7 @@ class Failover:
             failure.code not in RETRYABLE
             or failure.reason == INVALID_TOOL_CALL
             or self._failures == self._max_attempts
-            or not self._dispatcher.could_serve(frozenset(self.excluded), self._model)
+            or not self._dispatcher.could_serve(frozenset(self.excluded), self._route)
         ):
             raise failure from None
         self._retries.labels("agent_failed").inc()

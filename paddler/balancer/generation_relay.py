@@ -15,6 +15,7 @@ from grpc import aio
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.failover import Failover, agent_failure, remaining
 from paddler.balancer.metrics import BalancerMetrics, RequestMeter
+from paddler.balancer.model_routes import DEFAULT_ROUTE, Route
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.stream_claim import Demand
 from paddler.common.cancellation import being_cancelled
@@ -55,25 +56,25 @@ class GenerationRelay:
         self._migrate = migrate
         self._client_idle_timeout_s = client_idle_timeout_s
 
-    def most_served_model(self) -> str:
-        """The model most serving agents have ("" while none serves)."""
-        return self._dispatcher.most_served_model()
+    def most_served_model(self, pool: str) -> str:
+        """The model most of ``pool``'s serving agents have ("" while none serves)."""
+        return self._dispatcher.most_served_model(pool)
 
     async def stream(
         self,
         forwarded: agent_pb2.GenerateRequest,
         deadline: float | None,
         api: str,
-        model: str = "",
+        route: Route = DEFAULT_ROUTE,
     ) -> AsyncIterator[bytes]:
         """The agent's serialized ``GenerateResponse`` messages, summary last; logs one line
-        and counts the request (``api`` names the surface the request came in by; ``model``,
-        unless "", the model that must serve it)."""
+        and counts the request (``api`` names the surface the request came in by; ``route``
+        the pool, and model, that must serve it)."""
         progress = _Progress()
-        meter = RequestMeter(self._metrics, api, "generate")
+        meter = RequestMeter(self._metrics, api, "generate", route.pool)
         outcome, code = "failed", "UNKNOWN"
         try:
-            async for chunk in self._attempts(forwarded, deadline, progress, meter, model):
+            async for chunk in self._attempts(forwarded, deadline, progress, meter, route):
                 meter.piece()
                 yield chunk
         except PaddlerError as error:
@@ -96,10 +97,10 @@ class GenerationRelay:
         deadline: float | None,
         progress: _Progress,
         meter: RequestMeter,
-        model: str,
+        route: Route,
     ) -> AsyncIterator[bytes]:
         failover = Failover(
-            self._dispatcher, self._max_attempts, forwarded.request_id, self._metrics, model
+            self._dispatcher, self._max_attempts, forwarded.request_id, self._metrics, route
         )
         demand = Demand.of(forwarded.input)
         request = forwarded
@@ -112,7 +113,7 @@ class GenerationRelay:
                     retry=progress.attempts > 0,
                     arrived_at=progress.arrived_at,
                     demand=demand,
-                    model=model,
+                    route=route,
                 )
             finally:
                 meter.waited(waiting)
@@ -262,6 +263,7 @@ class _Progress:
             api=api,
             status=served_status(api),
             model=summary.model,
+            pool=agent.pool,
             agent=agent.name,
             attempts=self.attempts,
             migrated_from=list(summary.migrated_from) or None,

@@ -14,6 +14,7 @@ from grpc import aio
 from paddler.balancer.embedding_relay import EmbeddingRelay
 from paddler.balancer.generation_relay import GenerationRelay
 from paddler.balancer.metrics import BalancerMetrics
+from paddler.balancer.model_routes import ModelRoutes
 from paddler.common.embedding_input import check_embedding_input
 from paddler.common.generation_input import check_generation_input
 from paddler.common.off_loop import checked_off_loop
@@ -27,10 +28,15 @@ class InferenceServicer:
     """Generate: the relay's stream, sent to the client as the agent serialized it."""
 
     def __init__(
-        self, relay: GenerationRelay, embeddings: EmbeddingRelay, metrics: BalancerMetrics
+        self,
+        relay: GenerationRelay,
+        embeddings: EmbeddingRelay,
+        routes: ModelRoutes,
+        metrics: BalancerMetrics,
     ) -> None:
         self._relay = relay
         self._embeddings = embeddings
+        self._routes = routes
         self._metrics = metrics
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -56,6 +62,7 @@ class InferenceServicer:
         request_id = request.request_id or uuid.uuid4().hex
         bind_request(request_id=request_id)
         with self._metrics.refusals("grpc", "generate"):
+            route = self._routes.resolve(request.model)
             generation = request.input
             if generation.grammar.WhichOneof("kind") or generation.conversation.tools:
                 await checked_off_loop(lambda: check_generation_input(generation), "input.grammar")
@@ -64,7 +71,7 @@ class InferenceServicer:
         forwarded = agent_pb2.GenerateRequest(request_id=request_id, input=request.input)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        async for chunk in self._relay.stream(forwarded, deadline, "grpc"):
+        async for chunk in self._relay.stream(forwarded, deadline, "grpc", route):
             yield chunk
 
     async def embed(
@@ -76,8 +83,9 @@ class InferenceServicer:
         request_id = request.request_id or uuid.uuid4().hex
         bind_request(request_id=request_id)
         with self._metrics.refusals("grpc", "embed"):
+            route = self._routes.resolve(request.model)
             check_embedding_input(request.input)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        result = await self._embeddings.embed(request_id, request.input, deadline, "grpc")
+        result = await self._embeddings.embed(request_id, request.input, deadline, "grpc", route)
         return inference_pb2.InferenceServiceEmbedResponse(result=result)

@@ -10,9 +10,11 @@ from typing import Any
 from grpc import aio
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
+from paddler.balancer.model_routes import ModelRoutes
 from paddler.balancer.rollout import Rollout
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.common.concurrency_limit import ConcurrencyLimit
+from paddler.common.pool_names import check_pool_name
 from paddler.v1 import management_pb2, management_pb2_grpc
 
 
@@ -40,9 +42,30 @@ def _describe(agent: RegisteredAgent, now: float) -> management_pb2.RegisteredAg
         context_source=status.context_source,
         placement=status.placement,
         images=status.images,
+        pool=agent.pool,
     )
     described.last_status_age.FromNanoseconds(int((now - agent.last_status_at) * 1e9))
     return described
+
+
+def describe_pool(
+    name: str, registry: AgentRegistry, rollout: Rollout, dispatcher: SlotDispatcher
+) -> management_pb2.Pool:
+    """The pool ``name`` as it stands now."""
+    agents = registry.in_pool(name)
+    serving = [agent for agent in agents if agent.serving]
+    return management_pb2.Pool(
+        name=name,
+        aliases=rollout.states.aliases_of(name),
+        desired_state=rollout.states.state_of(name),
+        rollout=rollout.progress(name),
+        agents=len(agents),
+        serving=len(serving),
+        slots_total=sum(agent.status.slots_total for agent in serving),
+        slots_free=sum(agent.free_slots() for agent in serving),
+        buffered=dispatcher.buffered_in(name),
+        models=sorted({agent.status.model for agent in serving if agent.status.model}),
+    )
 
 
 class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
@@ -54,12 +77,14 @@ class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
         dispatcher: SlotDispatcher,
         rollout: Rollout,
         watchers: ConcurrencyLimit,
+        routes: ModelRoutes,
     ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
         self._rollout = rollout
         self._states = rollout.states
         self._watchers = watchers
+        self._routes = routes
 
     def _agents(self) -> list[management_pb2.RegisteredAgent]:
         now = time.monotonic()
@@ -92,19 +117,24 @@ class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
         request: management_pb2.GetBufferedRequestsRequest,
         context: aio.ServicerContext[Any, Any],
     ) -> management_pb2.GetBufferedRequestsResponse:
-        """How many requests wait for a slot, and how many may."""
-        return management_pb2.GetBufferedRequestsResponse(
-            count=self._dispatcher.buffered, capacity=self._dispatcher.capacity
-        )
+        """How many requests wait for a slot (in one pool, or in all), and how many may (in
+        each pool)."""
+        dispatcher = self._dispatcher
+        if request.pool:
+            count = dispatcher.buffered_in(check_pool_name(request.pool, "pool"))
+        else:
+            count = dispatcher.buffered
+        return management_pb2.GetBufferedRequestsResponse(count=count, capacity=dispatcher.capacity)
 
     async def GetDesiredState(
         self,
         request: management_pb2.GetDesiredStateRequest,
         context: aio.ServicerContext[Any, Any],
     ) -> management_pb2.GetDesiredStateResponse:
-        """The current desired state and its version (0: none set), and its rollout."""
+        """A pool's desired state and its version (0: none set), and its rollout."""
+        pool = check_pool_name(request.pool, "pool")
         return management_pb2.GetDesiredStateResponse(
-            desired_state=self._states.current, rollout=self._rollout.progress()
+            desired_state=self._states.state_of(pool), rollout=self._rollout.progress(pool)
         )
 
     async def SetDesiredState(
@@ -112,6 +142,27 @@ class ManagementServicer(management_pb2_grpc.ManagementServiceServicer):
         request: management_pb2.SetDesiredStateRequest,
         context: aio.ServicerContext[Any, Any],
     ) -> management_pb2.SetDesiredStateResponse:
-        """Validate, store under the next version and roll it out."""
-        stored = await self._states.submit(request.state)
+        """Validate, store as the pool's next version and roll it out to the pool's agents."""
+        aliases = request.aliases.names if request.HasField("aliases") else None
+        stored = await self._states.submit(request.state, request.pool, aliases)
         return management_pb2.SetDesiredStateResponse(desired_state=stored)
+
+    async def ListPools(
+        self, request: management_pb2.ListPoolsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> management_pb2.ListPoolsResponse:
+        """Every pool, sorted by name."""
+        return management_pb2.ListPoolsResponse(
+            pools=[self._pool(name) for name in self._routes.pools()]
+        )
+
+    def _pool(self, name: str) -> management_pb2.Pool:
+        return describe_pool(name, self._registry, self._rollout, self._dispatcher)
+
+    async def DeletePool(
+        self, request: management_pb2.DeletePoolRequest, context: aio.ServicerContext[Any, Any]
+    ) -> management_pb2.DeletePoolResponse:
+        """Forget a pool no agent is in."""
+        pool = check_pool_name(request.pool, "pool")
+        self._states.delete(pool, len(self._registry.in_pool(pool)))
+        self._rollout.forget(pool)
+        return management_pb2.DeletePoolResponse()

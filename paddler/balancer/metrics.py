@@ -9,10 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from paddler.balancer.agent_registry import AgentRegistry
+from paddler.balancer.cluster_gauges import ClusterGauges
 from paddler.balancer.rollout import Rollout, RolloutFailure
 from paddler.common.errors import PaddlerError
 from paddler.common.guards import CALLER
@@ -97,6 +96,27 @@ class BalancerMetrics:
             "Rollouts of a desired state stopped because an agent failed to apply it.",
             registry=registry,
         )
+        self.pool_requests = Counter(
+            "paddler_pool_requests",
+            "Routed requests by pool, kind (generate, embed) and outcome (served, cancelled, "
+            "failed).",
+            ["pool", "kind", "outcome"],
+            registry=registry,
+        )
+        self.pool_time_to_first_token = Histogram(
+            "paddler_pool_time_to_first_token_seconds",
+            "paddler_time_to_first_token_seconds by the pool that served the generation.",
+            ["pool"],
+            buckets=_TIME_BUCKETS,
+            registry=registry,
+        )
+        self.pool_inter_token_latency = Histogram(
+            "paddler_pool_inter_token_latency_seconds",
+            "paddler_inter_token_latency_seconds by the pool that served the generation.",
+            ["pool"],
+            buckets=_TOKEN_GAP_BUCKETS,
+            registry=registry,
+        )
         self.retries = Counter(
             "paddler_retries",
             "Requests sent again after an agent failed them (reason: agent_failed, "
@@ -122,87 +142,30 @@ class BalancerMetrics:
         """Count a call refused for its credential."""
         self.credentials_refused.labels(surface, reason.lower()).inc()
 
-    def watch(self, agents: AgentRegistry, rollout: Rollout, buffered: Callable[[], int]) -> None:
-        """Report the cluster's state at each scrape."""
-        self.registry.register(_ClusterCollector(agents, rollout, buffered))
+    def watch(
+        self,
+        agents: AgentRegistry,
+        rollout: Rollout,
+        buffered: Callable[[str], int],
+        pools: Callable[[], list[str]],
+    ) -> None:
+        """Report the cluster's state at each scrape (``buffered``: a pool's waiting requests;
+        ``pools``: every pool's name)."""
+        self.registry.register(ClusterGauges(agents, rollout, buffered, pools))
 
     def rollout_failed(self, failure: RolloutFailure) -> None:
         """Count a rollout an agent stopped."""
         self.rollout_failures.inc()
 
 
-class _ClusterCollector(Collector):
-    """Gauges read at scrape time, so they are never stale."""
-
-    def __init__(
-        self, agents: AgentRegistry, rollout: Rollout, buffered: Callable[[], int]
-    ) -> None:
-        self._agents = agents
-        self._rollout = rollout
-        self._buffered = buffered
-
-    def collect(self) -> Iterator[Metric]:
-        """One sample per agent and state, and the cluster's totals."""
-        agents = self._agents.agents()
-        slots = GaugeMetricFamily(
-            "paddler_agent_slots",
-            "An agent's slots: busy (this balancer's claims and others' use) and total.",
-            labels=["agent", "address", "state"],
-        )
-        ready = GaugeMetricFamily(
-            "paddler_agent_ready",
-            "1 while the agent serves (a model loaded: the desired state, or during a rollout "
-            "the one it had), else 0.",
-            labels=["agent", "address"],
-        )
-        version = GaugeMetricFamily(
-            "paddler_agent_applied_state_version",
-            "The desired-state version the agent last applied (0: none).",
-            labels=["agent", "address"],
-        )
-        issues = GaugeMetricFamily(
-            "paddler_agent_issues", "Issues the agent reports now.", labels=["agent", "address"]
-        )
-        for agent in agents:
-            status = agent.status
-            named = [agent.name, agent.address]  # names may repeat; addresses do not
-            slots.add_metric([*named, "busy"], agent.busy_slots)
-            slots.add_metric([*named, "total"], status.slots_total)
-            ready.add_metric(named, 1 if agent.serving else 0)
-            version.add_metric(named, status.applied_state_version)
-            issues.add_metric(named, len(status.issues))
-        yield from (slots, ready, version, issues)
-        yield GaugeMetricFamily(
-            "paddler_agents_registered", "Agents connected to the balancer.", value=len(agents)
-        )
-        yield GaugeMetricFamily(
-            "paddler_buffered_requests", "Requests waiting for a slot.", value=self._buffered()
-        )
-        progress = self._rollout.progress()
-        rollout = GaugeMetricFamily(
-            "paddler_rollout_agents",
-            "Agents serving the desired state (applied) and taken out of service to apply it "
-            "(rolling).",
-            labels=["state"],
-        )
-        rollout.add_metric(["applied"], progress.applied)
-        rollout.add_metric(["rolling"], progress.rolling)
-        yield rollout
-        yield GaugeMetricFamily(
-            "paddler_rollout_stopped",
-            "1 while the desired state's rollout is stopped by an agent that failed to apply "
-            "it (see paddler state show), else 0.",
-            value=1 if progress.failure else 0,
-        )
-
-
 class RequestMeter:
     """One request's timings and end, as the balancer relays it."""
 
-    def __init__(self, metrics: BalancerMetrics, api: str, kind: str) -> None:
+    def __init__(self, metrics: BalancerMetrics, api: str, kind: str, pool: str) -> None:
         self._metrics = metrics
         self._api = api
         self._kind = kind
+        self._pool = pool
         self._started = time.perf_counter()
         self._last: float | None = None
         # The gap before the latest piece: observed once another piece follows it, so the gap
@@ -219,9 +182,11 @@ class RequestMeter:
         now = time.perf_counter()
         if self._last is None:
             self._metrics.time_to_first_token.labels(self._api).observe(now - self._started)
+            self._metrics.pool_time_to_first_token.labels(self._pool).observe(now - self._started)
         else:
             if self._gap is not None:
                 self._metrics.inter_token_latency.labels(self._api).observe(self._gap)
+                self._metrics.pool_inter_token_latency.labels(self._pool).observe(self._gap)
             self._gap = now - self._last
         self._last = now
 
@@ -229,6 +194,7 @@ class RequestMeter:
         """Count the request (served, cancelled or failed, with its status code)."""
         metrics = self._metrics
         metrics.requests.labels(self._api, self._kind, outcome, code, CALLER.get()).inc()
+        metrics.pool_requests.labels(self._pool, self._kind, outcome).inc()
         duration = time.perf_counter() - self._started
         metrics.request_duration.labels(self._api, self._kind).observe(duration)
         if outcome != "served":

@@ -16,6 +16,7 @@ from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.rollout import Rollout
 from paddler.common.addresses import is_local_host, join_host_port, parse_peer, split_host_port
 from paddler.common.errors import InvalidArgumentError
+from paddler.common.pool_names import check_pool_name
 from paddler.common.status_bounds import MAX_NAME_CHARS, check_registration, check_status
 from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc
 
@@ -111,8 +112,9 @@ class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer
         if not message.HasField("registration"):
             raise InvalidArgumentError("registration", "the first message must be a registration")
         check_registration(message.registration)
+        pool = check_pool_name(message.registration.pool, "registration.pool")
         address = reachable_address(message.registration.address, peer)
-        return await self._registry.add(message.registration.name, address)
+        return await self._registry.add(message.registration.name, address, pool)
 
 
 async def _first(

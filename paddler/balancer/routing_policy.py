@@ -8,6 +8,7 @@ from typing import Literal, Protocol
 
 from paddler.balancer.agent_registry import RegisteredAgent
 from paddler.balancer.stream_claim import Demand, StreamClaim
+from paddler.common.pool_names import DEFAULT_POOL
 
 RoutingName = Literal["slots", "speed", "round-robin"]
 
@@ -15,13 +16,14 @@ RoutingName = Literal["slots", "speed", "round-robin"]
 @dataclass(frozen=True)
 class PendingRequest:
     """A request waiting for a slot: its size, the agents it must not go to (a retry's), its
-    arrival number (the dispatcher counts requests as they come) and the model it must be
-    served by ("": any)."""
+    arrival number (the dispatcher counts requests as they come), the model it must be
+    served by ("": any) and its pool."""
 
     demand: Demand = field(default_factory=Demand)
     exclude: frozenset[str] = frozenset()
     number: int = 0
     model: str = ""
+    pool: str = DEFAULT_POOL
 
     @property
     def restricted(self) -> bool:
@@ -29,10 +31,11 @@ class PendingRequest:
         return bool(self.exclude or self.model or self.demand.images)
 
     def accepts(self, agent: RegisteredAgent) -> bool:
-        """Whether the request may go to ``agent`` (if it has a free slot): not excluded, of
-        the model asked for, and reading images if the request has any."""
+        """Whether the request may go to ``agent`` (if it has a free slot): in its pool, not
+        excluded, of the model asked for, and reading images if the request has any."""
         return (
-            agent.agent_id not in self.exclude
+            agent.pool == self.pool
+            and agent.agent_id not in self.exclude
             and (not self.model or agent.status.model == self.model)
             and (not self.demand.images or agent.status.images)
         )

@@ -1,4 +1,5 @@
-"""Hands out agent slots: at once when one is free, else in arrival order from a bounded buffer."""
+"""Hands out agent slots: at once when one is free, else in arrival order from a bounded buffer
+(one per pool: a busy pool never delays another's requests)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import structlog
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
+from paddler.balancer.model_routes import DEFAULT_ROUTE, Route
 from paddler.balancer.routing_policy import PendingRequest, RoutingPolicy
 from paddler.balancer.slot_policy import SlotPolicy, pick_agent
 from paddler.balancer.state_store import StateStore
@@ -24,6 +26,7 @@ from paddler.common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from paddler.common.pool_names import DEFAULT_POOL
 
 log = structlog.get_logger(__name__)
 LOGGED_AGENTS = 8
@@ -40,6 +43,7 @@ class SlotDispatcher:
 
     Waiting requests are offered to the routing policy oldest first, so they get slots in the
     order they came unless the policy plans a later slot on a faster agent for one of them.
+    Each pool has a buffer of its own (``capacity`` requests), planned over its own agents.
     """
 
     def __init__(
@@ -55,15 +59,19 @@ class SlotDispatcher:
         self._timeout_s = timeout_s
         self._registry = registry
         self._policy: RoutingPolicy = policy or SlotPolicy()
-        self._waiters: collections.deque[_Waiter] = collections.deque()
-        self._recheck: asyncio.TimerHandle | None = None
+        self._waiters: dict[str, collections.deque[_Waiter]] = {}
+        self._rechecks: dict[str, asyncio.TimerHandle] = {}
         self._arrivals = itertools.count()
         registry.listen(self.dispatch)
 
     @property
     def buffered(self) -> int:
-        """Requests waiting for a slot."""
-        return sum(1 for w in self._waiters if not w.future.done())
+        """Requests waiting for a slot, in every pool."""
+        return sum(self.buffered_in(pool) for pool in self._waiters)
+
+    def buffered_in(self, pool: str) -> int:
+        """Requests waiting for one of ``pool``'s slots."""
+        return sum(1 for w in self._waiters.get(pool, ()) if not w.future.done())
 
     async def acquire(
         self,
@@ -73,35 +81,39 @@ class SlotDispatcher:
         retry: bool = False,
         arrived_at: float | None = None,
         demand: Demand | None = None,
-        model: str = "",
+        route: Route = DEFAULT_ROUTE,
     ) -> StreamClaim:
-        """Claim a slot, waiting in the buffer if none is free. A retry goes to the front.
+        """Claim a slot of ``route``'s pool, waiting in its buffer if none is free. A retry
+        goes to the front.
 
         ``arrived_at`` (monotonic; default now) starts the --buffered-request-timeout clock:
         a request's retries (an agent refused it, or was swapping models) share one wait.
-        ``model`` ("": any) restricts the request to agents serving that model.
+        ``route.model`` ("": any) restricts the request to agents serving that model.
         """
         started = time.monotonic() if arrived_at is None else arrived_at
         buffer_left_s = started + self._timeout_s - time.monotonic()
-        request = PendingRequest(demand or Demand(), exclude, next(self._arrivals), model)
+        request = PendingRequest(
+            demand or Demand(), exclude, next(self._arrivals), route.model, route.pool
+        )
         self._check_images(request)
         if buffer_left_s <= 0:
             raise self._wait_failed(request)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), request)
+        waiters = self._waiters.setdefault(route.pool, collections.deque())
         if retry:
-            self._waiters.appendleft(waiter)
+            waiters.appendleft(waiter)
         else:
-            self._waiters.append(waiter)
-        self.dispatch()
+            waiters.append(waiter)
+        self.dispatch(route.pool)
         if waiter.future.done():
             return waiter.future.result()
-        if self.capacity == 0 or self.buffered > self.capacity:
-            self._waiters.remove(waiter)
+        if self.capacity == 0 or self.buffered_in(route.pool) > self.capacity:
+            waiters.remove(waiter)
             waiter.future.cancel()
             # A policy may keep a request for a faster agent; with no room to wait, any free
             # slot beats a refusal.
-            agent = pick_agent(self._registry.agents(), request, 0)
+            agent = pick_agent(self._registry.in_pool(route.pool), request, 0)
             if agent is not None:
                 return self._claim(agent, waiter.request.demand)
             if self.capacity == 0:
@@ -110,7 +122,7 @@ class SlotDispatcher:
                 )
             raise ResourceExhaustedError(
                 f"no agent has a free slot and the buffer is full ({self.capacity} requests "
-                "waiting); retry later"
+                f"waiting{_in_pool(route.pool)}); retry later"
             )
         client_first = time_remaining_s is not None and time_remaining_s <= buffer_left_s
         wait_s = time_remaining_s if client_first else buffer_left_s
@@ -134,24 +146,25 @@ class SlotDispatcher:
     def _check_images(self, request: PendingRequest) -> None:
         """A request with images fails at once when no agent reads images and the desired
         state names no projector that agents are loading."""
-        if not request.demand.images or self._states.current.state.HasField("mmproj"):
+        pool = request.pool
+        if not request.demand.images or self._states.state_of(pool).state.HasField("mmproj"):
             return
         model = request.model
         if not any(
             agent.status.images and (not model or agent.status.model == model)
-            for agent in self._registry.agents()
+            for agent in self._registry.in_pool(pool)
         ):
             raise ConfigurationError(
                 "the request has images but no agent reads images: set the desired state's "
                 "mmproj (paddler state set --mmproj SOURCE, state.mmproj) or start the agents "
-                "with --mmproj"
+                f"with --mmproj{_in_pool(pool)}"
             )
 
     def _wait_failed(self, request: PendingRequest) -> PaddlerError:
         """Why a request's --buffered-request-timeout ran out. The agents' issues (local paths,
         download errors) go to the log only: the client's message says where to look."""
-        desired = self._states.current
-        agents = self._registry.agents()
+        desired = self._states.state_of(request.pool)
+        agents = self._registry.in_pool(request.pool)
         serving = [agent for agent in agents if agent.serving]
         if request.model and serving and not any(request.accepts(a) for a in serving):
             # The model went away while the request waited (a rollout to another model).
@@ -159,6 +172,7 @@ class SlotDispatcher:
         if desired.version and not serving:
             log.info(
                 "no agent serves the desired state",
+                pool=request.pool,
                 version=desired.version,
                 waited_s=self._timeout_s,
                 # The first agents' first issue, cut short: one line per timed-out request.
@@ -170,14 +184,15 @@ class SlotDispatcher:
                 agents=len(agents),
             )
             return UnavailableError(
-                f"no agent serves the desired state (v{desired.version}) yet after "
+                f"no agent serves the desired state (v{desired.version}"
+                f"{_in_pool(request.pool, ' of')}) yet after "
                 f"{self._timeout_s:g} s; an operator can see why with `paddler agents` or the "
                 "admin panel",
                 reason="NO_AGENT_SERVES_DESIRED_STATE",
             )
         return UnavailableError(
             f"no slot freed within {self._timeout_s:g} s (--buffered-request-timeout); "
-            "the cluster is saturated, retry later",
+            f"the {_pool_words(request.pool)} is saturated, retry later",
             reason="BUFFER_TIMEOUT",
         )
 
@@ -191,7 +206,7 @@ class SlotDispatcher:
             self._registry.prefixes.sent(agent, claim.demand.links)
         self._policy.finished(claim)
         self._registry.released(agent)
-        self.dispatch()
+        self.dispatch(agent.pool)
 
     def cut_stuck_streams(self, agent_idle_s: float, client_idle_s: float) -> None:
         """Cancel every call to an agent that sent nothing for ``agent_idle_s`` (a hung agent
@@ -225,44 +240,56 @@ class SlotDispatcher:
                     )
                     call.cancel()
 
-    def serving(self) -> int:
-        """Agents serving now."""
-        return sum(1 for agent in self._registry.agents() if agent.serving)
+    def serving(self, pool: str) -> int:
+        """Agents of ``pool`` serving now."""
+        return sum(1 for agent in self._registry.in_pool(pool) if agent.serving)
 
-    def most_served_model(self) -> str:
-        """The model most serving agents have ("" while none serves)."""
-        models = collections.Counter(a.status.model for a in self._registry.agents() if a.serving)
+    def most_served_model(self, pool: str) -> str:
+        """The model most of ``pool``'s serving agents have ("" while none serves)."""
+        models = collections.Counter(
+            a.status.model for a in self._registry.in_pool(pool) if a.serving
+        )
         return min(models, key=lambda name: (-models[name], name), default="")
 
-    def could_serve(self, exclude: frozenset[str], model: str = "") -> bool:
-        """Whether any registered agent is left for a request of ``model`` ("": any) once
-        ``exclude`` is set aside (one not serving now may serve it when it is back)."""
-        request = PendingRequest(exclude=exclude)
+    def could_serve(self, exclude: frozenset[str], route: Route) -> bool:
+        """Whether any agent of ``route``'s pool is left for the request once ``exclude`` is
+        set aside (one not serving now may serve it when it is back)."""
+        request = PendingRequest(exclude=exclude, pool=route.pool)
         return any(
-            request.accepts(a) and (not model or not a.serving or a.status.model == model)
-            for a in self._registry.agents()
+            request.accepts(a)
+            and (not route.model or not a.serving or a.status.model == route.model)
+            for a in self._registry.in_pool(route.pool)
         )
 
-    def dispatch(self) -> None:
-        """Give free slots to waiting requests as the routing policy plans them."""
-        live = [waiter for waiter in self._waiters if not waiter.future.done()]
-        if len(live) != len(self._waiters):
-            self._waiters = collections.deque(live)
-        if not live:
+    def dispatch(self, pool: str | None = None) -> None:
+        """Give free slots to waiting requests as the routing policy plans them: in ``pool``,
+        or in every pool (after a change to the agents)."""
+        for name in [pool] if pool is not None else list(self._waiters):
+            self._dispatch_pool(name)
+
+    def _dispatch_pool(self, pool: str) -> None:
+        waiters = self._waiters.get(pool)
+        if waiters is None:
             return
-        plan = self._policy.plan([waiter.request for waiter in live], self._registry.agents())
+        live = [waiter for waiter in waiters if not waiter.future.done()]
+        if not live:
+            del self._waiters[pool]  # a pool's buffer goes with its last waiter
+            return
+        if len(live) != len(waiters):
+            waiters = self._waiters[pool] = collections.deque(live)
+        plan = self._policy.plan([waiter.request for waiter in live], self._registry.in_pool(pool))
         for waiter, agent in zip(live, plan.grants, strict=True):
             if agent is not None:
-                self._waiters.remove(waiter)
+                waiters.remove(waiter)
                 waiter.future.set_result(self._claim(agent, waiter.request.demand))
-        if plan.recheck_in_s is not None and self._recheck is None:
-            self._recheck = asyncio.get_running_loop().call_later(
-                plan.recheck_in_s, self._rechecked
+        if plan.recheck_in_s is not None and pool not in self._rechecks:
+            self._rechecks[pool] = asyncio.get_running_loop().call_later(
+                plan.recheck_in_s, self._rechecked, pool
             )
 
-    def _rechecked(self) -> None:
-        self._recheck = None
-        self.dispatch()
+    def _rechecked(self, pool: str) -> None:
+        del self._rechecks[pool]
+        self.dispatch(pool)
 
     def _claim(self, agent: RegisteredAgent, demand: Demand) -> StreamClaim:
         claim = StreamClaim(agent, demand)
@@ -271,11 +298,22 @@ class SlotDispatcher:
 
     def _forget(self, waiter: _Waiter) -> None:
         """Drop a waiter that gave up; a slot it was handed at the last moment goes back."""
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
+        pool = waiter.request.pool
+        waiters = self._waiters.get(pool, collections.deque())
+        if waiter in waiters:
+            waiters.remove(waiter)
         future = waiter.future
         if future.done() and not future.cancelled():
             self.release(future.result())
         else:
             future.cancel()
-            self.dispatch()
+            self.dispatch(pool)
+
+
+def _in_pool(pool: str, word: str = " in") -> str:
+    """Words naming ``pool`` in a message, none for the default pool (a one-pool cluster)."""
+    return "" if pool == DEFAULT_POOL else f"{word} the pool {pool!r}"
+
+
+def _pool_words(pool: str) -> str:
+    return "cluster" if pool == DEFAULT_POOL else f"pool {pool!r}"

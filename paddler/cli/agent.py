@@ -46,7 +46,9 @@ from paddler.cli.placement_options import (
 )
 from paddler.common.chat_template import DEFAULT_RENDER_TIMEOUT_S
 from paddler.common.desired_state import MIN_CONTEXT_SIZE
+from paddler.common.errors import InvalidArgumentError
 from paddler.common.logging import configure_logging
+from paddler.common.pool_names import DEFAULT_POOL, check_pool_name
 from paddler.common.status_bounds import MAX_NAME_CHARS, MAX_SLOTS
 
 
@@ -54,6 +56,13 @@ def _checked_name(name: str) -> str:
     if not name or len(name) > MAX_NAME_CHARS:
         raise typer.BadParameter(f"must be 1 to {MAX_NAME_CHARS} characters")
     return name
+
+
+def _checked_pool(pool: str) -> str:
+    try:
+        return check_pool_name(pool, "--pool")
+    except InvalidArgumentError as error:
+        raise typer.BadParameter(error.violations[0].description) from None
 
 
 def agent(
@@ -156,6 +165,15 @@ def agent(
             callback=_checked_name,
         ),
     ] = socket.gethostname(),
+    pool: Annotated[
+        str,
+        typer.Option(
+            envvar="PADDLER_POOL",
+            help="The pool the agent joins: the balancer sends it that pool's desired state "
+            "and the requests that name the pool (or one of its aliases) as their model.",
+            callback=_checked_pool,
+        ),
+    ] = DEFAULT_POOL,
     grace_period: GracePeriodOption = 30.0,
     balancer: Annotated[
         str,
@@ -251,6 +269,7 @@ def agent(
             model=model,
             mmproj=mmproj,
             name=name,
+            pool=pool,
             host=host,
             port=port,
             slots=slots,

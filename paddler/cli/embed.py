@@ -12,7 +12,11 @@ import typer
 
 from paddler.cli.failure import exit_on_rpc_error
 from paddler.cli.options import ApiKeyFileOption, TlsCaOption, TlsServerNameOption, dialer
-from paddler.cli.streaming import DEFAULT_INFERENCE_ADDRESS, INFERENCE_ADDRESS_HELP
+from paddler.cli.streaming import (
+    DEFAULT_INFERENCE_ADDRESS,
+    INFERENCE_ADDRESS_HELP,
+    RequestModelOption,
+)
 from paddler.v1 import embedding_pb2, inference_pb2, inference_pb2_grpc
 
 MAX_REPLY_BYTES = 64 << 20
@@ -53,6 +57,7 @@ def embed(
             envvar="PADDLER_SIMILARITY", help="Print the texts' cosine similarity matrix instead."
         ),
     ] = False,
+    model: RequestModelOption = "",
     timeout: Annotated[
         float, typer.Option(min=0.1, envvar="PADDLER_TIMEOUT", help="Seconds for the reply.")
     ] = 120.0,
@@ -76,7 +81,7 @@ def embed(
     )
     with connection.channel(address) as channel, exit_on_rpc_error():
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        request = inference_pb2.InferenceServiceEmbedRequest(input=embedding)
+        request = inference_pb2.InferenceServiceEmbedRequest(input=embedding, model=model)
         result = stub.Embed(request, timeout=timeout).result
     vectors = [list(vector.values) for vector in result.embeddings]
     if similarity:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -20,13 +21,27 @@ from paddler.cli.local_fleet import (
 )
 from paddler.cli.options import GracePeriodOption, LogLevelOption
 from paddler.cli.stop_signal import stop_requested
+from paddler.common.errors import InvalidArgumentError
+from paddler.common.pool_names import DEFAULT_POOL, check_pool_name
 from paddler.common.status_bounds import MAX_SLOTS
 
 
 def fleet(
     agents: Annotated[
-        int, typer.Option(min=1, envvar="PADDLER_FLEET_AGENTS", help="Agents to start.")
+        int,
+        typer.Option(
+            min=0, envvar="PADDLER_FLEET_AGENTS", help="Agents to start in the pool 'default'."
+        ),
     ] = 2,
+    pool: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="PADDLER_FLEET_POOL",
+            help="NAME=K: also start K agents in the pool NAME (repeat for more pools); they "
+            "serve that pool's desired state (paddler state set --pool NAME).",
+            callback=_checked_pools,
+        ),
+    ] = None,
     slots: Annotated[
         int, typer.Option(min=1, max=MAX_SLOTS, envvar="PADDLER_SLOTS", help="Slots of each agent.")
     ] = 4,
@@ -97,10 +112,15 @@ def fleet(
 ) -> None:
     """Start a balancer and K agents as separate processes with the flags the pods get, print
     where everything listens, and stop them all (agents first, each draining) on Ctrl-C."""
+    pools = tuple(_pool_counts(pool or ()))
+    total = agents + sum(k for _, k in pools)
+    if not total:
+        raise typer.BadParameter("start at least one agent", param_hint="--agents")
     plan = FleetPlan(
         agents=agents,
+        pools=pools,
         slots=slots,
-        threads=threads or max(1, (os.cpu_count() or 1) // agents),
+        threads=threads or max(1, (os.cpu_count() or 1) // total),
         model=model,
         host=host,
         inference_port=inference_port,
@@ -134,6 +154,31 @@ def fleet(
     typer.echo("fleet stopped" if clean else "fleet stopped; a process exited with an error")
     if not clean:
         raise typer.Exit(1)
+
+
+def _pool_counts(given: Sequence[str]) -> Iterator[tuple[str, int]]:
+    """Each NAME=K as (pool, K)."""
+    for entry in given:
+        name, _, count = entry.partition("=")
+        try:
+            pool = check_pool_name(name, "--pool")
+        except InvalidArgumentError as error:
+            raise typer.BadParameter(error.violations[0].description, param_hint="--pool") from None
+        if pool == DEFAULT_POOL or not count.isdigit() or not 1 <= int(count) <= MAX_SLOTS:
+            raise typer.BadParameter(
+                f"{entry!r}: give NAME=K, K agents (1 to {MAX_SLOTS}) of a pool other than "
+                "'default' (--agents counts those)",
+                param_hint="--pool",
+            )
+        yield pool, int(count)
+
+
+def _checked_pools(given: list[str] | None) -> list[str] | None:
+    """Refuse a bad NAME=K before anything starts."""
+    names = [pool for pool, _ in _pool_counts(given or ())]
+    if len(set(names)) != len(names):
+        raise typer.BadParameter("a pool is given twice", param_hint="--pool")
+    return given
 
 
 def _print_listening(fleet_members: list[Member]) -> None:

@@ -13,6 +13,7 @@ from paddler.cli.options import ApiKeyFileOption, TlsCaOption, TlsServerNameOpti
 from paddler.cli.streaming import (
     DEFAULT_INFERENCE_ADDRESS,
     INFERENCE_ADDRESS_HELP,
+    RequestModelOption,
     describe,
     stream_reply,
 )
@@ -132,6 +133,7 @@ def generate(
     ] = None,
     thinking: ThinkingOption = None,
     image: ImagesOption = None,
+    model: RequestModelOption = "",
     timeout: TimeoutOption = 120.0,
     api_key_file: ApiKeyFileOption = None,
     tls_ca: TlsCaOption = None,
@@ -155,7 +157,7 @@ def generate(
         generation.grammar.gbnf = grammar.read_text()
     with dialer(tls_ca, tls_server_name, api_key_file).channel(address) as channel:
         _, summary = stream_reply(
-            inference_pb2_grpc.InferenceServiceStub(channel), generation, timeout
+            inference_pb2_grpc.InferenceServiceStub(channel), generation, timeout, model
         )
     typer.echo(describe(summary), err=True)
 
@@ -169,6 +171,7 @@ def chat(
     temperature: TemperatureOption = None,
     thinking: ThinkingOption = None,
     image: ImagesOption = None,
+    model: RequestModelOption = "",
     timeout: TimeoutOption = 120.0,
     api_key_file: ApiKeyFileOption = None,
     tls_ca: TlsCaOption = None,
@@ -192,5 +195,6 @@ def chat(
                 stub,
                 _input(max_tokens, temperature, thinking, messages=history, images=images),
                 timeout,
+                model,
             )
             history.append(("assistant", reply))

@@ -17,6 +17,7 @@ import grpc
 from paddler.cli.options import dialer
 from paddler.common.addresses import join_host_port
 from paddler.common.dialer import Dialer
+from paddler.common.pool_names import DEFAULT_POOL
 from paddler.v1 import management_pb2, management_pb2_grpc
 
 STOP_TIMEOUT_S = 120.0
@@ -39,6 +40,8 @@ class FleetPlan:
     agent_metrics_port: int
     grace_period_s: float
     log_level: str
+    # Agents of other pools than "default": (pool, how many), each started with --pool.
+    pools: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -93,8 +96,9 @@ def members(plan: FleetPlan) -> list[Member]:
         ],
     )  # fmt: skip
     fleet = [balancer]
-    for index in range(plan.agents):
-        name = f"agent-{index + 1}"
+    named = [(f"agent-{index + 1}", DEFAULT_POOL) for index in range(plan.agents)]
+    named += [(f"{pool}-{number + 1}", pool) for pool, k in plan.pools for number in range(k)]
+    for index, (name, pool) in enumerate(named):
         port = _port(at, plan.agent_port + index if plan.agent_port else 0)
         metrics_port = plan.agent_metrics_port + index if plan.agent_metrics_port else 0
         metrics = join_host_port(at, _port(at, metrics_port))
@@ -113,6 +117,7 @@ def members(plan: FleetPlan) -> list[Member]:
                     "--metrics-addr", metrics,
                     "--slots", str(plan.slots),
                     "--threads", str(plan.threads),
+                    "--pool", pool,
                     *model,
                     *common,
                 ],

@@ -9,6 +9,7 @@ from paddler.cli.embed import embed
 from paddler.cli.fleet import fleet
 from paddler.cli.generate import chat, generate
 from paddler.cli.health import health
+from paddler.cli.pools import pools
 from paddler.cli.simulated_fleet import simulated_fleet
 from paddler.cli.state import state_app
 
@@ -20,6 +21,17 @@ def paddler() -> None:
     """Paddler: slot-aware serving of llama.cpp models over gRPC."""
 
 
-for command in (balancer, agent, fleet, generate, chat, embed, agents, health, simulated_fleet):
+for command in (
+    balancer,
+    agent,
+    fleet,
+    generate,
+    chat,
+    embed,
+    agents,
+    pools,
+    health,
+    simulated_fleet,
+):
     app.command()(command)
 app.add_typer(state_app, name="state")

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from paddler.cli.management_client import CALL_TIMEOUT_S
-from paddler.v1 import management_pb2, management_pb2_grpc, status_pb2
+from paddler.v1 import desired_state_pb2, management_pb2, management_pb2_grpc, status_pb2
 
 POLL_S = 0.5
 
@@ -43,9 +43,13 @@ def agent_step(agent: management_pb2.RegisteredAgent, version: int, epoch: str) 
 
 
 def wait_for_rollout(
-    stub: management_pb2_grpc.ManagementServiceStub, version: int, epoch: str, timeout_s: float
+    stub: management_pb2_grpc.ManagementServiceStub,
+    stored: desired_state_pb2.VersionedDesiredState,
+    timeout_s: float,
 ) -> None:
-    """Show the rollout of ``version`` until it ends; exit 1 unless every agent applied it."""
+    """Show the rollout of ``stored`` to its pool's agents until it ends; exit 1 unless every
+    one of them applied it."""
+    version, epoch, pool = stored.version, stored.epoch, stored.pool
     deadline = time.monotonic() + timeout_s
     terminal = sys.stderr.isatty()
     with Progress(
@@ -58,12 +62,14 @@ def wait_for_rollout(
         said: dict[str, str] = {}
         while True:
             reply = stub.GetDesiredState(
-                management_pb2.GetDesiredStateRequest(), timeout=CALL_TIMEOUT_S
+                management_pb2.GetDesiredStateRequest(pool=pool), timeout=CALL_TIMEOUT_S
             )
             agents = stub.ListAgents(
                 management_pb2.ListAgentsRequest(), timeout=CALL_TIMEOUT_S
             ).agents
             for agent in agents:
+                if agent.pool != pool:
+                    continue
                 step = agent_step(agent, version, epoch)
                 if terminal:
                     if agent.agent_id not in tasks:

@@ -35,16 +35,16 @@ def read_state_file(path: Path) -> desired_state_pb2.DesiredState:
 
 
 def watch_state_file(
-    path: Path, address: str, dialer: Dialer, interval_s: float, log_level: str
+    path: Path, address: str, dialer: Dialer, interval_s: float, log_level: str, pool: str
 ) -> None:
-    """Keep the balancer's desired state equal to the file's until SIGTERM or SIGINT."""
+    """Keep ``pool``'s desired state equal to the file's until SIGTERM or SIGINT."""
     configure_logging(log_level)
     stop = stop_requested()
     last_problem = ""
     with dialer.channel(address) as channel:
         stub = management_pb2_grpc.ManagementServiceStub(channel)
         while not stop.is_set():
-            problem = _reconcile(stub, path)
+            problem = _reconcile(stub, path, pool)
             if problem and problem != last_problem:  # once per new problem, not every interval
                 log.warning("desired state not set", file=str(path), problem=problem)
             last_problem = problem
@@ -52,7 +52,7 @@ def watch_state_file(
     log.info("state watch stopped", file=str(path))
 
 
-def _reconcile(stub: management_pb2_grpc.ManagementServiceStub, path: Path) -> str:
+def _reconcile(stub: management_pb2_grpc.ManagementServiceStub, path: Path, pool: str) -> str:
     """Set the file's state if the balancer's differs; return what went wrong, or ""."""
     try:
         wanted = read_state_file(path)
@@ -60,13 +60,13 @@ def _reconcile(stub: management_pb2_grpc.ManagementServiceStub, path: Path) -> s
         return error.message
     try:
         current = stub.GetDesiredState(
-            management_pb2.GetDesiredStateRequest(), timeout=CALL_TIMEOUT_S
+            management_pb2.GetDesiredStateRequest(pool=pool), timeout=CALL_TIMEOUT_S
         ).desired_state
         if current.version and current.state == wanted:
             log.debug("desired state checked", file=str(path), version=current.version)
             return ""
         reply = stub.SetDesiredState(
-            management_pb2.SetDesiredStateRequest(state=wanted), timeout=CALL_TIMEOUT_S
+            management_pb2.SetDesiredStateRequest(state=wanted, pool=pool), timeout=CALL_TIMEOUT_S
         )
     except grpc.RpcError as error:
         assert isinstance(error, grpc.Call)
@@ -74,6 +74,7 @@ def _reconcile(stub: management_pb2_grpc.ManagementServiceStub, path: Path) -> s
     log.info(
         "desired state set",
         file=str(path),
+        pool=reply.desired_state.pool,
         version=reply.desired_state.version,
         epoch=reply.desired_state.epoch,
     )

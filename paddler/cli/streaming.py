@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
+
+import typer
 
 from paddler.cli.failure import exit_on_rpc_error
 from paddler.v1 import generation_pb2, inference_pb2, inference_pb2_grpc
@@ -15,10 +18,11 @@ def stream_reply(
     stub: inference_pb2_grpc.InferenceServiceStub,
     generation: generation_pb2.GenerationInput,
     timeout_s: float,
+    model: str = "",
 ) -> tuple[str, generation_pb2.GenerationSummary]:
     """Print the pieces as they come (the reasoning, if any, to stderr); return the whole text
-    and the summary."""
-    request = inference_pb2.InferenceServiceGenerateRequest(input=generation)
+    and the summary. ``model`` names the pool that serves it ("": "default")."""
+    request = inference_pb2.InferenceServiceGenerateRequest(input=generation, model=model)
     pieces: list[str] = []
     summary = generation_pb2.GenerationSummary()
     with exit_on_rpc_error(prefix="\n"):
@@ -34,6 +38,17 @@ def stream_reply(
                 summary = response.summary
     sys.stdout.write("\n")
     return "".join(pieces), summary
+
+
+RequestModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        envvar="PADDLER_REQUEST_MODEL",
+        help="Which pool serves the request: a pool's name or alias, or a model its agents "
+        "serve (paddler pools lists them); default: the pool 'default'.",
+    ),
+]
 
 
 def describe(summary: generation_pb2.GenerationSummary) -> str:

@@ -86,6 +86,21 @@ class UnauthenticatedError(PaddlerError):
         self.reason = reason
 
 
+class NotFoundError(PaddlerError):
+    """What the call names does not exist (a pool to delete)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class FailedPreconditionError(PaddlerError):
+    """The call cannot be done in the cluster's present state; the message says what to
+    change first."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
 class ConfigurationError(PaddlerError):
     """A server cannot start as configured (a credential file missing, an unsafe bind)."""
 

@@ -20,9 +20,10 @@ from starlette.types import Scope
 from paddler.balancer.embedding_relay import EmbeddingRelay
 from paddler.balancer.generation_relay import GenerationRelay
 from paddler.balancer.metrics import BalancerMetrics
+from paddler.balancer.model_routes import ModelRoutes, ServedName
 from paddler.common.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
 from paddler.common.error_interceptor import Refused
-from paddler.common.errors import ModelNotFoundError, PaddlerError
+from paddler.common.errors import PaddlerError
 from paddler.common.guards import Guard
 from paddler.common.http_guard import BearerGuardMiddleware
 from paddler.common.off_loop import checked_off_loop
@@ -46,10 +47,10 @@ from paddler.openai_api.errors import (
     validation_error,
 )
 from paddler.openai_api.generations import API, Event, generate
+from paddler.openai_api.model_cards import model_card
 from paddler.openai_api.remote_images import RemoteImages
 from paddler.openai_api.request_ids import HEADER, RequestIdMiddleware
 from paddler.openai_api.responses_protocol import ResponseRequest
-from paddler.openai_api.served_models import ServedModels
 
 T = TypeVar("T")
 TITLE = "Paddler OpenAI-compatible API"
@@ -163,35 +164,33 @@ def _base_app(settings: OpenAISettings, metrics: BalancerMetrics) -> FastAPI:
     return app
 
 
-def _add_model_routes(app: FastAPI, models: ServedModels) -> None:
+def _add_model_routes(app: FastAPI, models: ModelRoutes) -> None:
     """``/health`` and ``/v1/models``."""
 
     @app.get("/health", responses={503: {"description": "No agent serves."}})
     async def health() -> JSONResponse:
         """200 while at least one agent serves, 503 otherwise."""
-        if models.any_serving():
+        if models.served_models():
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "no agent serves"}, status_code=503)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, object]:
-        """The models the cluster serves now."""
-        names = [*models.names(), *models.aliases]
-        return {"object": "list", "data": [models.card(name) for name in names]}
+        """The models agents serve now, the pools and every alias, each with its pool."""
+        return {"object": "list", "data": [model_card(models, name) for name in models.names()]}
 
     @app.get("/v1/models/{model_id}", responses={404: ERROR_RESPONSES[404]})
     async def get_model(model_id: str) -> dict[str, object]:
-        """One served model, or 404 model_not_found."""
-        served = models.names()
-        if model_id not in served and model_id not in models.aliases:
-            raise ModelNotFoundError(model_id, served)
-        return models.card(model_id)
+        """One name requests may give (listed or not: "default" too), or 404
+        model_not_found."""
+        route = models.resolve(model_id)
+        return model_card(models, ServedName(model_id, route.pool))
 
 
 def create_app(
     relay: GenerationRelay,
     embedder: EmbeddingRelay,
-    models: ServedModels,
+    models: ModelRoutes,
     settings: OpenAISettings,
     metrics: BalancerMetrics,
 ) -> FastAPI:
@@ -208,7 +207,7 @@ def create_app(
         request_id: str = request.state.request_id
         _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
-            model = models.check(body.model)
+            model = models.resolve(body.model)
             await body.inline_images(remote)
             inputs = [await checked_off_loop(body.generation_input, "input.grammar")] * body.n
         events = generate(relay, inputs, request_id, model)
@@ -224,7 +223,7 @@ def create_app(
         request_id: str = request.state.request_id
         _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
-            model = models.check(body.model)
+            model = models.resolve(body.model)
             inputs = await checked_off_loop(body.generation_inputs, "input.grammar")
         events = generate(relay, inputs, request_id, model)
         if not body.stream:
@@ -239,7 +238,7 @@ def create_app(
         request_id: str = request.state.request_id
         _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
-            model = models.check(body.model)
+            model = models.resolve(body.model)
             await body.inline_images(remote)
             inputs = [await checked_off_loop(body.generation_input, "input.grammar")]
         events = generate(relay, inputs, request_id, model)
@@ -257,7 +256,7 @@ def create_app(
         request_id: str = request.state.request_id
         _log_request(body.model, False, body.user)
         with metrics.refusals(API, "embed"):
-            model = models.check(body.model)
+            model = models.resolve(body.model)
             embedding = body.embedding_input()
         work = embedder.embed(request_id, embedding, None, API, model)
         return embeddings.response(body, await _unless_disconnected(request, work))

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from paddler.balancer.generation_relay import GenerationRelay
+from paddler.balancer.model_routes import DEFAULT_ROUTE, Route
 from paddler.v1 import agent_pb2, generation_pb2
 
 API = "openai"
@@ -32,11 +33,11 @@ async def _choice(
     generation: generation_pb2.GenerationInput,
     request_id: str,
     index: int,
-    model: str,
+    route: Route,
 ) -> AsyncGenerator[Event, None]:
     """One choice's events, straight from the relay."""
     forwarded = agent_pb2.GenerateRequest(request_id=request_id, input=generation)
-    async for chunk in relay.stream(forwarded, None, API, model):
+    async for chunk in relay.stream(forwarded, None, API, route):
         response = agent_pb2.GenerateResponse.FromString(chunk)
         kind = response.WhichOneof("event")
         if kind == "summary":
@@ -65,15 +66,15 @@ async def generate(
     relay: GenerationRelay,
     generations: list[generation_pb2.GenerationInput],
     request_id: str,
-    model: str = "",
+    route: Route = DEFAULT_ROUTE,
 ) -> AsyncIterator[Event]:
     """Every choice's events in the order they arrive; the first failure is raised (the other
     choices are cancelled), and leaving early cancels them all, freeing their slots. A single
     choice is read in the caller's own task (no queue between the relay and the client).
-    ``model`` ("": any) must serve every choice; several choices of any model are all served
-    by one model, even during a rollout."""
+    ``route`` names the pool (and model) that serves every choice; several choices are all
+    served by one model, even during a rollout."""
     if len(generations) == 1:
-        choice = _choice(relay, generations[0], request_id, 0, model)
+        choice = _choice(relay, generations[0], request_id, 0, route)
         async with contextlib.aclosing(choice) as single:
             async for event in single:
                 yield event
@@ -82,10 +83,11 @@ async def generate(
     events: asyncio.Queue[Event | BaseException | None] = asyncio.Queue(
         BACKLOG_PER_CHOICE * len(generations)
     )
-    model = model or relay.most_served_model()
+    if not route.model:
+        route = Route(route.pool, relay.most_served_model(route.pool))
     tasks = [
         asyncio.create_task(
-            _one(_choice(relay, generation, f"{request_id}-{index}", index, model), events)
+            _one(_choice(relay, generation, f"{request_id}-{index}", index, route), events)
         )
         for index, generation in enumerate(generations)
     ]

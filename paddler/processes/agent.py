@@ -87,6 +87,7 @@ async def run_agent(config: AgentConfig) -> None:
         address=address,
         metrics=metrics_address,
         name=config.name,
+        pool=config.pool,
         slots=config.slots,
         tls=config.tls is not None,
         agent_token=token is not None,
@@ -104,6 +105,7 @@ async def run_agent(config: AgentConfig) -> None:
                 servicer,
                 host.submit,
                 Dialer(config.balancer_tls, token),
+                pool=config.pool,
             ).run()
         )
     watchers = {

@@ -19,6 +19,7 @@ from paddler.balancer.inference_servicer import SERVICE as INFERENCE_SERVICE
 from paddler.balancer.inference_servicer import InferenceServicer
 from paddler.balancer.management_servicer import ManagementServicer
 from paddler.balancer.metrics import BalancerMetrics
+from paddler.balancer.model_routes import ModelRoutes
 from paddler.balancer.prefix_index import PrefixIndex
 from paddler.balancer.registry_servicer import AgentRegistryServicer
 from paddler.balancer.rollout import Rollout
@@ -36,7 +37,6 @@ from paddler.common.guards import Guard
 from paddler.common.http_server import HttpServer
 from paddler.common.supervision import BackgroundTaskDiedError, until_stopped
 from paddler.openai_api.app import OpenAISettings, create_app
-from paddler.openai_api.served_models import ServedModels
 from paddler.processes.balancer_credentials import BalancerCredentials, check_balancer_exposure
 from paddler.v1 import (
     agent_registry_pb2,
@@ -99,6 +99,7 @@ class _Core:
     relay: GenerationRelay
     embeddings: EmbeddingRelay
     watchers: ConcurrencyLimit
+    routes: ModelRoutes
 
 
 def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
@@ -113,7 +114,6 @@ def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
         config.buffered_request_timeout_s,
         routing_policy(config.routing, registry.prefixes),
     )
-    metrics.watch(registry, rollout, lambda: dispatcher.buffered)
     relay = GenerationRelay(
         dispatcher,
         config.max_attempts,
@@ -125,7 +125,11 @@ def _core(config: BalancerConfig, credentials: BalancerCredentials) -> _Core:
         dispatcher, config.max_attempts, metrics, config.agent_idle_timeout_s
     )
     watchers = ConcurrencyLimit(config.max_watchers, "live views", "--max-watchers")
-    return _Core(registry, states, rollout, dispatcher, metrics, relay, embeddings, watchers)
+    routes = ModelRoutes(registry, states, config.openai_model_aliases)
+    metrics.watch(registry, rollout, dispatcher.buffered_in, routes.pools)
+    return _Core(
+        registry, states, rollout, dispatcher, metrics, relay, embeddings, watchers, routes
+    )
 
 
 def _grpc_servers(
@@ -138,7 +142,7 @@ def _grpc_servers(
         [INFERENCE_SERVICE], _guards({INFERENCE_SERVICE: credentials.client_guard()}), refused
     )
     inference.server.add_generic_rpc_handlers(
-        (InferenceServicer(core.relay, core.embeddings, core.metrics).handler(),)
+        (InferenceServicer(core.relay, core.embeddings, core.routes, core.metrics).handler(),)
     )
     guards = {
         REGISTRY_SERVICE: credentials.agent_guard(),
@@ -149,7 +153,9 @@ def _grpc_servers(
         AgentRegistryServicer(core.registry, core.rollout), management.server
     )
     management_pb2_grpc.add_ManagementServiceServicer_to_server(
-        ManagementServicer(core.registry, core.dispatcher, core.rollout, core.watchers),
+        ManagementServicer(
+            core.registry, core.dispatcher, core.rollout, core.watchers, core.routes
+        ),
         management.server,
     )
     return inference, management
@@ -162,7 +168,6 @@ def _http_apps(
     apps: dict[str, tuple[str, FastAPI]] = {}
     metrics = core.metrics
     if config.openai_address:
-        models = ServedModels(core.registry, config.openai_model_aliases)
         settings = OpenAISettings(
             config.openai_model_aliases,
             config.openai_cors_origins,
@@ -171,7 +176,7 @@ def _http_apps(
             on_refused=metrics.credential_refused,
             image_hosts=config.openai_image_hosts,
         )
-        app = create_app(core.relay, core.embeddings, models, settings, metrics)
+        app = create_app(core.relay, core.embeddings, core.routes, settings, metrics)
         apps["openai"] = (config.openai_address, app)
     if config.web_address:
         web = create_web_app(
@@ -184,6 +189,7 @@ def _http_apps(
             states=core.states,
             rollout=core.rollout,
             relay=core.relay,
+            routes=core.routes,
             metrics=metrics,
             stopping=stopping,
             admin=credentials.admin_guard(),

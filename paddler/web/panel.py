@@ -16,27 +16,27 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from google.protobuf import json_format
-from google.protobuf.message import Message
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.generation_relay import GenerationRelay
+from paddler.balancer.management_servicer import describe_pool
 from paddler.balancer.metrics import BalancerMetrics
+from paddler.balancer.model_routes import ModelRoutes
 from paddler.balancer.rollout import Rollout
 from paddler.balancer.slot_dispatcher import SlotDispatcher
 from paddler.balancer.state_store import StateStore
 from paddler.common.concurrency_limit import ConcurrencyLimit, LimitReachedError
 from paddler.common.context_sources import context_source_label
-from paddler.common.errors import InvalidArgumentError, PaddlerError
+from paddler.common.errors import InvalidArgumentError, ModelNotFoundError
 from paddler.common.guards import Guard
 from paddler.common.request_context import bind_request
-from paddler.v1 import desired_state_pb2
 from paddler.web.admin_session import AdminSessionMiddleware, AdminSessions, add_sign_in
 from paddler.web.app import API
-from paddler.web.pages import STATIC, error_response, page
+from paddler.web.pages import STATIC, as_dict, error_response, page, refused
 from paddler.web.playground import PlaygroundRequest, generation_input, reply_events
 from paddler.web.request_checks import RequestChecksMiddleware, allowed_host_names
+from paddler.web.state_routes import add_state_routes
 
 # How often the live view refreshes when nothing changes (throughput moves on its own).
 TICK_S = 1.0
@@ -50,6 +50,7 @@ def add_panel(
     states: StateStore,
     rollout: Rollout,
     relay: GenerationRelay,
+    routes: ModelRoutes,
     metrics: BalancerMetrics,
     stopping: asyncio.Event,
     admin: Guard | None,
@@ -79,7 +80,7 @@ def add_panel(
         assert isinstance(error, RequestValidationError)
         first = error.errors()[0]
         field = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
-        return _refused(field, f"{field}: {first.get('msg', 'invalid request')}")
+        return refused(field, f"{field}: {first.get('msg', 'invalid request')}")
 
     app.add_exception_handler(RequestValidationError, refused_body)
 
@@ -109,6 +110,7 @@ def add_panel(
             request,
             registry,
             dispatcher,
+            routes=routes,
             rollout=rollout,
             metrics=metrics,
             stopping=stopping,
@@ -116,28 +118,7 @@ def add_panel(
         )
         return StreamingResponse(snapshots, media_type="text/event-stream")
 
-    @app.get("/api/state")
-    async def get_state() -> dict[str, Any]:
-        """The desired state, its version and epoch (version 0: none set), and its rollout."""
-        return {**_as_dict(states.current), "rollout": _as_dict(rollout.progress())}
-
-    @app.put("/api/state")
-    async def put_state(request: Request) -> JSONResponse:
-        """Validate and set a new desired state; 400 names the field to fix."""
-        try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                return _refused(None, "the body is not a desired state: send a JSON object")
-            state = json_format.ParseDict(body, desired_state_pb2.DesiredState())
-            return JSONResponse(_as_dict(await states.submit(state)))
-        except (json.JSONDecodeError, json_format.ParseError) as error:
-            return _refused(None, f"the body is not a desired state: {error}")
-        except RecursionError:
-            return _refused(None, "the body is not a desired state: it nests too deeply")
-        except InvalidArgumentError as error:
-            return _refused(error.violations[0].field, error.message)
-        except PaddlerError as error:  # the state file could not be written, say
-            return error_response(500, error.message)
+    add_state_routes(app, states, rollout)
 
     @app.post("/api/generate")
     async def generate(body: PlaygroundRequest) -> Response:
@@ -145,22 +126,17 @@ def add_panel(
         request the checks refuse gets a 400 naming the field."""
         try:
             with metrics.refusals(API, "generate"):
+                route = routes.resolve(body.model)
                 generation = generation_input(body)
         except InvalidArgumentError as error:
-            return _refused(error.violations[0].field, error.message)
+            return refused(error.violations[0].field, error.message)
+        except ModelNotFoundError as error:
+            return error_response(404, error.message, "model")
         request_id = uuid.uuid4().hex
         bind_request(request_id=request_id, streamed=True)
         return StreamingResponse(
-            reply_events(relay, generation, request_id), media_type="text/event-stream"
+            reply_events(relay, generation, request_id, route), media_type="text/event-stream"
         )
-
-
-def _refused(field: str | None, message: str) -> JSONResponse:
-    return error_response(400, message, field)
-
-
-def _as_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 def _agent(agent: RegisteredAgent, now: float) -> dict[str, Any]:
@@ -168,6 +144,7 @@ def _agent(agent: RegisteredAgent, now: float) -> dict[str, Any]:
     return {
         "name": agent.name,
         "address": agent.address,
+        "pool": agent.pool,
         "model": status.model,
         "context": status.context_size,
         "context_source": context_source_label(status.context_source),
@@ -193,6 +170,7 @@ async def _snapshots(
     registry: AgentRegistry,
     dispatcher: SlotDispatcher,
     *,
+    routes: ModelRoutes,
     rollout: Rollout,
     metrics: BalancerMetrics,
     stopping: asyncio.Event,
@@ -220,7 +198,11 @@ async def _snapshots(
                 "buffered": dispatcher.buffered,
                 "buffer_capacity": dispatcher.capacity,
                 "pieces_per_second": round(rate, 1),
-                "rollout": _as_dict(rollout.progress()),
+                "rollout": as_dict(rollout.progress()),
+                "pools": [
+                    as_dict(describe_pool(name, registry, rollout, dispatcher))
+                    for name in routes.pools()
+                ],
             }
             yield f"data: {json.dumps(snapshot)}\n\n"
             with contextlib.suppress(TimeoutError):

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 from paddler.balancer.generation_relay import GenerationRelay
+from paddler.balancer.model_routes import Route
 from paddler.common.errors import InvalidArgumentError, PaddlerError
 from paddler.common.generation_input import check_generation_input
 from paddler.common.image_input import MAX_IMAGES, check_image
@@ -43,6 +44,8 @@ class PlaygroundRequest(BaseModel):
     top_k: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None
     # The chat template's enable_thinking; None: not passed.
     thinking: bool | None = None
+    # The pool that answers (a pool's name or alias, or a model; "": the pool "default").
+    model: Annotated[str, Field(max_length=256)] = ""
 
 
 def generation_input(body: PlaygroundRequest) -> generation_pb2.GenerationInput:
@@ -83,7 +86,10 @@ def _message(message: PanelMessage, index: int) -> generation_pb2.ChatMessage:
 
 
 async def reply_events(
-    relay: GenerationRelay, generation: generation_pb2.GenerationInput, request_id: str
+    relay: GenerationRelay,
+    generation: generation_pb2.GenerationInput,
+    request_id: str,
+    route: Route,
 ) -> AsyncIterator[str]:
     """``{"reasoning"}`` and ``{"text"}`` pieces as they come, then ``{"summary"}``, or
     ``{"error"}``."""
@@ -93,7 +99,7 @@ async def reply_events(
 
     try:
         forwarded = agent_pb2.GenerateRequest(request_id=request_id, input=generation)
-        async for chunk in relay.stream(forwarded, None, API):
+        async for chunk in relay.stream(forwarded, None, API, route):
             response = agent_pb2.GenerateResponse.FromString(chunk)
             if response.HasField("summary"):
                 summary = response.summary

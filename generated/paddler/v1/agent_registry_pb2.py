@@ -26,7 +26,7 @@ from paddler.v1 import desired_state_pb2 as paddler_dot_v1_dot_desired__state__p
 from paddler.v1 import status_pb2 as paddler_dot_v1_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpaddler/v1/agent_registry.proto\x12\npaddler.v1\x1a\x1epaddler/v1/desired_state.proto\x1a\x17paddler/v1/status.proto\"2\n\x11\x41gentRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"}\n\x0e\x43onnectRequest\x12\x35\n\x0cregistration\x18\x01 \x01(\x0b\x32\x1d.paddler.v1.AgentRegistrationH\x00\x12)\n\x06status\x18\x02 \x01(\x0b\x32\x17.paddler.v1.AgentStatusH\x00\x42\t\n\x07message\"(\n\x14RegistrationAccepted\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x8e\x01\n\x0f\x43onnectResponse\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32 .paddler.v1.RegistrationAcceptedH\x00\x12:\n\rdesired_state\x18\x02 \x01(\x0b\x32!.paddler.v1.VersionedDesiredStateH\x00\x42\t\n\x07message2^\n\x14\x41gentRegistryService\x12\x46\n\x07\x43onnect\x12\x1a.paddler.v1.ConnectRequest\x1a\x1b.paddler.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpaddler/v1/agent_registry.proto\x12\npaddler.v1\x1a\x1epaddler/v1/desired_state.proto\x1a\x17paddler/v1/status.proto\"@\n\x11\x41gentRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\"}\n\x0e\x43onnectRequest\x12\x35\n\x0cregistration\x18\x01 \x01(\x0b\x32\x1d.paddler.v1.AgentRegistrationH\x00\x12)\n\x06status\x18\x02 \x01(\x0b\x32\x17.paddler.v1.AgentStatusH\x00\x42\t\n\x07message\"(\n\x14RegistrationAccepted\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x8e\x01\n\x0f\x43onnectResponse\x12\x34\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32 .paddler.v1.RegistrationAcceptedH\x00\x12:\n\rdesired_state\x18\x02 \x01(\x0b\x32!.paddler.v1.VersionedDesiredStateH\x00\x42\t\n\x07message2^\n\x14\x41gentRegistryService\x12\x46\n\x07\x43onnect\x12\x1a.paddler.v1.ConnectRequest\x1a\x1b.paddler.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paddler.v1.agent_registry_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTREGISTRATION']._serialized_start=104
-  _globals['_AGENTREGISTRATION']._serialized_end=154
-  _globals['_CONNECTREQUEST']._serialized_start=156
-  _globals['_CONNECTREQUEST']._serialized_end=281
-  _globals['_REGISTRATIONACCEPTED']._serialized_start=283
-  _globals['_REGISTRATIONACCEPTED']._serialized_end=323
-  _globals['_CONNECTRESPONSE']._serialized_start=326
-  _globals['_CONNECTRESPONSE']._serialized_end=468
-  _globals['_AGENTREGISTRYSERVICE']._serialized_start=470
-  _globals['_AGENTREGISTRYSERVICE']._serialized_end=564
+  _globals['_AGENTREGISTRATION']._serialized_end=168
+  _globals['_CONNECTREQUEST']._serialized_start=170
+  _globals['_CONNECTREQUEST']._serialized_end=295
+  _globals['_REGISTRATIONACCEPTED']._serialized_start=297
+  _globals['_REGISTRATIONACCEPTED']._serialized_end=337
+  _globals['_CONNECTRESPONSE']._serialized_start=340
+  _globals['_CONNECTRESPONSE']._serialized_end=482
+  _globals['_AGENTREGISTRYSERVICE']._serialized_start=484
+  _globals['_AGENTREGISTRYSERVICE']._serialized_end=578
 # @@protoc_insertion_point(module_scope)

@@ -25,19 +25,21 @@ _sym_db = _symbol_database.Default()
 from paddler.v1 import generation_pb2 as paddler_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epaddler/v1/desired_state.proto\x12\npaddler.v1\x1a\x1bpaddler/v1/generation.proto\"@\n\x10HuggingFaceModel\x12\x0c\n\x04repo\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\"\'\n\x08UrlModel\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x9c\x01\n\x0bModelSource\x12\x12\n\x08packaged\x18\x01 \x01(\tH\x00\x12\x14\n\nlocal_path\x18\x02 \x01(\tH\x00\x12\x34\n\x0chugging_face\x18\x03 \x01(\x0b\x32\x1c.paddler.v1.HuggingFaceModelH\x00\x12#\n\x03url\x18\x04 \x01(\x0b\x32\x14.paddler.v1.UrlModelH\x00\x42\x08\n\x06source\"\x99\x01\n\x11InferenceDefaults\x12\x19\n\x0c\x63ontext_size\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nbatch_size\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x30\n\x08sampling\x18\x03 \x01(\x0b\x32\x1e.paddler.v1.SamplingParametersB\x0f\n\r_context_sizeB\r\n\x0b_batch_size\"\xa3\x03\n\tPlacement\x12\x19\n\x0cn_gpu_layers\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12)\n\nsplit_mode\x18\x02 \x01(\x0e\x32\x15.paddler.v1.SplitMode\x12\x14\n\x0ctensor_split\x18\x03 \x03(\x02\x12\x15\n\x08main_gpu\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x33\n\x0f\x66lash_attention\x18\x05 \x01(\x0e\x32\x1a.paddler.v1.FlashAttention\x12-\n\x0c\x63\x61\x63he_type_k\x18\x06 \x01(\x0e\x32\x17.paddler.v1.KvCacheType\x12-\n\x0c\x63\x61\x63he_type_v\x18\x07 \x01(\x0e\x32\x17.paddler.v1.KvCacheType\x12\x15\n\x08use_mmap\x18\x08 \x01(\x08H\x02\x88\x01\x01\x12\x16\n\tuse_mlock\x18\t \x01(\x08H\x03\x88\x01\x01\x12\x18\n\x0bubatch_size\x18\n \x01(\x05H\x04\x88\x01\x01\x42\x0f\n\r_n_gpu_layersB\x0b\n\t_main_gpuB\x0b\n\t_use_mmapB\x0c\n\n_use_mlockB\x0e\n\x0c_ubatch_size\"\xfa\x01\n\x0c\x44\x65siredState\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.paddler.v1.ModelSource\x12/\n\x08\x64\x65\x66\x61ults\x18\x02 \x01(\x0b\x32\x1d.paddler.v1.InferenceDefaults\x12#\n\x16\x63hat_template_override\x18\x03 \x01(\tH\x00\x88\x01\x01\x12(\n\tplacement\x18\x04 \x01(\x0b\x32\x15.paddler.v1.Placement\x12\'\n\x06mmproj\x18\x05 \x01(\x0b\x32\x17.paddler.v1.ModelSourceB\x19\n\x17_chat_template_override\"`\n\x15VersionedDesiredState\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\'\n\x05state\x18\x02 \x01(\x0b\x32\x18.paddler.v1.DesiredState\x12\r\n\x05\x65poch\x18\x03 \x01(\t*f\n\tSplitMode\x12\x1a\n\x16SPLIT_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSPLIT_MODE_NONE\x10\x01\x12\x14\n\x10SPLIT_MODE_LAYER\x10\x02\x12\x12\n\x0eSPLIT_MODE_ROW\x10\x03*|\n\x0e\x46lashAttention\x12\x1f\n\x1b\x46LASH_ATTENTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46LASH_ATTENTION_AUTO\x10\x01\x12\x16\n\x12\x46LASH_ATTENTION_ON\x10\x02\x12\x17\n\x13\x46LASH_ATTENTION_OFF\x10\x03*s\n\x0bKvCacheType\x12\x1d\n\x19KV_CACHE_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11KV_CACHE_TYPE_F16\x10\x01\x12\x16\n\x12KV_CACHE_TYPE_Q8_0\x10\x02\x12\x16\n\x12KV_CACHE_TYPE_Q4_0\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epaddler/v1/desired_state.proto\x12\npaddler.v1\x1a\x1bpaddler/v1/generation.proto\"@\n\x10HuggingFaceModel\x12\x0c\n\x04repo\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\"\'\n\x08UrlModel\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x9c\x01\n\x0bModelSource\x12\x12\n\x08packaged\x18\x01 \x01(\tH\x00\x12\x14\n\nlocal_path\x18\x02 \x01(\tH\x00\x12\x34\n\x0chugging_face\x18\x03 \x01(\x0b\x32\x1c.paddler.v1.HuggingFaceModelH\x00\x12#\n\x03url\x18\x04 \x01(\x0b\x32\x14.paddler.v1.UrlModelH\x00\x42\x08\n\x06source\"\x99\x01\n\x11InferenceDefaults\x12\x19\n\x0c\x63ontext_size\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nbatch_size\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x30\n\x08sampling\x18\x03 \x01(\x0b\x32\x1e.paddler.v1.SamplingParametersB\x0f\n\r_context_sizeB\r\n\x0b_batch_size\"\xa3\x03\n\tPlacement\x12\x19\n\x0cn_gpu_layers\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12)\n\nsplit_mode\x18\x02 \x01(\x0e\x32\x15.paddler.v1.SplitMode\x12\x14\n\x0ctensor_split\x18\x03 \x03(\x02\x12\x15\n\x08main_gpu\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x33\n\x0f\x66lash_attention\x18\x05 \x01(\x0e\x32\x1a.paddler.v1.FlashAttention\x12-\n\x0c\x63\x61\x63he_type_k\x18\x06 \x01(\x0e\x32\x17.paddler.v1.KvCacheType\x12-\n\x0c\x63\x61\x63he_type_v\x18\x07 \x01(\x0e\x32\x17.paddler.v1.KvCacheType\x12\x15\n\x08use_mmap\x18\x08 \x01(\x08H\x02\x88\x01\x01\x12\x16\n\tuse_mlock\x18\t \x01(\x08H\x03\x88\x01\x01\x12\x18\n\x0bubatch_size\x18\n \x01(\x05H\x04\x88\x01\x01\x42\x0f\n\r_n_gpu_layersB\x0b\n\t_main_gpuB\x0b\n\t_use_mmapB\x0c\n\n_use_mlockB\x0e\n\x0c_ubatch_size\"\xfa\x01\n\x0c\x44\x65siredState\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.paddler.v1.ModelSource\x12/\n\x08\x64\x65\x66\x61ults\x18\x02 \x01(\x0b\x32\x1d.paddler.v1.InferenceDefaults\x12#\n\x16\x63hat_template_override\x18\x03 \x01(\tH\x00\x88\x01\x01\x12(\n\tplacement\x18\x04 \x01(\x0b\x32\x15.paddler.v1.Placement\x12\'\n\x06mmproj\x18\x05 \x01(\x0b\x32\x17.paddler.v1.ModelSourceB\x19\n\x17_chat_template_override\"n\n\x15VersionedDesiredState\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\'\n\x05state\x18\x02 \x01(\x0b\x32\x18.paddler.v1.DesiredState\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x0c\n\x04pool\x18\x04 \x01(\t\"V\n\tPoolState\x12\x38\n\rdesired_state\x18\x01 \x01(\x0b\x32!.paddler.v1.VersionedDesiredState\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\"\x96\x01\n\x0c\x44\x65siredPools\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x32\n\x05pools\x18\x02 \x03(\x0b\x32#.paddler.v1.DesiredPools.PoolsEntry\x1a\x43\n\nPoolsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.paddler.v1.PoolState:\x02\x38\x01*f\n\tSplitMode\x12\x1a\n\x16SPLIT_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSPLIT_MODE_NONE\x10\x01\x12\x14\n\x10SPLIT_MODE_LAYER\x10\x02\x12\x12\n\x0eSPLIT_MODE_ROW\x10\x03*|\n\x0e\x46lashAttention\x12\x1f\n\x1b\x46LASH_ATTENTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46LASH_ATTENTION_AUTO\x10\x01\x12\x16\n\x12\x46LASH_ATTENTION_ON\x10\x02\x12\x17\n\x13\x46LASH_ATTENTION_OFF\x10\x03*s\n\x0bKvCacheType\x12\x1d\n\x19KV_CACHE_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11KV_CACHE_TYPE_F16\x10\x01\x12\x16\n\x12KV_CACHE_TYPE_Q8_0\x10\x02\x12\x16\n\x12KV_CACHE_TYPE_Q4_0\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paddler.v1.desired_state_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SPLITMODE']._serialized_start=1270
-  _globals['_SPLITMODE']._serialized_end=1372
-  _globals['_FLASHATTENTION']._serialized_start=1374
-  _globals['_FLASHATTENTION']._serialized_end=1498
-  _globals['_KVCACHETYPE']._serialized_start=1500
-  _globals['_KVCACHETYPE']._serialized_end=1615
+  _globals['_DESIREDPOOLS_POOLSENTRY']._loaded_options = None
+  _globals['_DESIREDPOOLS_POOLSENTRY']._serialized_options = b'8\001'
+  _globals['_SPLITMODE']._serialized_start=1525
+  _globals['_SPLITMODE']._serialized_end=1627
+  _globals['_FLASHATTENTION']._serialized_start=1629
+  _globals['_FLASHATTENTION']._serialized_end=1753
+  _globals['_KVCACHETYPE']._serialized_start=1755
+  _globals['_KVCACHETYPE']._serialized_end=1870
   _globals['_HUGGINGFACEMODEL']._serialized_start=75
   _globals['_HUGGINGFACEMODEL']._serialized_end=139
   _globals['_URLMODEL']._serialized_start=141
@@ -51,5 +53,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESIREDSTATE']._serialized_start=920
   _globals['_DESIREDSTATE']._serialized_end=1170
   _globals['_VERSIONEDDESIREDSTATE']._serialized_start=1172
-  _globals['_VERSIONEDDESIREDSTATE']._serialized_end=1268
+  _globals['_VERSIONEDDESIREDSTATE']._serialized_end=1282
+  _globals['_POOLSTATE']._serialized_start=1284
+  _globals['_POOLSTATE']._serialized_end=1370
+  _globals['_DESIREDPOOLS']._serialized_start=1373
+  _globals['_DESIREDPOOLS']._serialized_end=1523
+  _globals['_DESIREDPOOLS_POOLSENTRY']._serialized_start=1456
+  _globals['_DESIREDPOOLS_POOLSENTRY']._serialized_end=1523
 # @@protoc_insertion_point(module_scope)

@@ -299,7 +299,7 @@ Global___Placement: _TypeAlias = Placement  # noqa: Y015
 
 @_typing.final
 class DesiredState(_message.Message):
-    """What the whole cluster should serve."""
+    """What one pool of agents should serve (the whole cluster when it has one pool)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -350,10 +350,15 @@ class VersionedDesiredState(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     epoch: _builtins.str
     """Who numbered the versions. A balancer without a state file starts a new epoch (and counts
     from 1 again) every run, so a version means something only together with its epoch.
+    """
+    pool: _builtins.str
+    """The pool the state is for ("" in a file written before pools: "default"). Each pool
+    numbers its own versions.
     """
     @_builtins.property
     def state(self) -> Global___DesiredState: ...
@@ -363,11 +368,89 @@ class VersionedDesiredState(_message.Message):
         version: _builtins.int = ...,
         state: Global___DesiredState | None = ...,
         epoch: _builtins.str = ...,
+        pool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "pool", b"pool", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VersionedDesiredState: _TypeAlias = VersionedDesiredState  # noqa: Y015
+
+@_typing.final
+class PoolState(_message.Message):
+    """One pool's stored state: its desired state and the other names requests may use for it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESIRED_STATE_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def desired_state(self) -> Global___VersionedDesiredState: ...
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Model names routed to this pool besides its own name (OpenAI's `model`)."""
+
+    def __init__(
+        self,
+        *,
+        desired_state: Global___VersionedDesiredState | None = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "desired_state", b"desired_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolState: _TypeAlias = PoolState  # noqa: Y015
+
+@_typing.final
+class DesiredPools(_message.Message):
+    """Every pool's state: what the balancer keeps in its state file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PoolsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___PoolState: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___PoolState | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    POOLS_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.str
+    """Shared by every pool's versions (see VersionedDesiredState.epoch)."""
+    @_builtins.property
+    def pools(self) -> _containers.MessageMap[_builtins.str, Global___PoolState]:
+        """By pool name."""
+
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.str = ...,
+        pools: _abc.Mapping[_builtins.str, Global___PoolState] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "pools", b"pools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DesiredPools: _TypeAlias = DesiredPools  # noqa: Y015

@@ -26,7 +26,7 @@ from paddler.v1 import embedding_pb2 as paddler_dot_v1_dot_embedding__pb2
 from paddler.v1 import generation_pb2 as paddler_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apaddler/v1/inference.proto\x12\npaddler.v1\x1a\x1apaddler/v1/embedding.proto\x1a\x1bpaddler/v1/generation.proto\"]\n\x1cInferenceServiceEmbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x05input\x18\x02 \x01(\x0b\x32\x1a.paddler.v1.EmbeddingInput\"L\n\x1dInferenceServiceEmbedResponse\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.paddler.v1.EmbeddingResult\"a\n\x1fInferenceServiceGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05input\x18\x02 \x01(\x0b\x32\x1b.paddler.v1.GenerationInput\"\xbd\x01\n InferenceServiceGenerateResponse\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x30\n\x07summary\x18\x02 \x01(\x0b\x32\x1d.paddler.v1.GenerationSummaryH\x00\x12)\n\ttool_call\x18\x03 \x01(\x0b\x32\x14.paddler.v1.ToolCallH\x00\x12\x13\n\treasoning\x18\x05 \x01(\tH\x00\x12\x0e\n\x06tokens\x18\x04 \x03(\x05\x42\x07\n\x05\x65vent2\xd9\x01\n\x10InferenceService\x12g\n\x08Generate\x12+.paddler.v1.InferenceServiceGenerateRequest\x1a,.paddler.v1.InferenceServiceGenerateResponse0\x01\x12\\\n\x05\x45mbed\x12(.paddler.v1.InferenceServiceEmbedRequest\x1a).paddler.v1.InferenceServiceEmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apaddler/v1/inference.proto\x12\npaddler.v1\x1a\x1apaddler/v1/embedding.proto\x1a\x1bpaddler/v1/generation.proto\"l\n\x1cInferenceServiceEmbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x05input\x18\x02 \x01(\x0b\x32\x1a.paddler.v1.EmbeddingInput\x12\r\n\x05model\x18\x03 \x01(\t\"L\n\x1dInferenceServiceEmbedResponse\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.paddler.v1.EmbeddingResult\"p\n\x1fInferenceServiceGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05input\x18\x02 \x01(\x0b\x32\x1b.paddler.v1.GenerationInput\x12\r\n\x05model\x18\x03 \x01(\t\"\xbd\x01\n InferenceServiceGenerateResponse\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x30\n\x07summary\x18\x02 \x01(\x0b\x32\x1d.paddler.v1.GenerationSummaryH\x00\x12)\n\ttool_call\x18\x03 \x01(\x0b\x32\x14.paddler.v1.ToolCallH\x00\x12\x13\n\treasoning\x18\x05 \x01(\tH\x00\x12\x0e\n\x06tokens\x18\x04 \x03(\x05\x42\x07\n\x05\x65vent2\xd9\x01\n\x10InferenceService\x12g\n\x08Generate\x12+.paddler.v1.InferenceServiceGenerateRequest\x1a,.paddler.v1.InferenceServiceGenerateResponse0\x01\x12\\\n\x05\x45mbed\x12(.paddler.v1.InferenceServiceEmbedRequest\x1a).paddler.v1.InferenceServiceEmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paddler.v1.inference_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INFERENCESERVICEEMBEDREQUEST']._serialized_start=99
-  _globals['_INFERENCESERVICEEMBEDREQUEST']._serialized_end=192
-  _globals['_INFERENCESERVICEEMBEDRESPONSE']._serialized_start=194
-  _globals['_INFERENCESERVICEEMBEDRESPONSE']._serialized_end=270
-  _globals['_INFERENCESERVICEGENERATEREQUEST']._serialized_start=272
-  _globals['_INFERENCESERVICEGENERATEREQUEST']._serialized_end=369
-  _globals['_INFERENCESERVICEGENERATERESPONSE']._serialized_start=372
-  _globals['_INFERENCESERVICEGENERATERESPONSE']._serialized_end=561
-  _globals['_INFERENCESERVICE']._serialized_start=564
-  _globals['_INFERENCESERVICE']._serialized_end=781
+  _globals['_INFERENCESERVICEEMBEDREQUEST']._serialized_end=207
+  _globals['_INFERENCESERVICEEMBEDRESPONSE']._serialized_start=209
+  _globals['_INFERENCESERVICEEMBEDRESPONSE']._serialized_end=285
+  _globals['_INFERENCESERVICEGENERATEREQUEST']._serialized_start=287
+  _globals['_INFERENCESERVICEGENERATEREQUEST']._serialized_end=399
+  _globals['_INFERENCESERVICEGENERATERESPONSE']._serialized_start=402
+  _globals['_INFERENCESERVICEGENERATERESPONSE']._serialized_end=591
+  _globals['_INFERENCESERVICE']._serialized_start=594
+  _globals['_INFERENCESERVICE']._serialized_end=811
 # @@protoc_insertion_point(module_scope)

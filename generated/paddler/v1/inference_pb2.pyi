@@ -26,8 +26,13 @@ class InferenceServiceEmbedRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Optional caller-chosen id, passed to the agents and echoed in logs."""
+    model: _builtins.str
+    """The pool that serves the request: a pool's name, one of its aliases or a model its agents
+    serve; "": the pool "default". An unknown name is NOT_FOUND, listing the served names.
+    """
     @_builtins.property
     def input(self) -> _embedding_pb2.EmbeddingInput: ...
     def __init__(
@@ -35,10 +40,11 @@ class InferenceServiceEmbedRequest(_message.Message):
         *,
         request_id: _builtins.str = ...,
         input: _embedding_pb2.EmbeddingInput | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "model", b"model", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -70,8 +76,13 @@ class InferenceServiceGenerateRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Optional caller-chosen id, passed to the agent and echoed in logs."""
+    model: _builtins.str
+    """The pool that serves the request: a pool's name, one of its aliases or a model its agents
+    serve; "": the pool "default". An unknown name is NOT_FOUND, listing the served names.
+    """
     @_builtins.property
     def input(self) -> _generation_pb2.GenerationInput: ...
     def __init__(
@@ -79,10 +90,11 @@ class InferenceServiceGenerateRequest(_message.Message):
         *,
         request_id: _builtins.str = ...,
         input: _generation_pb2.GenerationInput | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "model", b"model", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

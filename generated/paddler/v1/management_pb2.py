@@ -27,7 +27,7 @@ from paddler.v1 import desired_state_pb2 as paddler_dot_v1_dot_desired__state__p
 from paddler.v1 import status_pb2 as paddler_dot_v1_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpaddler/v1/management.proto\x12\npaddler.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1epaddler/v1/desired_state.proto\x1a\x17paddler/v1/status.proto\"\xf9\x04\n\x0fRegisteredAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x13\n\x0bslots_total\x18\x04 \x01(\x05\x12\x18\n\x10slots_processing\x18\x05 \x01(\x05\x12\x15\n\rslots_claimed\x18\x06 \x01(\x05\x12\r\n\x05model\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x32\n\x0flast_status_age\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x05phase\x18\n \x01(\x0e\x32\x16.paddler.v1.StatePhase\x12\x1d\n\x15\x61pplied_state_version\x18\x0b \x01(\x04\x12\x0e\n\x06issues\x18\x0c \x03(\t\x12.\n\x08\x64ownload\x18\r \x01(\x0b\x32\x1c.paddler.v1.DownloadProgress\x12\x1b\n\x13\x61pplied_state_epoch\x18\x0e \x01(\t\x12\x15\n\rchat_template\x18\x0f \x01(\t\x12,\n\x0cstep_timings\x18\x10 \x03(\x0b\x32\x16.paddler.v1.StepTiming\x12\x0f\n\x07rolling\x18\x11 \x01(\x08\x12\x14\n\x0c\x63ontext_size\x18\x12 \x01(\x05\x12\x1c\n\x14trained_context_size\x18\x13 \x01(\x05\x12\x31\n\x0e\x63ontext_source\x18\x14 \x01(\x0e\x32\x19.paddler.v1.ContextSource\x12-\n\tplacement\x18\x15 \x01(\x0b\x32\x1a.paddler.v1.ModelPlacement\x12\x0e\n\x06images\x18\x16 \x01(\x08\"\x13\n\x11ListAgentsRequest\"A\n\x12ListAgentsResponse\x12+\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1b.paddler.v1.RegisteredAgent\"\x14\n\x12WatchAgentsRequest\"B\n\x13WatchAgentsResponse\x12+\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1b.paddler.v1.RegisteredAgent\"\x1c\n\x1aGetBufferedRequestsRequest\">\n\x1bGetBufferedRequestsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\"\x18\n\x16GetDesiredStateRequest\"~\n\x17GetDesiredStateResponse\x12\x38\n\rdesired_state\x18\x01 \x01(\x0b\x32!.paddler.v1.VersionedDesiredState\x12)\n\x07rollout\x18\x02 \x01(\x0b\x32\x18.paddler.v1.StateRollout\"{\n\x0cStateRollout\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x61gents\x18\x02 \x01(\x05\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x05\x12\x0f\n\x07rolling\x18\x04 \x01(\x05\x12\x17\n\x0fmax_unavailable\x18\x05 \x01(\x05\x12\x0f\n\x07\x66\x61ilure\x18\x06 \x01(\t\"A\n\x16SetDesiredStateRequest\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.paddler.v1.DesiredState\"S\n\x17SetDesiredStateResponse\x12\x38\n\rdesired_state\x18\x01 \x01(\x0b\x32!.paddler.v1.VersionedDesiredState2\xd2\x03\n\x11ManagementService\x12K\n\nListAgents\x12\x1d.paddler.v1.ListAgentsRequest\x1a\x1e.paddler.v1.ListAgentsResponse\x12P\n\x0bWatchAgents\x12\x1e.paddler.v1.WatchAgentsRequest\x1a\x1f.paddler.v1.WatchAgentsResponse0\x01\x12\x66\n\x13GetBufferedRequests\x12&.paddler.v1.GetBufferedRequestsRequest\x1a\'.paddler.v1.GetBufferedRequestsResponse\x12Z\n\x0fGetDesiredState\x12\".paddler.v1.GetDesiredStateRequest\x1a#.paddler.v1.GetDesiredStateResponse\x12Z\n\x0fSetDesiredState\x12\".paddler.v1.SetDesiredStateRequest\x1a#.paddler.v1.SetDesiredStateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpaddler/v1/management.proto\x12\npaddler.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1epaddler/v1/desired_state.proto\x1a\x17paddler/v1/status.proto\"\x87\x05\n\x0fRegisteredAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x13\n\x0bslots_total\x18\x04 \x01(\x05\x12\x18\n\x10slots_processing\x18\x05 \x01(\x05\x12\x15\n\rslots_claimed\x18\x06 \x01(\x05\x12\r\n\x05model\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x32\n\x0flast_status_age\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x05phase\x18\n \x01(\x0e\x32\x16.paddler.v1.StatePhase\x12\x1d\n\x15\x61pplied_state_version\x18\x0b \x01(\x04\x12\x0e\n\x06issues\x18\x0c \x03(\t\x12.\n\x08\x64ownload\x18\r \x01(\x0b\x32\x1c.paddler.v1.DownloadProgress\x12\x1b\n\x13\x61pplied_state_epoch\x18\x0e \x01(\t\x12\x15\n\rchat_template\x18\x0f \x01(\t\x12,\n\x0cstep_timings\x18\x10 \x03(\x0b\x32\x16.paddler.v1.StepTiming\x12\x0f\n\x07rolling\x18\x11 \x01(\x08\x12\x14\n\x0c\x63ontext_size\x18\x12 \x01(\x05\x12\x1c\n\x14trained_context_size\x18\x13 \x01(\x05\x12\x31\n\x0e\x63ontext_source\x18\x14 \x01(\x0e\x32\x19.paddler.v1.ContextSource\x12-\n\tplacement\x18\x15 \x01(\x0b\x32\x1a.paddler.v1.ModelPlacement\x12\x0e\n\x06images\x18\x16 \x01(\x08\x12\x0c\n\x04pool\x18\x17 \x01(\t\"\x13\n\x11ListAgentsRequest\"A\n\x12ListAgentsResponse\x12+\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1b.paddler.v1.RegisteredAgent\"\x14\n\x12WatchAgentsRequest\"B\n\x13WatchAgentsResponse\x12+\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1b.paddler.v1.RegisteredAgent\"*\n\x1aGetBufferedRequestsRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\">\n\x1bGetBufferedRequestsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\"&\n\x16GetDesiredStateRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"~\n\x17GetDesiredStateResponse\x12\x38\n\rdesired_state\x18\x01 \x01(\x0b\x32!.paddler.v1.VersionedDesiredState\x12)\n\x07rollout\x18\x02 \x01(\x0b\x32\x18.paddler.v1.StateRollout\"{\n\x0cStateRollout\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x61gents\x18\x02 \x01(\x05\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x05\x12\x0f\n\x07rolling\x18\x04 \x01(\x05\x12\x17\n\x0fmax_unavailable\x18\x05 \x01(\x05\x12\x0f\n\x07\x66\x61ilure\x18\x06 \x01(\t\"y\n\x16SetDesiredStateRequest\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.paddler.v1.DesiredState\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12(\n\x07\x61liases\x18\x03 \x01(\x0b\x32\x17.paddler.v1.PoolAliases\"\x1c\n\x0bPoolAliases\x12\r\n\x05names\x18\x01 \x03(\t\"\x12\n\x10ListPoolsRequest\"\xf6\x01\n\x04Pool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x38\n\rdesired_state\x18\x03 \x01(\x0b\x32!.paddler.v1.VersionedDesiredState\x12)\n\x07rollout\x18\x04 \x01(\x0b\x32\x18.paddler.v1.StateRollout\x12\x0e\n\x06\x61gents\x18\x05 \x01(\x05\x12\x0f\n\x07serving\x18\x06 \x01(\x05\x12\x13\n\x0bslots_total\x18\x07 \x01(\x05\x12\x12\n\nslots_free\x18\x08 \x01(\x05\x12\x10\n\x08\x62uffered\x18\t \x01(\x05\x12\x0e\n\x06models\x18\n \x03(\t\"4\n\x11ListPoolsResponse\x12\x1f\n\x05pools\x18\x01 \x03(\x0b\x32\x10.paddler.v1.Pool\"!\n\x11\x44\x65letePoolRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"\x14\n\x12\x44\x65letePoolResponse\"S\n\x17SetDesiredStateResponse\x12\x38\n\rdesired_state\x18\x01 \x01(\x0b\x32!.paddler.v1.VersionedDesiredState2\xe9\x04\n\x11ManagementService\x12K\n\nListAgents\x12\x1d.paddler.v1.ListAgentsRequest\x1a\x1e.paddler.v1.ListAgentsResponse\x12P\n\x0bWatchAgents\x12\x1e.paddler.v1.WatchAgentsRequest\x1a\x1f.paddler.v1.WatchAgentsResponse0\x01\x12\x66\n\x13GetBufferedRequests\x12&.paddler.v1.GetBufferedRequestsRequest\x1a\'.paddler.v1.GetBufferedRequestsResponse\x12Z\n\x0fGetDesiredState\x12\".paddler.v1.GetDesiredStateRequest\x1a#.paddler.v1.GetDesiredStateResponse\x12Z\n\x0fSetDesiredState\x12\".paddler.v1.SetDesiredStateRequest\x1a#.paddler.v1.SetDesiredStateResponse\x12H\n\tListPools\x12\x1c.paddler.v1.ListPoolsRequest\x1a\x1d.paddler.v1.ListPoolsResponse\x12K\n\nDeletePool\x12\x1d.paddler.v1.DeletePoolRequest\x1a\x1e.paddler.v1.DeletePoolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paddler.v1.management_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTEREDAGENT']._serialized_start=133
-  _globals['_REGISTEREDAGENT']._serialized_end=766
-  _globals['_LISTAGENTSREQUEST']._serialized_start=768
-  _globals['_LISTAGENTSREQUEST']._serialized_end=787
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=789
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=854
-  _globals['_WATCHAGENTSREQUEST']._serialized_start=856
-  _globals['_WATCHAGENTSREQUEST']._serialized_end=876
-  _globals['_WATCHAGENTSRESPONSE']._serialized_start=878
-  _globals['_WATCHAGENTSRESPONSE']._serialized_end=944
-  _globals['_GETBUFFEREDREQUESTSREQUEST']._serialized_start=946
-  _globals['_GETBUFFEREDREQUESTSREQUEST']._serialized_end=974
-  _globals['_GETBUFFEREDREQUESTSRESPONSE']._serialized_start=976
-  _globals['_GETBUFFEREDREQUESTSRESPONSE']._serialized_end=1038
-  _globals['_GETDESIREDSTATEREQUEST']._serialized_start=1040
-  _globals['_GETDESIREDSTATEREQUEST']._serialized_end=1064
-  _globals['_GETDESIREDSTATERESPONSE']._serialized_start=1066
-  _globals['_GETDESIREDSTATERESPONSE']._serialized_end=1192
-  _globals['_STATEROLLOUT']._serialized_start=1194
-  _globals['_STATEROLLOUT']._serialized_end=1317
-  _globals['_SETDESIREDSTATEREQUEST']._serialized_start=1319
-  _globals['_SETDESIREDSTATEREQUEST']._serialized_end=1384
-  _globals['_SETDESIREDSTATERESPONSE']._serialized_start=1386
-  _globals['_SETDESIREDSTATERESPONSE']._serialized_end=1469
-  _globals['_MANAGEMENTSERVICE']._serialized_start=1472
-  _globals['_MANAGEMENTSERVICE']._serialized_end=1938
+  _globals['_REGISTEREDAGENT']._serialized_end=780
+  _globals['_LISTAGENTSREQUEST']._serialized_start=782
+  _globals['_LISTAGENTSREQUEST']._serialized_end=801
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=803
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=868
+  _globals['_WATCHAGENTSREQUEST']._serialized_start=870
+  _globals['_WATCHAGENTSREQUEST']._serialized_end=890
+  _globals['_WATCHAGENTSRESPONSE']._serialized_start=892
+  _globals['_WATCHAGENTSRESPONSE']._serialized_end=958
+  _globals['_GETBUFFEREDREQUESTSREQUEST']._serialized_start=960
+  _globals['_GETBUFFEREDREQUESTSREQUEST']._serialized_end=1002
+  _globals['_GETBUFFEREDREQUESTSRESPONSE']._serialized_start=1004
+  _globals['_GETBUFFEREDREQUESTSRESPONSE']._serialized_end=1066
+  _globals['_GETDESIREDSTATEREQUEST']._serialized_start=1068
+  _globals['_GETDESIREDSTATEREQUEST']._serialized_end=1106
+  _globals['_GETDESIREDSTATERESPONSE']._serialized_start=1108
+  _globals['_GETDESIREDSTATERESPONSE']._serialized_end=1234
+  _globals['_STATEROLLOUT']._serialized_start=1236
+  _globals['_STATEROLLOUT']._serialized_end=1359
+  _globals['_SETDESIREDSTATEREQUEST']._serialized_start=1361
+  _globals['_SETDESIREDSTATEREQUEST']._serialized_end=1482
+  _globals['_POOLALIASES']._serialized_start=1484
+  _globals['_POOLALIASES']._serialized_end=1512
+  _globals['_LISTPOOLSREQUEST']._serialized_start=1514
+  _globals['_LISTPOOLSREQUEST']._serialized_end=1532
+  _globals['_POOL']._serialized_start=1535
+  _globals['_POOL']._serialized_end=1781
+  _globals['_LISTPOOLSRESPONSE']._serialized_start=1783
+  _globals['_LISTPOOLSRESPONSE']._serialized_end=1835
+  _globals['_DELETEPOOLREQUEST']._serialized_start=1837
+  _globals['_DELETEPOOLREQUEST']._serialized_end=1870
+  _globals['_DELETEPOOLRESPONSE']._serialized_start=1872
+  _globals['_DELETEPOOLRESPONSE']._serialized_end=1892
+  _globals['_SETDESIREDSTATERESPONSE']._serialized_start=1894
+  _globals['_SETDESIREDSTATERESPONSE']._serialized_end=1977
+  _globals['_MANAGEMENTSERVICE']._serialized_start=1980
+  _globals['_MANAGEMENTSERVICE']._serialized_end=2597
 # @@protoc_insertion_point(module_scope)

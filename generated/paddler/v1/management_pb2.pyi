@@ -49,6 +49,7 @@ class RegisteredAgent(_message.Message):
     CONTEXT_SOURCE_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
     IMAGES_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     name: _builtins.str
     address: _builtins.str
@@ -74,6 +75,8 @@ class RegisteredAgent(_message.Message):
     context_source: _status_pb2.ContextSource.ValueType
     images: _builtins.bool
     """The agent's model reads images (a projector is loaded)."""
+    pool: _builtins.str
+    """The pool the agent joined."""
     @_builtins.property
     def last_status_age(self) -> _duration_pb2.Duration:
         """Time since the agent's last status snapshot."""
@@ -117,10 +120,11 @@ class RegisteredAgent(_message.Message):
         context_source: _status_pb2.ContextSource.ValueType = ...,
         placement: _status_pb2.ModelPlacement | None = ...,
         images: _builtins.bool = ...,
+        pool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["download", b"download", "last_status_age", b"last_status_age", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "images", b"images", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "placement", b"placement", "ready", b"ready", "rolling", b"rolling", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "applied_state_epoch", b"applied_state_epoch", "applied_state_version", b"applied_state_version", "chat_template", b"chat_template", "context_size", b"context_size", "context_source", b"context_source", "download", b"download", "images", b"images", "issues", b"issues", "last_status_age", b"last_status_age", "model", b"model", "name", b"name", "phase", b"phase", "placement", b"placement", "pool", b"pool", "ready", b"ready", "rolling", b"rolling", "slots_claimed", b"slots_claimed", "slots_processing", b"slots_processing", "slots_total", b"slots_total", "step_timings", b"step_timings", "trained_context_size", b"trained_context_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -200,12 +204,17 @@ Global___WatchAgentsResponse: _TypeAlias = WatchAgentsResponse  # noqa: Y015
 class GetBufferedRequestsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    POOL_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """"": every pool's requests together."""
     def __init__(
         self,
+        *,
+        pool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,7 +229,7 @@ class GetBufferedRequestsResponse(_message.Message):
     count: _builtins.int
     """Requests waiting for a slot."""
     capacity: _builtins.int
-    """--max-buffered-requests."""
+    """--max-buffered-requests (each pool has a buffer of its own this big)."""
     def __init__(
         self,
         *,
@@ -239,12 +248,17 @@ Global___GetBufferedRequestsResponse: _TypeAlias = GetBufferedRequestsResponse  
 class GetDesiredStateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    POOL_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """"": "default"."""
     def __init__(
         self,
+        *,
+        pool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,20 +337,188 @@ class SetDesiredStateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """The pool the state is for ("": "default"); a new name makes a new pool. A name is a DNS
+    label: 1 to 63 of a-z, 0-9 and "-", starting and ending with a letter or digit.
+    """
     @_builtins.property
     def state(self) -> _desired_state_pb2.DesiredState: ...
+    @_builtins.property
+    def aliases(self) -> Global___PoolAliases:
+        """Replaces the pool's aliases; unset keeps them. With the state the pool has already, only
+        the aliases change (the same version comes back; nothing rolls out).
+        """
+
     def __init__(
         self,
         *,
         state: _desired_state_pb2.DesiredState | None = ...,
+        pool: _builtins.str = ...,
+        aliases: Global___PoolAliases | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "pool", b"pool", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetDesiredStateRequest: _TypeAlias = SetDesiredStateRequest  # noqa: Y015
+
+@_typing.final
+class PoolAliases(_message.Message):
+    """Other names for a pool: 1 to 128 of A-Z, a-z, 0-9 and ".-_:/", at most 16, none a name of
+    another pool or its alias.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolAliases: _TypeAlias = PoolAliases  # noqa: Y015
+
+@_typing.final
+class ListPoolsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPoolsRequest: _TypeAlias = ListPoolsRequest  # noqa: Y015
+
+@_typing.final
+class Pool(_message.Message):
+    """One pool as the balancer sees it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    DESIRED_STATE_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    SLOTS_TOTAL_FIELD_NUMBER: _builtins.int
+    SLOTS_FREE_FIELD_NUMBER: _builtins.int
+    BUFFERED_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    agents: _builtins.int
+    """Registered agents in the pool, and those serving now."""
+    serving: _builtins.int
+    slots_total: _builtins.int
+    """Slots of the serving agents, and those a request may take now."""
+    slots_free: _builtins.int
+    buffered: _builtins.int
+    """Requests waiting for one of the pool's slots."""
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def desired_state(self) -> _desired_state_pb2.VersionedDesiredState:
+        """Version 0: none set (its agents serve their own flags' model)."""
+
+    @_builtins.property
+    def rollout(self) -> Global___StateRollout: ...
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The models its serving agents report, sorted."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+        desired_state: _desired_state_pb2.VersionedDesiredState | None = ...,
+        rollout: Global___StateRollout | None = ...,
+        agents: _builtins.int = ...,
+        serving: _builtins.int = ...,
+        slots_total: _builtins.int = ...,
+        slots_free: _builtins.int = ...,
+        buffered: _builtins.int = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state", "rollout", b"rollout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "aliases", b"aliases", "buffered", b"buffered", "desired_state", b"desired_state", "models", b"models", "name", b"name", "rollout", b"rollout", "serving", b"serving", "slots_free", b"slots_free", "slots_total", b"slots_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Pool: _TypeAlias = Pool  # noqa: Y015
+
+@_typing.final
+class ListPoolsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Pool]:
+        """Sorted by name; "default" is always listed."""
+
+    def __init__(
+        self,
+        *,
+        pools: _abc.Iterable[Global___Pool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pools", b"pools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPoolsResponse: _TypeAlias = ListPoolsResponse  # noqa: Y015
+
+@_typing.final
+class DeletePoolRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePoolRequest: _TypeAlias = DeletePoolRequest  # noqa: Y015
+
+@_typing.final
+class DeletePoolResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePoolResponse: _TypeAlias = DeletePoolResponse  # noqa: Y015
 
 @_typing.final
 class SetDesiredStateResponse(_message.Message):

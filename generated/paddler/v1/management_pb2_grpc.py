@@ -60,6 +60,16 @@ class ManagementServiceStub:
                 request_serializer=paddler_dot_v1_dot_management__pb2.SetDesiredStateRequest.SerializeToString,
                 response_deserializer=paddler_dot_v1_dot_management__pb2.SetDesiredStateResponse.FromString,
                 _registered_method=True)
+        self.ListPools = channel.unary_unary(
+                '/paddler.v1.ManagementService/ListPools',
+                request_serializer=paddler_dot_v1_dot_management__pb2.ListPoolsRequest.SerializeToString,
+                response_deserializer=paddler_dot_v1_dot_management__pb2.ListPoolsResponse.FromString,
+                _registered_method=True)
+        self.DeletePool = channel.unary_unary(
+                '/paddler.v1.ManagementService/DeletePool',
+                request_serializer=paddler_dot_v1_dot_management__pb2.DeletePoolRequest.SerializeToString,
+                response_deserializer=paddler_dot_v1_dot_management__pb2.DeletePoolResponse.FromString,
+                _registered_method=True)
 
 
 class ManagementServiceServicer:
@@ -100,6 +110,22 @@ class ManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPools(self, request, context):
+        """Every pool: its names, desired state, rollout, agents, slots and buffer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePool(self, request, context):
+        """Forgets a pool's desired state and aliases. The pool "default" cannot be deleted
+        (INVALID_ARGUMENT), nor a pool agents are still in (FAILED_PRECONDITION: scale its agents
+        down first); an unknown pool is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +153,16 @@ def add_ManagementServiceServicer_to_server(servicer, server):
                     servicer.SetDesiredState,
                     request_deserializer=paddler_dot_v1_dot_management__pb2.SetDesiredStateRequest.FromString,
                     response_serializer=paddler_dot_v1_dot_management__pb2.SetDesiredStateResponse.SerializeToString,
+            ),
+            'ListPools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPools,
+                    request_deserializer=paddler_dot_v1_dot_management__pb2.ListPoolsRequest.FromString,
+                    response_serializer=paddler_dot_v1_dot_management__pb2.ListPoolsResponse.SerializeToString,
+            ),
+            'DeletePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePool,
+                    request_deserializer=paddler_dot_v1_dot_management__pb2.DeletePoolRequest.FromString,
+                    response_serializer=paddler_dot_v1_dot_management__pb2.DeletePoolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +301,60 @@ class ManagementService:
             '/paddler.v1.ManagementService/SetDesiredState',
             paddler_dot_v1_dot_management__pb2.SetDesiredStateRequest.SerializeToString,
             paddler_dot_v1_dot_management__pb2.SetDesiredStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paddler.v1.ManagementService/ListPools',
+            paddler_dot_v1_dot_management__pb2.ListPoolsRequest.SerializeToString,
+            paddler_dot_v1_dot_management__pb2.ListPoolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paddler.v1.ManagementService/DeletePool',
+            paddler_dot_v1_dot_management__pb2.DeletePoolRequest.SerializeToString,
+            paddler_dot_v1_dot_management__pb2.DeletePoolResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,13 @@ class ManagementServiceStub:
     then stores it under the next version and rolls it out: agents keep serving what they
     have until they apply it, at most --rollout-max-unavailable of them out of service at once.
     """
+    ListPools: _grpc.UnaryUnaryMultiCallable[_management_pb2.ListPoolsRequest, _management_pb2.ListPoolsResponse]
+    """Every pool: its names, desired state, rollout, agents, slots and buffer."""
+    DeletePool: _grpc.UnaryUnaryMultiCallable[_management_pb2.DeletePoolRequest, _management_pb2.DeletePoolResponse]
+    """Forgets a pool's desired state and aliases. The pool "default" cannot be deleted
+    (INVALID_ARGUMENT), nor a pool agents are still in (FAILED_PRECONDITION: scale its agents
+    down first); an unknown pool is NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class ManagementServiceAsyncStub(ManagementServiceStub):
@@ -58,6 +65,13 @@ class ManagementServiceAsyncStub(ManagementServiceStub):
     """Validates the whole state first (INVALID_ARGUMENT names the field and changes nothing),
     then stores it under the next version and rolls it out: agents keep serving what they
     have until they apply it, at most --rollout-max-unavailable of them out of service at once.
+    """
+    ListPools: _aio.UnaryUnaryMultiCallable[_management_pb2.ListPoolsRequest, _management_pb2.ListPoolsResponse]  # type: ignore[assignment]
+    """Every pool: its names, desired state, rollout, agents, slots and buffer."""
+    DeletePool: _aio.UnaryUnaryMultiCallable[_management_pb2.DeletePoolRequest, _management_pb2.DeletePoolResponse]  # type: ignore[assignment]
+    """Forgets a pool's desired state and aliases. The pool "default" cannot be deleted
+    (INVALID_ARGUMENT), nor a pool agents are still in (FAILED_PRECONDITION: scale its agents
+    down first); an unknown pool is NOT_FOUND.
     """
 
 class ManagementServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,6 +115,25 @@ class ManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         """Validates the whole state first (INVALID_ARGUMENT names the field and changes nothing),
         then stores it under the next version and rolls it out: agents keep serving what they
         have until they apply it, at most --rollout-max-unavailable of them out of service at once.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPools(
+        self,
+        request: _management_pb2.ListPoolsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_management_pb2.ListPoolsResponse, _abc.Awaitable[_management_pb2.ListPoolsResponse]]:
+        """Every pool: its names, desired state, rollout, agents, slots and buffer."""
+
+    @_abc_1.abstractmethod
+    def DeletePool(
+        self,
+        request: _management_pb2.DeletePoolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_management_pb2.DeletePoolResponse, _abc.Awaitable[_management_pb2.DeletePoolResponse]]:
+        """Forgets a pool's desired state and aliases. The pool "default" cannot be deleted
+        (INVALID_ARGUMENT), nor a pool agents are still in (FAILED_PRECONDITION: scale its agents
+        down first); an unknown pool is NOT_FOUND.
         """
 
 def add_ManagementServiceServicer_to_server(servicer: ManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

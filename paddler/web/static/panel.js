@@ -49,7 +49,7 @@ function showCluster(snapshot) {
       ? `${agent.download.done}${agent.download.total ? ` / ${agent.download.total}` : ""} B`
       : "";
     tr.append(
-      cell(agent.name), cell(agent.address), cell(agent.model),
+      cell(agent.name), cell(agent.address), cell(agent.pool), cell(agent.model),
       cell(agent.context ? `${agent.context} (${agent.context_source})` : ""),
       bar(agent.slots_busy, agent.slots_total), cell(String(agent.claimed)),
       cell(agent.ready ? "yes" : "no"),
@@ -59,6 +59,7 @@ function showCluster(snapshot) {
     return tr;
   });
   $("agents").replaceChildren(...rows);
+  showPools(snapshot.pools);
   $("buffered").textContent = String(snapshot.buffered);
   $("capacity").textContent = String(snapshot.buffer_capacity);
   $("throughput").textContent = String(snapshot.pieces_per_second);
@@ -135,9 +136,15 @@ function watchCluster() {
 }
 
 async function loadState() {
-  const reply = await api("/api/state");
+  const reply = await api(statePath());
   const versioned = await reply.json();
+  if (!reply.ok) {
+    $("state-message").className = "error";
+    $("state-message").textContent = versioned.error.message;
+    return;
+  }
   state = versioned.state || {};
+  $("state-aliases").value = versioned.aliases.join(", ");
   $("state-version").textContent = versioned.version ? `v${versioned.version}` : "(none set)";
   const model = state.model || {};
   const kind = ["packaged", "localPath", "huggingFace", "url"].find((k) => k in model)
@@ -222,14 +229,16 @@ async function applyState(event) {
   else delete next.mmproj;
   const template = $("template").value;
   if (template) next.chatTemplateOverride = template; else delete next.chatTemplateOverride;
-  const reply = await api("/api/state", {
+  const aliases = encodeURIComponent($("state-aliases").value);
+  const reply = await api(`${statePath()}&aliases=${aliases}`, {
     method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(next),
   });
   const body = await reply.json();
   const message = $("state-message");
   if (reply.ok) {
     message.className = "ok";
-    message.textContent = `Applied as v${body.version}.`;
+    const pool = body.pool === "default" ? "" : ` in the pool ${body.pool}`;
+    message.textContent = `Applied as v${body.version}${pool}.`;
     await loadState();
   } else {
     message.className = "error";
@@ -315,6 +324,7 @@ async function send(event) {
       temperature: Number($("temperature").value),
       top_p: Number($("top-p").value),
       thinking: thinking === "" ? null : thinking === "on",
+      model: $("model").value.trim(),
     }),
   });
   if (!response.ok) {
@@ -372,6 +382,7 @@ async function logout() {
 }
 
 $("state-form").addEventListener("submit", applyState);
+$("state-pool").addEventListener("change", loadState);
 $("logout").addEventListener("click", logout);
 $("prompt-form").addEventListener("submit", send);
 drawChart();

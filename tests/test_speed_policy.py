@@ -247,6 +247,21 @@ def test_the_typical_length_follows_completed_streams_only() -> None:
     asyncio.run(scenario())
 
 
+def test_each_pool_learns_its_own_typical_length() -> None:
+    async def scenario() -> None:
+        registry = AgentRegistry()
+        chat = await _agent(registry, "chat", 1, SMOLLM_1_THREAD)
+        long_replies = await registry.add("writer", "127.0.0.1:2999", "writer")
+        policy = SpeedPolicy()
+        for _ in range(50):
+            policy.finished(StreamClaim(long_replies, Demand(), relayed=900, completed=True))
+            policy.finished(StreamClaim(chat, Demand(), relayed=32, completed=True))
+        assert 32 <= policy.typical("default") < 33
+        assert 850 < policy.typical("writer") <= 900
+
+    asyncio.run(scenario())
+
+
 def test_step_times_between_and_beyond_measured_stream_counts() -> None:
     speed = AgentSpeed.of(agent_status(8, {2: 0.04, 4: 0.06}))
     assert speed is not None

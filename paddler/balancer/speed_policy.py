@@ -37,6 +37,7 @@ from paddler.balancer.prefix_index import PrefixIndex
 from paddler.balancer.routing_policy import PendingRequest, Plan
 from paddler.balancer.slot_policy import SlotPolicy, holdings, with_holders
 from paddler.balancer.stream_claim import StreamClaim
+from paddler.common.pool_names import DEFAULT_POOL
 
 # Tokens a request is taken to generate before any has finished (or when uncapped).
 FIRST_TYPICAL_TOKENS = 128.0
@@ -117,15 +118,28 @@ class SpeedPolicy:
         self._prefixes = prefixes
         self._turns = itertools.count()
         self._sampler = CandidateSampler()
-        self.typical_tokens = FIRST_TYPICAL_TOKENS
+        # Each pool's typical reply length (its models and clients are its own).
+        self._typical: dict[str, float] = {}
         # The fastest speed reported when the plan began: an agent reporting none is taken to
         # be this fast.
         self._fastest: AgentSpeed | None = None
 
+    @property
+    def typical_tokens(self) -> float:
+        """The typical reply length in the pool "default"."""
+        return self.typical(DEFAULT_POOL)
+
+    def typical(self, pool: str) -> float:
+        """The typical reply length in ``pool``."""
+        return self._typical.get(pool, FIRST_TYPICAL_TOKENS)
+
     def finished(self, claim: StreamClaim) -> None:
-        """Learn the typical length from streams that ran to their summary."""
+        """Learn the typical length of the agent's pool from streams that ran to their
+        summary."""
         if claim.completed:
-            self.typical_tokens += LENGTH_SMOOTHING * (claim.relayed - self.typical_tokens)
+            pool = claim.agent.pool
+            typical = self.typical(pool)
+            self._typical[pool] = typical + LENGTH_SMOOTHING * (claim.relayed - typical)
 
     def plan(
         self,
@@ -146,7 +160,7 @@ class SpeedPolicy:
             held = holdings(self._prefixes, request)
             if not whole and (candidates := with_holders(sampled, held)) is not sampled:
                 self._add_holders(timelines, candidates)
-            tokens = self._expected_tokens(request.demand.max_tokens)
+            tokens = self._expected_tokens(request.demand.max_tokens, request.pool)
             prompt = request.demand.prompt_tokens
             options = [
                 (
@@ -195,8 +209,9 @@ class SpeedPolicy:
         grants.extend([None] * (len(requests) - len(grants)))
         return Plan(grants, recheck)
 
-    def _expected_tokens(self, cap: int | None) -> float:
-        return self.typical_tokens if cap is None else min(float(cap), self.typical_tokens)
+    def _expected_tokens(self, cap: int | None, pool: str) -> float:
+        typical = self.typical(pool)
+        return typical if cap is None else min(float(cap), typical)
 
     def _timelines(self, agents: Sequence[RegisteredAgent]) -> list[_Timeline] | None:
         """Timelines of the serving candidates, starting at a rotating one (exact
@@ -215,7 +230,7 @@ class SpeedPolicy:
         return timelines
 
     def _timeline(self, agent: RegisteredAgent) -> _Timeline:
-        typical = self.typical_tokens
+        typical = self.typical(agent.pool)
         left = [
             tokens_left(claim.relayed, claim.demand.max_tokens, typical) for claim in agent.streams
         ]

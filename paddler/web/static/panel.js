@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const turns = [];
 let state = null;
+let loadedAliases = "";  // the state form's aliases as loaded: sent only when edited
 // The throughput chart: one sample a second on the page's own clock (snapshots also come on
 // every change, so they cannot be the time axis); the newest sample is the current second,
 // updated as snapshots arrive. It starts at 0: a fleet at rest is a flat line at 0.
@@ -144,7 +145,8 @@ async function loadState() {
     return;
   }
   state = versioned.state || {};
-  $("state-aliases").value = versioned.aliases.join(", ");
+  loadedAliases = versioned.aliases.join(", ");
+  $("state-aliases").value = loadedAliases;
   $("state-version").textContent = versioned.version ? `v${versioned.version}` : "(none set)";
   const model = state.model || {};
   const kind = ["packaged", "localPath", "huggingFace", "url"].find((k) => k in model)
@@ -229,8 +231,8 @@ async function applyState(event) {
   else delete next.mmproj;
   const template = $("template").value;
   if (template) next.chatTemplateOverride = template; else delete next.chatTemplateOverride;
-  const aliases = encodeURIComponent($("state-aliases").value);
-  const reply = await api(`${statePath()}&aliases=${aliases}`, {
+  const aliases = $("state-aliases").value;
+  const reply = await api(statePath(aliases === loadedAliases ? undefined : aliases), {
     method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(next),
   });
   const body = await reply.json();

@@ -37,6 +37,11 @@ function statePool() {
   return $("state-pool").value.trim() || "default";
 }
 
-function statePath() {
-  return `/api/state?pool=${encodeURIComponent(statePool())}`;
+// The state's URL: the pool unless it is "default", and the aliases when they are to change.
+function statePath(aliases) {
+  const query = new URLSearchParams();
+  if (statePool() !== "default") query.set("pool", statePool());
+  if (aliases !== undefined) query.set("aliases", aliases);
+  const text = query.toString();
+  return text ? `/api/state?${text}` : "/api/state";
 }

@@ -15,21 +15,16 @@ from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.model_routes import DEFAULT_ROUTE, Route
 from paddler.balancer.routing_policy import PendingRequest, RoutingPolicy
 from paddler.balancer.slot_policy import SlotPolicy, pick_agent
+from paddler.balancer.slot_refusals import check_images, in_pool, wait_failed
 from paddler.balancer.state_store import StateStore
 from paddler.balancer.stream_claim import Demand, StreamClaim
 from paddler.common.cancellation import being_cancelled
 from paddler.common.errors import (
-    ConfigurationError,
     DeadlineExceededError,
-    ModelNotFoundError,
-    PaddlerError,
     ResourceExhaustedError,
-    UnavailableError,
 )
-from paddler.common.pool_names import DEFAULT_POOL
 
 log = structlog.get_logger(__name__)
-LOGGED_AGENTS = 8
 
 
 @dataclass(eq=False)
@@ -95,9 +90,9 @@ class SlotDispatcher:
         request = PendingRequest(
             demand or Demand(), exclude, next(self._arrivals), route.model, route.pool
         )
-        self._check_images(request)
+        check_images(request, self._registry, self._states)
         if buffer_left_s <= 0:
-            raise self._wait_failed(request)
+            raise wait_failed(request, self._registry, self._states, self._timeout_s)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), request)
         waiters = self._waiters.setdefault(route.pool, collections.deque())
@@ -122,7 +117,7 @@ class SlotDispatcher:
                 )
             raise ResourceExhaustedError(
                 f"no agent has a free slot and the buffer is full ({self.capacity} requests "
-                f"waiting{_in_pool(route.pool)}); retry later"
+                f"waiting{in_pool(route.pool)}); retry later"
             )
         client_first = time_remaining_s is not None and time_remaining_s <= buffer_left_s
         wait_s = time_remaining_s if client_first else buffer_left_s
@@ -141,60 +136,7 @@ class SlotDispatcher:
             raise DeadlineExceededError(
                 "the request's deadline passed while it waited for a free slot"
             )
-        raise self._wait_failed(request)
-
-    def _check_images(self, request: PendingRequest) -> None:
-        """A request with images fails at once when no agent reads images and the desired
-        state names no projector that agents are loading."""
-        pool = request.pool
-        if not request.demand.images or self._states.state_of(pool).state.HasField("mmproj"):
-            return
-        model = request.model
-        if not any(
-            agent.status.images and (not model or agent.status.model == model)
-            for agent in self._registry.in_pool(pool)
-        ):
-            raise ConfigurationError(
-                "the request has images but no agent reads images: set the desired state's "
-                "mmproj (paddler state set --mmproj SOURCE, state.mmproj) or start the agents "
-                f"with --mmproj{_in_pool(pool)}"
-            )
-
-    def _wait_failed(self, request: PendingRequest) -> PaddlerError:
-        """Why a request's --buffered-request-timeout ran out. The agents' issues (local paths,
-        download errors) go to the log only: the client's message says where to look."""
-        desired = self._states.state_of(request.pool)
-        agents = self._registry.in_pool(request.pool)
-        serving = [agent for agent in agents if agent.serving]
-        if request.model and serving and not any(request.accepts(a) for a in serving):
-            # The model went away while the request waited (a rollout to another model).
-            return ModelNotFoundError(request.model, sorted({a.status.model for a in serving}))
-        if desired.version and not serving:
-            log.info(
-                "no agent serves the desired state",
-                pool=request.pool,
-                version=desired.version,
-                waited_s=self._timeout_s,
-                # The first agents' first issue, cut short: one line per timed-out request.
-                issues=[
-                    f"{a.name} ({a.address}): "
-                    f"{(a.status.issues[0] if a.status.issues else 'not applied yet')[:256]}"
-                    for a in agents[:LOGGED_AGENTS]
-                ],
-                agents=len(agents),
-            )
-            return UnavailableError(
-                f"no agent serves the desired state (v{desired.version}"
-                f"{_in_pool(request.pool, ' of')}) yet after "
-                f"{self._timeout_s:g} s; an operator can see why with `paddler agents` or the "
-                "admin panel",
-                reason="NO_AGENT_SERVES_DESIRED_STATE",
-            )
-        return UnavailableError(
-            f"no slot freed within {self._timeout_s:g} s (--buffered-request-timeout); "
-            f"the {_pool_words(request.pool)} is saturated, retry later",
-            reason="BUFFER_TIMEOUT",
-        )
+        raise wait_failed(request, self._registry, self._states, self._timeout_s)
 
     def release(self, claim: StreamClaim) -> None:
         """Give a claimed slot back and serve the buffer (once: a later call does nothing)."""
@@ -308,12 +250,3 @@ class SlotDispatcher:
         else:
             future.cancel()
             self.dispatch(pool)
-
-
-def _in_pool(pool: str, word: str = " in") -> str:
-    """Words naming ``pool`` in a message, none for the default pool (a one-pool cluster)."""
-    return "" if pool == DEFAULT_POOL else f"{word} the pool {pool!r}"
-
-
-def _pool_words(pool: str) -> str:
-    return "cluster" if pool == DEFAULT_POOL else f"pool {pool!r}"

@@ -1,12 +1,16 @@
 """deploy/ and the Dockerfiles: they lint, validate, pass only flags the servers know, keep every
-port behind its credentials, and the TLS example's pods start, serve and pass their probes."""
+port behind its credentials, give each pool its own agents, autoscaler, budget and state, and
+the TLS example's pods (both pools') start, serve and pass their probes."""
 
 from __future__ import annotations
 
+import copy
 import inspect
+import itertools
 import json
 import re
 import secrets
+import shutil
 import ssl
 import subprocess
 import sys
@@ -25,22 +29,36 @@ import typer
 import yaml
 from google.protobuf import json_format
 
+from paddler.agent.model_source import PACKAGED_RESOLVERS
 from paddler.cli.agent import agent
 from paddler.cli.balancer import balancer
 from paddler.cli.main import app
 from paddler.common.addresses import is_loopback_host, split_host_port
+from paddler.common.desired_state import check_desired_state
+from paddler.common.pool_names import DEFAULT_POOL, check_aliases, check_pool_name
 from paddler.v1 import desired_state_pb2
 from tests.client import generate, prompt_request
 from tests.cluster import Cluster, cluster, to_inference
 from tests.kubectl import Manifest, containers, kustomize
-from tests.metric_samples import parse_samples
+from tests.local_hub import local_hub
+from tests.metric_samples import Samples, parse_samples
+from tests.metric_samples import value as sample_value
 from tests.processes import STARTUP_TIMEOUT_S, ServerProcess, free_port, process_env, run_paddler
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
 EXAMPLE = DEPLOY / "overlays" / "example"
-KUSTOMIZATIONS = [BASE, EXAMPLE]
+GEMMA = DEPLOY / "components" / "pools" / "gemma"
+# The base, the example (pools default and gemma) and the base with three pools: gemma and a
+# third one made from it as its kustomization.yaml tells an operator.
+THIRD_POOL = "qwen"
+POOLS = {
+    "base": {"default"},
+    "example": {"default", "gemma"},
+    "three-pools": {"default", "gemma", THIRD_POOL},
+}
+KUSTOMIZATIONS = list(POOLS)
 # The oldest Kubernetes the manifests are for, and the newest the validator knows.
 KUBERNETES_VERSIONS = ["1.31.0", "1.37.0"]
 # Custom resources kubernetes-validate has no schema for; checked by hand below.
@@ -63,6 +81,8 @@ TLS_VARIABLES = {
     "PADDLER_TLS_CLIENT_CA": "ca.crt",
 }
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+# The command of the balancer pod's desired-state sidecars (one per pool).
+STATE_SET = ["paddler", "state", "set"]
 # The panel and the processes' local checks dial this; the certificates carry it.
 LOOPBACK = "127.0.0.1"
 
@@ -125,6 +145,76 @@ def _deployments_selected(manifests: list[Manifest], selector: Manifest) -> set[
     }
 
 
+def _role(deployment: Manifest) -> str:
+    """What a Deployment's pods are: "agent" (of any pool) or "balancer"."""
+    role: str = deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+    return role
+
+
+def _agents(manifests: list[Manifest]) -> dict[str, Manifest]:
+    """The agent Deployments (one per pool) by name."""
+    deployments = _by_kind(manifests, "Deployment")
+    return {name: d for name, d in deployments.items() if _role(d) == "agent"}
+
+
+def _pool_of(deployment: Manifest) -> str:
+    """The pool an agent Deployment's agents join (PADDLER_POOL)."""
+    (agent,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "agent"
+    ]
+    return _env(agent)["PADDLER_POOL"]
+
+
+def _flag(args: list[str], flag: str) -> list[str]:
+    """Every value ``flag`` is given in ``args``."""
+    return [value for name, value in itertools.pairwise(args) if name == flag]
+
+
+def _sidecars(manifests: list[Manifest]) -> dict[str, Manifest]:
+    """The balancer pod's desired-state sidecars, by the pool each keeps."""
+    found = {}
+    for container in _pod(manifests, "paddler-balancer")["containers"]:
+        if container.get("command") == STATE_SET:
+            (pool,) = _flag(container["args"], "--pool")
+            assert pool not in found, pool
+            found[pool] = container
+    return found
+
+
+def _command(container: Manifest) -> str:
+    """The paddler command a container runs: balancer, agent or state set."""
+    return "state set" if container.get("command") == STATE_SET else str(container["name"])
+
+
+def _state_file(manifests: list[Manifest], sidecar: Manifest) -> tuple[str, str]:
+    """The ConfigMap key a sidecar's --file names, and its text."""
+    (path,) = _flag(sidecar["args"], "--file")
+    folder, key = path.rsplit("/", 1)
+    (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == folder]
+    volumes = {v["name"]: v for v in _pod(manifests, "paddler-balancer")["volumes"]}
+    config_map = _by_kind(manifests, "ConfigMap")[volumes[mount["name"]]["configMap"]["name"]]
+    return key, config_map["data"][key]
+
+
+def _three_pools(root: Path) -> Path:
+    """The base with the pool gemma and a third pool, made in a copy of deploy/ by the commands
+    the gemma component's kustomization.yaml gives an operator."""
+    shutil.copytree(DEPLOY, root / "deploy")
+    recipe = re.findall(
+        r"^#   (.*\b" + THIRD_POOL + r"\b.*)$",
+        (GEMMA / "kustomization.yaml").read_text(),
+        flags=re.MULTILINE,
+    )
+    assert len(recipe) == 2, recipe  # copy the folder; rename its file and what it names
+    subprocess.run(["bash", "-euc", " && ".join(recipe)], cwd=root, check=True, timeout=60)
+    overlay = root / "deploy" / "overlays" / "three-pools"
+    overlay.mkdir()
+    components = [f"../../components/pools/{pool}" for pool in ("gemma", THIRD_POOL)]
+    kustomization = {"resources": ["../../base"], "components": components}
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return overlay
+
+
 def _secret_files(volume: Manifest) -> tuple[str, set[str]]:
     """A Secret volume's Secret and the files it projects (all of a TLS Secret's without
     ``items``)."""
@@ -136,10 +226,12 @@ def _secret_files(volume: Manifest) -> tuple[str, set[str]]:
     return secret["secretName"], files
 
 
-@pytest.fixture(scope="module", params=KUSTOMIZATIONS, ids=lambda path: path.name)
-def directory(request: pytest.FixtureRequest) -> Path:
-    path: Path = request.param
-    return path
+@pytest.fixture(scope="module", params=KUSTOMIZATIONS)
+def directory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    name: str = request.param
+    if name == "three-pools":
+        return _three_pools(tmp_path_factory.mktemp("three-pools"))
+    return {"base": BASE, "example": EXAMPLE}[name]
 
 
 @pytest.fixture(scope="module")
@@ -239,15 +331,14 @@ def test_a_misspelt_field_fails_validation(manifests: list[Manifest]) -> None:
 def test_every_variable_and_flag_passed_exists(
     manifests: list[Manifest], documented: dict[str, Documented]
 ) -> None:
-    commands = {"balancer": "balancer", "agent": "agent", "desired-state": "state set"}
     for container in containers(manifests):
-        known = documented[commands[container["name"]]]
+        known = documented[_command(container)]
         for name in _env(container):
             assert name in READ_BY_CODE | known.variables, f"{container['name']}: {name}"
         for flag in [arg for arg in container.get("args", []) if arg.startswith("--")]:
             assert flag in known.flags, f"{container['name']}: {flag}"
         if "command" in container:
-            assert container["command"] == ["paddler", "state", "set"]
+            assert container["command"] == STATE_SET
         for probe in [container[kind] for kind in PROBES if "exec" in container.get(kind, {})]:
             flags = [arg for arg in probe["exec"]["command"] if arg.startswith("--")]
             assert set(flags) <= documented["health"].flags, flags
@@ -402,9 +493,12 @@ def test_the_secrets_are_mounted_as_the_files_the_variables_name(
                     secret, files = _secret_files(volumes[mounts[folder]["name"]])
                     assert file in files, (container["name"], name)
                     wanted.add((secret, file))
-            # Each container sees the credentials it reads and no other.
+            # Each container sees the credentials it reads and no other (the same for every pool's
+            # agents, the same for every pool's sidecar).
             assert mounted == wanted, container["name"]
-            read[container["name"]] = {file for secret, file in wanted if secret == CREDENTIALS}
+            files = {file for secret, file in wanted if secret == CREDENTIALS}
+            role = "desired-state" if _command(container) == "state set" else container["name"]
+            assert read.setdefault(role, files) == files, container["name"]
     assert read == {
         "balancer": {"agent-token", "admin-key", "api-keys"},
         "desired-state": {"admin-key"},
@@ -422,44 +516,57 @@ def test_the_network_policies_let_in_only_who_belongs(manifests: list[Manifest])
     """Who reaches each named port of each pod: only the balancer the agents' gRPC port, only
     agents the management port, anyone inference and OpenAI, pods of the cluster the metrics;
     every declared port has its rule and the panel (no container port) none."""
+    roles = {name: _role(d) for name, d in _by_kind(manifests, "Deployment").items()}
+
+    def role_of(selector: Manifest) -> str:
+        """The role a selector picks: every Deployment of it (every pool's agents), no other."""
+        selected = _deployments_selected(manifests, selector)
+        (role,) = {roles[name] for name in selected}
+        assert selected == {name for name, r in roles.items() if r == role}, selector
+        return role
+
     reach: dict[str, dict[str, set[str]]] = {}
     for policy in _by_kind(manifests, "NetworkPolicy").values():
         spec = policy["spec"]
-        (deployment,) = _deployments_selected(manifests, spec["podSelector"])
+        role = role_of(spec["podSelector"])
         assert spec["policyTypes"] == ["Ingress"]
-        declared = {
-            p["name"] for c in _pod(manifests, deployment)["containers"] for p in c.get("ports", [])
-        }
-        rules: dict[str, set[str]] = {}
-        for rule in spec["ingress"]:
-            sources = set()
-            for peer in rule.get("from", [{"anyone": {}}]):
-                if "podSelector" in peer:
-                    assert "namespaceSelector" not in peer  # this namespace's pods
-                    sources |= _deployments_selected(manifests, peer["podSelector"])
-                elif peer.get("namespaceSelector") == {}:
-                    sources.add("any pod")
-                else:
-                    assert peer == {"anyone": {}}, peer
-                    sources.add("anyone")
-            for port in rule["ports"]:
-                assert port["port"] in declared, port  # a named port of the pod
-                rules.setdefault(port["port"], set()).update(sources)
-        assert set(rules) == declared, deployment
-        reach[deployment] = rules
+        for deployment in [name for name, r in roles.items() if r == role]:
+            declared = {
+                p["name"]
+                for c in _pod(manifests, deployment)["containers"]
+                for p in c.get("ports", [])
+            }
+            rules: dict[str, set[str]] = {}
+            for rule in spec["ingress"]:
+                sources = set()
+                for peer in rule.get("from", [{"anyone": {}}]):
+                    if "podSelector" in peer:
+                        assert "namespaceSelector" not in peer  # this namespace's pods
+                        sources.add(role_of(peer["podSelector"]))
+                    elif peer.get("namespaceSelector") == {}:
+                        sources.add("any pod")
+                    else:
+                        assert peer == {"anyone": {}}, peer
+                        sources.add("anyone")
+                for port in rule["ports"]:
+                    assert port["port"] in declared, port  # a named port of the pod
+                    rules.setdefault(port["port"], set()).update(sources)
+            assert set(rules) == declared, deployment
+            assert reach.setdefault(role, rules) == rules, deployment
     assert reach == {
-        "paddler-agent": {"grpc": {"paddler-balancer"}, "http-metrics": {"any pod"}},
-        "paddler-balancer": {
+        "agent": {"grpc": {"balancer"}, "http-metrics": {"any pod"}},
+        "balancer": {
             "grpc-inference": {"anyone"},
             "http-openai": {"anyone"},
-            "grpc-management": {"paddler-agent"},
+            "grpc-management": {"agent"},
             "http-metrics": {"any pod"},
         },
     }
 
 
 def test_pods_outlive_their_drain(manifests: list[Manifest]) -> None:
-    for deployment, name in (("paddler-agent", "agent"), ("paddler-balancer", "balancer")):
+    pods = [(name, "agent") for name in _agents(manifests)] + [("paddler-balancer", "balancer")]
+    for deployment, name in pods:
         pod = _pod(manifests, deployment)
         container = _container(manifests, deployment, name)
         grace = float(_env(container)["PADDLER_GRACE_PERIOD"])
@@ -471,12 +578,13 @@ def test_pods_outlive_their_drain(manifests: list[Manifest]) -> None:
 
 
 def test_the_agents_threads_follow_their_cpu_limit(manifests: list[Manifest]) -> None:
-    container = _container(manifests, "paddler-agent", "agent")
-    (threads,) = [e for e in container["env"] if e["name"] == "PADDLER_THREADS"]
-    assert threads["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
-    assert {e["name"]: e.get("valueFrom") for e in container["env"]}["POD_IP"] == {
-        "fieldRef": {"fieldPath": "status.podIP"}
-    }
+    for deployment in _agents(manifests):
+        container = _container(manifests, deployment, "agent")
+        (threads,) = [e for e in container["env"] if e["name"] == "PADDLER_THREADS"]
+        assert threads["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+        assert {e["name"]: e.get("valueFrom") for e in container["env"]}["POD_IP"] == {
+            "fieldRef": {"fieldPath": "status.podIP"}
+        }
 
 
 def test_the_service_monitors_scrape_the_metrics_ports(
@@ -489,11 +597,11 @@ def test_the_service_monitors_scrape_the_metrics_ports(
         (service,) = [
             s for s in services.values() if selector.items() <= s["metadata"]["labels"].items()
         ]
-        (deployment,) = _deployments_selected(
-            manifests, {"matchLabels": service["spec"]["selector"]}
-        )
+        # The agents' Service names every pool's agents.
+        selected = _deployments_selected(manifests, {"matchLabels": service["spec"]["selector"]})
+        assert selected, monitor["metadata"]["name"]
         targets = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
-        for endpoint in monitor["spec"]["endpoints"]:
+        for deployment, endpoint in itertools.product(selected, monitor["spec"]["endpoints"]):
             # The metrics-only port (no credential), never the panel's.
             (container,) = [
                 c
@@ -516,7 +624,7 @@ def test_the_tls_component_names_what_each_side_checks(documented: dict[str, Doc
     manifests = kustomize(EXAMPLE)
     certificates = _by_kind(manifests, "Certificate")
     by_secret = {c["spec"]["secretName"]: c["spec"] for c in certificates.values()}
-    balancer_pod, agent_pod = _pod(manifests, "paddler-balancer"), _pod(manifests, "paddler-agent")
+    balancer_pod = _pod(manifests, "paddler-balancer")
 
     def names(pod: Manifest) -> list[str]:
         (tls,) = [v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "tls"]
@@ -527,16 +635,21 @@ def test_the_tls_component_names_what_each_side_checks(documented: dict[str, Doc
 
     balancer_env = _env(_container(manifests, "paddler-balancer", "balancer"))
     agent_env = _env(_container(manifests, "paddler-agent", "agent"))
-    assert balancer_env["PADDLER_TLS_SERVER_NAME"] in names(agent_pod)
-    assert split_host_port(agent_env["PADDLER_BALANCER"])[0] in names(balancer_pod)
-    assert "PADDLER_TLS_SERVER_NAME" not in agent_env  # the DNS name it dials is checked
     assert LOOPBACK in names(balancer_pod)
-    assert LOOPBACK in names(agent_pod)
-    # Mutual TLS on the balancer's management port: agents and the sidecar present theirs.
     assert balancer_env["PADDLER_TLS_CLIENT_CA"] == balancer_env["PADDLER_TLS_CA"]
-    assert {"PADDLER_TLS_CERT", "PADDLER_TLS_KEY"} <= set(agent_env)
-    sidecar = _env(_container(manifests, "paddler-balancer", "desired-state"))
-    assert {"PADDLER_TLS_CA", "PADDLER_TLS_CERT", "PADDLER_TLS_KEY"} <= set(sidecar)
+    # Every pool's agents: the balancer checks the same name on each.
+    assert set(_agents(manifests)) == {"paddler-agent", "paddler-agent-gemma"}
+    for deployment in _agents(manifests):
+        pod, env = _pod(manifests, deployment), _env(_container(manifests, deployment, "agent"))
+        assert balancer_env["PADDLER_TLS_SERVER_NAME"] in names(pod)
+        assert split_host_port(env["PADDLER_BALANCER"])[0] in names(balancer_pod)
+        assert "PADDLER_TLS_SERVER_NAME" not in env  # the DNS name it dials is checked
+        assert LOOPBACK in names(pod)
+        # Mutual TLS on the balancer's management port: agents and sidecars present theirs.
+        assert {"PADDLER_TLS_CERT", "PADDLER_TLS_KEY"} <= set(env)
+    assert set(_sidecars(manifests)) == {"default", "gemma"}
+    for sidecar in _sidecars(manifests).values():
+        assert {"PADDLER_TLS_CA", "PADDLER_TLS_CERT", "PADDLER_TLS_KEY"} <= set(_env(sidecar))
     # The agent's probes dial its gRPC port: it asks for a client certificate only if
     # `paddler health` can present one.
     if "PADDLER_TLS_CLIENT_CA" in agent_env:
@@ -560,48 +673,171 @@ def test_the_tls_component_names_what_each_side_checks(documented: dict[str, Doc
     assert ca["spec"]["issuerRef"]["name"] in _by_kind(manifests, "Issuer")
 
 
-def test_the_autoscaler_reads_metrics_the_balancer_exports(
-    manifests: list[Manifest], one_agent: Cluster
-) -> None:
-    hpa = _by_kind(manifests, "HorizontalPodAutoscaler")["paddler-agent"]
-    assert hpa["spec"]["scaleTargetRef"]["name"] in _by_kind(manifests, "Deployment")
-    wanted = {m["object"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
-    described = {m["object"]["describedObject"]["name"] for m in hpa["spec"]["metrics"]}
-    assert described <= set(_by_kind(manifests, "Service"))
-    rules = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
-    custom = rules["rules"]["custom"]
-    assert (
-        {rule["name"]["as"] for rule in custom}
-        == wanted
-        == {
-            "paddler_buffered_requests",
-            "paddler_slot_use",
-        }
-    )
-    # The series of the metrics-only port, the one the ServiceMonitor scrapes.
-    metrics = f"http://{one_agent.balancer.listening['metrics']}/metrics"
-    samples = parse_samples(httpx.get(metrics, timeout=30).text)
-    for rule in custom:
-        query = rule["seriesQuery"] + rule["metricsQuery"]
-        for name in set(re.findall(r"paddler_[a-z_]+", query)):
+def _adapter_rules() -> list[Manifest]:
+    """Prometheus Adapter's custom-metric rules (deploy/prometheus-adapter/values.yaml)."""
+    values = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
+    rules: list[Manifest] = values["rules"]["custom"]
+    return rules
+
+
+def _series_read(rule: Manifest) -> dict[str, set[tuple[str, str]]]:
+    """The series an adapter rule's queries read, each with the labels they fix."""
+    query = rule["seriesQuery"] + rule["metricsQuery"]
+    return {
+        name: set(re.findall(rf'{name}{{[^}}]*?(\w+)="(\w+)"', query))
+        for name in set(re.findall(r"paddler_[a-z_]+", query))
+    }
+
+
+def _check_the_series_exported(samples: Samples, pool: str) -> None:
+    """Every series the adapter's rules read has samples for ``pool`` (labelled so), with each
+    label value the rules fix."""
+    for rule in _adapter_rules():
+        for name, fixed in _series_read(rule).items():
             exported = [labels for sample, labels in samples if sample == name]
             assert exported, name  # a series with samples, not only a declared family
-            for label, value in re.findall(rf'{name}{{[^}}]*?(\w+)="(\w+)"', query):
-                assert any((label, value) in labels for labels in exported), (name, label, value)
+            ours = [labels for labels in exported if ("pool", pool) in labels]
+            assert ours, (name, pool)
+            for label, value in fixed:
+                assert any((label, value) in labels for labels in ours), (name, label, value)
+
+
+def test_the_autoscalers_read_metrics_the_balancer_exports(
+    manifests: list[Manifest], one_agent: Cluster
+) -> None:
+    """Each pool's HPA reads the adapter's metrics for its own pool (the label the balancer's
+    per-pool series carry); the rules read series the live balancer's metrics port exports."""
+    rules = _adapter_rules()
+    served = {rule["name"]["as"] for rule in rules}
+    assert served == {"paddler_pool_buffered_requests", "paddler_pool_slot_use"}
+    for rule in rules:
+        # The series queried carry the label `pool` the HPAs select on.
+        (series,) = re.findall(r"^(paddler_[a-z_]+)\{[^}]*\bpool!=\"\"", rule["seriesQuery"])
+        assert re.fullmatch(rule["name"]["matches"].strip("^$"), series)
+    deployments = _by_kind(manifests, "Deployment")
+    for name, hpa in _by_kind(manifests, "HorizontalPodAutoscaler").items():
+        pool = _pool_of(deployments[hpa["spec"]["scaleTargetRef"]["name"]])
+        assert {m["type"] for m in hpa["spec"]["metrics"]} == {"Object"}
+        metrics = [m["object"] for m in hpa["spec"]["metrics"]]
+        assert {m["metric"]["name"] for m in metrics} == served, name
+        for metric in metrics:
+            described = metric["describedObject"]
+            assert described["kind"] == "Service"
+            assert described["name"] in _by_kind(manifests, "Service")
+            # The adapter adds the selector to its queries' label matchers: this pool alone.
+            assert metric["metric"]["selector"] == {"matchLabels": {"pool": pool}}, name
+    # The series of the metrics-only port, the one the ServiceMonitor scrapes (another pool's,
+    # from its own pods, in test_a_pools_autoscaler_reads_its_own_series).
+    page = f"http://{one_agent.balancer.listening['metrics']}/metrics"
+    _check_the_series_exported(parse_samples(httpx.get(page, timeout=30).text), DEFAULT_POOL)
+
+
+def _without_pool(pod: Manifest) -> Manifest:
+    """A copy of an agent pod with its PADDLER_POOL blanked out."""
+    pod = copy.deepcopy(pod)
+    for variable in [e for c in pod["containers"] for e in c.get("env", [])]:
+        if variable["name"] == "PADDLER_POOL":
+            variable["value"] = ""
+    return pod
+
+
+def test_each_pool_has_its_own_agents_autoscaler_and_budget(
+    directory: Path, manifests: list[Manifest]
+) -> None:
+    """One agent Deployment per pool (PADDLER_POOL), each the only one selecting its pods, with
+    one HPA reading that pool's metrics and one budget over its pods alone; its pod is the
+    default pool's (TLS, credentials, sizes) but for the pool, and the balancer pod has a
+    sidecar per pool that is the default pool's but for its arguments."""
+    for kind in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+        names = [m["metadata"]["name"] for m in manifests if m["kind"] == kind]
+        assert len(names) == len(set(names)), kind
+    names = [c["name"] for c in _pod(manifests, "paddler-balancer")["containers"]]
+    assert len(names) == len(set(names))
+    deployments = _by_kind(manifests, "Deployment")
+    agents = _agents(manifests)
+    pools = {_pool_of(deployment): name for name, deployment in agents.items()}
+    assert len(pools) == len(agents)  # one Deployment per pool
+    assert set(pools) == POOLS[directory.name] == set(_sidecars(manifests))
+    assert pools[DEFAULT_POOL] == "paddler-agent"
+    hpas = list(_by_kind(manifests, "HorizontalPodAutoscaler").values())
+    budgets = list(_by_kind(manifests, "PodDisruptionBudget").values())
+    assert len(hpas) == len(budgets) == len(pools)
+    default_pod = _without_pool(_pod(manifests, "paddler-agent"))
+    for pool, name in pools.items():
+        assert check_pool_name(pool, "PADDLER_POOL") == pool
+        deployment = agents[name]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels["paddler/pool"] == deployment["metadata"]["labels"]["paddler/pool"] == pool
+        # Its pods: its selector picks them and no other Deployment's, and no other picks them.
+        assert _deployments_selected(manifests, deployment["spec"]["selector"]) == {name}
+        assert [d for d in deployments if _selects(deployments[d]["spec"]["selector"], labels)] == [
+            name
+        ]
+        target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        (hpa,) = [h for h in hpas if h["spec"]["scaleTargetRef"] == target]
+        selected = [
+            m["object"]["metric"]["selector"]["matchLabels"] for m in hpa["spec"]["metrics"]
+        ]
+        assert selected == [{"pool": pool}] * len(selected), hpa["metadata"]["name"]
+        (budget,) = [b for b in budgets if _selects(b["spec"]["selector"], labels)]
+        assert _deployments_selected(manifests, budget["spec"]["selector"]) == {name}
+        assert budget["spec"]["maxUnavailable"] == 1
+        # The same pod as the default pool's, but in its pool: the components' TLS, the
+        # overlay's sizes and images reach every pool.
+        assert _without_pool(_pod(manifests, name)) == default_pod, name
+    sidecars = _sidecars(manifests)
+    default = sidecars[DEFAULT_POOL]
+    assert default["name"] == "desired-state"
+    for pool, sidecar in sidecars.items():
+        assert {k: v for k, v in sidecar.items() if k not in ("name", "args")} == {
+            k: v for k, v in default.items() if k not in ("name", "args")
+        }, pool
+        if pool != DEFAULT_POOL:
+            assert sidecar["name"] == f"desired-state-{pool}"
+        # Only the pool, its file and its aliases differ (--watch keeps each state set).
+        assert "--watch" in sidecar["args"]
+        assert _other_args(sidecar["args"]) == _other_args(default["args"]), pool
+
+
+def _other_args(args: list[str]) -> list[str]:
+    """A sidecar's arguments but its pool, file and aliases."""
+    kept = []
+    for index, arg in enumerate(args):
+        own = arg in ("--pool", "--file", "--alias")
+        if not own and not (index and args[index - 1] in ("--pool", "--file", "--alias")):
+            kept.append(arg)
+    return kept
+
+
+def test_each_pools_state_file_is_a_desired_state_its_sidecar_keeps(
+    manifests: list[Manifest],
+) -> None:
+    """Each sidecar's --file is a file of the mounted ConfigMap, a valid desired state; every
+    file there is some pool's; aliases are valid and name one pool each."""
+    config_map = _by_kind(manifests, "ConfigMap")["paddler-desired-state"]
+    sidecars = _sidecars(manifests)
+    kept = {}
+    aliases: list[str] = []
+    for pool, sidecar in sidecars.items():
+        key, text = _state_file(manifests, sidecar)
+        kept[key] = pool
+        state = json_format.Parse(text, desired_state_pb2.DesiredState())
+        check_desired_state(state)
+        # The agent image installs the default model only: another pool names where its
+        # agents get theirs (a Hugging Face repository, a URL, a mounted file).
+        if state.model.HasField("packaged"):
+            assert state.model.packaged == "smollm2-135m", pool
+        aliases += check_aliases(_flag(sidecar["args"], "--alias"), "--alias")
+    assert len(kept) == len(sidecars) and set(kept) == set(config_map["data"])
+    assert len(aliases) == len(set(aliases)) and not set(aliases) & set(sidecars)
 
 
 def test_the_desired_state_files_are_served_by_an_agent(
     manifests: list[Manifest], one_agent: Cluster, tmp_path: Path
 ) -> None:
-    config_map = _by_kind(manifests, "ConfigMap")["paddler-desired-state"]
-    ((name, text),) = config_map["data"].items()
-    state = json_format.Parse(text, desired_state_pb2.DesiredState())
-    if state.model.HasField("packaged"):  # the agent image installs the default model only
-        assert state.model.packaged == "smollm2-135m"
-    sidecar = _container(manifests, "paddler-balancer", "desired-state")
-    args = sidecar["args"]
-    (mount,) = [m for m in sidecar["volumeMounts"] if m["name"] == "desired-state"]
-    assert args[args.index("--file") + 1] == f"{mount['mountPath']}/{name}"
+    """The default pool's file is a state the live balancer takes and its agent serves (the
+    other pools' files: test_a_pools_pods_serve_its_model_by_its_name)."""
+    name, text = _state_file(manifests, _sidecars(manifests)[DEFAULT_POOL])
     path = tmp_path / name
     path.write_text(text)
     c = one_agent
@@ -668,11 +904,15 @@ class _Pods:
         """The free port here that stands for a pod's port."""
         return self._ports.setdefault((deployment, port), free_port())
 
-    def service_port(self, service_name: str, port: int) -> int:
-        """The free port here where a Service's port leads (its pod's container port)."""
+    def service_port(self, service_name: str, port: int, deployment: str = "") -> int:
+        """The free port here where a Service's port leads (its pod's container port): of
+        ``deployment``'s pod, where the Service selects several."""
         service = _by_kind(self.manifests, "Service")[service_name]
         selector = {"matchLabels": service["spec"]["selector"]}
-        (deployment,) = _deployments_selected(self.manifests, selector)
+        selected = _deployments_selected(self.manifests, selector)
+        if not deployment:
+            (deployment,) = selected
+        assert deployment in selected, (service_name, deployment)
         (target,) = [p["targetPort"] for p in service["spec"]["ports"] if p["port"] == port]
         (number,) = [
             p["containerPort"]
@@ -792,12 +1032,16 @@ def test_the_tls_example_pods_start_serve_and_pass_their_probes(tmp_path: Path) 
         reply = client.paddler(["paddler", "generate", *dial, "--max-tokens", "4", "--raw", "Hi"])
         assert reply.returncode == 0, reply.stderr
         assert reply.stdout.strip()
-        _scrape_as_the_service_monitors_say(manifests, pods)
+        _scrape_as_the_service_monitors_say(manifests, pods, {"paddler-balancer", "paddler-agent"})
 
 
-def _scrape_as_the_service_monitors_say(manifests: list[Manifest], pods: _Pods) -> None:
-    """Each ServiceMonitor's endpoint, scraped as Prometheus would: no credential, its scheme,
-    the CA and the name its tlsConfig says."""
+def _scrape_as_the_service_monitors_say(
+    manifests: list[Manifest], pods: _Pods, running: set[str]
+) -> dict[str, str]:
+    """Each ServiceMonitor's endpoint on each of the ``running`` Deployments' pods, scraped as
+    Prometheus would: no credential, its scheme, the CA and the name its tlsConfig says. The
+    pages, by Deployment."""
+    pages = {}
     for monitor in _by_kind(manifests, "ServiceMonitor").values():
         (endpoint,) = monitor["spec"]["endpoints"]
         selector = monitor["spec"]["selector"]["matchLabels"]
@@ -809,11 +1053,148 @@ def _scrape_as_the_service_monitors_say(manifests: list[Manifest], pods: _Pods) 
         (port,) = [p["port"] for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
         ca = endpoint["tlsConfig"]["ca"]["secret"]
         context = ssl.create_default_context(cadata=pods.secrets[ca["name"]][ca["key"]].decode())
-        here = f"{LOOPBACK}:{pods.service_port(name, port)}"
-        with httpx.Client(verify=context, timeout=30) as scraper:
-            response = scraper.get(
-                f"{endpoint['scheme']}://{here}{endpoint['path']}",
-                extensions={"sni_hostname": endpoint["tlsConfig"]["serverName"]},
+        selected = _deployments_selected(manifests, {"matchLabels": service["spec"]["selector"]})
+        assert selected & running, name
+        for deployment in selected & running:
+            here = f"{LOOPBACK}:{pods.service_port(name, port, deployment)}"
+            with httpx.Client(verify=context, timeout=30) as scraper:
+                response = scraper.get(
+                    f"{endpoint['scheme']}://{here}{endpoint['path']}",
+                    extensions={"sni_hostname": endpoint["tlsConfig"]["serverName"]},
+                )
+            assert response.status_code == 200, (name, deployment)
+            assert "# TYPE paddler_" in response.text
+            pages[deployment] = response.text
+    return pages
+
+
+@dataclass
+class _PoolPods:
+    """The example's balancer pod and an agent of one more pool, running as their pods would."""
+
+    manifests: list[Manifest]
+    pods: _Pods
+    pool: str
+    deployment: str
+    state: desired_state_pb2.DesiredState
+    sidecar: _Container
+    balancer_env: dict[str, str]
+
+    def shown(self) -> dict[str, Any]:
+        """``paddler state show --pool POOL``, run in the pool's sidecar (its admin key and
+        certificate) against the balancer it keeps."""
+        (address,) = _flag(self.sidecar.command, "--address")
+        result = self.sidecar.paddler(
+            ["paddler", "state", "show", "--pool", self.pool, "--address", address]
+        )
+        assert result.returncode == 0, result.stderr
+        shown: dict[str, Any] = json.loads(result.stdout)
+        return shown
+
+    def wait_applied(self) -> None:
+        """Wait until the pool's agents all serve its state (a slow download only takes
+        longer)."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            rollout = self.shown()["rollout"]
+            assert not rollout["failure"], rollout
+            if int(rollout["version"]) >= 1 and rollout["agents"] == rollout["applied"] >= 1:
+                return
+            assert time.monotonic() < deadline, rollout
+            time.sleep(0.5)
+
+    def chat(self, model: str) -> dict[str, Any]:
+        """An OpenAI chat completion naming ``model``, as a client with its API key sends it
+        (trusting the CA)."""
+        context = ssl.create_default_context(cafile=self.balancer_env["PADDLER_TLS_CA"])
+        address = f"{LOOPBACK}:{_port(self.balancer_env['PADDLER_OPENAI_ADDR'])}"
+        request = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        with httpx.Client(verify=context, timeout=120) as client:
+            response = client.post(
+                f"https://{address}/v1/chat/completions",
+                json=request,
+                headers={"Authorization": f"Bearer {self.pods.api_key}"},
             )
-        assert response.status_code == 200, name
-        assert "# TYPE paddler_" in response.text
+        assert response.status_code == 200, response.text
+        reply: dict[str, Any] = response.json()
+        return reply
+
+
+@pytest.fixture(scope="module")
+def gemma_pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_PoolPods]:
+    """The example's balancer pod (the balancer and the pool gemma's sidecar, --watch, as
+    rendered) and an agent of the pool gemma, TLS on. The agents download Gemma from Hugging
+    Face: here a stand-in for the Hub serves the packaged gemma3-270m's file as the repository
+    and file the pool's state names."""
+    manifests = kustomize(EXAMPLE)
+    pods = _Pods(manifests, tmp_path_factory.mktemp("pool-pods"))
+    pool = "gemma"
+    (deployment,) = [name for name, d in _agents(manifests).items() if _pool_of(d) == pool]
+    rendered = _sidecars(manifests)[pool]
+    text = _state_file(manifests, rendered)[1]
+    state = json_format.Parse(text, desired_state_pb2.DesiredState())
+    hub = state.model.hugging_face
+    balancer_container = pods.container("paddler-balancer", "balancer")
+    sidecar = pods.container("paddler-balancer", rendered["name"])
+    agent_container = pods.container(deployment, "agent")
+    # In the cluster the agent dials the balancer's Service by its name: the name it checks.
+    balancer_address = _env(_container(manifests, deployment, "agent"))["PADDLER_BALANCER"]
+    agent_container.env["PADDLER_TLS_SERVER_NAME"] = split_host_port(balancer_address)[0]
+    with ExitStack() as stack:
+        model = PACKAGED_RESOLVERS["gemma3-270m"]()
+        endpoint = stack.enter_context(local_hub(hub.repo, hub.file, model))
+        agent_container.env.update({"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1"})
+        balancer_process = ServerProcess(
+            "balancer", [], "balancer listening", balancer_container.env
+        )
+        stack.callback(balancer_process.stop)
+        balancer_container.probe_until_it_passes("readinessProbe", balancer_process)
+        assert sidecar.command[:3] == STATE_SET
+        watch = ServerProcess("state", sidecar.command[2:], "desired state set", sidecar.env)
+        stack.callback(watch.stop)
+        watch.wait_logs("desired state set")
+        agent_process = ServerProcess("agent", [], "agent listening", agent_container.env)
+        stack.callback(agent_process.stop)
+        found = _PoolPods(manifests, pods, pool, deployment, state, sidecar, balancer_container.env)
+        found.wait_applied()
+        for kind in PROBES:
+            agent_container.probe_until_it_passes(kind, agent_process)
+        yield found
+
+
+def test_a_pools_pods_serve_its_model_by_its_name(gemma_pods: _PoolPods) -> None:
+    """The pool's sidecar, run as rendered, sets the pool's state from its file; the pool's
+    agent (PADDLER_POOL) applies it; a request naming the pool gets the pool's model."""
+    p = gemma_pods
+    shown = p.shown()
+    assert json_format.ParseDict(shown["state"], desired_state_pb2.DesiredState()) == p.state
+    assert shown["pool"] == p.pool
+    reply = p.chat(p.pool)
+    assert reply["model"] == Path(p.state.model.hugging_face.file).stem
+    assert reply["choices"][0]["message"]["content"]
+
+
+def test_a_pools_autoscaler_reads_its_own_series(gemma_pods: _PoolPods) -> None:
+    """The series the pool's HPA reads through the adapter's rules, as Prometheus scrapes the
+    balancer: labelled with the pool, its slots those of its serving agent alone."""
+    p = gemma_pods
+    pages = _scrape_as_the_service_monitors_say(
+        p.manifests, p.pods, {"paddler-balancer", p.deployment}
+    )
+    samples = parse_samples(pages["paddler-balancer"])
+    _check_the_series_exported(samples, p.pool)
+    slots = float(_env(_container(p.manifests, p.deployment, "agent"))["PADDLER_SLOTS"])
+    assert sample_value(samples, "paddler_pool_slots", pool=p.pool, state="total") == slots
+    assert sample_value(samples, "paddler_pool_agents", pool=p.pool, state="serving") == 1
+    # The default pool has no agent here: its HPA reads none of the pool's.
+    assert sample_value(samples, "paddler_pool_slots", pool=DEFAULT_POOL, state="total") == 0
+
+
+def test_a_pools_sidecar_keeps_its_aliases(gemma_pods: _PoolPods) -> None:
+    """The aliases the pool's sidecar names are the pool's: requests may give them."""
+    p = gemma_pods
+    aliases = _flag(_sidecars(p.manifests)[p.pool]["args"], "--alias")
+    assert aliases
+    assert p.shown()["aliases"] == aliases
+    for alias in aliases:
+        assert p.chat(alias)["model"] == Path(p.state.model.hugging_face.file).stem

@@ -35,16 +35,23 @@ def read_state_file(path: Path) -> desired_state_pb2.DesiredState:
 
 
 def watch_state_file(
-    path: Path, address: str, dialer: Dialer, interval_s: float, log_level: str, pool: str
+    path: Path,
+    address: str,
+    dialer: Dialer,
+    interval_s: float,
+    log_level: str,
+    pool: str,
+    aliases: management_pb2.PoolAliases | None,
 ) -> None:
-    """Keep ``pool``'s desired state equal to the file's until SIGTERM or SIGINT."""
+    """Keep ``pool``'s desired state equal to the file's (and its aliases to ``aliases``,
+    unless None) until SIGTERM or SIGINT."""
     configure_logging(log_level)
     stop = stop_requested()
     last_problem = ""
     with dialer.channel(address) as channel:
         stub = management_pb2_grpc.ManagementServiceStub(channel)
         while not stop.is_set():
-            problem = _reconcile(stub, path, pool)
+            problem = _reconcile(stub, path, pool, aliases)
             if problem and problem != last_problem:  # once per new problem, not every interval
                 log.warning("desired state not set", file=str(path), problem=problem)
             last_problem = problem
@@ -52,7 +59,12 @@ def watch_state_file(
     log.info("state watch stopped", file=str(path))
 
 
-def _reconcile(stub: management_pb2_grpc.ManagementServiceStub, path: Path, pool: str) -> str:
+def _reconcile(
+    stub: management_pb2_grpc.ManagementServiceStub,
+    path: Path,
+    pool: str,
+    aliases: management_pb2.PoolAliases | None,
+) -> str:
     """Set the file's state if the balancer's differs; return what went wrong, or ""."""
     try:
         wanted = read_state_file(path)
@@ -62,11 +74,12 @@ def _reconcile(stub: management_pb2_grpc.ManagementServiceStub, path: Path, pool
         current = stub.GetDesiredState(
             management_pb2.GetDesiredStateRequest(pool=pool), timeout=CALL_TIMEOUT_S
         ).desired_state
-        if current.version and current.state == wanted:
+        if current.version and current.state == wanted and _same_aliases(stub, pool, aliases):
             log.debug("desired state checked", file=str(path), version=current.version)
             return ""
         reply = stub.SetDesiredState(
-            management_pb2.SetDesiredStateRequest(state=wanted, pool=pool), timeout=CALL_TIMEOUT_S
+            management_pb2.SetDesiredStateRequest(state=wanted, pool=pool, aliases=aliases),
+            timeout=CALL_TIMEOUT_S,
         )
     except grpc.RpcError as error:
         assert isinstance(error, grpc.Call)
@@ -79,3 +92,15 @@ def _reconcile(stub: management_pb2_grpc.ManagementServiceStub, path: Path, pool
         epoch=reply.desired_state.epoch,
     )
     return ""
+
+
+def _same_aliases(
+    stub: management_pb2_grpc.ManagementServiceStub,
+    pool: str,
+    aliases: management_pb2.PoolAliases | None,
+) -> bool:
+    """Whether ``pool`` has ``aliases`` already (None: whatever it has)."""
+    if aliases is None:
+        return True
+    pools = stub.ListPools(management_pb2.ListPoolsRequest(), timeout=CALL_TIMEOUT_S).pools
+    return any(each.name == pool and each.aliases == aliases.names for each in pools)

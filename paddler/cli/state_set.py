@@ -239,7 +239,7 @@ def set_state(
                 param_hint="--file",
             )
         if watch:
-            watch_state_file(file, address, connection, watch_interval, log_level, pool)
+            watch_state_file(file, address, connection, watch_interval, log_level, pool, aliases)
             return
         state = read_state_file(file)
     elif watch:

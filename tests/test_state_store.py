@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import json_format
 
 from paddler.balancer.state_store import StateFileError, StateStore
+from paddler.common.errors import InvalidArgumentError
 from paddler.common.model_sources import ModelSourcePolicy
 from paddler.v1 import desired_state_pb2
 from tests.processes import run_paddler
@@ -68,12 +69,13 @@ def test_a_state_file_from_before_pools_is_the_default_pool(tmp_path: Path) -> N
     assert store.current.state == SMOLLM
     gemma = _state(model=desired_state_pb2.ModelSource(packaged="gemma3-270m"))
     stored = store.set(gemma, "gemma", ["gemma-chat"])
-    assert (stored.version, stored.pool, stored.epoch) == (1, "gemma", "e1")  # its own count
-    assert store.set(SMOLLM).version == 5
+    # Versions count up across the pools of the epoch.
+    assert (stored.version, stored.pool, stored.epoch) == (5, "gemma", "e1")
+    assert store.set(SMOLLM).version == 6
     restored = StateStore(path)  # the file is in the pools' form now
     assert restored.state_of("gemma") == stored
     assert restored.aliases_of("gemma") == ["gemma-chat"]
-    assert restored.current.version == 5
+    assert restored.current.version == 6
     assert sorted(restored.pools()) == ["default", "gemma"]
     restored.set(gemma, "gemma")  # aliases kept unless given
     assert restored.aliases_of("gemma") == ["gemma-chat"]
@@ -100,3 +102,43 @@ def test_new_aliases_with_the_same_state_roll_nothing_out(tmp_path: Path) -> Non
     assert again == first and announced == [1]
     assert store.aliases_of("chat") == ["b", "c"]
     assert store.set(SMOLLM, "chat").version == 2  # no aliases given: a new version, as before
+
+
+def test_a_pool_made_again_never_repeats_a_version(tmp_path: Path) -> None:
+    path = tmp_path / "desired.json"
+    store = StateStore(path)
+    for _ in range(3):
+        store.set(SMOLLM, "side")
+    store.set(SMOLLM)  # the default pool: v4
+    store.delete("side", agents=0)
+    assert StateStore(path).set(SMOLLM, "side").version == 5  # not 1: its agents may report v1
+
+
+def test_pool_names_and_aliases_never_shadow_one_another(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "desired.json")
+    store.set(SMOLLM, "gemma", ["chat"])
+    with pytest.raises(InvalidArgumentError) as caught:
+        store.set(SMOLLM, "chat")
+    assert "is an alias of the pool 'gemma'" in caught.value.message
+    with pytest.raises(InvalidArgumentError):
+        store.set(SMOLLM, "other", ["gemma"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("null", "cannot read the state file"),
+        ("[1, 2]", "cannot read the state file"),
+        ('{"epoch": "e", "pools": {"Bad Name": {}}}', "not a pool name"),
+        (
+            '{"epoch": "e", "pools": {"side": {"aliases": ["not ok"]}}}',
+            "pools['side'].aliases[0]",
+        ),
+    ],
+)
+def test_a_state_file_out_of_bounds_is_refused(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "desired.json"
+    path.write_text(text)
+    with pytest.raises(StateFileError) as caught:
+        StateStore(path)
+    assert expected in caught.value.message

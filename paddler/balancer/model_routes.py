@@ -3,6 +3,7 @@ aliases, the balancer's ``--model-alias`` names and the models agents serve."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,9 @@ from paddler.common.pool_names import DEFAULT_POOL
 
 MAX_MODEL_CHARS = 256
 """The longest model name a request may give."""
+
+REMEMBERED_MODELS = 256
+"""How many served models' pools are remembered for when their pool serves nothing."""
 
 
 @dataclass(frozen=True)
@@ -44,14 +48,18 @@ class ModelRoutes:
     - a model agents serve goes to their pool ("default" when it is one of them, else the first
       by name), to those agents only (during a rollout from one model to another both are
       served, each by its own agents);
-    - any other name is ModelNotFoundError, except while no agent serves at all (starting,
-      swapping): then it waits in the default pool's buffer, which says why it waits.
+    - a model agents served before goes to the pool that served it while that pool serves
+      nothing (its agents restarting or swapping), and waits in its buffer;
+    - any other name is ModelNotFoundError, except while the pool "default" serves nothing
+      (starting, swapping): then it waits in that pool's buffer, which says why it waits.
     """
 
     def __init__(self, registry: AgentRegistry, states: StateStore, aliases: Sequence[str]):
         self._registry = registry
         self._states = states
         self.aliases = tuple(aliases)
+        # The pool each model was last served by, the latest ``REMEMBERED_MODELS`` of them.
+        self._served_by: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     def pools(self) -> list[str]:
         """Every pool: "default", those with a stored state and those agents joined, sorted."""
@@ -63,10 +71,16 @@ class ModelRoutes:
         for agent in self._registry.agents():
             if agent.serving and agent.status.model:
                 pools.setdefault(agent.status.model, set()).add(agent.pool)
-        return {
+        served = {
             model: DEFAULT_POOL if DEFAULT_POOL in owners else min(owners)
             for model, owners in sorted(pools.items())
         }
+        for model, pool in served.items():
+            self._served_by[model] = pool
+            self._served_by.move_to_end(model)
+        while len(self._served_by) > REMEMBERED_MODELS:
+            self._served_by.popitem(last=False)
+        return served
 
     def _table(self) -> tuple[dict[str, str], dict[str, str]]:
         """Every name a request may give now and its pool, and the served models among them
@@ -102,9 +116,25 @@ class ModelRoutes:
         pool = table.get(model)
         if pool is not None:
             return Route(pool, model if served.get(model) == pool else "")
-        if not served:
+        before = self._served_by.get(model)
+        if before is not None and not self._serving(before):
+            return Route(before, model)
+        if before is None and not self._serving(DEFAULT_POOL):
             return Route(DEFAULT_POOL, model)
         raise ModelNotFoundError(model, [name.name for name in self.names()])
+
+    def named(self, name: str) -> ServedName:
+        """``name`` with its pool if it is listed (``names``) or names a pool; else
+        ModelNotFoundError."""
+        listed = {served.name: served for served in self.names()}
+        if name in listed:
+            return listed[name]
+        if name in self.pools():
+            return ServedName(name, name)
+        raise ModelNotFoundError(name, list(listed))
+
+    def _serving(self, pool: str) -> bool:
+        return any(agent.serving for agent in self._registry.in_pool(pool))
 
     def context(self, name: str) -> tuple[int, int]:
         """The context a request naming ``name`` can count on (the smallest of the agents it

@@ -15,8 +15,8 @@ from grpc import aio
 from paddler.balancer.agent_registry import AgentRegistry, RegisteredAgent
 from paddler.balancer.rollout import Rollout
 from paddler.common.addresses import is_local_host, join_host_port, parse_peer, split_host_port
-from paddler.common.errors import InvalidArgumentError
-from paddler.common.pool_names import check_pool_name
+from paddler.common.errors import InvalidArgumentError, ResourceExhaustedError
+from paddler.common.pool_names import MAX_POOLS, check_pool_name
 from paddler.common.status_bounds import MAX_NAME_CHARS, check_registration, check_status
 from paddler.v1 import agent_registry_pb2, agent_registry_pb2_grpc
 
@@ -113,6 +113,13 @@ class AgentRegistryServicer(agent_registry_pb2_grpc.AgentRegistryServiceServicer
             raise InvalidArgumentError("registration", "the first message must be a registration")
         check_registration(message.registration)
         pool = check_pool_name(message.registration.pool, "registration.pool")
+        known = {*self._rollout.states.pools(), *(a.pool for a in self._registry.agents())}
+        if pool not in known and len(known) >= MAX_POOLS:
+            raise ResourceExhaustedError(
+                f"the balancer has {MAX_POOLS} pools, the most it keeps: the agent's pool "
+                f"{pool!r} would be one more",
+                retry_after_s=5.0,
+            )
         address = reachable_address(message.registration.address, peer)
         return await self._registry.add(message.registration.name, address, pool)
 

@@ -123,13 +123,13 @@ class StateStore:
         name = check_pool_name(pool, "pool")
         if name == DEFAULT_POOL:
             raise InvalidArgumentError("pool", "the pool 'default' cannot be deleted")
-        if name not in self._stored.pools:
-            raise NotFoundError(f"no pool {name!r}; pools: {', '.join(self.pools())}")
         if agents:
             raise FailedPreconditionError(
                 f"{agents} agents are in the pool {name!r}: scale them down (or move them to "
                 "another --pool) before deleting it"
             )
+        if name not in self._stored.pools:
+            raise NotFoundError(f"no pool {name!r}; pools: {', '.join(self.pools())}")
         updated = desired_state_pb2.DesiredPools()
         updated.CopyFrom(self._stored)
         del updated.pools[name]
@@ -143,13 +143,17 @@ class StateStore:
             raise ResourceExhaustedError(
                 f"the balancer has {MAX_POOLS} pools, the most it keeps: delete one first"
             )
-        if aliases is None:
-            return pool, None
-        aliases = check_aliases(aliases, "aliases.names")
         taken = {name: name for name in self.pools() if name != pool}
         for other, stored in self._stored.pools.items():
             if other != pool:
                 taken.update((alias, other) for alias in stored.aliases)
+        if pool in taken:
+            raise InvalidArgumentError(
+                "pool", f"{pool!r} is an alias of the pool {taken[pool]!r}: choose another name"
+            )
+        if aliases is None:
+            return pool, None
+        aliases = check_aliases(aliases, "aliases.names")
         for alias in aliases:
             if alias in taken:
                 raise InvalidArgumentError(
@@ -160,6 +164,9 @@ class StateStore:
     def _store(
         self, state: desired_state_pb2.DesiredState, pool: str, aliases: list[str] | None
     ) -> VersionedState:
+        # Checked again: another call may have taken a name or a place while this state's
+        # checks ran off the event loop.
+        pool, aliases = self._check_pool(pool, aliases)
         updated = desired_state_pb2.DesiredPools()
         updated.CopyFrom(self._stored)
         entry = updated.pools[pool]
@@ -172,9 +179,10 @@ class StateStore:
             self._stored = updated
             log.info("pool aliases set", pool=pool, aliases=aliases)
             return current
+        updated.last_version = max(self._stored.last_version, _highest(self._stored)) + 1
         entry.desired_state.CopyFrom(
             VersionedState(
-                version=self.state_of(pool).version + 1,
+                version=updated.last_version,
                 state=state,
                 epoch=self._stored.epoch,
                 pool=pool,
@@ -228,6 +236,11 @@ class StateStore:
                 temporary.unlink(missing_ok=True)
 
 
+def _highest(pools: desired_state_pb2.DesiredPools) -> int:
+    """The highest version any pool has."""
+    return max((pool.desired_state.version for pool in pools.pools.values()), default=0)
+
+
 def _same_state(a: desired_state_pb2.DesiredState, b: desired_state_pb2.DesiredState) -> bool:
     """Whether two states say the same (an empty message set counts as unset, as the panel
     sends every section of its form)."""
@@ -253,7 +266,8 @@ def _restored(
     changed). A file from before pools holds one VersionedDesiredState: the default pool's."""
     try:
         text = path.read_text()
-        if "pools" in json.loads(text):
+        parsed = json.loads(text)
+        if isinstance(parsed, dict) and "pools" in parsed:
             restored = json_format.Parse(text, desired_state_pb2.DesiredPools())
         else:
             single = json_format.Parse(text, VersionedState())
@@ -263,13 +277,17 @@ def _restored(
     except (OSError, ValueError, json_format.ParseError) as error:
         raise StateFileError(f"cannot read the state file {path}: {error}") from error
     restored.epoch = restored.epoch or new_epoch  # a file from before epochs
+    restored.last_version = max(restored.last_version, _highest(restored))
+    if len(restored.pools) > MAX_POOLS:
+        raise StateFileError(f"the state file {path} has more than {MAX_POOLS} pools")
     for name, pool in restored.pools.items():
         pool.desired_state.epoch = restored.epoch
         pool.desired_state.pool = name
-        if not pool.desired_state.version:
-            continue
         try:
-            check_desired_state(pool.desired_state.state, sources)
+            check_pool_name(name, "pools")
+            check_aliases(pool.aliases, f"pools[{name!r}].aliases")
+            if pool.desired_state.version:
+                check_desired_state(pool.desired_state.state, sources)
         except InvalidArgumentError as error:
             raise StateFileError(
                 f"the state in {path} is no longer valid: {error.message}"

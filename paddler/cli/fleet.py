@@ -156,6 +156,10 @@ def fleet(
         raise typer.Exit(1)
 
 
+MAX_POOL_AGENTS = 64
+"""The most agents ``--pool NAME=K`` starts for one pool on this machine."""
+
+
 def _pool_counts(given: Sequence[str]) -> Iterator[tuple[str, int]]:
     """Each NAME=K as (pool, K)."""
     for entry in given:
@@ -164,9 +168,9 @@ def _pool_counts(given: Sequence[str]) -> Iterator[tuple[str, int]]:
             pool = check_pool_name(name, "--pool")
         except InvalidArgumentError as error:
             raise typer.BadParameter(error.violations[0].description, param_hint="--pool") from None
-        if pool == DEFAULT_POOL or not count.isdigit() or not 1 <= int(count) <= MAX_SLOTS:
+        if pool == DEFAULT_POOL or not count.isdigit() or not 1 <= int(count) <= MAX_POOL_AGENTS:
             raise typer.BadParameter(
-                f"{entry!r}: give NAME=K, K agents (1 to {MAX_SLOTS}) of a pool other than "
+                f"{entry!r}: give NAME=K, K agents (1 to {MAX_POOL_AGENTS}) of a pool other than "
                 "'default' (--agents counts those)",
                 param_hint="--pool",
             )

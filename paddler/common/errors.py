@@ -147,6 +147,10 @@ class RelayedError(PaddlerError):
         self.reason = reason
 
 
+LISTED_MODELS = 20
+"""The most model names a ModelNotFoundError lists."""
+
+
 class ModelNotFoundError(PaddlerError):
     """The request names a model the cluster does not serve."""
 
@@ -154,6 +158,8 @@ class ModelNotFoundError(PaddlerError):
     reason = "MODEL_NOT_FOUND"
 
     def __init__(self, model: str, served: list[str]) -> None:
-        names = ", ".join(served) or "none yet"
-        super().__init__(f"model {model!r} is not served here; served models: {names}")
+        names = ", ".join(served[:LISTED_MODELS]) or "none yet"
+        if len(served) > LISTED_MODELS:
+            names += f" and {len(served) - LISTED_MODELS} more"
+        super().__init__(f"model {model[:256]!r} is not served here; served models: {names}")
         self.model = model

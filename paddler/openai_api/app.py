@@ -20,7 +20,7 @@ from starlette.types import Scope
 from paddler.balancer.embedding_relay import EmbeddingRelay
 from paddler.balancer.generation_relay import GenerationRelay
 from paddler.balancer.metrics import BalancerMetrics
-from paddler.balancer.model_routes import ModelRoutes, ServedName
+from paddler.balancer.model_routes import ModelRoutes
 from paddler.common.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
 from paddler.common.error_interceptor import Refused
 from paddler.common.errors import PaddlerError
@@ -183,8 +183,7 @@ def _add_model_routes(app: FastAPI, models: ModelRoutes) -> None:
     async def get_model(model_id: str) -> dict[str, object]:
         """One name requests may give (listed or not: "default" too), or 404
         model_not_found."""
-        route = models.resolve(model_id)
-        return model_card(models, ServedName(model_id, route.pool))
+        return model_card(models, models.named(model_id))
 
 
 def create_app(

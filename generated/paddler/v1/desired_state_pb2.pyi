@@ -357,8 +357,8 @@ class VersionedDesiredState(_message.Message):
     from 1 again) every run, so a version means something only together with its epoch.
     """
     pool: _builtins.str
-    """The pool the state is for ("" in a file written before pools: "default"). Each pool
-    numbers its own versions.
+    """The pool the state is for ("" in a file written before pools: "default"). Versions count
+    up across the pools of an epoch (see DesiredPools.last_version).
     """
     @_builtins.property
     def state(self) -> Global___DesiredState: ...
@@ -435,8 +435,13 @@ class DesiredPools(_message.Message):
 
     EPOCH_FIELD_NUMBER: _builtins.int
     POOLS_FIELD_NUMBER: _builtins.int
+    LAST_VERSION_FIELD_NUMBER: _builtins.int
     epoch: _builtins.str
     """Shared by every pool's versions (see VersionedDesiredState.epoch)."""
+    last_version: _builtins.int
+    """The last version given in this epoch, to any pool: versions count up across pools, so a
+    pool deleted and made again never repeats a number its agents may still report.
+    """
     @_builtins.property
     def pools(self) -> _containers.MessageMap[_builtins.str, Global___PoolState]:
         """By pool name."""
@@ -446,10 +451,11 @@ class DesiredPools(_message.Message):
         *,
         epoch: _builtins.str = ...,
         pools: _abc.Mapping[_builtins.str, Global___PoolState] | None = ...,
+        last_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "pools", b"pools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "last_version", b"last_version", "pools", b"pools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,7 +31,8 @@ class InferenceServiceEmbedRequest(_message.Message):
     """Optional caller-chosen id, passed to the agents and echoed in logs."""
     model: _builtins.str
     """The pool that serves the request: a pool's name, one of its aliases or a model its agents
-    serve; "": the pool "default". An unknown name is NOT_FOUND, listing the served names.
+    serve; "": the pool "default". An unknown name is NOT_FOUND, listing the served names
+    (while its pool, or the pool "default", serves nothing at all, it waits there instead).
     """
     @_builtins.property
     def input(self) -> _embedding_pb2.EmbeddingInput: ...
@@ -81,7 +82,8 @@ class InferenceServiceGenerateRequest(_message.Message):
     """Optional caller-chosen id, passed to the agent and echoed in logs."""
     model: _builtins.str
     """The pool that serves the request: a pool's name, one of its aliases or a model its agents
-    serve; "": the pool "default". An unknown name is NOT_FOUND, listing the served names.
+    serve; "": the pool "default". An unknown name is NOT_FOUND, listing the served names
+    (while its pool, or the pool "default", serves nothing at all, it waits there instead).
     """
     @_builtins.property
     def input(self) -> _generation_pb2.GenerationInput: ...

@@ -36,6 +36,8 @@ def test_names_route_by_precedence_and_unknown_ones_are_refused() -> None:
         assert routes.resolve("gpt-4o") == Route()
         assert routes.resolve("gemma-3") == Route("gemma", "gemma-3")
         assert routes.resolve("default") == Route()
+        with pytest.raises(ModelNotFoundError):
+            routes.resolve("", required=True)  # OpenAI's model names one: "" is no name
         with pytest.raises(ModelNotFoundError) as caught:
             routes.resolve("llama")
         assert "gemma-3, smol, gpt-4o, gemma, chat" in caught.value.message
@@ -68,6 +70,7 @@ def test_a_pool_that_serves_nothing_keeps_its_models_requests_waiting() -> None:
             routes.resolve("never-served")  # the default pool serves: a name it never saw
         smollm.status.ready = False
         assert routes.resolve("never-served") == Route("default", "never-served")
+        assert routes.resolve("", required=True) == Route("default", "")
         smollm.status.ready = gemma.status.ready = True
         gemma.status.model = "gemma-4"  # the pool serves another model now: the old one is gone
         with pytest.raises(ModelNotFoundError):

@@ -104,9 +104,10 @@ class ModelRoutes:
         shown.extend(alias for pool in self.pools() for alias in self._states.aliases_of(pool))
         return [ServedName(name, table[name]) for name in dict.fromkeys(shown)]
 
-    def resolve(self, model: str) -> Route:
-        """The route of a request naming ``model`` ("": the default pool)."""
-        if not model:
+    def resolve(self, model: str, *, required: bool = False) -> Route:
+        """The route of a request naming ``model`` ("": the default pool, unless ``required``:
+        OpenAI's ``model`` names one, so "" is a name like any other there)."""
+        if not model and not required:
             return DEFAULT_ROUTE
         if len(model) > MAX_MODEL_CHARS:
             raise InvalidArgumentError(

@@ -206,7 +206,7 @@ def create_app(
         request_id: str = request.state.request_id
         _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
-            model = models.resolve(body.model)
+            model = models.resolve(body.model, required=True)
             await body.inline_images(remote)
             inputs = [await checked_off_loop(body.generation_input, "input.grammar")] * body.n
         events = generate(relay, inputs, request_id, model)
@@ -222,7 +222,7 @@ def create_app(
         request_id: str = request.state.request_id
         _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
-            model = models.resolve(body.model)
+            model = models.resolve(body.model, required=True)
             inputs = await checked_off_loop(body.generation_inputs, "input.grammar")
         events = generate(relay, inputs, request_id, model)
         if not body.stream:
@@ -237,7 +237,7 @@ def create_app(
         request_id: str = request.state.request_id
         _log_request(body.model, bool(body.stream), body.user)
         with metrics.refusals(API, "generate"):
-            model = models.resolve(body.model)
+            model = models.resolve(body.model, required=True)
             await body.inline_images(remote)
             inputs = [await checked_off_loop(body.generation_input, "input.grammar")]
         events = generate(relay, inputs, request_id, model)
@@ -255,7 +255,7 @@ def create_app(
         request_id: str = request.state.request_id
         _log_request(body.model, False, body.user)
         with metrics.refusals(API, "embed"):
-            model = models.resolve(body.model)
+            model = models.resolve(body.model, required=True)
             embedding = body.embedding_input()
         work = embedder.embed(request_id, embedding, None, API, model)
         return embeddings.response(body, await _unless_disconnected(request, work))
